@@ -1,0 +1,1 @@
+//! Per-example gradient capture, random projection and normalizers.

@@ -1,0 +1,19 @@
+//! Datasets: reading tables, selecting splits, formatting and tokenising rows, and packing
+//! documents into batches exactly as Bergson does.
+
+pub mod batching;
+pub mod chat_template;
+pub mod columns;
+pub mod rewards;
+pub mod source;
+pub mod split;
+pub mod tokenize;
+
+/// One chat message (`{"role": ..., "content": ...}`), as Hugging Face chat templates take them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    /// `user`, `assistant`, `system`, ...
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}

@@ -1,0 +1,18 @@
+//! bergson: data attribution for large language models.
+//!
+//! The data flow reads in one direction: [`data`] (datasets, tokenising, batching) ->
+//! [`models`] (causal LMs from Hugging Face checkpoints) -> [`collect`] (per-example gradient
+//! capture, random projection, normalizers) -> [`index`] (the on-disk gradient index).
+//! [`config`] holds one struct per subcommand: the single source of CLI flags, YAML and the
+//! saved `config.yaml`.
+
+pub mod collect;
+pub mod config;
+pub mod data;
+pub mod engine;
+pub mod error;
+pub mod index;
+pub mod models;
+pub mod pickle;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Reading and writing `torch.save` files through libtorch's own pickler.
