@@ -1,1 +1,3 @@
 //! Per-example gradient capture, random projection and normalizers.
+
+pub mod projection;

@@ -1,2 +1,18 @@
-//! One config struct per subcommand: the single source of CLI flags, YAML keys and the saved
-//! `config.yaml`.
+//! One config struct per subcommand: the single source of CLI flags (clap), YAML keys and the
+//! saved `config.yaml` (serde). Field names, order, defaults and nesting follow Python Bergson
+//! 2.5.1's dataclasses, so run files move between the two tools.
+
+mod build;
+mod enums;
+mod flags;
+pub mod run_file;
+
+pub use build::{
+    AttentionConfig, BuildConfig, DataConfig, DistributedConfig, IndexConfig, InversionConfig,
+    PreprocessConfig,
+};
+pub use enums::{
+    Aggregation, Inversion, LossFn, LossReduction, ProjectionScale, ProjectionTarget,
+    ProjectionType,
+};
+pub use flags::{clap_default, parse_bool};

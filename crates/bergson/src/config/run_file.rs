@@ -1,0 +1,274 @@
+//! YAML run files: `{run_path?, steps: [{<command>: {...}}], metadata?}`, the format Bergson
+//! reads with `bergson <file.yaml>` and writes as every run's `config.yaml`.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::BuildConfig;
+use crate::error::IoContext;
+use crate::{Error, Result};
+
+/// Bergson version whose config layout we write.
+pub const BERGSON_COMPAT_VERSION: &str = "2.5.1";
+
+/// One step of a run file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// `build: {index_cfg: ..., preprocess_cfg: ...}` (also `reduce`, which runs the same code).
+    Build(Box<BuildConfig>),
+}
+
+impl Step {
+    /// The command word (`build`).
+    pub fn command(&self) -> &'static str {
+        match self {
+            Step::Build(_) => "build",
+        }
+    }
+}
+
+/// A parsed run file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunFile {
+    /// Top-level `run_path` of a multi-step pipeline.
+    pub run_path: Option<String>,
+    /// The steps, matrices expanded, in order.
+    pub steps: Vec<Step>,
+}
+
+/// Commands Bergson accepts in a run file that bergson-rs does not run yet.
+const KNOWN_ELSEWHERE: &[&str] = &[
+    "approxunrolling", "ekfac", "hessian", "lissa", "magic", "metasmoothness", "mix", "query",
+    "recall", "score", "trackstar", "trak", "train", "test_model_configuration", "validate",
+];
+
+/// Reads a run file (or a run directory holding `config.yaml`).
+pub fn read_run_file(path: &Path) -> Result<RunFile> {
+    let file = if path.is_dir() { path.join("config.yaml") } else { path.to_path_buf() };
+    let text = std::fs::read_to_string(&file).at_path(&file)?;
+    parse_run_file(&text).map_err(|e| match e {
+        Error::Input(msg) => Error::input(format!("{}: {msg}", file.display())),
+        other => other,
+    })
+}
+
+/// Parses run-file text.
+pub fn parse_run_file(text: &str) -> Result<RunFile> {
+    let doc: Value = serde_saphyr::from_str(text)
+        .map_err(|e| Error::input(format!("not valid YAML: {}", one_line(&e.to_string()))))?;
+    let Some(map) = doc.as_object() else {
+        return Err(Error::input("must be a mapping with a `steps:` list of `- command: {...}` entries"));
+    };
+    let Some(Value::Array(raw_steps)) = map.get("steps") else {
+        return Err(Error::input("must be a mapping with a `steps:` list of `- command: {...}` entries"));
+    };
+    let run_path = map.get("run_path").and_then(|v| v.as_str()).map(str::to_owned);
+    let mut steps = Vec::new();
+    for raw in raw_steps {
+        let Some(step) = raw.as_object().filter(|m| m.len() == 1) else {
+            return Err(Error::input(format!(
+                "each step must be a single `- command: {{...}}` mapping, got {raw}"
+            )));
+        };
+        let (name, body) = step.iter().next().expect("len checked");
+        let body = if body.is_null() { Value::Object(Default::default()) } else { body.clone() };
+        for cell in expand_matrix(body)? {
+            steps.push(parse_step(&name.to_lowercase(), cell)?);
+        }
+    }
+    Ok(RunFile { run_path, steps })
+}
+
+fn parse_step(name: &str, body: Value) -> Result<Step> {
+    match name {
+        "build" | "reduce" => {
+            let cfg: BuildConfig = serde_json::from_value(body)
+                .map_err(|e| Error::input(format!("step `{name}`: {e}")))?;
+            Ok(Step::Build(Box::new(cfg)))
+        }
+        other if KNOWN_ELSEWHERE.contains(&other) => Err(Error::input(format!(
+            "step `{other}` is a Bergson command bergson-rs does not run yet; supported: build, reduce"
+        ))),
+        other => Err(Error::input(format!("unknown command `{other}`; supported: build, reduce"))),
+    }
+}
+
+/// Expands a step's `matrix:` mapping into one config per cell of the Cartesian product,
+/// substituting `{key}` in strings (a value exactly `"{key}"` takes the typed value).
+fn expand_matrix(mut body: Value) -> Result<Vec<Value>> {
+    let Some(matrix) = body.as_object_mut().and_then(|m| m.remove("matrix")) else {
+        return Ok(vec![body]);
+    };
+    let Some(matrix) = matrix.as_object().filter(|m| {
+        m.values().all(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+    }) else {
+        return Err(Error::input(format!("matrix must map keys to non-empty lists; got {matrix}")));
+    };
+    let keys: Vec<&String> = matrix.keys().collect();
+    let mut cells: Vec<Vec<&Value>> = vec![vec![]];
+    for key in &keys {
+        let values = matrix[*key].as_array().expect("checked");
+        cells = cells
+            .into_iter()
+            .flat_map(|cell| values.iter().map(move |v| [cell.clone(), vec![v]].concat()))
+            .collect();
+    }
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for cell in &cells {
+        let pairs: Vec<(&String, &Value)> = keys.iter().copied().zip(cell.iter().copied()).collect();
+        let expanded = substitute(&body, &pairs);
+        let mut paths = vec![];
+        collect_run_paths(&expanded, &mut paths);
+        for p in &paths {
+            if !seen.insert(p.clone()) {
+                return Err(Error::input(format!(
+                    "matrix cells both write {p}; vary run_path with a {{key}} substitution"
+                )));
+            }
+        }
+        out.push(expanded);
+    }
+    if cells.len() > 1 && seen.is_empty() {
+        return Err(Error::input("matrix step has no run_path; cells would collide"));
+    }
+    Ok(out)
+}
+
+fn substitute(value: &Value, cell: &[(&String, &Value)]) -> Value {
+    match value {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), substitute(v, cell))).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(|v| substitute(v, cell)).collect()),
+        Value::String(s) => {
+            let mut s = s.clone();
+            for (key, cell_value) in cell {
+                let pattern = format!("{{{key}}}");
+                if s == pattern {
+                    return (*cell_value).clone();
+                }
+                let text = match cell_value {
+                    Value::String(t) => t.clone(),
+                    other => python_str(other),
+                };
+                s = s.replace(&pattern, &text);
+            }
+            Value::String(s)
+        }
+        other => other.clone(),
+    }
+}
+
+/// `str(value)` as Python prints YAML scalars (`True`, `None`, `1.0`).
+fn python_str(v: &Value) -> String {
+    match v {
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Null => "None".into(),
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(0.0);
+            if f.fract() == 0.0 && f.abs() < 1e16 { format!("{f:.1}") } else { f.to_string() }
+        }
+        other => other.to_string(),
+    }
+}
+
+fn collect_run_paths(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if k == "run_path" {
+                    out.push(v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
+                } else {
+                    collect_run_paths(v, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| collect_run_paths(v, out)),
+        _ => {}
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[derive(Serialize)]
+struct Metadata {
+    bergson_version: &'static str,
+    bergson_rs_version: &'static str,
+    created: String,
+}
+
+#[derive(Serialize)]
+struct BuildStep<'a> {
+    build: &'a BuildConfig,
+}
+
+#[derive(Serialize)]
+struct Doc<'a> {
+    steps: Vec<BuildStep<'a>>,
+    metadata: Metadata,
+}
+
+/// The `config.yaml` text of a one-step build run: `{steps: [{build: ...}], metadata: ...}`
+/// in Bergson's key order. `metadata.bergson_version` names the Bergson release whose layout
+/// this follows; `bergson_rs_version` says who wrote it.
+pub fn build_config_yaml(cfg: &BuildConfig, created: chrono::DateTime<chrono::Utc>) -> Result<String> {
+    let doc = Doc {
+        steps: vec![BuildStep { build: cfg }],
+        metadata: Metadata {
+            bergson_version: BERGSON_COMPAT_VERSION,
+            bergson_rs_version: env!("CARGO_PKG_VERSION"),
+            created: created.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+        },
+    };
+    serde_saphyr::to_string(&doc).map_err(|e| Error::input(format!("cannot write config.yaml: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_config_round_trips() {
+        let mut cfg = BuildConfig::default();
+        cfg.index_cfg.run_path = "runs/x".into();
+        cfg.index_cfg.projection_dim = 16;
+        cfg.index_cfg.split_attention_modules = vec!["a".into()];
+        cfg.index_cfg.data.subset = Some("s".into());
+        let text = build_config_yaml(&cfg, chrono::Utc::now()).unwrap();
+        let parsed = parse_run_file(&text).unwrap();
+        assert_eq!(parsed.steps, vec![Step::Build(Box::new(cfg))]);
+    }
+
+    #[test]
+    fn reads_bergsons_own_config() {
+        let text = include_str!("../../../../tests/fixtures/config/bergson_build_config.yaml");
+        let parsed = parse_run_file(text).unwrap();
+        let Step::Build(cfg) = &parsed.steps[0];
+        assert_eq!(cfg.index_cfg.run_path, "run1");
+        assert_eq!(cfg.index_cfg.projection_dim, 4);
+        assert_eq!(cfg.index_cfg.data.dataset, "data.jsonl");
+    }
+
+    #[test]
+    fn matrix_expands_cells() {
+        let text = "steps:\n- build:\n    matrix: {p: [4, 8]}\n    index_cfg: {run_path: 'runs/p{p}', projection_dim: '{p}'}\n";
+        let parsed = parse_run_file(text).unwrap();
+        let dims: Vec<_> = parsed
+            .steps
+            .iter()
+            .map(|Step::Build(c)| (c.index_cfg.run_path.clone(), c.index_cfg.projection_dim))
+            .collect();
+        assert_eq!(dims, [("runs/p4".to_string(), 4), ("runs/p8".to_string(), 8)]);
+    }
+
+    #[test]
+    fn unknown_keys_and_commands_are_errors() {
+        assert!(parse_run_file("steps:\n- build: {index_cfg: {bogus: 1}}\n").is_err());
+        assert!(parse_run_file("steps:\n- frobnicate: {}\n").is_err());
+        assert!(parse_run_file("- 1\n").is_err());
+    }
+}
