@@ -1,3 +1,14 @@
 //! Per-example gradient capture, random projection and normalizers.
 
+pub mod collector;
+pub mod loss;
+pub mod normalizer;
+pub mod processor;
 pub mod projection;
+pub mod targets;
+
+pub use collector::{BatchGradients, CaptureHook, GradientCollector};
+pub use loss::{document_losses, LossSpec};
+pub use normalizer::Normalizer;
+pub use processor::{GradientProcessor, ProjectionSettings};
+pub use targets::{discover_targets, split_heads, Target};

@@ -44,7 +44,8 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 /// The Philox key of a matrix: the first two little-endian words of the identifier's MD5.
 pub fn philox_key(identifier: &str) -> [u32; 2] {
     let digest = Md5::digest(identifier.as_bytes());
-    let word = |i: usize| u32::from_le_bytes([digest[i], digest[i + 1], digest[i + 2], digest[i + 3]]);
+    let word =
+        |i: usize| u32::from_le_bytes([digest[i], digest[i + 1], digest[i + 2], digest[i + 3]]);
     [word(0), word(4)]
 }
 
@@ -57,7 +58,12 @@ pub fn projection_identifier(name: &str, role: &str, seed: Option<i64>) -> Strin
 }
 
 /// The unscaled `[m, n]` matrix named `identifier`, as float32 values in row-major order.
-pub fn random_matrix_values(identifier: &str, m: usize, n: usize, kind: ProjectionType) -> Vec<f32> {
+pub fn random_matrix_values(
+    identifier: &str,
+    m: usize,
+    n: usize,
+    kind: ProjectionType,
+) -> Vec<f32> {
     let key = philox_key(identifier);
     let mut out = Vec::with_capacity(m * n);
     for row in 0..m {
@@ -149,7 +155,15 @@ pub fn module_projection_matrix(
     dtype: Kind,
     device: Device,
 ) -> Result<Tensor> {
-    projection_matrix(&projection_identifier(name, role, seed), m, n, kind, scale, dtype, device)
+    projection_matrix(
+        &projection_identifier(name, role, seed),
+        m,
+        n,
+        kind,
+        scale,
+        dtype,
+        device,
+    )
 }
 
 /// Columns per block of a global projection matrix (Bergson's
@@ -170,16 +184,33 @@ mod tests {
     // Test vectors from Bergson 2.5.1 (research/bergson.md §4.5).
     #[test]
     fn md5_keys_match_bergson() {
-        assert_eq!(philox_key("layers.0.attention.query_key_value/left"), [1819291705, 884212438]);
-        assert_eq!(philox_key("layers.0.attention.query_key_value/right"), [662000488, 2138356282]);
-        assert_eq!(philox_key("h.0.attn.c_attn/right/seed7"), [77551528, 2677601096]);
+        assert_eq!(
+            philox_key("layers.0.attention.query_key_value/left"),
+            [1819291705, 884212438]
+        );
+        assert_eq!(
+            philox_key("layers.0.attention.query_key_value/right"),
+            [662000488, 2138356282]
+        );
+        assert_eq!(
+            philox_key("h.0.attn.c_attn/right/seed7"),
+            [77551528, 2677601096]
+        );
     }
 
     #[test]
     fn rademacher_rows_match_bergson() {
         let cases = [
-            ("layers.0.attention.query_key_value/left", "++-++++-", "-++++---"),
-            ("layers.0.attention.query_key_value/right", "-++-+-+-", "+-+--+-+"),
+            (
+                "layers.0.attention.query_key_value/left",
+                "++-++++-",
+                "-++++---",
+            ),
+            (
+                "layers.0.attention.query_key_value/right",
+                "-++-+-+-",
+                "+-+--+-+",
+            ),
             ("h.0.attn.c_attn/right/seed7", "--+--+++", "--+-+--+"),
         ];
         for (id, row0, row1) in cases {
@@ -191,17 +222,38 @@ mod tests {
 
     #[test]
     fn normal_rows_match_bergson() {
-        let a = random_matrix_values("layers.0.attention.query_key_value/left", 2, 5, ProjectionType::Normal);
-        let want = [
-            -0.21718648, -0.96963781, 0.23807707, -1.14792097, -0.34979630, -0.06745258, 1.10589373,
-            -1.09002745, 0.15436791, 0.54429930,
+        let a = random_matrix_values(
+            "layers.0.attention.query_key_value/left",
+            2,
+            5,
+            ProjectionType::Normal,
+        );
+        let want: [f64; 10] = [
+            -0.21718648,
+            -0.96963781,
+            0.23807707,
+            -1.14792097,
+            -0.34979630,
+            -0.06745258,
+            1.10589373,
+            -1.09002745,
+            0.15436791,
+            0.54429930,
         ];
         for (got, want) in a.iter().zip(want) {
-            assert!((got - want).abs() <= 1e-7, "{got} vs {want}");
+            assert!((f64::from(*got) - want).abs() <= 1e-7, "{got} vs {want}");
         }
-        let b = random_matrix_values("layers.0.attention.query_key_value/right", 1, 4, ProjectionType::Normal);
-        for (got, want) in b.iter().zip([0.40620598, -0.47172987, 0.98230892, 0.41904455]) {
-            assert!((got - want).abs() <= 1e-7, "{got} vs {want}");
+        let b = random_matrix_values(
+            "layers.0.attention.query_key_value/right",
+            1,
+            4,
+            ProjectionType::Normal,
+        );
+        for (got, want) in b
+            .iter()
+            .zip([0.40620598f64, -0.47172987, 0.98230892, 0.41904455])
+        {
+            assert!((f64::from(*got) - want).abs() <= 1e-7, "{got} vs {want}");
         }
     }
 

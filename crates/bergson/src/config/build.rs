@@ -315,9 +315,24 @@ mod tests {
     #[test]
     fn flags_parse_like_simple_parsing() {
         let c = Cli::try_parse_from([
-            "bergson", "runs/x", "--overwrite", "--projection_dim", "16", "--drop_columns", "false",
-            "--split_attention_modules", "a", "b", "--num_heads", "2", "--projection_seed", "7",
-            "--precision", "bf16", "--aggregation", "mean",
+            "bergson",
+            "runs/x",
+            "--overwrite",
+            "--projection_dim",
+            "16",
+            "--drop_columns",
+            "false",
+            "--split_attention_modules",
+            "a",
+            "b",
+            "--num_heads",
+            "2",
+            "--projection_seed",
+            "7",
+            "--precision",
+            "bf16",
+            "--aggregation",
+            "mean",
         ])
         .unwrap()
         .build;

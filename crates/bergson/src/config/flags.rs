@@ -15,9 +15,9 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
 /// The value of `T` when no flag is given: clap's defaults are the one place defaults live.
 pub fn clap_default<T: Args + FromArgMatches>() -> T {
     let cmd = T::augment_args(Command::new("defaults").no_binary_name(true));
-    let matches = cmd.try_get_matches_from(Vec::<String>::new()).unwrap_or_else(|e| {
-        unreachable!("config defaults must parse from no flags: {e}")
-    });
+    let matches = cmd
+        .try_get_matches_from(Vec::<String>::new())
+        .unwrap_or_else(|e| unreachable!("config defaults must parse from no flags: {e}"));
     T::from_arg_matches(&matches).unwrap_or_else(|e| unreachable!("config defaults: {e}"))
 }
 

@@ -40,13 +40,30 @@ pub struct RunFile {
 
 /// Commands Bergson accepts in a run file that bergson-rs does not run yet.
 const KNOWN_ELSEWHERE: &[&str] = &[
-    "approxunrolling", "ekfac", "hessian", "lissa", "magic", "metasmoothness", "mix", "query",
-    "recall", "score", "trackstar", "trak", "train", "test_model_configuration", "validate",
+    "approxunrolling",
+    "ekfac",
+    "hessian",
+    "lissa",
+    "magic",
+    "metasmoothness",
+    "mix",
+    "query",
+    "recall",
+    "score",
+    "trackstar",
+    "trak",
+    "train",
+    "test_model_configuration",
+    "validate",
 ];
 
 /// Reads a run file (or a run directory holding `config.yaml`).
 pub fn read_run_file(path: &Path) -> Result<RunFile> {
-    let file = if path.is_dir() { path.join("config.yaml") } else { path.to_path_buf() };
+    let file = if path.is_dir() {
+        path.join("config.yaml")
+    } else {
+        path.to_path_buf()
+    };
     let text = std::fs::read_to_string(&file).at_path(&file)?;
     parse_run_file(&text).map_err(|e| match e {
         Error::Input(msg) => Error::input(format!("{}: {msg}", file.display())),
@@ -59,12 +76,19 @@ pub fn parse_run_file(text: &str) -> Result<RunFile> {
     let doc: Value = serde_saphyr::from_str(text)
         .map_err(|e| Error::input(format!("not valid YAML: {}", one_line(&e.to_string()))))?;
     let Some(map) = doc.as_object() else {
-        return Err(Error::input("must be a mapping with a `steps:` list of `- command: {...}` entries"));
+        return Err(Error::input(
+            "must be a mapping with a `steps:` list of `- command: {...}` entries",
+        ));
     };
     let Some(Value::Array(raw_steps)) = map.get("steps") else {
-        return Err(Error::input("must be a mapping with a `steps:` list of `- command: {...}` entries"));
+        return Err(Error::input(
+            "must be a mapping with a `steps:` list of `- command: {...}` entries",
+        ));
     };
-    let run_path = map.get("run_path").and_then(|v| v.as_str()).map(str::to_owned);
+    let run_path = map
+        .get("run_path")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
     let mut steps = Vec::new();
     for raw in raw_steps {
         let Some(step) = raw.as_object().filter(|m| m.len() == 1) else {
@@ -73,7 +97,11 @@ pub fn parse_run_file(text: &str) -> Result<RunFile> {
             )));
         };
         let (name, body) = step.iter().next().expect("len checked");
-        let body = if body.is_null() { Value::Object(Default::default()) } else { body.clone() };
+        let body = if body.is_null() {
+            Value::Object(Default::default())
+        } else {
+            body.clone()
+        };
         for cell in expand_matrix(body)? {
             steps.push(parse_step(&name.to_lowercase(), cell)?);
         }
@@ -102,9 +130,12 @@ fn expand_matrix(mut body: Value) -> Result<Vec<Value>> {
         return Ok(vec![body]);
     };
     let Some(matrix) = matrix.as_object().filter(|m| {
-        m.values().all(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+        m.values()
+            .all(|v| v.as_array().is_some_and(|a| !a.is_empty()))
     }) else {
-        return Err(Error::input(format!("matrix must map keys to non-empty lists; got {matrix}")));
+        return Err(Error::input(format!(
+            "matrix must map keys to non-empty lists; got {matrix}"
+        )));
     };
     let keys: Vec<&String> = matrix.keys().collect();
     let mut cells: Vec<Vec<&Value>> = vec![vec![]];
@@ -118,7 +149,8 @@ fn expand_matrix(mut body: Value) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for cell in &cells {
-        let pairs: Vec<(&String, &Value)> = keys.iter().copied().zip(cell.iter().copied()).collect();
+        let pairs: Vec<(&String, &Value)> =
+            keys.iter().copied().zip(cell.iter().copied()).collect();
         let expanded = substitute(&body, &pairs);
         let mut paths = vec![];
         collect_run_paths(&expanded, &mut paths);
@@ -132,14 +164,20 @@ fn expand_matrix(mut body: Value) -> Result<Vec<Value>> {
         out.push(expanded);
     }
     if cells.len() > 1 && seen.is_empty() {
-        return Err(Error::input("matrix step has no run_path; cells would collide"));
+        return Err(Error::input(
+            "matrix step has no run_path; cells would collide",
+        ));
     }
     Ok(out)
 }
 
 fn substitute(value: &Value, cell: &[(&String, &Value)]) -> Value {
     match value {
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), substitute(v, cell))).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), substitute(v, cell)))
+                .collect(),
+        ),
         Value::Array(a) => Value::Array(a.iter().map(|v| substitute(v, cell)).collect()),
         Value::String(s) => {
             let mut s = s.clone();
@@ -168,7 +206,11 @@ fn python_str(v: &Value) -> String {
         Value::Null => "None".into(),
         Value::Number(n) if n.is_f64() => {
             let f = n.as_f64().unwrap_or(0.0);
-            if f.fract() == 0.0 && f.abs() < 1e16 { format!("{f:.1}") } else { f.to_string() }
+            if f.fract() == 0.0 && f.abs() < 1e16 {
+                format!("{f:.1}")
+            } else {
+                f.to_string()
+            }
         }
         other => other.to_string(),
     }
@@ -179,7 +221,11 @@ fn collect_run_paths(v: &Value, out: &mut Vec<String>) {
         Value::Object(m) => {
             for (k, v) in m {
                 if k == "run_path" {
-                    out.push(v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
+                    out.push(
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string()),
+                    );
                 } else {
                     collect_run_paths(v, out);
                 }
@@ -215,7 +261,10 @@ struct Doc<'a> {
 /// The `config.yaml` text of a one-step build run: `{steps: [{build: ...}], metadata: ...}`
 /// in Bergson's key order. `metadata.bergson_version` names the Bergson release whose layout
 /// this follows; `bergson_rs_version` says who wrote it.
-pub fn build_config_yaml(cfg: &BuildConfig, created: chrono::DateTime<chrono::Utc>) -> Result<String> {
+pub fn build_config_yaml(
+    cfg: &BuildConfig,
+    created: chrono::DateTime<chrono::Utc>,
+) -> Result<String> {
     let doc = Doc {
         steps: vec![BuildStep { build: cfg }],
         metadata: Metadata {
@@ -224,7 +273,8 @@ pub fn build_config_yaml(cfg: &BuildConfig, created: chrono::DateTime<chrono::Ut
             created: created.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
         },
     };
-    serde_saphyr::to_string(&doc).map_err(|e| Error::input(format!("cannot write config.yaml: {e}")))
+    serde_saphyr::to_string(&doc)
+        .map_err(|e| Error::input(format!("cannot write config.yaml: {e}")))
 }
 
 #[cfg(test)]
@@ -262,7 +312,10 @@ mod tests {
             .iter()
             .map(|Step::Build(c)| (c.index_cfg.run_path.clone(), c.index_cfg.projection_dim))
             .collect();
-        assert_eq!(dims, [("runs/p4".to_string(), 4), ("runs/p8".to_string(), 8)]);
+        assert_eq!(
+            dims,
+            [("runs/p4".to_string(), 4), ("runs/p8".to_string(), 8)]
+        );
     }
 
     #[test]

@@ -1,0 +1,110 @@
+//! The gradient processor: projection settings plus per-module normalizers (Bergson's
+//! `GradientProcessor`), saved as `processor_config.yaml` and `normalizers.pth`.
+
+use serde::{Deserialize, Serialize};
+
+use super::normalizer::Normalizer;
+use crate::config::{IndexConfig, ProjectionScale, ProjectionTarget, ProjectionType};
+
+/// Version of the projection matrices (Bergson's `PROJECTION_VERSION`).
+pub const PROJECTION_VERSION: i64 = 2;
+
+/// How gradients are projected and normalised.
+#[derive(Debug, Default)]
+pub struct GradientProcessor {
+    /// Projection settings.
+    pub settings: ProjectionSettings,
+    /// Normalizers by module name (relative to the base model), in insertion order.
+    pub normalizers: Vec<(String, Normalizer)>,
+}
+
+/// `processor_config.yaml`, field for field and in Bergson's order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectionSettings {
+    /// p; `None` stores full gradients.
+    pub projection_dim: Option<usize>,
+    /// Recorded only.
+    pub reshape_to_square: bool,
+    /// Entry distribution.
+    pub projection_type: ProjectionType,
+    /// per_module or global (forced to per_module without a projection).
+    pub projection_target: ProjectionTarget,
+    /// jl or row_norm.
+    pub projection_scale: ProjectionScale,
+    /// Bias gradients appended.
+    pub include_bias: bool,
+    /// Seed suffix of the matrix identifiers.
+    pub projection_seed: Option<i64>,
+    /// Matrix generator version.
+    pub projection_version: i64,
+}
+
+impl Default for ProjectionSettings {
+    fn default() -> Self {
+        ProjectionSettings {
+            projection_dim: None,
+            reshape_to_square: false,
+            projection_type: ProjectionType::Rademacher,
+            projection_target: ProjectionTarget::PerModule,
+            projection_scale: ProjectionScale::Jl,
+            include_bias: false,
+            projection_seed: None,
+            projection_version: PROJECTION_VERSION,
+        }
+    }
+}
+
+impl ProjectionSettings {
+    /// The settings an [`IndexConfig`] describes (Bergson's `processor_for`).
+    pub fn from_index_config(cfg: &IndexConfig) -> Self {
+        let projection_dim = (cfg.projection_dim > 0).then_some(cfg.projection_dim);
+        ProjectionSettings {
+            projection_dim,
+            reshape_to_square: cfg.reshape_to_square,
+            projection_type: cfg.projection_type,
+            projection_target: if projection_dim.is_some() {
+                cfg.projection_target
+            } else {
+                ProjectionTarget::PerModule
+            },
+            projection_scale: cfg.projection_scale,
+            include_bias: cfg.include_bias,
+            projection_seed: cfg.projection_seed,
+            projection_version: PROJECTION_VERSION,
+        }
+    }
+
+    /// p of the two-sided per-module projection (`None` for global or no projection).
+    pub fn per_module_dim(&self) -> Option<usize> {
+        match self.projection_target {
+            ProjectionTarget::Global => None,
+            ProjectionTarget::PerModule => self.projection_dim,
+        }
+    }
+
+    /// p of the global projection, if that is the target.
+    pub fn global_dim(&self) -> Option<usize> {
+        match self.projection_target {
+            ProjectionTarget::Global => self.projection_dim,
+            ProjectionTarget::PerModule => None,
+        }
+    }
+}
+
+impl GradientProcessor {
+    /// A processor with these settings and no normalizers.
+    pub fn new(settings: ProjectionSettings) -> Self {
+        GradientProcessor {
+            settings,
+            normalizers: Vec::new(),
+        }
+    }
+
+    /// The normalizer of module `name`, if any.
+    pub fn normalizer(&self, name: &str) -> Option<&Normalizer> {
+        self.normalizers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+}
