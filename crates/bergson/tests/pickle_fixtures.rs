@@ -292,3 +292,21 @@ fn saves_values_built_in_rust() {
     assert_eq!(misc[2].as_str(), Some("ünï"));
     assert_eq!(misc[3].as_tuple().map(<[_]>::len), Some(0));
 }
+
+#[test]
+fn saves_cuda_tensors_as_cpu() {
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    let cpu = tch::Tensor::arange(6, (tch::Kind::Float, tch::Device::Cpu)).reshape([2, 3]);
+    let value = Value::str_dict([("w", cpu.to_device(tch::Device::Cuda(0)).into())]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cuda.pt");
+    pickle::save(&path, &value).unwrap();
+    // Stored with location "cpu", so Python needs no map_location; loads come back on the CPU.
+    let back = pickle::load(&path).unwrap();
+    let w = back.get("w").and_then(Value::as_tensor).unwrap();
+    assert_eq!(w.device(), tch::Device::Cpu);
+    assert!(w.equal(&cpu));
+}
