@@ -3,6 +3,7 @@
 pub mod collector;
 pub mod loss;
 pub mod normalizer;
+pub mod optimizer_state;
 pub mod processor;
 pub mod projection;
 pub mod targets;
