@@ -79,6 +79,11 @@ fn floats_accept_ints_and_turn_nulls_into_nan() {
         err.contains("'prompt'") && err.contains("not numbers"),
         "{err}"
     );
+    // NaN / Infinity as Python's json.dumps writes them (datasets reads them as floats).
+    let nan = load("rewards_nan.jsonl");
+    let rewards = float_column(&nan, "reward", "--reward_column").unwrap();
+    assert!(rewards[0].is_nan());
+    assert_eq!(rewards[1..], [1.5, f64::INFINITY, f64::NEG_INFINITY]);
     // NaN stays NaN (a float column holding NaN, not null).
     let nan: ArrayRef = Arc::new(Float32Array::from(vec![f32::NAN, 1.0, 2.0, 3.0]));
     let with_nan = add_column(&batch, "adv", nan).unwrap();

@@ -240,9 +240,11 @@ fn parse_part(spec: &str, sub: &str) -> Result<RelativeInstruction> {
         None => None,
         Some("closest") => Some(Rounding::Closest),
         Some("pct1_dropremainder") => Some(Rounding::Pct1DropRemainder),
-        Some(other) => return Err(Error::input(format!(
+        Some(other) => {
+            return Err(Error::input(format!(
             "--split '{spec}': unknown rounding '({other})'; use (closest) or (pct1_dropremainder)"
-        ))),
+        )))
+        }
     };
     if unit == Unit::Abs && rounding.is_some() {
         return Err(Error::input(format!(

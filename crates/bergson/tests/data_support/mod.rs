@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use arrow::array::Float64Array;
 use arrow::json::writer::{JsonArray, WriterBuilder};
 use arrow::record_batch::RecordBatch;
 use serde_json::Value;
@@ -29,7 +30,25 @@ pub fn rows(batch: &RecordBatch) -> Vec<Value> {
     if bytes.is_empty() {
         return Vec::new();
     }
-    serde_json::from_slice::<Vec<Value>>(&bytes).unwrap()
+    let mut rows = serde_json::from_slice::<Vec<Value>>(&bytes).unwrap();
+    // JSON has no NaN/inf (Arrow writes null); the Python fixtures spell them "nan"/"inf"/"-inf".
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if let Some(floats) = column.as_any().downcast_ref::<Float64Array>() {
+            for (row, v) in floats.iter().enumerate() {
+                if let Some(v) = v.filter(|v| !v.is_finite()) {
+                    let text = if v.is_nan() {
+                        "nan"
+                    } else if v > 0.0 {
+                        "inf"
+                    } else {
+                        "-inf"
+                    };
+                    rows[row][field.name()] = Value::from(text);
+                }
+            }
+        }
+    }
+    rows
 }
 
 /// JSON equality with numbers compared as f64 (Python writes 1.0 where Arrow writes 1).

@@ -7,9 +7,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, ListArray, NullArray, StringArray,
+    StructArray,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Fields, Schema};
-use arrow::json::ReaderBuilder;
-use arrow::record_batch::RecordBatch;
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use serde_json::Value;
 
 use crate::error::IoContext;
@@ -28,9 +32,10 @@ enum Ty {
 }
 
 impl Ty {
-    fn of(value: &Value) -> std::result::Result<Ty, Conflict> {
+    fn of(value: &Value, specials: &Specials) -> std::result::Result<Ty, Conflict> {
         Ok(match value {
             Value::Null => Ty::Null,
+            Value::String(s) if specials.value(s).is_some() => Ty::Float,
             Value::Bool(_) => Ty::Bool,
             // Integers beyond int64 fall back to float64 rather than failing.
             Value::Number(n) if n.is_i64() => Ty::Int,
@@ -39,13 +44,19 @@ impl Ty {
             Value::Array(items) => {
                 let mut ty = Ty::Null;
                 for item in items {
-                    ty = ty.merge(Ty::of(item)?).map_err(|c| c.inside("[]"))?;
+                    ty = ty
+                        .merge(Ty::of(item, specials)?)
+                        .map_err(|c| c.inside("[]"))?;
                 }
                 Ty::List(Box::new(ty))
             }
             Value::Object(map) => Ty::Struct(
                 map.iter()
-                    .map(|(k, v)| Ty::of(v).map(|t| (k.clone(), t)).map_err(|c| c.inside(k)))
+                    .map(|(k, v)| {
+                        Ty::of(v, specials)
+                            .map(|t| (k.clone(), t))
+                            .map_err(|c| c.inside(k))
+                    })
                     .collect::<std::result::Result<_, _>>()?,
             ),
         })
@@ -142,8 +153,80 @@ pub fn read_json(path: &Path) -> Result<RecordBatch> {
         ))
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let rows = parse_rows(path, text)?;
-    rows_to_batch(path, &rows)
+    let specials = Specials::new(text);
+    let replaced = specials.replace(text);
+    let rows = parse_rows(path, replaced.as_deref().unwrap_or(text))?;
+    rows_to_batch(path, &rows, &specials)
+}
+
+/// Python's non-standard JSON numbers `NaN`, `Infinity` and `-Infinity` (`json.dumps` writes
+/// them, pyarrow reads them as float64) are swapped for marker strings before parsing, since
+/// serde_json rejects them. The marker starts with a character absent from the file, so no real
+/// string can be mistaken for one.
+struct Specials {
+    marker: String,
+}
+
+const SPECIAL_TOKENS: [(&str, f64); 3] = [
+    ("NaN", f64::NAN),
+    ("Infinity", f64::INFINITY),
+    ("-Infinity", f64::NEG_INFINITY),
+];
+
+impl Specials {
+    fn new(text: &str) -> Specials {
+        let unused = ('\u{e000}'..='\u{f8ff}')
+            .find(|c| !text.contains(*c))
+            .unwrap_or('\u{f8ff}');
+        Specials {
+            marker: format!("{unused}special:"),
+        }
+    }
+
+    /// `text` with the special tokens outside strings quoted as markers; `None` if it has none.
+    fn replace(&self, text: &str) -> Option<String> {
+        if !text.contains("NaN") && !text.contains("Infinity") {
+            return None;
+        }
+        let mut out = String::with_capacity(text.len() + 64);
+        let (mut in_string, mut escaped) = (false, false);
+        let mut rest = text;
+        while let Some(c) = rest.chars().next() {
+            if in_string {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => in_string = false,
+                    _ => {}
+                }
+            } else if c == '"' {
+                in_string = true;
+            } else if let Some((token, _)) = SPECIAL_TOKENS
+                .iter()
+                .rev()
+                .find(|(t, _)| rest.starts_with(t))
+            {
+                out.push('"');
+                out.push_str(&self.marker);
+                out.push_str(token);
+                out.push('"');
+                rest = &rest[token.len()..];
+                continue;
+            }
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+        Some(out)
+    }
+
+    /// The float a marker string stands for.
+    fn value(&self, s: &str) -> Option<f64> {
+        let token = s.strip_prefix(&self.marker)?;
+        SPECIAL_TOKENS
+            .iter()
+            .find(|(t, _)| *t == token)
+            .map(|(_, v)| *v)
+    }
 }
 
 /// A row with the 1-based line it starts on (for error messages).
@@ -168,10 +251,9 @@ fn parse_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
         let start_line = line_of(text, text.len() - trimmed.len());
         let items: Vec<Value> = serde_json::from_str(text).map_err(|e| {
             Error::input(format!(
-                "{shown}: malformed JSON at line {}, column {}: {e}; fix the file (a .json file must \
-                 hold one list of records, a .jsonl file one JSON object per line)",
-                e.line(),
-                e.column()
+                "{shown}: malformed JSON at line {} ({e}); fix the file (a .json file holds one \
+                 list of records, a .jsonl file one JSON object per line)",
+                e.line()
             ))
         })?;
         let all_objects = items.iter().all(Value::is_object);
@@ -260,7 +342,7 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-fn rows_to_batch(path: &Path, rows: &[Row]) -> Result<RecordBatch> {
+fn rows_to_batch(path: &Path, rows: &[Row], specials: &Specials) -> Result<RecordBatch> {
     // Infer the schema row by row so a conflict can name the line where it appears.
     let mut schema_ty = Ty::Struct(Vec::new());
     for row in rows {
@@ -279,7 +361,7 @@ fn rows_to_batch(path: &Path, rows: &[Row]) -> Result<RecordBatch> {
             .object
             .iter()
             .map(|(key, value)| {
-                Ty::of(value)
+                Ty::of(value, specials)
                     .map(|t| (key.clone(), t))
                     .map_err(|c| c.inside(key))
             })
@@ -294,20 +376,102 @@ fn rows_to_batch(path: &Path, rows: &[Row]) -> Result<RecordBatch> {
         )));
     };
     let schema = Arc::new(Schema::new(struct_fields(&columns)));
-    if rows.is_empty() {
-        return Ok(RecordBatch::new_empty(schema));
+    let arrays = columns
+        .iter()
+        .map(|(name, ty)| {
+            let values: Vec<Option<&Value>> = rows.iter().map(|r| r.object.get(name)).collect();
+            build(ty, &values, specials)
+        })
+        .collect::<Vec<_>>();
+    RecordBatch::try_new_with_options(
+        schema,
+        arrays,
+        &RecordBatchOptions::new().with_row_count(Some(rows.len())),
+    )
+    .map_err(|e| Error::input(format!("{}: cannot build the table ({e})", path.display())))
+}
+
+/// A value that is there and not `null`.
+fn present<'a>(value: &Option<&'a Value>) -> Option<&'a Value> {
+    value.filter(|v| !v.is_null())
+}
+
+/// The Arrow array of values of an inferred type (missing and `null` values are nulls).
+fn build(ty: &Ty, values: &[Option<&Value>], specials: &Specials) -> ArrayRef {
+    match ty {
+        Ty::Null => Arc::new(NullArray::new(values.len())),
+        Ty::Bool => Arc::new(
+            values
+                .iter()
+                .map(|v| present(v).and_then(Value::as_bool))
+                .collect::<BooleanArray>(),
+        ),
+        Ty::Int => Arc::new(
+            values
+                .iter()
+                .map(|v| present(v).and_then(Value::as_i64))
+                .collect::<Int64Array>(),
+        ),
+        Ty::Float => Arc::new(
+            values
+                .iter()
+                .map(|v| match present(v)? {
+                    Value::String(s) => specials.value(s),
+                    other => other.as_f64(),
+                })
+                .collect::<Float64Array>(),
+        ),
+        Ty::Str => Arc::new(
+            values
+                .iter()
+                .map(|v| present(v).and_then(Value::as_str))
+                .collect::<StringArray>(),
+        ),
+        Ty::List(item) => {
+            let mut offsets = Vec::with_capacity(values.len() + 1);
+            offsets.push(0i32);
+            let mut children: Vec<Option<&Value>> = Vec::new();
+            let mut valid = Vec::with_capacity(values.len());
+            for v in values {
+                let items = present(v).and_then(Value::as_array);
+                valid.push(items.is_some());
+                children.extend(items.into_iter().flatten().map(Some));
+                offsets.push(children.len() as i32);
+            }
+            let field = Arc::new(Field::new("item", item.arrow(), true));
+            Arc::new(ListArray::new(
+                field,
+                OffsetBuffer::new(offsets.into()),
+                build(item, &children, specials),
+                Some(NullBuffer::from(valid)),
+            ))
+        }
+        Ty::Struct(fields) => {
+            let objects: Vec<Option<&serde_json::Map<String, Value>>> = values
+                .iter()
+                .map(|v| present(v).and_then(Value::as_object))
+                .collect();
+            let nulls = NullBuffer::from(objects.iter().map(Option::is_some).collect::<Vec<_>>());
+            if fields.is_empty() {
+                return Arc::new(StructArray::new_empty_fields(values.len(), Some(nulls)));
+            }
+            let children = fields
+                .iter()
+                .map(|(name, ty)| {
+                    let child: Vec<Option<&Value>> = objects
+                        .iter()
+                        .map(|o| o.and_then(|o| o.get(name)))
+                        .collect();
+                    build(ty, &child, specials)
+                })
+                .collect();
+            Arc::new(StructArray::new(
+                struct_fields(fields),
+                children,
+                Some(nulls),
+            ))
+        }
     }
-    let objects: Vec<&serde_json::Map<String, Value>> = rows.iter().map(|r| &r.object).collect();
-    let mut decoder = ReaderBuilder::new(schema.clone())
-        .build_decoder()
-        .map_err(|e| Error::input(format!("{}: cannot read JSON: {e}", path.display())))?;
-    decoder
-        .serialize(&objects)
-        .map_err(|e| Error::input(format!("{}: cannot convert JSON rows: {e}", path.display())))?;
-    let batch = decoder
-        .flush()
-        .map_err(|e| Error::input(format!("{}: cannot convert JSON rows: {e}", path.display())))?;
-    Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(schema)))
 }
 
 #[cfg(test)]
@@ -327,6 +491,39 @@ mod tests {
         let batch = read_json(&path).unwrap();
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.schema().field(0).data_type(), &DataType::Int64);
+    }
+
+    #[test]
+    fn python_nan_and_infinity_are_floats() {
+        // Python's json.dumps writes these; pyarrow reads them (values checked against datasets).
+        let (_d, path) = write(
+            "{\"r\": NaN, \"s\": \"NaN\"}\n{\"r\": 1, \"s\": \"Infinity\"}\n{\"r\": [Infinity][0], \"s\": \"x\"}\n",
+        );
+        assert!(read_json(&path).is_err());
+        let (_d, path) = write(
+            "{\"r\": NaN, \"s\": \"NaN\", \"l\": [-Infinity]}\n{\"r\": 1, \"s\": \"\\\"Infinity\", \"l\": []}\n",
+        );
+        let batch = read_json(&path).unwrap();
+        let r = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        assert!(r.value(0).is_nan() && r.value(1) == 1.0);
+        let s = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!([s.value(0), s.value(1)], ["NaN", "\"Infinity"]);
+        let l = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .unwrap();
+        let first = l.value(0);
+        let first = first.as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!(first.value(0), f64::NEG_INFINITY);
     }
 
     #[test]
