@@ -82,7 +82,8 @@ mod tests {
         let x = Tensor::linspace(-12.0, 12.0, 97, (Kind::Double, tch::Device::Cpu));
         let erf_gelu: Tensor = &x * 0.5 * ((&x / 2f64.sqrt()).erf() + 1.0);
         let c = (2.0 / std::f64::consts::PI).sqrt();
-        let tanh_gelu: Tensor = &x * 0.5 * (((&x + x.pow_tensor_scalar(3.0) * 0.044715) * c).tanh() + 1.0);
+        let tanh_gelu: Tensor =
+            &x * 0.5 * (((&x + x.pow_tensor_scalar(3.0) * 0.044715) * c).tanh() + 1.0);
         let cases: Vec<(&str, Tensor)> = vec![
             ("gelu", erf_gelu.shallow_clone()),
             ("gelu_new", tanh_gelu.shallow_clone()),
