@@ -4,7 +4,7 @@
 
 use bergson::engine::Precision;
 use bergson::models::hub::{resolve_with, HubSettings};
-use bergson::models::{load_model, supported_model_types, CausalLm};
+use bergson::models::{auto_precision, load_model, supported_model_types, CausalLm};
 use bergson::Error;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -293,4 +293,26 @@ fn concurrent_forwards_agree() {
             assert!(max_abs(&h.join().unwrap(), &want) <= 1e-5);
         }
     });
+}
+
+/// `--precision auto` reads config.json's `dtype` / `torch_dtype`, else the stored weights.
+#[test]
+fn auto_precision_follows_the_checkpoint() {
+    for (name, want) in [
+        ("gpt2", Precision::Fp16),
+        ("gpt_neox", Precision::Fp32),
+        ("llama", Precision::Bf16),
+        ("qwen3", Precision::Fp32),
+    ] {
+        assert_eq!(auto_precision(&fixture_dir(name)).unwrap(), want, "{name}");
+    }
+    let tmp = copy_fixture("mistral");
+    edit_config(tmp.path(), |c| {
+        c.remove("dtype");
+    });
+    assert_eq!(auto_precision(tmp.path()).unwrap(), Precision::Bf16);
+    edit_config(tmp.path(), |c| {
+        c.insert("torch_dtype".into(), "int8".into());
+    });
+    assert!(matches!(auto_precision(tmp.path()), Err(Error::Input(_))));
 }

@@ -110,6 +110,20 @@ impl Checkpoint {
             .map_or(Path::new(SINGLE_FILE), |f| f.path.as_path())
     }
 
+    /// The dtype of the first floating-point tensor (by name), if any.
+    pub fn first_float_kind(&self) -> Option<Kind> {
+        let mut names: Vec<&String> = self.entries.keys().collect();
+        names.sort();
+        names.into_iter().find_map(|n| {
+            let kind = dtype_kind(&self.entries[n].dtype)?;
+            matches!(
+                kind,
+                Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
+            )
+            .then_some(kind)
+        })
+    }
+
     /// Loads `name` onto `device` as `kind`. Errors when it is absent or of a dtype we cannot read.
     pub fn load(&self, name: &str, kind: Kind, device: Device) -> Result<Tensor> {
         let entry = self.entries.get(name).ok_or_else(|| {

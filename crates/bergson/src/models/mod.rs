@@ -294,6 +294,31 @@ pub fn load_model(dir: &Path, precision: Precision, device: Device) -> Result<Bo
     load(&cfg, dir, precision.kind(), device)
 }
 
+/// The precision a checkpoint was saved in, for `--precision auto` (transformers'
+/// `dtype="auto"`): config.json's `dtype` (transformers 5) or `torch_dtype` (older), else the
+/// dtype of the first floating-point tensor in the weights, else float32.
+pub fn auto_precision(dir: &Path) -> Result<Precision> {
+    let cfg = ConfigJson::from_file(&dir.join("config.json"))?;
+    if let Some(name) = cfg.str(&["dtype", "torch_dtype"])? {
+        return match name.trim_start_matches("torch.") {
+            "float32" | "float" => Ok(Precision::Fp32),
+            "bfloat16" => Ok(Precision::Bf16),
+            "float16" | "half" => Ok(Precision::Fp16),
+            "float64" | "double" => Ok(Precision::Fp64),
+            other => Err(cfg.error(format!(
+                "dtype '{other}' has no --precision equivalent (float32, bfloat16, float16, float64); pass --precision explicitly"
+            ))),
+        };
+    }
+    let ckpt = checkpoint::Checkpoint::open(dir)?;
+    Ok(match ckpt.first_float_kind() {
+        Some(Kind::BFloat16) => Precision::Bf16,
+        Some(Kind::Half) => Precision::Fp16,
+        Some(Kind::Double) => Precision::Fp64,
+        _ => Precision::Fp32,
+    })
+}
+
 /// `tie_word_embeddings` with the architecture's default.
 pub(crate) fn tie_word_embeddings(cfg: &ConfigJson, default: bool) -> Result<bool> {
     Ok(cfg.bool(&["tie_word_embeddings"])?.unwrap_or(default))
