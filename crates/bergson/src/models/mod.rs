@@ -3,11 +3,39 @@
 //! Every Linear layer of a model runs through a [`LinearHook`], which is how the gradient
 //! collector sees each module's input activations and output gradients without hooks on
 //! someone else's code: we own the forward.
+//!
+//! Layout: [`load_model`] reads config.json, picks the architecture from [`ARCHITECTURES`] by
+//! `model_type` and builds it from the safetensors weights ([`checkpoint`], [`loader`]). The
+//! architectures share their pieces: [`attention`] (the one attention function), [`rotary`],
+//! [`norm`], [`activation`]; the Llama family ([`llama`]) is one decoder with options that
+//! [`mistral`], [`qwen2`] and [`qwen3`] map their configs onto. Adding an architecture means one
+//! file and one line in [`ARCHITECTURES`].
 
+pub mod activation;
+pub mod attention;
+pub mod checkpoint;
+pub mod config;
+pub mod gpt2;
+pub mod gpt_neox;
+pub mod hub;
 pub mod linear;
+pub mod llama;
+pub mod loader;
+pub mod mistral;
+pub mod norm;
+pub mod qwen2;
+pub mod qwen3;
+pub mod rotary;
 
+pub use attention::AttentionKernel;
+pub use hub::resolve_model_dir;
 pub use linear::{Linear, LinearHook, NoHook};
 
+use crate::engine::Precision;
+use crate::{Error, Result};
+use config::ConfigJson;
+use loader::Loaded;
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// One collectable Linear module, named relative to the base model as Bergson names it
@@ -39,6 +67,8 @@ pub trait CausalLm: Send + Sync {
 
     /// Logits `[N, S, V]` in the model dtype for right-padded `input_ids` `[N, S]` (int64), with
     /// no attention mask (causal attention only), every Linear going through `hook`.
+    /// Ids must lie in `0..vocab_size` and, for learned positions (GPT-2), `S` must not exceed
+    /// `max_position_embeddings`: check untrusted input with [`CausalLm::check_input_ids`].
     fn forward_with(&self, input_ids: &Tensor, hook: &mut dyn LinearHook) -> Tensor;
 
     /// Logits with no hook.
@@ -48,6 +78,8 @@ pub trait CausalLm: Send + Sync {
 
     /// Parameters with their full Hugging Face names, in `model.named_parameters()` order
     /// (tied weights once, as transformers lists them). Used to map optimizer states.
+    /// Shapes are the stored ones (a GPT-2 Conv1D weight is `[in, out]`, a view of the layer's
+    /// `[out, in]` weight).
     fn named_parameters(&self) -> Vec<(String, Tensor)>;
 
     /// `max_position_embeddings` from config.json, when the config has one.
@@ -61,4 +93,249 @@ pub trait CausalLm: Send + Sync {
 
     /// Use the math attention kernel (which has a double backward) instead of the fused one.
     fn set_math_attention(&mut self, math: bool);
+
+    /// Rows of the input embedding (`vocab_size`), when known.
+    fn vocab_size(&self) -> Option<i64> {
+        None
+    }
+
+    /// Checks that `input_ids` can be fed to [`CausalLm::forward_with`]: 2-D int64, ids in
+    /// `0..vocab_size`. One device sync; call it on untrusted batches.
+    fn check_input_ids(&self, input_ids: &Tensor) -> Result<()> {
+        check_ids(input_ids, self.vocab_size(), None)
+    }
+}
+
+/// The ids check shared by [`CausalLm::check_input_ids`] implementations.
+fn check_ids(input_ids: &Tensor, vocab: Option<i64>, max_len: Option<i64>) -> Result<()> {
+    let size = input_ids.size();
+    if size.len() != 2 || input_ids.kind() != Kind::Int64 {
+        return Err(Error::input(format!(
+            "input ids must be a 2-D int64 tensor [batch, seq], got {:?} of {size:?}",
+            input_ids.kind()
+        )));
+    }
+    if let Some(max_len) = max_len.filter(|&m| size[1] > m) {
+        return Err(Error::input(format!(
+            "sequence length {} exceeds the model's max_position_embeddings {max_len}; lower --token_batch_size / truncate documents",
+            size[1]
+        )));
+    }
+    if let (Some(vocab), true) = (vocab, input_ids.numel() > 0) {
+        let lo = input_ids.f_min()?.f_int64_value(&[])?;
+        let hi = input_ids.f_max()?.f_int64_value(&[])?;
+        if lo < 0 || hi >= vocab {
+            return Err(Error::input(format!(
+                "token id {} is outside the model's vocabulary of {vocab}; the tokenizer does not belong to this model",
+                if lo < 0 { lo } else { hi }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The forward pass of one architecture, wrapped by [`Model`] into a [`CausalLm`].
+///
+/// Implementations hold their weights as plain tensors and mutate nothing after loading except
+/// through a `Mutex` (the rotary table cache): [`Model`] relies on this to be `Sync`.
+pub trait Architecture: Send {
+    /// Logits for `input_ids`, every base-model Linear through `hook`.
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        hook: &mut dyn LinearHook,
+        kernel: AttentionKernel,
+    ) -> Tensor;
+}
+
+/// What every model shares: names, parameters and settings around an [`Architecture`].
+pub struct Model<A> {
+    arch: A,
+    model_type: String,
+    base_model_prefix: &'static str,
+    params: Vec<(String, Tensor)>,
+    linears: Vec<LinearInfo>,
+    vocab_size: i64,
+    max_position_embeddings: Option<i64>,
+    /// Hard limit on the sequence length (learned position embeddings).
+    max_sequence_length: Option<i64>,
+    kind: Kind,
+    device: Device,
+    kernel: AttentionKernel,
+}
+
+// SAFETY: after loading, a model's tensors are only read (libtorch allows concurrent reads of a
+// tensor from several threads); the only interior mutability is the rotary cache, behind a
+// Mutex (see `Architecture`). Mutation (`set_math_attention`) needs `&mut self`.
+unsafe impl<A: Architecture> Sync for Model<A> {}
+
+/// Settings of a [`Model`] besides its architecture and parameters.
+pub struct ModelInfo {
+    /// config.json `model_type`.
+    pub model_type: String,
+    /// Base model attribute.
+    pub base_model_prefix: &'static str,
+    /// Rows of the input embedding.
+    pub vocab_size: i64,
+    /// `max_position_embeddings`, when the config has it.
+    pub max_position_embeddings: Option<i64>,
+    /// Hard limit on the sequence length (GPT-2's learned positions).
+    pub max_sequence_length: Option<i64>,
+}
+
+impl<A: Architecture> Model<A> {
+    /// Wraps a built architecture.
+    pub fn new(arch: A, info: ModelInfo, loaded: Loaded, kind: Kind, device: Device) -> Self {
+        Self {
+            arch,
+            model_type: info.model_type,
+            base_model_prefix: info.base_model_prefix,
+            params: loaded.params,
+            linears: loaded.linears,
+            vocab_size: info.vocab_size,
+            max_position_embeddings: info.max_position_embeddings,
+            max_sequence_length: info.max_sequence_length,
+            kind,
+            device,
+            kernel: AttentionKernel::Fused,
+        }
+    }
+}
+
+impl<A: Architecture + 'static> CausalLm for Model<A> {
+    fn model_type(&self) -> &str {
+        &self.model_type
+    }
+
+    fn base_model_prefix(&self) -> &str {
+        self.base_model_prefix
+    }
+
+    fn linear_modules(&self) -> Vec<LinearInfo> {
+        self.linears.clone()
+    }
+
+    fn forward_with(&self, input_ids: &Tensor, hook: &mut dyn LinearHook) -> Tensor {
+        self.arch.forward(input_ids, hook, self.kernel)
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
+    }
+
+    fn max_position_embeddings(&self) -> Option<i64> {
+        self.max_position_embeddings
+    }
+
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn set_math_attention(&mut self, math: bool) {
+        self.kernel = if math {
+            AttentionKernel::Math
+        } else {
+            AttentionKernel::Fused
+        };
+    }
+
+    fn vocab_size(&self) -> Option<i64> {
+        Some(self.vocab_size)
+    }
+
+    fn check_input_ids(&self, input_ids: &Tensor) -> Result<()> {
+        check_ids(input_ids, Some(self.vocab_size), self.max_sequence_length)
+    }
+}
+
+/// Builds an architecture from its parsed config.json and the checkpoint directory.
+pub type LoadFn = fn(&ConfigJson, &Path, Kind, Device) -> Result<Box<dyn CausalLm>>;
+
+/// The architectures we implement, by config.json `model_type`.
+pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
+    ("gpt_neox", gpt_neox::load),
+    ("gpt2", gpt2::load),
+    ("llama", llama::load),
+    ("mistral", mistral::load),
+    ("qwen2", qwen2::load),
+    ("qwen3", qwen3::load),
+];
+
+/// The `model_type`s [`load_model`] accepts.
+pub fn supported_model_types() -> Vec<&'static str> {
+    ARCHITECTURES.iter().map(|(name, _)| *name).collect()
+}
+
+/// Loads the checkpoint in `dir` (config.json + `model.safetensors` or sharded safetensors) as
+/// `precision` on `device`, choosing the architecture by config.json's `model_type`.
+pub fn load_model(dir: &Path, precision: Precision, device: Device) -> Result<Box<dyn CausalLm>> {
+    if !dir.is_dir() {
+        return Err(Error::input(format!(
+            "{}: not a directory; point --model at a checkpoint directory (config.json + safetensors) or a Hub id",
+            dir.display()
+        )));
+    }
+    let cfg = ConfigJson::from_file(&dir.join("config.json"))?;
+    let model_type = cfg.model_type()?;
+    let load = ARCHITECTURES.iter().find(|(name, _)| *name == model_type).map(|(_, f)| *f).ok_or_else(|| {
+        cfg.error(format!(
+            "model_type '{model_type}' is not supported (supported: {}); use a checkpoint of one of these architectures",
+            supported_model_types().join(", ")
+        ))
+    })?;
+    let _guard = tch::no_grad_guard();
+    load(&cfg, dir, precision.kind(), device)
+}
+
+/// The precision a checkpoint was saved in, for `--precision auto` (transformers'
+/// `dtype="auto"`): config.json's `dtype` (transformers 5) or `torch_dtype` (older), else the
+/// dtype of the first floating-point tensor in the weights, else float32.
+pub fn auto_precision(dir: &Path) -> Result<Precision> {
+    let cfg = ConfigJson::from_file(&dir.join("config.json"))?;
+    if let Some(name) = cfg.str(&["dtype", "torch_dtype"])? {
+        return match name.trim_start_matches("torch.") {
+            "float32" | "float" => Ok(Precision::Fp32),
+            "bfloat16" => Ok(Precision::Bf16),
+            "float16" | "half" => Ok(Precision::Fp16),
+            "float64" | "double" => Ok(Precision::Fp64),
+            other => Err(cfg.error(format!(
+                "dtype '{other}' has no --precision equivalent (float32, bfloat16, float16, float64); pass --precision explicitly"
+            ))),
+        };
+    }
+    let ckpt = checkpoint::Checkpoint::open(dir)?;
+    Ok(match ckpt.first_float_kind() {
+        Some(Kind::BFloat16) => Precision::Bf16,
+        Some(Kind::Half) => Precision::Fp16,
+        Some(Kind::Double) => Precision::Fp64,
+        _ => Precision::Fp32,
+    })
+}
+
+/// `tie_word_embeddings` with the architecture's default.
+pub(crate) fn tie_word_embeddings(cfg: &ConfigJson, default: bool) -> Result<bool> {
+    Ok(cfg.bool(&["tie_word_embeddings"])?.unwrap_or(default))
+}
+
+/// The activation named by the first present key of `keys`, else `default`.
+pub(crate) fn activation(
+    cfg: &ConfigJson,
+    keys: &[&str],
+    default: &str,
+) -> Result<activation::Activation> {
+    let name = cfg.str(keys)?.unwrap_or_else(|| default.to_string());
+    activation::Activation::from_name(&name).ok_or_else(|| {
+        cfg.error(format!(
+            "{} '{name}' is not supported (supported: {}); fix config.json",
+            keys[0],
+            activation::ACTIVATION_NAMES
+        ))
+    })
 }

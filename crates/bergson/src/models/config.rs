@@ -1,0 +1,240 @@
+//! Reading a checkpoint's config.json: typed look-ups that accept the several spellings real
+//! checkpoints use (`n_embd` / `hidden_size`, `rotary_pct` / `partial_rotary_factor`, ...) and
+//! fail with a one-line message naming the file and the key.
+
+use crate::error::IoContext;
+use crate::{Error, Result};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+/// A parsed config.json.
+#[derive(Debug, Clone)]
+pub struct ConfigJson {
+    path: PathBuf,
+    map: Map<String, Value>,
+}
+
+impl ConfigJson {
+    /// Reads and parses `path` (a config.json).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::input(format!(
+                "{}: no config.json; point --model at a Hugging Face checkpoint directory (config.json + *.safetensors) or a Hub id",
+                path.display()
+            )));
+        }
+        let text = std::fs::read_to_string(path).at_path(path)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config.json text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            Error::input(format!(
+                "{}: not valid JSON ({e}); re-download the checkpoint or fix the file",
+                path.display()
+            ))
+        })?;
+        match value {
+            Value::Object(map) => Ok(Self {
+                path: path.to_path_buf(),
+                map,
+            }),
+            _ => Err(Error::input(format!(
+                "{}: expected a JSON object at the top level; re-download the checkpoint",
+                path.display()
+            ))),
+        }
+    }
+
+    /// The file this config came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `model_type`, which selects the architecture.
+    pub fn model_type(&self) -> Result<String> {
+        self.req_str(&["model_type"])
+    }
+
+    /// The first of `keys` that is present and not null.
+    fn first<'a>(&'a self, keys: &[&'a str]) -> Option<(&'a str, &'a Value)> {
+        keys.iter().find_map(|k| match self.map.get(*k) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some((*k, v)),
+        })
+    }
+
+    /// True when `key` is present (even as null).
+    pub fn has(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// True when `key` is present and null.
+    pub fn is_null(&self, key: &str) -> bool {
+        matches!(self.map.get(key), Some(Value::Null))
+    }
+
+    fn bad_type(&self, key: &str, v: &Value, want: &str) -> Error {
+        Error::input(format!(
+            "{}: key '{key}' is {v}, expected {want}; fix config.json",
+            self.path.display()
+        ))
+    }
+
+    fn missing(&self, keys: &[&str]) -> Error {
+        Error::input(format!(
+            "{}: required key '{}' is missing; add it to config.json (it must describe the checkpoint's architecture)",
+            self.path.display(),
+            keys.join("' or '")
+        ))
+    }
+
+    /// An integer under the first present key of `keys`.
+    pub fn int(&self, keys: &[&str]) -> Result<Option<i64>> {
+        match self.first(keys) {
+            None => Ok(None),
+            Some((k, v)) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| self.bad_type(k, v, "an integer")),
+        }
+    }
+
+    /// A required positive integer.
+    pub fn req_int(&self, keys: &[&str]) -> Result<i64> {
+        let v = self.int(keys)?.ok_or_else(|| self.missing(keys))?;
+        if v <= 0 {
+            return Err(Error::input(format!(
+                "{}: key '{}' is {v}, expected a positive integer; fix config.json",
+                self.path.display(),
+                keys[0]
+            )));
+        }
+        Ok(v)
+    }
+
+    /// A number under the first present key of `keys`.
+    pub fn float(&self, keys: &[&str]) -> Result<Option<f64>> {
+        match self.first(keys) {
+            None => Ok(None),
+            Some((k, v)) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.bad_type(k, v, "a number")),
+        }
+    }
+
+    /// A boolean under the first present key of `keys`.
+    pub fn bool(&self, keys: &[&str]) -> Result<Option<bool>> {
+        match self.first(keys) {
+            None => Ok(None),
+            Some((k, v)) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.bad_type(k, v, "true or false")),
+        }
+    }
+
+    /// A string under the first present key of `keys`.
+    pub fn str(&self, keys: &[&str]) -> Result<Option<String>> {
+        match self.first(keys) {
+            None => Ok(None),
+            Some((k, v)) => v
+                .as_str()
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| self.bad_type(k, v, "a string")),
+        }
+    }
+
+    /// A required string.
+    pub fn req_str(&self, keys: &[&str]) -> Result<String> {
+        self.str(keys)?.ok_or_else(|| self.missing(keys))
+    }
+
+    /// A list of strings under `key`.
+    pub fn str_list(&self, key: &str) -> Result<Option<Vec<String>>> {
+        match self.first(&[key]) {
+            None => Ok(None),
+            Some((k, v)) => {
+                let list = v
+                    .as_array()
+                    .ok_or_else(|| self.bad_type(k, v, "a list of strings"))?;
+                list.iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| self.bad_type(k, v, "a list of strings"))
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(Some)
+            }
+        }
+    }
+
+    /// An object under the first present key of `keys` (null and `{}` count as absent).
+    pub fn object(&self, keys: &[&str]) -> Result<Option<&Map<String, Value>>> {
+        for k in keys {
+            match self.map.get(*k) {
+                None | Some(Value::Null) => continue,
+                Some(Value::Object(m)) if m.is_empty() => continue,
+                Some(Value::Object(m)) => return Ok(Some(m)),
+                Some(v) => return Err(self.bad_type(k, v, "an object")),
+            }
+        }
+        Ok(None)
+    }
+
+    /// `head_dim` when given, else `hidden_size / num_attention_heads` (as transformers does).
+    pub fn head_dim(&self, hidden: i64, heads: i64) -> Result<i64> {
+        match self.int(&["head_dim"])? {
+            Some(d) if d > 0 => Ok(d),
+            _ => {
+                if hidden % heads != 0 {
+                    return Err(Error::input(format!(
+                        "{}: hidden_size {hidden} is not divisible by num_attention_heads {heads}; fix config.json or give head_dim",
+                        self.path.display()
+                    )));
+                }
+                Ok(hidden / heads)
+            }
+        }
+    }
+
+    /// A number inside a nested object (rope parameters), with a type check.
+    pub fn nested_float(
+        &self,
+        obj: &Map<String, Value>,
+        parent: &str,
+        key: &str,
+    ) -> Result<Option<f64>> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.bad_type(&format!("{parent}.{key}"), v, "a number")),
+        }
+    }
+
+    /// A string inside a nested object.
+    pub fn nested_str(
+        &self,
+        obj: &Map<String, Value>,
+        parent: &str,
+        key: &str,
+    ) -> Result<Option<String>> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| self.bad_type(&format!("{parent}.{key}"), v, "a string")),
+        }
+    }
+
+    /// An error about this config.
+    pub fn error(&self, msg: impl std::fmt::Display) -> Error {
+        Error::input(format!("{}: {msg}", self.path.display()))
+    }
+}

@@ -1,0 +1,489 @@
+//! The Llama-family decoder: RMSNorm, rotary attention with grouped-query heads, gated MLP
+//! (`down(act(gate x) * up x)`). Its options ([`DecoderConfig`]) cover Llama itself and the
+//! architectures that differ only in settings: Mistral (sliding window), Qwen2 (QKV bias,
+//! per-layer sliding window), Qwen3 (RMSNorm on q and k per head). Their files map their
+//! config.json onto [`DecoderConfig`].
+
+use super::activation::Activation;
+use super::attention::{causal_attention, AttentionKernel};
+use super::checkpoint::Checkpoint;
+use super::config::ConfigJson;
+use super::loader::ParamLoader;
+use super::norm::RmsNorm;
+use super::rotary::{apply_rotary, RopeConfig, Rotary, LLAMA_ROPE_KEYS};
+use super::{Architecture, CausalLm, Linear, LinearHook, Model, ModelInfo};
+use crate::Result;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// Base model attribute of the whole family.
+const PREFIX: &str = "model";
+
+/// The settings of a Llama-family decoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    /// config.json `model_type`.
+    pub model_type: String,
+    /// Vocabulary rows.
+    pub vocab_size: i64,
+    /// Model width.
+    pub hidden_size: i64,
+    /// MLP width.
+    pub intermediate_size: i64,
+    /// Decoder layers.
+    pub num_layers: i64,
+    /// Query heads.
+    pub num_heads: i64,
+    /// Key/value heads (GQA when fewer than the query heads).
+    pub num_kv_heads: i64,
+    /// Per-head width (`head_dim`, default `hidden_size / num_heads`).
+    pub head_dim: i64,
+    /// `max_position_embeddings`.
+    pub max_position_embeddings: i64,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// MLP activation (`hidden_act`).
+    pub hidden_act: Activation,
+    /// LM head shares the token embedding.
+    pub tie_word_embeddings: bool,
+    /// Biases on q, k, v.
+    pub qkv_bias: bool,
+    /// Bias on o.
+    pub o_bias: bool,
+    /// Biases on the MLP projections.
+    pub mlp_bias: bool,
+    /// RMSNorm on each query and key head before the rotation (Qwen3).
+    pub qk_norm: bool,
+    /// Sliding attention window of each layer (`None`: full causal attention).
+    pub sliding_windows: Vec<Option<i64>>,
+    /// Embedding `padding_idx` (`pad_token_id`): only changes the embedding's gradient.
+    pub pad_token_id: Option<i64>,
+    /// Rotary settings.
+    pub rope: RopeConfig,
+}
+
+impl DecoderConfig {
+    /// The settings every family member reads the same way; the caller fills in biases,
+    /// q/k norm and sliding windows (defaults: none).
+    pub fn common(cfg: &ConfigJson, model_type: &str) -> Result<Self> {
+        let hidden_size = cfg.req_int(&["hidden_size"])?;
+        let num_heads = cfg.req_int(&["num_attention_heads"])?;
+        let num_kv_heads = cfg.int(&["num_key_value_heads"])?.unwrap_or(num_heads);
+        if num_kv_heads <= 0 || num_heads % num_kv_heads != 0 {
+            return Err(cfg.error(format!(
+                "num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}; fix config.json"
+            )));
+        }
+        let head_dim = cfg.head_dim(hidden_size, num_heads)?;
+        let num_layers = cfg.req_int(&["num_hidden_layers"])?;
+        let rope = RopeConfig::from_config(cfg, LLAMA_ROPE_KEYS)?;
+        if rope.partial_rotary_factor != 1.0 {
+            return Err(cfg.error(format!(
+                "partial_rotary_factor {} is not supported for {model_type} (transformers rotates whole heads); fix config.json",
+                rope.partial_rotary_factor
+            )));
+        }
+        Ok(Self {
+            model_type: model_type.to_string(),
+            vocab_size: cfg.req_int(&["vocab_size"])?,
+            hidden_size,
+            intermediate_size: cfg.req_int(&["intermediate_size"])?,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            max_position_embeddings: cfg.req_int(&["max_position_embeddings"])?,
+            rms_norm_eps: cfg.float(&["rms_norm_eps"])?.unwrap_or(1e-6),
+            hidden_act: super::activation(cfg, &["hidden_act"], "silu")?,
+            tie_word_embeddings: super::tie_word_embeddings(cfg, false)?,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            qk_norm: false,
+            sliding_windows: vec![None; num_layers as usize],
+            pad_token_id: cfg.int(&["pad_token_id"])?,
+            rope,
+        })
+    }
+
+    /// Llama's config.json: `attention_bias` (all four projections), `mlp_bias`.
+    pub fn llama(cfg: &ConfigJson) -> Result<Self> {
+        let mut c = Self::common(cfg, "llama")?;
+        let attention_bias = cfg.bool(&["attention_bias"])?.unwrap_or(false);
+        c.qkv_bias = attention_bias;
+        c.o_bias = attention_bias;
+        c.mlp_bias = cfg.bool(&["mlp_bias"])?.unwrap_or(false);
+        Ok(c)
+    }
+}
+
+/// Per-layer sliding windows as Qwen2/Qwen3 define them: `sliding_window` (default 4096) only
+/// when `use_sliding_window`; `layer_types` when given, else `sliding_attention` from layer
+/// `max_window_layers` (default 28) on.
+pub fn qwen_sliding_windows(cfg: &ConfigJson, num_layers: i64) -> Result<Vec<Option<i64>>> {
+    let window = if cfg.bool(&["use_sliding_window"])?.unwrap_or(false) {
+        if cfg.is_null("sliding_window") {
+            None
+        } else {
+            Some(cfg.int(&["sliding_window"])?.unwrap_or(4096))
+        }
+    } else {
+        None
+    };
+    let layer_types = match cfg.str_list("layer_types")? {
+        Some(types) => {
+            if types.len() as i64 != num_layers {
+                return Err(cfg.error(format!(
+                    "layer_types has {} entries but num_hidden_layers is {num_layers}; fix config.json",
+                    types.len()
+                )));
+            }
+            types
+        }
+        None => {
+            let first = cfg.int(&["max_window_layers"])?.unwrap_or(28);
+            (0..num_layers)
+                .map(|i| {
+                    if window.is_some() && i >= first {
+                        "sliding_attention"
+                    } else {
+                        "full_attention"
+                    }
+                    .to_string()
+                })
+                .collect()
+        }
+    };
+    layer_types
+        .iter()
+        .map(|t| match t.as_str() {
+            "full_attention" => Ok(None),
+            "sliding_attention" => Ok(window),
+            other => Err(cfg.error(format!(
+                "layer_types entry '{other}' is not supported (supported: full_attention, sliding_attention); fix config.json"
+            ))),
+        })
+        .collect()
+}
+
+/// Reads a positive window size, for configs that allow `null` (no window).
+pub fn positive_window(cfg: &ConfigJson, window: Option<i64>) -> Result<Option<i64>> {
+    match window {
+        Some(w) if w <= 0 => Err(cfg.error(format!(
+            "sliding_window {w} must be positive or null; fix config.json"
+        ))),
+        w => Ok(w),
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    sliding_window: Option<i64>,
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+struct Layer {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+/// A loaded Llama-family decoder.
+pub struct Decoder {
+    config: DecoderConfig,
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: Rotary,
+}
+
+/// Registry entry for `llama`.
+pub fn load(cfg: &ConfigJson, dir: &Path, kind: Kind, device: Device) -> Result<Box<dyn CausalLm>> {
+    load_decoder(DecoderConfig::llama(cfg)?, dir, kind, device)
+}
+
+/// Loads the weights in `dir` as a decoder with settings `config`.
+pub fn load_decoder(
+    config: DecoderConfig,
+    dir: &Path,
+    kind: Kind,
+    device: Device,
+) -> Result<Box<dyn CausalLm>> {
+    let ckpt = Checkpoint::open(dir)?;
+    Ok(Box::new(Decoder::load(config, &ckpt, kind, device)?))
+}
+
+impl Decoder {
+    /// Builds the model in transformers' registration order.
+    pub fn load(
+        config: DecoderConfig,
+        ckpt: &Checkpoint,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Model<Self>> {
+        let c = &config;
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let mut p = ParamLoader::new(ckpt, &c.model_type, PREFIX, kind, device);
+        let embed_tokens = p.base_param("embed_tokens.weight", &[c.vocab_size, d])?;
+        let mut layers = Vec::with_capacity(c.num_layers as usize);
+        for (i, &sliding_window) in c.sliding_windows.iter().enumerate() {
+            let l = format!("layers.{i}");
+            let a = format!("{l}.self_attn");
+            let q_proj = p.linear(&format!("{a}.q_proj"), d, c.num_heads * hd, c.qkv_bias)?;
+            let k_proj = p.linear(&format!("{a}.k_proj"), d, c.num_kv_heads * hd, c.qkv_bias)?;
+            let v_proj = p.linear(&format!("{a}.v_proj"), d, c.num_kv_heads * hd, c.qkv_bias)?;
+            let o_proj = p.linear(&format!("{a}.o_proj"), c.num_heads * hd, d, c.o_bias)?;
+            let (q_norm, k_norm) = if c.qk_norm {
+                (
+                    Some(p.rms_norm(&format!("{a}.q_norm"), hd, c.rms_norm_eps)?),
+                    Some(p.rms_norm(&format!("{a}.k_norm"), hd, c.rms_norm_eps)?),
+                )
+            } else {
+                (None, None)
+            };
+            let self_attn = Attention {
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                q_norm,
+                k_norm,
+                sliding_window,
+            };
+            let m = format!("{l}.mlp");
+            let mlp = Mlp {
+                gate_proj: p.linear(
+                    &format!("{m}.gate_proj"),
+                    d,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                )?,
+                up_proj: p.linear(&format!("{m}.up_proj"), d, c.intermediate_size, c.mlp_bias)?,
+                down_proj: p.linear(
+                    &format!("{m}.down_proj"),
+                    c.intermediate_size,
+                    d,
+                    c.mlp_bias,
+                )?,
+            };
+            let input_layernorm = p.rms_norm(&format!("{l}.input_layernorm"), d, c.rms_norm_eps)?;
+            let post_attention_layernorm =
+                p.rms_norm(&format!("{l}.post_attention_layernorm"), d, c.rms_norm_eps)?;
+            layers.push(Layer {
+                self_attn,
+                mlp,
+                input_layernorm,
+                post_attention_layernorm,
+            });
+        }
+        let norm = p.rms_norm("norm", d, c.rms_norm_eps)?;
+        let tied = c.tie_word_embeddings.then_some(&embed_tokens);
+        let lm_head = p.lm_head(None, d, c.vocab_size, tied)?;
+        let rotary = Rotary::new(&c.rope, hd, c.max_position_embeddings, kind, device);
+        let info = ModelInfo {
+            model_type: c.model_type.clone(),
+            base_model_prefix: PREFIX,
+            vocab_size: c.vocab_size,
+            max_position_embeddings: Some(c.max_position_embeddings),
+            max_sequence_length: None,
+        };
+        let arch = Decoder {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+        };
+        Ok(Model::new(arch, info, p.finish(), kind, device))
+    }
+
+    fn attention(
+        &self,
+        a: &Attention,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        hook: &mut dyn LinearHook,
+        kernel: AttentionKernel,
+    ) -> Tensor {
+        let (n, s, _) = x.size3().unwrap_or_default();
+        let hd = self.config.head_dim;
+        // [N, S, H * hd] -> [N, S, H, hd] (q/k norm per head here) -> [N, H, S, hd]
+        let heads = |proj: &Linear, norm: &Option<RmsNorm>, hook: &mut dyn LinearHook| {
+            let t = hook.linear(proj, x).reshape([n, s, -1, hd]);
+            match norm {
+                Some(norm) => norm.forward(&t),
+                None => t,
+            }
+            .transpose(1, 2)
+        };
+        let q = heads(&a.q_proj, &a.q_norm, hook);
+        let k = heads(&a.k_proj, &a.k_norm, hook);
+        let v = heads(&a.v_proj, &None, hook);
+        let q = apply_rotary(&q, &rope.0, &rope.1);
+        let k = apply_rotary(&k, &rope.0, &rope.1);
+        let o = causal_attention(&q, &k, &v, (hd as f64).powf(-0.5), a.sliding_window, kernel);
+        let o = o
+            .transpose(1, 2)
+            .reshape([n, s, self.config.num_heads * hd]);
+        hook.linear(&a.o_proj, &o)
+    }
+}
+
+impl Architecture for Decoder {
+    // `h = h + x`, not `h += x`: an in-place add would overwrite tensors autograd saved.
+    #[allow(clippy::assign_op_pattern)]
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        hook: &mut dyn LinearHook,
+        kernel: AttentionKernel,
+    ) -> Tensor {
+        let s = input_ids.size().get(1).copied().unwrap_or(0);
+        let rope = self.rotary.cos_sin(s);
+        let padding_idx = self
+            .config
+            .pad_token_id
+            .filter(|&p| p >= 0 && p < self.config.vocab_size)
+            .unwrap_or(-1);
+        let mut h = hook.embeddings(Tensor::embedding(
+            &self.embed_tokens,
+            input_ids,
+            padding_idx,
+            false,
+            false,
+        ));
+        for layer in &self.layers {
+            let attn = self.attention(
+                &layer.self_attn,
+                &layer.input_layernorm.forward(&h),
+                &rope,
+                hook,
+                kernel,
+            );
+            h = h + attn;
+            let x = layer.post_attention_layernorm.forward(&h);
+            let m = &layer.mlp;
+            let gated = self
+                .config
+                .hidden_act
+                .forward(&hook.linear(&m.gate_proj, &x))
+                * hook.linear(&m.up_proj, &x);
+            h = h + hook.linear(&m.down_proj, &gated);
+        }
+        self.lm_head.forward(&self.norm.forward(&h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::rotary::RopeScaling;
+
+    fn cfg(text: &str) -> ConfigJson {
+        ConfigJson::parse(text, Path::new("config.json")).unwrap()
+    }
+
+    const DIMS: &str = r#""vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "max_position_embeddings": 2048"#;
+
+    /// A Llama 3.1 style config.json (rope_theta + rope_scaling) and its transformers 5
+    /// re-save (rope_parameters) mean the same model.
+    #[test]
+    fn llama_old_and_new_spellings() {
+        let old = DecoderConfig::llama(&cfg(&format!(
+            r#"{{{DIMS}, "num_key_value_heads": 2, "rope_theta": 500000.0, "torch_dtype": "bfloat16",
+            "rope_scaling": {{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}}, "tie_word_embeddings": true}}"#
+        )))
+        .unwrap();
+        let new = DecoderConfig::llama(&cfg(&format!(
+            r#"{{{DIMS}, "num_key_value_heads": 2, "dtype": "bfloat16", "head_dim": 8,
+            "rope_parameters": {{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192, "rope_theta": 500000.0}}, "tie_word_embeddings": true}}"#
+        )))
+        .unwrap();
+        assert_eq!(old, new);
+        assert_eq!((old.num_kv_heads, old.head_dim), (2, 8));
+        assert!(matches!(old.rope.scaling, RopeScaling::Llama3 { .. }));
+        let linear = DecoderConfig::llama(&cfg(&format!(
+            r#"{{{DIMS}, "rope_scaling": {{"type": "linear", "factor": 2.0}}, "attention_bias": true, "mlp_bias": true, "head_dim": 16}}"#
+        )))
+        .unwrap();
+        assert_eq!(linear.rope.scaling, RopeScaling::Linear { factor: 2.0 });
+        assert_eq!((linear.num_kv_heads, linear.head_dim), (4, 16));
+        assert!(linear.qkv_bias && linear.o_bias && linear.mlp_bias && !linear.tie_word_embeddings);
+    }
+
+    #[test]
+    fn qwen_sliding_window_settings() {
+        // Qwen2.5's spelling: use_sliding_window off, so no layer slides whatever the rest says.
+        let off = cfg(
+            r#"{"use_sliding_window": false, "sliding_window": 131072, "max_window_layers": 1}"#,
+        );
+        assert_eq!(
+            qwen_sliding_windows(&off, 3).unwrap(),
+            vec![None, None, None]
+        );
+        let on =
+            cfg(r#"{"use_sliding_window": true, "sliding_window": 4, "max_window_layers": 1}"#);
+        assert_eq!(
+            qwen_sliding_windows(&on, 3).unwrap(),
+            vec![None, Some(4), Some(4)]
+        );
+        // transformers 5 writes layer_types, which win over max_window_layers.
+        let typed = cfg(
+            r#"{"use_sliding_window": true, "sliding_window": 4, "max_window_layers": 28,
+            "layer_types": ["sliding_attention", "full_attention"]}"#,
+        );
+        assert_eq!(
+            qwen_sliding_windows(&typed, 2).unwrap(),
+            vec![Some(4), None]
+        );
+        let default_window = cfg(r#"{"use_sliding_window": true, "max_window_layers": 0}"#);
+        assert_eq!(
+            qwen_sliding_windows(&default_window, 1).unwrap(),
+            vec![Some(4096)]
+        );
+        let bad = cfg(r#"{"layer_types": ["full_attention"]}"#);
+        assert!(qwen_sliding_windows(&bad, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("layer_types"));
+        let bad = cfg(r#"{"layer_types": ["chunked_attention"]}"#);
+        assert!(qwen_sliding_windows(&bad, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("chunked_attention"));
+    }
+
+    #[test]
+    fn config_errors() {
+        let e = DecoderConfig::llama(&cfg(&format!(r#"{{{DIMS}, "num_key_value_heads": 3}}"#)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("num_key_value_heads"), "{e}");
+        let e = DecoderConfig::llama(&cfg(r#"{"vocab_size": 512, "hidden_size": 32}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("required key 'num_attention_heads'"), "{e}");
+        let e = DecoderConfig::llama(&cfg(&format!(
+            r#"{{{DIMS}, "partial_rotary_factor": 0.5}}"#
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("partial_rotary_factor"), "{e}");
+    }
+}

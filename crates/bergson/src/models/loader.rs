@@ -1,0 +1,205 @@
+//! Maps Hugging Face tensor names to model fields while a model is built (a `VarBuilder` in
+//! candle's words), checking each shape and recording, in build order, the parameters
+//! (`named_parameters()`) and the base model's Linear modules (`linear_modules()`). Building a
+//! model in transformers' registration order therefore gives both lists in its order.
+
+use super::checkpoint::Checkpoint;
+use super::norm::{LayerNorm, RmsNorm};
+use super::{Linear, LinearInfo};
+use crate::{Error, Result};
+use tch::{Device, Kind, Tensor};
+
+/// Loads parameters from a checkpoint in the order a model registers them.
+pub struct ParamLoader<'a> {
+    ckpt: &'a Checkpoint,
+    model_type: String,
+    /// The base model attribute (`gpt_neox`, `transformer`, `model`).
+    prefix: &'a str,
+    kind: Kind,
+    device: Device,
+    params: Vec<(String, Tensor)>,
+    linears: Vec<LinearInfo>,
+}
+
+/// What a finished loader hands to the model.
+pub struct Loaded {
+    /// Full names and tensors, in `named_parameters()` order.
+    pub params: Vec<(String, Tensor)>,
+    /// Base-model Linear modules in `named_modules()` order.
+    pub linears: Vec<LinearInfo>,
+}
+
+impl<'a> ParamLoader<'a> {
+    /// A loader casting to `kind` on `device`; `prefix` is the base model attribute.
+    pub fn new(
+        ckpt: &'a Checkpoint,
+        model_type: &str,
+        prefix: &'a str,
+        kind: Kind,
+        device: Device,
+    ) -> Self {
+        Self {
+            ckpt,
+            model_type: model_type.to_string(),
+            prefix,
+            kind,
+            device,
+            params: Vec::new(),
+            linears: Vec::new(),
+        }
+    }
+
+    /// The model dtype.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The device weights go to.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The full name of a base-model tensor.
+    pub fn base_name(&self, rel: &str) -> String {
+        format!("{}.{rel}", self.prefix)
+    }
+
+    /// The checkpoint name holding `name`: itself, or without the base prefix for checkpoints
+    /// saved from the bare base model (e.g. openai-community/gpt2 stores `h.0.attn.c_attn.weight`).
+    fn stored_name(&self, name: &str) -> Option<String> {
+        if self.ckpt.contains(name) {
+            return Some(name.to_string());
+        }
+        let bare = name.strip_prefix(self.prefix)?.strip_prefix('.')?;
+        self.ckpt.contains(bare).then(|| bare.to_string())
+    }
+
+    /// Loads `name` (full Hugging Face name) of stored shape `shape` without recording it.
+    fn read(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let stored = self.stored_name(name).ok_or_else(|| {
+            Error::input(format!(
+                "{}: tensor '{name}' is missing; the weights do not match config.json (model_type '{}'): re-download the checkpoint or fix config.json",
+                self.ckpt.file_of(name).display(),
+                self.model_type
+            ))
+        })?;
+        let have = self.ckpt.shape(&stored).unwrap_or(&[]);
+        if have != shape {
+            return Err(Error::input(format!(
+                "{}: tensor '{stored}' has shape {have:?} but config.json implies {shape:?}; the weights do not match config.json: re-download the checkpoint or fix config.json",
+                self.ckpt.file_of(&stored).display()
+            )));
+        }
+        self.ckpt.load(&stored, self.kind, self.device)
+    }
+
+    /// Loads and records parameter `name` (full name) of shape `shape`.
+    pub fn param(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let t = self.read(name, shape)?;
+        self.params.push((name.to_string(), t.shallow_clone()));
+        Ok(t)
+    }
+
+    /// Loads and records base-model parameter `rel` (relative name).
+    pub fn base_param(&mut self, rel: &str, shape: &[i64]) -> Result<Tensor> {
+        let name = self.base_name(rel);
+        self.param(&name, shape)
+    }
+
+    /// An `nn.Linear` of the base model, `module` relative to it: weight `[out, in]`.
+    pub fn linear(
+        &mut self,
+        module: &str,
+        in_features: i64,
+        out_features: i64,
+        bias: bool,
+    ) -> Result<Linear> {
+        let weight = self.base_param(&format!("{module}.weight"), &[out_features, in_features])?;
+        let bias = if bias {
+            Some(self.base_param(&format!("{module}.bias"), &[out_features])?)
+        } else {
+            None
+        };
+        self.linears.push(LinearInfo {
+            name: module.to_string(),
+            in_features,
+            out_features,
+            has_bias: bias.is_some(),
+        });
+        Ok(Linear {
+            name: module.to_string(),
+            weight,
+            bias,
+        })
+    }
+
+    /// A transformers `Conv1D` of the base model (GPT-2): stored `[in, out]`, kept transposed
+    /// as a contiguous `[out, in]` Linear. `named_parameters()` still shows the stored layout.
+    pub fn conv1d(&mut self, module: &str, in_features: i64, out_features: i64) -> Result<Linear> {
+        let name = self.base_name(&format!("{module}.weight"));
+        let stored = self.read(&name, &[in_features, out_features])?;
+        let weight = stored.f_transpose(0, 1)?.f_contiguous()?;
+        self.params.push((name, weight.tr()));
+        let bias = self.base_param(&format!("{module}.bias"), &[out_features])?;
+        self.linears.push(LinearInfo {
+            name: module.to_string(),
+            in_features,
+            out_features,
+            has_bias: true,
+        });
+        Ok(Linear {
+            name: module.to_string(),
+            weight,
+            bias: Some(bias),
+        })
+    }
+
+    /// The LM head `lm_head` (outside the base model, so not a collectable module): its own
+    /// weight, stored as `lm_head.weight` or under `stored_alias` (GPT-NeoX checkpoints say
+    /// `embed_out.weight`, which transformers 5 renames on load), or the input embedding when
+    /// `tied` (then not a separate parameter, as in transformers, and a stored copy is ignored).
+    pub fn lm_head(
+        &mut self,
+        stored_alias: Option<&str>,
+        hidden: i64,
+        vocab: i64,
+        tied: Option<&Tensor>,
+    ) -> Result<Linear> {
+        let name = "lm_head.weight";
+        let weight = match (tied, stored_alias) {
+            (Some(embedding), _) => embedding.shallow_clone(),
+            (None, Some(alias)) if !self.ckpt.contains(name) && self.ckpt.contains(alias) => {
+                let t = self.read(alias, &[vocab, hidden])?;
+                self.params.push((name.to_string(), t.shallow_clone()));
+                t
+            }
+            (None, _) => self.param(name, &[vocab, hidden])?,
+        };
+        Ok(Linear {
+            name: "lm_head".to_string(),
+            weight,
+            bias: None,
+        })
+    }
+
+    /// A LayerNorm of the base model with weight and bias `[dim]`.
+    pub fn layer_norm(&mut self, module: &str, dim: i64, eps: f64) -> Result<LayerNorm> {
+        let weight = self.base_param(&format!("{module}.weight"), &[dim])?;
+        let bias = self.base_param(&format!("{module}.bias"), &[dim])?;
+        Ok(LayerNorm { weight, bias, eps })
+    }
+
+    /// An RMSNorm of the base model with weight `[dim]`.
+    pub fn rms_norm(&mut self, module: &str, dim: i64, eps: f64) -> Result<RmsNorm> {
+        let weight = self.base_param(&format!("{module}.weight"), &[dim])?;
+        Ok(RmsNorm { weight, eps })
+    }
+
+    /// The recorded parameters and Linear modules.
+    pub fn finish(self) -> Loaded {
+        Loaded {
+            params: self.params,
+            linears: self.linears,
+        }
+    }
+}

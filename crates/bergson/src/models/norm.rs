@@ -1,0 +1,88 @@
+//! Normalisation layers: RMSNorm (Llama family) and LayerNorm (GPT-2, GPT-NeoX).
+
+use tch::{Kind, Tensor};
+
+/// The dtype the statistics of a norm (and the rotary tables) are computed in: float32 for the
+/// 16- and 32-bit dtypes, as transformers does, and float64 for a float64 model, where
+/// transformers would drop to float32 (see tests/fixtures/scripts/make_models.py).
+pub fn compute_kind(kind: Kind) -> Kind {
+    if kind == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
+}
+
+/// RMSNorm: `weight * (x / sqrt(mean(x²) + eps))`, statistics in [`compute_kind`] as
+/// `LlamaRMSNorm` computes them.
+#[derive(Debug)]
+pub struct RmsNorm {
+    /// Gain `[D]`.
+    pub weight: Tensor,
+    /// Added to the mean square.
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// Normalises over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let h = x.to_kind(compute_kind(kind));
+        let var = h.square().mean_dim(-1, true, None);
+        let h = h * (var + self.eps).rsqrt();
+        &self.weight * h.to_kind(kind)
+    }
+}
+
+/// LayerNorm with gain and bias over the last dimension (`torch.nn.LayerNorm`).
+#[derive(Debug)]
+pub struct LayerNorm {
+    /// Gain `[D]`.
+    pub weight: Tensor,
+    /// Bias `[D]`.
+    pub bias: Tensor,
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Normalises over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let d = self.weight.size();
+        x.layer_norm(&d, Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// Both norms against a direct float64 computation.
+    #[test]
+    fn norms_match_direct_formulas() {
+        let opts = (Kind::Double, Device::Cpu);
+        tch::manual_seed(0);
+        let x = Tensor::randn([3, 5, 8], opts) * 3.0 + 1.0;
+        let w = Tensor::randn([8], opts);
+        let b = Tensor::randn([8], opts);
+        let rms = RmsNorm {
+            weight: w.shallow_clone(),
+            eps: 1e-6,
+        };
+        let want = &w * &x / (x.square().mean_dim(-1, true, None) + 1e-6).sqrt();
+        let err = (rms.forward(&x) - want).abs().max().double_value(&[]);
+        assert!(err < 1e-12, "rms {err}");
+
+        let ln = LayerNorm {
+            weight: w.shallow_clone(),
+            bias: b.shallow_clone(),
+            eps: 1e-5,
+        };
+        let mean = x.mean_dim(-1, true, None);
+        let var = (&x - &mean).square().mean_dim(-1, true, None);
+        let want = (&x - &mean) / (var + 1e-5).sqrt() * &w + &b;
+        let err = (ln.forward(&x) - want).abs().max().double_value(&[]);
+        assert!(err < 1e-12, "layer norm {err}");
+    }
+}

@@ -1,0 +1,511 @@
+//! Rotary position embeddings (RoPE, Su et al. 2021) with transformers' frequency scalings,
+//! and their settings in both config.json spellings: transformers 5's `rope_parameters`, and the
+//! older `rope_theta` + `rope_scaling` (`type` or `rope_type`), `rotary_pct`, `rotary_emb_base`.
+
+use super::config::ConfigJson;
+use super::norm::compute_kind;
+use crate::Result;
+use std::f64::consts::PI;
+use std::sync::Mutex;
+use tch::{Device, Kind, Tensor};
+
+/// How the rotary frequencies are scaled (`rope_type`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// `default`: `inv_freq = theta^(-2i/d)`.
+    Default,
+    /// `linear`: positions divided by `factor` (Kaiokendev's interpolation).
+    Linear {
+        /// Position divisor.
+        factor: f64,
+    },
+    /// `dynamic`: NTK-aware base growth once the sequence exceeds `max_position_embeddings`.
+    Dynamic {
+        /// Growth factor.
+        factor: f64,
+    },
+    /// `llama3`: Llama 3.1's wavelength-dependent interpolation.
+    Llama3 {
+        /// Divisor of low frequencies.
+        factor: f64,
+        /// Wavelengths above `original / low_freq_factor` are divided by `factor`.
+        low_freq_factor: f64,
+        /// Wavelengths below `original / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// The pre-training context length.
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// The rotary settings of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    /// Base wavelength θ.
+    pub theta: f64,
+    /// Fraction of each head's dimensions that rotate (`partial_rotary_factor` / `rotary_pct`).
+    pub partial_rotary_factor: f64,
+    /// Frequency scaling.
+    pub scaling: RopeScaling,
+}
+
+/// Which extra config.json keys an architecture uses for the rotary settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RopeKeys {
+    /// Keys for θ outside the rope dict, in priority order.
+    pub theta: &'static [&'static str],
+    /// Keys for the rotary fraction outside the rope dict, in priority order.
+    pub partial: &'static [&'static str],
+    /// Rotary fraction when no key gives one.
+    pub default_partial: f64,
+}
+
+/// The keys of the Llama family.
+pub const LLAMA_ROPE_KEYS: RopeKeys = RopeKeys {
+    theta: &["rope_theta"],
+    partial: &["partial_rotary_factor"],
+    default_partial: 1.0,
+};
+
+/// The RoPE types we implement, for error messages.
+pub const ROPE_TYPES: &str = "default, linear, dynamic, llama3";
+
+impl RopeConfig {
+    /// Reads the rotary settings of `cfg`, resolving the spellings as transformers 5's
+    /// `convert_rope_params_to_dict` / `standardize_rope_params` do: a non-empty `rope_scaling`
+    /// takes precedence over `rope_parameters`; inside it `rope_type` over `type` (default
+    /// `default`); θ and the rotary fraction come from the dict, else the top-level keys.
+    pub fn from_config(cfg: &ConfigJson, keys: RopeKeys) -> Result<Self> {
+        let (dict, dict_name) = match cfg.object(&["rope_scaling"])? {
+            Some(d) => (Some(d), "rope_scaling"),
+            None => (cfg.object(&["rope_parameters"])?, "rope_parameters"),
+        };
+        let get = |key: &str| -> Result<Option<f64>> {
+            match dict {
+                Some(d) => cfg.nested_float(d, dict_name, key),
+                None => Ok(None),
+            }
+        };
+        let theta = match get("rope_theta")? {
+            Some(t) => t,
+            None => cfg.float(keys.theta)?.unwrap_or(10_000.0),
+        };
+        let partial = match get("partial_rotary_factor")? {
+            Some(p) => p,
+            None => cfg.float(keys.partial)?.unwrap_or(keys.default_partial),
+        };
+        let valid = theta > 0.0 && partial > 0.0 && partial <= 1.0;
+        if !valid {
+            return Err(cfg.error(format!(
+                "rope_theta {theta} must be > 0 and partial_rotary_factor {partial} in (0, 1]; fix config.json"
+            )));
+        }
+        let rope_type = match dict {
+            Some(d) => match cfg.nested_str(d, dict_name, "rope_type")? {
+                Some(t) => t,
+                None => cfg
+                    .nested_str(d, dict_name, "type")?
+                    .unwrap_or_else(|| "default".into()),
+            },
+            None => "default".into(),
+        };
+        let need = |key: &str| -> Result<f64> {
+            get(key)?.ok_or_else(|| {
+                cfg.error(format!("{dict_name}.{key} is required for rope_type '{rope_type}'; add it to config.json"))
+            })
+        };
+        let scaling = match rope_type.as_str() {
+            "default" => RopeScaling::Default,
+            "linear" => RopeScaling::Linear { factor: need("factor")? },
+            "dynamic" => RopeScaling::Dynamic { factor: need("factor")? },
+            "llama3" => {
+                // A top-level original_max_position_embeddings wins, as in transformers.
+                let original = match cfg.float(&["original_max_position_embeddings"])? {
+                    Some(v) => v,
+                    None => match get("original_max_position_embeddings")? {
+                        Some(v) => v,
+                        None => cfg.float(&["max_position_embeddings"])?.ok_or_else(|| {
+                            cfg.error("rope_type 'llama3' needs original_max_position_embeddings; add it to config.json")
+                        })?,
+                    },
+                };
+                RopeScaling::Llama3 {
+                    factor: need("factor")?,
+                    low_freq_factor: need("low_freq_factor")?,
+                    high_freq_factor: need("high_freq_factor")?,
+                    original_max_position_embeddings: original,
+                }
+            }
+            other => {
+                return Err(cfg.error(format!(
+                    "rope_type '{other}' is not supported (supported: {ROPE_TYPES}); use a checkpoint with one of these"
+                )))
+            }
+        };
+        Ok(Self {
+            theta,
+            partial_rotary_factor: partial,
+            scaling,
+        })
+    }
+}
+
+/// Cached cos/sin tables: `(length, cos, sin)`, each `[length, rotary_dim]` in the model dtype.
+type Tables = (i64, Tensor, Tensor);
+
+/// Rotary embedding of one model: the inverse frequencies and a cache of cos/sin tables that
+/// grows with the longest sequence seen, so a forward pass only slices it.
+#[derive(Debug)]
+pub struct Rotary {
+    config: RopeConfig,
+    /// Dimensions that rotate (`int(head_dim * partial_rotary_factor)`).
+    rotary_dim: i64,
+    /// `max_position_embeddings` (dynamic scaling grows past it).
+    max_positions: i64,
+    /// Inverse frequencies `[rotary_dim / 2]` in [`compute_kind`] of the model dtype.
+    inv_freq: Tensor,
+    kind: Kind,
+    device: Device,
+    cache: Mutex<Option<Tables>>,
+}
+
+impl Rotary {
+    /// Rotary tables for heads of `head_dim`, in a model of dtype `kind` on `device`.
+    pub fn new(
+        config: &RopeConfig,
+        head_dim: i64,
+        max_positions: i64,
+        kind: Kind,
+        device: Device,
+    ) -> Self {
+        // transformers: dim = int(head_dim * partial_rotary_factor).
+        let rotary_dim = (head_dim as f64 * config.partial_rotary_factor) as i64;
+        let inv_freq = inv_freq(
+            config,
+            rotary_dim,
+            max_positions,
+            max_positions,
+            compute_kind(kind),
+            device,
+        );
+        Self {
+            config: config.clone(),
+            rotary_dim,
+            max_positions,
+            inv_freq,
+            kind,
+            device,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// Dimensions of each head that rotate.
+    pub fn rotary_dim(&self) -> i64 {
+        self.rotary_dim
+    }
+
+    /// `(cos, sin)`, each `[seq_len, rotary_dim]` in the model dtype, for positions `0..seq_len`.
+    pub fn cos_sin(&self, seq_len: i64) -> (Tensor, Tensor) {
+        if matches!(self.config.scaling, RopeScaling::Dynamic { .. })
+            && seq_len > self.max_positions
+        {
+            // Dynamic NTK: the frequencies depend on the sequence length past the trained one.
+            let inv = inv_freq(
+                &self.config,
+                self.rotary_dim,
+                self.max_positions,
+                seq_len,
+                compute_kind(self.kind),
+                self.device,
+            );
+            return self.tables(&inv, seq_len);
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = match cache.as_ref() {
+            Some((len, _, _)) => *len < seq_len,
+            None => true,
+        };
+        if fresh {
+            // Position p's row does not depend on the table length, so round up to reuse it.
+            let len = (seq_len.max(64) as u64).next_power_of_two() as i64;
+            let (cos, sin) = self.tables(&self.inv_freq, len);
+            *cache = Some((len, cos, sin));
+        }
+        match cache.as_ref() {
+            Some((_, cos, sin)) => (cos.narrow(0, 0, seq_len), sin.narrow(0, 0, seq_len)),
+            None => self.tables(&self.inv_freq, seq_len),
+        }
+    }
+
+    /// Tables as `LlamaRotaryEmbedding.forward`: `emb = cat(p·f, p·f)`, `cos(emb)`, `sin(emb)`.
+    fn tables(&self, inv_freq: &Tensor, len: i64) -> (Tensor, Tensor) {
+        let _guard = tch::no_grad_guard();
+        let pos = Tensor::arange(len, (inv_freq.kind(), self.device));
+        let freqs = pos.unsqueeze(1) * inv_freq.unsqueeze(0);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        (emb.cos().to_kind(self.kind), emb.sin().to_kind(self.kind))
+    }
+}
+
+/// `x · cos + rotate_half(x) · sin` on the first `rotary_dim` dimensions of `x` `[N, H, S, D]`,
+/// the rest passing through (`apply_rotary_pos_emb`). `cos`, `sin`: `[S, rotary_dim]`.
+pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let rot = cos.size()[1];
+    let d = x.size()[3];
+    if rot == d {
+        return x * cos + rotate_half(x) * sin;
+    }
+    let x_rot = x.narrow(-1, 0, rot);
+    let x_pass = x.narrow(-1, rot, d - rot);
+    let rotated = &x_rot * cos + rotate_half(&x_rot) * sin;
+    Tensor::cat(&[rotated, x_pass], -1)
+}
+
+/// `cat(-x2, x1)` for the halves `x1`, `x2` of the last dimension.
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    Tensor::cat(&[x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)], -1)
+}
+
+/// Inverse frequencies `[dim / 2]` in `kind`, written op for op as transformers'
+/// `modeling_rope_utils` so float32 results agree to the last bit or so. `seq_len` only
+/// matters for dynamic scaling.
+fn inv_freq(
+    config: &RopeConfig,
+    dim: i64,
+    max_positions: i64,
+    seq_len: i64,
+    kind: Kind,
+    device: Device,
+) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let base = match config.scaling {
+        RopeScaling::Dynamic { factor } => {
+            let seq = seq_len.max(max_positions) as f64;
+            let d = dim as f64;
+            config.theta
+                * ((factor * seq / max_positions as f64) - (factor - 1.0)).powf(d / (d - 2.0))
+        }
+        _ => config.theta,
+    };
+    let exponent =
+        Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(kind) / dim as f64;
+    let inv = Tensor::pow_scalar(base, &exponent).reciprocal();
+    match config.scaling {
+        RopeScaling::Default | RopeScaling::Dynamic { .. } => inv,
+        RopeScaling::Linear { factor } => inv / factor,
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            let old = original_max_position_embeddings;
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            let wavelen = inv.reciprocal() * (2.0 * PI);
+            // tch's `a.where_self(cond, b)` is `torch.where(cond, a, b)`.
+            let inv_llama = (&inv / factor).where_self(&wavelen.gt(low_wavelen), &inv);
+            let smooth = (wavelen.reciprocal() * old - low_freq_factor)
+                / (high_freq_factor - low_freq_factor);
+            let smoothed = (smooth.neg() + 1.0) * &inv_llama / factor + &smooth * &inv_llama;
+            let medium = wavelen
+                .lt(high_wavelen)
+                .logical_not()
+                .logical_and(&wavelen.gt(low_wavelen).logical_not());
+            smoothed.where_self(&medium, &inv_llama)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(text: &str) -> ConfigJson {
+        ConfigJson::parse(text, Path::new("config.json")).unwrap()
+    }
+
+    const NEOX_KEYS: RopeKeys = RopeKeys {
+        theta: &["rotary_emb_base", "rope_theta"],
+        partial: &["rotary_pct", "partial_rotary_factor"],
+        default_partial: 0.25,
+    };
+
+    #[test]
+    fn old_and_new_spellings_agree() {
+        let old =
+            cfg(r#"{"rope_theta": 500000.0, "rope_scaling": {"type": "linear", "factor": 2.0}}"#);
+        let new = cfg(
+            r#"{"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500000.0}}"#,
+        );
+        let a = RopeConfig::from_config(&old, LLAMA_ROPE_KEYS).unwrap();
+        let b = RopeConfig::from_config(&new, LLAMA_ROPE_KEYS).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            a,
+            RopeConfig {
+                theta: 500000.0,
+                partial_rotary_factor: 1.0,
+                scaling: RopeScaling::Linear { factor: 2.0 }
+            }
+        );
+
+        let old = cfg(
+            r#"{"rotary_pct": 0.5, "rotary_emb_base": 10000, "max_position_embeddings": 2048}"#,
+        );
+        let new = cfg(
+            r#"{"rope_parameters": {"partial_rotary_factor": 0.5, "rope_theta": 10000.0, "rope_type": "default"}}"#,
+        );
+        let a = RopeConfig::from_config(&old, NEOX_KEYS).unwrap();
+        assert_eq!(a, RopeConfig::from_config(&new, NEOX_KEYS).unwrap());
+        assert_eq!(a.partial_rotary_factor, 0.5);
+        // GPT-NeoX defaults to a quarter of each head rotating; Llama to all of it.
+        assert_eq!(
+            RopeConfig::from_config(&cfg("{}"), NEOX_KEYS)
+                .unwrap()
+                .partial_rotary_factor,
+            0.25
+        );
+        let l =
+            RopeConfig::from_config(&cfg(r#"{"rope_scaling": null}"#), LLAMA_ROPE_KEYS).unwrap();
+        assert_eq!(
+            l,
+            RopeConfig {
+                theta: 10000.0,
+                partial_rotary_factor: 1.0,
+                scaling: RopeScaling::Default
+            }
+        );
+    }
+
+    #[test]
+    fn llama3_settings_and_errors() {
+        let c = cfg(
+            r#"{"rope_theta": 500000.0, "max_position_embeddings": 131072, "rope_scaling": {"rope_type": "llama3",
+            "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}"#,
+        );
+        let r = RopeConfig::from_config(&c, LLAMA_ROPE_KEYS).unwrap();
+        assert_eq!(
+            r.scaling,
+            RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192.0
+            }
+        );
+        let bad = cfg(r#"{"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#);
+        let e = RopeConfig::from_config(&bad, LLAMA_ROPE_KEYS)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'yarn'") && e.contains("llama3"), "{e}");
+        let bad = cfg(r#"{"rope_scaling": {"type": "linear"}}"#);
+        let e = RopeConfig::from_config(&bad, LLAMA_ROPE_KEYS)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rope_scaling.factor"), "{e}");
+        let bad = cfg(r#"{"rope_theta": "big"}"#);
+        assert!(RopeConfig::from_config(&bad, LLAMA_ROPE_KEYS).is_err());
+    }
+
+    /// The llama3 frequencies against the formula evaluated per frequency in f64.
+    #[test]
+    fn llama3_inv_freq_matches_scalar_formula() {
+        let config = RopeConfig {
+            theta: 10000.0,
+            partial_rotary_factor: 1.0,
+            scaling: RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 8.0,
+                original_max_position_embeddings: 64.0,
+            },
+        };
+        let got =
+            Vec::<f64>::try_from(inv_freq(&config, 16, 2048, 2048, Kind::Double, Device::Cpu))
+                .unwrap();
+        for (i, g) in got.iter().enumerate() {
+            let f = 1.0 / 10000f64.powf((2 * i) as f64 / 16.0);
+            let wl = 2.0 * PI / f;
+            let want = if wl < 8.0 {
+                f
+            } else if wl > 64.0 {
+                f / 8.0
+            } else {
+                let s = (64.0 / wl - 1.0) / 7.0;
+                (1.0 - s) * f / 8.0 + s * f
+            };
+            assert!(
+                (g - want).abs() < 1e-15 * want.abs().max(1.0),
+                "{i}: {g} vs {want}"
+            );
+        }
+    }
+
+    /// Dynamic scaling: unchanged within the trained length, a larger base past it.
+    #[test]
+    fn dynamic_grows_base_past_trained_length() {
+        let config = RopeConfig {
+            theta: 10000.0,
+            partial_rotary_factor: 1.0,
+            scaling: RopeScaling::Dynamic { factor: 2.0 },
+        };
+        let r = Rotary::new(&config, 8, 16, Kind::Double, Device::Cpu);
+        let plain = Rotary::new(
+            &RopeConfig {
+                scaling: RopeScaling::Default,
+                ..config.clone()
+            },
+            8,
+            16,
+            Kind::Double,
+            Device::Cpu,
+        );
+        let (c1, _) = r.cos_sin(16);
+        let (c2, _) = plain.cos_sin(16);
+        assert_eq!((c1 - c2).abs().max().double_value(&[]), 0.0);
+        let (c3, _) = r.cos_sin(32);
+        // base' = 10000 * (2 * 32 / 16 - 1)^(8/6); slowest frequency at position 31.
+        let base = 10000.0 * 3f64.powf(8.0 / 6.0);
+        let want = (31.0 / base.powf(6.0 / 8.0)).cos();
+        let got = c3.double_value(&[31, 3]);
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    }
+
+    /// cos/sin rows from a grown cache equal freshly computed ones, and partial rotary leaves
+    /// the pass-through dimensions alone.
+    #[test]
+    fn tables_and_partial_rotation() {
+        let config = RopeConfig {
+            theta: 100.0,
+            partial_rotary_factor: 0.5,
+            scaling: RopeScaling::Default,
+        };
+        let r = Rotary::new(&config, 8, 2048, Kind::Double, Device::Cpu);
+        assert_eq!(r.rotary_dim(), 4);
+        let (c5, s5) = r.cos_sin(5);
+        let (c100, _) = r.cos_sin(100);
+        assert_eq!(c5.size(), [5, 4]);
+        assert_eq!(
+            (c100.narrow(0, 0, 5) - &c5).abs().max().double_value(&[]),
+            0.0
+        );
+        // position 3, frequency index 1: angle 3 / 100^(2/4)
+        assert!((c5.double_value(&[3, 1]) - (3.0f64 / 10.0).cos()).abs() < 1e-15);
+        assert!((s5.double_value(&[3, 3]) - (3.0f64 / 10.0).sin()).abs() < 1e-15);
+        let x = Tensor::randn([1, 2, 5, 8], (Kind::Double, Device::Cpu));
+        let y = apply_rotary(&x, &c5, &s5);
+        assert_eq!(
+            (y.narrow(-1, 4, 4) - x.narrow(-1, 4, 4))
+                .abs()
+                .max()
+                .double_value(&[]),
+            0.0
+        );
+        // A rotation keeps the norm of each rotated pair (i, i + 2).
+        let n = |t: &Tensor| t.narrow(-1, 0, 1).square() + t.narrow(-1, 2, 1).square();
+        let err = (n(&y) - n(&x)).abs().max().double_value(&[]);
+        assert!(err < 1e-12, "{err}");
+    }
+}
