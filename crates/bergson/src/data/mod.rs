@@ -4,6 +4,8 @@
 pub mod batching;
 pub mod chat_template;
 pub mod columns;
+pub mod pyrandom;
+pub mod pyvalue;
 pub mod rewards;
 pub mod source;
 pub mod split;
