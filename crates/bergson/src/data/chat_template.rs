@@ -48,6 +48,12 @@ impl ChatTemplate {
             out.write_str(&py_str(value))
                 .map_err(minijinja::Error::from)
         });
+        // Jinja2 built-ins that minijinja keeps in its contrib crate.
+        env.add_filter("truncate", truncate);
+        env.add_filter("striptags", minijinja_contrib::filters::striptags);
+        env.add_filter("filesizeformat", minijinja_contrib::filters::filesizeformat);
+        env.add_function("cycler", minijinja_contrib::globals::cycler);
+        env.add_function("joiner", minijinja_contrib::globals::joiner);
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -149,6 +155,48 @@ fn strftime_now(format: String) -> std::result::Result<String, minijinja::Error>
     )
     .map_err(|_| minijinja::Error::new(ErrorKind::InvalidOperation, "strftime_now failed"))?;
     Ok(out)
+}
+
+/// Jinja2's `truncate(s, length=255, killwords=False, end='...', leeway=5)` (`leeway` by
+/// keyword only: minijinja functions take at most five arguments).
+fn truncate(
+    s: String,
+    length: Option<usize>,
+    killwords: Option<bool>,
+    end: Option<String>,
+    kwargs: Kwargs,
+) -> std::result::Result<String, minijinja::Error> {
+    let length = kwargs
+        .get::<Option<usize>>("length")?
+        .or(length)
+        .unwrap_or(255);
+    let killwords = kwargs
+        .get::<Option<bool>>("killwords")?
+        .or(killwords)
+        .unwrap_or(false);
+    let end = kwargs
+        .get::<Option<String>>("end")?
+        .or(end)
+        .unwrap_or_else(|| "...".into());
+    let leeway = kwargs.get::<Option<usize>>("leeway")?.unwrap_or(5);
+    kwargs.assert_all_used()?;
+    let end_len = end.chars().count();
+    if length < end_len {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("expected length >= {end_len}, got {length}"),
+        ));
+    }
+    if s.chars().count() <= length + leeway {
+        return Ok(s);
+    }
+    let head: String = s.chars().take(length - end_len).collect();
+    let head = if killwords {
+        head.as_str()
+    } else {
+        head.rsplit_once(' ').map_or(head.as_str(), |(a, _)| a)
+    };
+    Ok(format!("{head}{end}"))
 }
 
 /// transformers' `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
