@@ -48,7 +48,7 @@ impl ChatTemplate {
             out.write_str(&py_str(value))
                 .map_err(minijinja::Error::from)
         });
-        // Jinja2 built-ins that minijinja keeps in its contrib crate.
+        // Jinja2 built-ins minijinja lacks (contrib's truncate takes keywords only, so ours).
         env.add_filter("truncate", truncate);
         env.add_filter("striptags", minijinja_contrib::filters::striptags);
         env.add_filter("filesizeformat", minijinja_contrib::filters::filesizeformat);

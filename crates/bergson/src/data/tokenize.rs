@@ -54,6 +54,20 @@ const SPECIAL_TOKEN_NAMES: [&str; 7] = [
     "mask_token",
 ];
 
+/// Bergson's check of `--token_batch_size` against the model (`setup_data_pipeline`): a token
+/// batch size above `max_model_length` is an error; otherwise returns the truncation length
+/// `min(max_model_length, token_batch_size)` (used only with `--truncation`).
+pub fn truncation_length(token_batch_size: usize, max_model_length: i64) -> Result<usize> {
+    let tbs = i64::try_from(token_batch_size).unwrap_or(i64::MAX);
+    if tbs < NO_LIMIT && tbs > max_model_length {
+        return Err(Error::input(format!(
+            "--token_batch_size {token_batch_size} exceeds the model's maximum length \
+             ({max_model_length}); use --token_batch_size {max_model_length} or smaller"
+        )));
+    }
+    Ok(tbs.min(max_model_length).max(0) as usize)
+}
+
 /// One tokenised row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenizedRow {
@@ -125,7 +139,7 @@ impl Tokenizer {
             .map_err(|e| Error::input(format!("{}: {e}", tok_path.display())))?;
         inner.with_padding(None);
 
-        let mut config = read_json_object(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
+        let config = read_json_object(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
         let model_max_length = match config
             .get("model_max_length")
             .or_else(|| config.get("max_len"))
@@ -153,7 +167,7 @@ impl Tokenizer {
             inner.set_encode_special_tokens(split);
         }
         let templates = load_templates(&dir, &config)?;
-        let special = SpecialTokens::from_config(&dir, &mut config)?;
+        let special = SpecialTokens::from_config(&dir, &config)?;
         special.add_missing_to(&mut inner, &config);
 
         Ok(Tokenizer {
@@ -612,7 +626,7 @@ struct SpecialTokens {
 }
 
 impl SpecialTokens {
-    fn from_config(dir: &Path, config: &mut Map<String, Json>) -> Result<Self> {
+    fn from_config(dir: &Path, config: &Map<String, Json>) -> Result<Self> {
         let mut standard: Vec<(String, Option<TokenSpec>)> = SPECIAL_TOKEN_NAMES
             .iter()
             .map(|n| {
@@ -739,6 +753,15 @@ mod tests {
 
     fn bpe_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizers/bpe")
+    }
+
+    #[test]
+    fn token_batch_size_is_checked_against_the_model() {
+        assert_eq!(truncation_length(1024, 2048).unwrap(), 1024);
+        assert_eq!(truncation_length(2048, 2048).unwrap(), 2048);
+        assert_eq!(truncation_length(4096, NO_LIMIT).unwrap(), 4096);
+        let err = truncation_length(4096, 2048).unwrap_err().to_string();
+        assert!(err.contains("--token_batch_size 2048 or smaller"), "{err}");
     }
 
     #[test]
