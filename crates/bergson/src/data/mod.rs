@@ -6,6 +6,8 @@ pub mod chat_template;
 pub mod columns;
 pub mod formats;
 pub mod hub;
+pub mod pyrandom;
+pub mod pyvalue;
 pub mod rewards;
 pub mod source;
 pub mod split;
