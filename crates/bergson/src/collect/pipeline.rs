@@ -114,7 +114,7 @@ impl<'m> Collection<'m> {
         let lengths: Vec<usize> = docs.rows.iter().map(TokenizedRow::len).collect();
         if lengths.iter().all(|&l| l < 2) {
             return Err(Error::input(
-                "every document has fewer than 2 tokens, so none has a next-token loss to index; check the text column",
+                "every document has fewer than 2 tokens, so none has a next-token loss to index; check that --prompt_column (or --completion_column / --conversation_column) names the column holding the text, and drop empty rows",
             ));
         }
         let mut allocation = allocate_batches(
