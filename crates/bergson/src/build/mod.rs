@@ -120,8 +120,15 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Seconds between durable checkpoints of the journal.
-const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// Time between durable checkpoints of the journal: `BERGSON_SYNC_SECONDS` (default 1; 0 syncs
+/// after every batch).
+fn sync_every() -> Duration {
+    let secs = std::env::var("BERGSON_SYNC_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| *s >= 0.0);
+    Duration::from_secs_f64(secs.unwrap_or(1.0))
+}
 
 /// Runs a build: validates the config, prepares data and model, collects every batch into
 /// `<run_path>.part` and renames it to `<run_path>` when complete.
@@ -266,6 +273,7 @@ pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
     progress.resume(done_docs, done_tokens);
 
     let mut pending: Vec<Entry> = Vec::new();
+    let sync_every = sync_every();
     let mut last_sync = Instant::now();
     let mut batches_run = 0;
     let cancelled = || {
@@ -299,7 +307,7 @@ pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
             indices.len(),
             indices.iter().map(|&i| lengths[i] as u64).sum(),
         );
-        if last_sync.elapsed() >= SYNC_EVERY {
+        if last_sync.elapsed() >= sync_every {
             sink.sync(&part.join(AGGREGATE))?;
             journal.append(&pending)?;
             pending.clear();
