@@ -1,1 +1,76 @@
-fn main() {}
+//! The `bergson` command-line tool: parses flags into the library's config structs and calls
+//! the library. Every error is one line on stderr (plus at most a one-line hint) and exit
+//! status 2 for the user's mistakes.
+
+mod build;
+mod errors;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::build::{BuildArgs, RuntimeArgs};
+
+/// Data attribution for large language models (a Rust implementation of EleutherAI's Bergson).
+#[derive(Debug, Parser)]
+#[command(name = "bergson", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a gradient index of a dataset: per-example (projected) loss gradients.
+    Build(BuildArgs),
+    /// The same pipeline as build, meant for `--aggregation mean|sum` (one row).
+    Reduce(BuildArgs),
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(path) = run_file_argument(&argv[1..]) {
+        return errors::finish(run_file(&path));
+    }
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => return errors::clap_error(e),
+    };
+    match cli.command {
+        Command::Build(args) | Command::Reduce(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(build::run(args.config, &args.runtime))
+        }
+    }
+}
+
+/// Bergson's rule: one argument (or a command word and one argument) that ends in .yaml/.yml
+/// or contains a path separator is a run file.
+fn run_file_argument(args: &[String]) -> Option<String> {
+    let candidate = match args {
+        [one] => one,
+        [_, two] => two,
+        _ => return None,
+    };
+    let is_file =
+        candidate.ends_with(".yaml") || candidate.ends_with(".yml") || candidate.contains('/');
+    (is_file && !candidate.starts_with('-')).then(|| candidate.clone())
+}
+
+fn run_file(path: &str) -> anyhow::Result<()> {
+    logging::init(false);
+    let p = std::path::Path::new(path);
+    if !p.exists() {
+        return Err(bergson::Error::input(format!("no such config file: {path}")).into());
+    }
+    let file = bergson::config::run_file::read_run_file(p)?;
+    for step in file.steps {
+        match step {
+            bergson::config::run_file::Step::Build(cfg) => {
+                build::run(*cfg, &RuntimeArgs::default())?
+            }
+        }
+    }
+    Ok(())
+}

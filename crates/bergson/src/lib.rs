@@ -6,6 +6,7 @@
 //! [`config`] holds one struct per subcommand: the single source of CLI flags, YAML and the
 //! saved `config.yaml`.
 
+pub mod build;
 pub mod collect;
 pub mod config;
 pub mod data;

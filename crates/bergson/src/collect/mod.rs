@@ -4,6 +4,7 @@ pub mod collector;
 pub mod loss;
 pub mod normalizer;
 pub mod optimizer_state;
+pub mod pipeline;
 pub mod processor;
 pub mod projection;
 pub mod targets;
@@ -11,5 +12,9 @@ pub mod targets;
 pub use collector::{BatchGradients, CaptureHook, GradientCollector};
 pub use loss::{document_losses, LossSpec};
 pub use normalizer::Normalizer;
+pub use pipeline::{
+    collect_gradients, collect_gradients_in_memory, BatchOutput, CollectConfig, Collection,
+    Documents,
+};
 pub use processor::{GradientProcessor, ProjectionSettings};
 pub use targets::{discover_targets, split_heads, Target};

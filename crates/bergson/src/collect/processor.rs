@@ -108,3 +108,28 @@ impl GradientProcessor {
             .map(|(_, v)| v)
     }
 }
+
+impl GradientProcessor {
+    /// Writes Bergson's processor files into `dir`: processor_config.yaml, normalizers.pth,
+    /// hessians.pth and hessians_eigen.pth (a build fits no Hessian: empty dicts).
+    pub fn save(&self, dir: &std::path::Path) -> crate::Result<()> {
+        use crate::error::IoContext;
+        let yaml = serde_saphyr::to_string(&self.settings)
+            .map_err(|e| crate::Error::input(format!("cannot write processor_config.yaml: {e}")))?;
+        let path = dir.join("processor_config.yaml");
+        std::fs::write(&path, yaml).at_path(&path)?;
+        super::optimizer_state::save_normalizers(&dir.join("normalizers.pth"), &self.normalizers)?;
+        crate::pickle::save_empty_dict(&dir.join("hessians.pth"))?;
+        crate::pickle::save_empty_dict(&dir.join("hessians_eigen.pth"))
+    }
+
+    /// Reads `processor_config.yaml` (Bergson's, with its defaults for older files).
+    pub fn read_settings(dir: &std::path::Path) -> crate::Result<ProjectionSettings> {
+        use crate::error::IoContext;
+        let path = dir.join("processor_config.yaml");
+        let text = std::fs::read_to_string(&path).at_path(&path)?;
+        serde_saphyr::from_str(&text).map_err(|e| {
+            crate::Error::input(format!("{}: not a processor config ({e})", path.display()))
+        })
+    }
+}

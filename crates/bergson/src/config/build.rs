@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 
 use super::enums::*;
 use super::flags::{clap_default, parse_bool};
-use crate::engine::Precision;
 
 /// Declares a struct whose `Default` comes from its clap definition.
 macro_rules! clap_defaults {
@@ -112,8 +111,8 @@ pub struct IndexConfig {
     #[arg(long, default_value = "EleutherAI/pythia-160m")]
     pub model: String,
     /// Model dtype.
-    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
-    pub precision: Precision,
+    #[arg(long, value_enum, default_value_t = PrecisionChoice::Fp32)]
+    pub precision: PrecisionChoice,
     /// Model revision on the hub.
     #[arg(long)]
     pub revision: Option<String>,
@@ -343,7 +342,7 @@ mod tests {
         assert_eq!(c.index_cfg.split_attention_modules, ["a", "b"]);
         assert_eq!(c.index_cfg.attention.num_heads, 2);
         assert_eq!(c.index_cfg.projection_seed, Some(7));
-        assert_eq!(c.index_cfg.precision, Precision::Bf16);
+        assert_eq!(c.index_cfg.precision, PrecisionChoice::Bf16);
         assert_eq!(c.preprocess_cfg.aggregation, Aggregation::Mean);
     }
 }

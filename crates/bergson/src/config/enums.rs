@@ -113,3 +113,23 @@ choice! {
         TikhonovFiltered = "tikhonov_filtered",
     } default DampedInverse
 }
+
+choice! {
+    /// Model dtype (`--precision`), with all of Bergson's spellings.
+    PrecisionChoice {
+        /// The checkpoint's own dtype (config.json `dtype`/`torch_dtype`).
+        Auto = "auto",
+        /// bfloat16.
+        Bf16 = "bf16",
+        /// float16.
+        Fp16 = "fp16",
+        /// float32.
+        Fp32 = "fp32",
+        /// float64.
+        Fp64 = "fp64",
+        /// 4-bit bitsandbytes quantisation (not supported by bergson-rs).
+        Int4 = "int4",
+        /// 8-bit bitsandbytes quantisation (not supported by bergson-rs).
+        Int8 = "int8",
+    } default Fp32
+}

@@ -12,7 +12,7 @@ pub use build::{
     PreprocessConfig,
 };
 pub use enums::{
-    Aggregation, Inversion, LossFn, LossReduction, ProjectionScale, ProjectionTarget,
-    ProjectionType,
+    Aggregation, Inversion, LossFn, LossReduction, PrecisionChoice, ProjectionScale,
+    ProjectionTarget, ProjectionType,
 };
 pub use flags::{clap_default, parse_bool};

@@ -216,6 +216,46 @@ fn download(
     Ok(dir)
 }
 
+/// One file of a Hub model repository (e.g. an `optimizer.pt` for `hf://` optimizer states):
+/// from the cache, else downloaded unless offline.
+pub fn resolve_file(id: &str, revision: Option<&str>, file: &str) -> Result<PathBuf> {
+    let settings = HubSettings::from_env();
+    let revision = revision.unwrap_or("main");
+    if let Some(dir) = cached_snapshot(&settings.cache_dir, id, revision) {
+        if dir.join(file).is_file() {
+            return Ok(dir.join(file));
+        }
+    }
+    let fix =
+        "download it where there is network access and copy the hub cache, or give a local path";
+    if settings.offline {
+        return Err(Error::input(format!(
+            "{file} of {id} (revision {revision}) is not in the hub cache {} and HF_HUB_OFFLINE is set; {fix}",
+            settings.cache_dir.display()
+        )));
+    }
+    let mut builder =
+        ApiBuilder::from_cache(Cache::new(settings.cache_dir.clone())).with_progress(false);
+    if let Some(endpoint) = &settings.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    let fetched = builder.build().map_err(|e| e.to_string()).and_then(|api| {
+        api.repo(Repo::with_revision(
+            id.to_string(),
+            RepoType::Model,
+            revision.to_string(),
+        ))
+        .get(file)
+        .map_err(|e| e.to_string())
+    });
+    fetched.map_err(|e| {
+        Error::input(format!(
+            "{file} of {id} (revision {revision}) is not cached and downloading it failed ({}); {fix}",
+            e.replace('\n', " ")
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

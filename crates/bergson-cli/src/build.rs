@@ -1,0 +1,69 @@
+//! `bergson build` / `bergson reduce`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bergson::config::BuildConfig;
+use clap::Args;
+
+/// Flags of `bergson build`: Bergson's config plus how to run it (not saved in config.yaml).
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The run's config (Bergson's flags).
+    #[command(flatten)]
+    pub config: BuildConfig,
+    /// How to run it.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// Execution settings that do not change the index.
+#[derive(Debug, Args, Default)]
+#[command(rename_all = "snake_case")]
+pub struct RuntimeArgs {
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No progress bar and no summary line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// libtorch intra-op threads (default: all cores).
+    #[arg(long)]
+    pub num_threads: Option<i32>,
+}
+
+/// Runs a build.
+pub fn run(config: BuildConfig, runtime: &RuntimeArgs) -> anyhow::Result<()> {
+    let device = bergson::engine::parse_device(if runtime.device.is_empty() {
+        "cpu"
+    } else {
+        &runtime.device
+    })?;
+    if let Some(n) = runtime.num_threads {
+        tch::set_num_threads(n);
+    }
+    let opts = bergson::build::RunOptions {
+        device,
+        quiet: runtime.quiet,
+        cancel: Some(interrupt_flag()),
+    };
+    let summary = bergson::build::run(&config, &opts)?;
+    if !runtime.quiet {
+        eprintln!("{summary}");
+    }
+    Ok(())
+}
+
+/// A flag set by the first Ctrl-C (the build stops after its current batch, leaving a resumable
+/// `<run_path>.part`); a second Ctrl-C exits at once.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let seen = flag.clone();
+    let _ = ctrlc::set_handler(move || {
+        if seen.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: stopping after the current batch (Ctrl-C again to quit now)");
+    });
+    flag
+}

@@ -1,0 +1,15 @@
+//! Logs through `tracing`, filtered by `RUST_LOG` (default: warnings only, so errors stay the
+//! only thing on stderr).
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the subscriber once.
+pub fn init(quiet: bool) {
+    let default = if quiet { "error" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

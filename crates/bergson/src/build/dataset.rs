@@ -1,0 +1,315 @@
+//! The build's data pipeline (Bergson's `setup_data_pipeline`): load the rows, tokenise them in
+//! the mode the columns select, add advantages, apply `max_tokens`, and keep the columns that
+//! `data.hf` will hold.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, ListArray};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field};
+use arrow::record_batch::RecordBatch;
+
+use crate::config::{DataConfig, IndexConfig};
+use crate::data::columns::{
+    add_column, conversation_column, drop_columns, float_column, string_column, take_rows,
+};
+use crate::data::rewards::{advantages_from_column, advantages_from_rewards};
+use crate::data::source::load_dataset;
+use crate::data::tokenize::{truncation_length, TokenizedRow, Tokenizer, NO_LIMIT};
+use crate::{Error, Result};
+
+/// A tokenised dataset ready for collection.
+#[derive(Debug)]
+pub struct PreparedData {
+    /// The rows as `data.hf` will hold them (before `loss` is added): the original columns
+    /// unless `drop_columns`, then `input_ids`, `length`, `labels`, `advantage`.
+    pub table: RecordBatch,
+    /// Token ids and labels per row.
+    pub rows: Vec<TokenizedRow>,
+    /// Dr. GRPO advantages per row.
+    pub advantages: Option<Vec<f64>>,
+}
+
+impl PreparedData {
+    /// Tokens per row.
+    pub fn lengths(&self) -> Vec<usize> {
+        self.rows.iter().map(TokenizedRow::len).collect()
+    }
+}
+
+/// Runs the data pipeline of `cfg` with `tokenizer`; `max_position_embeddings` comes from the
+/// model's config.json.
+pub fn prepare_data(
+    cfg: &IndexConfig,
+    tokenizer: &Tokenizer,
+    max_position_embeddings: Option<i64>,
+) -> Result<PreparedData> {
+    let data = &cfg.data;
+    check_data_config(data)?;
+    let table = load_dataset(&data.dataset, &data.split, data.subset.as_deref())?;
+    let max_model_length = tokenizer.max_model_length(max_position_embeddings);
+    let max_length = truncation_length(cfg.token_batch_size, max_model_length)?;
+    let encoder = tokenizer.encoder(data.truncation.then_some(max_length))?;
+
+    let pretokenized = table.column_by_name("input_ids").is_some();
+    let (rows, chat) = if pretokenized {
+        (
+            pretokenized_rows(&table)?,
+            table.column_by_name("labels").is_some(),
+        )
+    } else if !data.completion_column.is_empty() {
+        let prompts = string_column(&table, &data.prompt_column, "--prompt_column")?;
+        let completions = string_column(&table, &data.completion_column, "--completion_column")?;
+        let pairs: Vec<(&String, &String)> = prompts.iter().zip(&completions).collect();
+        (encoder.encode_prompt_completions(&pairs)?, true)
+    } else if !data.conversation_column.is_empty() {
+        let convos =
+            conversation_column(&table, &data.conversation_column, "--conversation_column")?;
+        (encoder.encode_conversations(&convos)?, true)
+    } else {
+        let texts = string_column(&table, &data.prompt_column, "--prompt_column")?;
+        (encoder.encode_texts(&texts)?, false)
+    };
+    if !data.truncation {
+        warn_long(&rows, max_model_length, cfg.token_batch_size);
+    }
+    let original: Vec<String> = table
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut table = table;
+    if !pretokenized {
+        table = add_column(
+            &table,
+            "input_ids",
+            id_lists(rows.iter().map(|r| r.input_ids.as_slice())),
+        )?;
+        table = add_column(
+            &table,
+            "length",
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.len() as i64),
+            )),
+        )?;
+        if chat {
+            let labels: Vec<&[i64]> = rows
+                .iter()
+                .map(|r| r.labels.as_deref().unwrap_or(&[]))
+                .collect();
+            table = add_column(&table, "labels", id_lists(labels.into_iter()))?;
+        }
+    } else if table.column_by_name("length").is_none() {
+        table = add_column(
+            &table,
+            "length",
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.len() as i64),
+            )),
+        )?;
+    }
+
+    // Rewards or advantages (Dr. GRPO).
+    let value_column = if !data.reward_column.is_empty() {
+        Some((&data.reward_column, "--reward_column"))
+    } else if !data.advantage_column.is_empty() {
+        Some((&data.advantage_column, "--advantage_column"))
+    } else {
+        None
+    };
+    let mut rows = rows;
+    let mut advantages = None;
+    if let Some((column, flag)) = value_column {
+        let values = float_column(&table, column, flag)?;
+        let adv = if !data.reward_column.is_empty() {
+            let prompts = string_column(&table, &data.prompt_column, "--prompt_column")?;
+            advantages_from_rewards(&prompts, &values, column, data.skip_nan_rewards)?
+        } else {
+            advantages_from_column(&values, column, data.skip_nan_rewards)?
+        };
+        if adv.kept.len() != rows.len() {
+            tracing::warn!(
+                "filtering out {} rows with NaN values",
+                rows.len() - adv.kept.len()
+            );
+            table = take_rows(&table, &adv.kept)?;
+            rows = select(rows, &adv.kept);
+        }
+        table = add_column(
+            &table,
+            "advantage",
+            Arc::new(Float64Array::from(adv.advantages.clone())),
+        )?;
+        advantages = Some(adv.advantages);
+    }
+
+    if let Some(max_tokens) = cfg.max_tokens {
+        let keep = max_tokens_rows(
+            &rows.iter().map(TokenizedRow::len).collect::<Vec<_>>(),
+            max_tokens,
+        );
+        table = take_rows(&table, &keep)?;
+        rows = select(rows, &keep);
+        advantages = advantages.map(|a| keep.iter().map(|&i| a[i]).collect());
+    }
+
+    if cfg.drop_columns {
+        let keep = ["length", "input_ids", "labels", "advantage"];
+        let drop: Vec<&str> = original
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !keep.contains(c) || (*c == "advantage" && value_column.is_none()))
+            .collect();
+        table = drop_columns(&table, &drop);
+    }
+    if rows.is_empty() {
+        return Err(Error::input(format!(
+            "dataset '{}' has no rows left to index",
+            data.dataset
+        )));
+    }
+    Ok(PreparedData {
+        table,
+        rows,
+        advantages,
+    })
+}
+
+/// Bergson's `DataConfig.__post_init__` checks, and options bergson-rs does not have yet.
+fn check_data_config(data: &DataConfig) -> Result<()> {
+    if !data.reward_column.is_empty() && !data.advantage_column.is_empty() {
+        return Err(Error::input(
+            "--reward_column and --advantage_column cannot both be given; keep one",
+        ));
+    }
+    if data.chunk_length > 0 {
+        return Err(Error::input("--chunk_length is not supported by bergson-rs yet; drop it (documents are indexed whole)"));
+    }
+    if !data.format_template.is_empty() {
+        return Err(Error::input("--format_template is not supported by bergson-rs yet; format the rows into a text column first"));
+    }
+    if !data.data_kwargs.is_empty() {
+        return Err(Error::input("--data_kwargs is not supported by bergson-rs; use a local file or a cached hub dataset"));
+    }
+    Ok(())
+}
+
+fn warn_long(rows: &[TokenizedRow], max_model_length: i64, token_batch_size: usize) {
+    let longest = rows.iter().map(TokenizedRow::len).max().unwrap_or(0);
+    if max_model_length != NO_LIMIT && longest as i64 > max_model_length {
+        tracing::warn!("dataset contains a document longer than the model can handle ({longest} > {max_model_length}); consider --truncation");
+    } else if longest > token_batch_size {
+        tracing::warn!("dataset contains a document longer than token_batch_size ({longest} > {token_batch_size}); consider a bigger --token_batch_size or --truncation");
+    }
+}
+
+fn select<T: Clone>(rows: Vec<T>, keep: &[usize]) -> Vec<T> {
+    keep.iter().map(|&i| rows[i].clone()).collect()
+}
+
+/// Bergson's experimental `max_tokens`: the longest prefix of rows within the budget, or the
+/// rows tiled (then a partial pass) when the dataset is smaller than it.
+pub fn max_tokens_rows(lengths: &[usize], max_tokens: usize) -> Vec<usize> {
+    let total: usize = lengths.iter().sum();
+    let mut out = Vec::new();
+    let mut used = 0;
+    if total >= max_tokens {
+        for (i, &l) in lengths.iter().enumerate() {
+            if used + l > max_tokens {
+                break;
+            }
+            out.push(i);
+            used += l;
+        }
+        return out;
+    }
+    let repeats = max_tokens.checked_div(total).unwrap_or(0);
+    for _ in 0..repeats {
+        out.extend(0..lengths.len());
+    }
+    used = total * repeats;
+    for (i, &l) in lengths.iter().enumerate() {
+        if used + l > max_tokens {
+            break;
+        }
+        out.push(i);
+        used += l;
+    }
+    out
+}
+
+/// Token ids of a pre-tokenised dataset (`input_ids`, optional `labels`).
+fn pretokenized_rows(table: &RecordBatch) -> Result<Vec<TokenizedRow>> {
+    let ids = int_lists(table, "input_ids")?;
+    let labels = if table.column_by_name("labels").is_some() {
+        Some(int_lists(table, "labels")?)
+    } else {
+        None
+    };
+    Ok(ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, input_ids)| TokenizedRow {
+            input_ids,
+            labels: labels.as_ref().map(|l| l[i].clone()),
+        })
+        .collect())
+}
+
+fn int_lists(table: &RecordBatch, name: &str) -> Result<Vec<Vec<i64>>> {
+    let col = table
+        .column_by_name(name)
+        .ok_or_else(|| Error::input(format!("no '{name}' column")))?;
+    let as_list = arrow::compute::cast(
+        col,
+        &DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
+    )
+    .map_err(|_| {
+        Error::input(format!(
+            "column '{name}' must hold lists of integer token ids"
+        ))
+    })?;
+    let list = as_list
+        .as_any()
+        .downcast_ref::<ListArray>()
+        .ok_or_else(|| Error::input(format!("column '{name}' must hold lists of token ids")))?;
+    (0..list.len())
+        .map(|i| {
+            let v = list.value(i);
+            let ints = v.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
+                Error::input(format!("column '{name}' must hold integer token ids"))
+            })?;
+            Ok(ints.iter().map(|x| x.unwrap_or(0)).collect())
+        })
+        .collect()
+}
+
+/// A `list<int64>` column from rows of ids.
+fn id_lists<'a>(rows: impl Iterator<Item = &'a [i64]>) -> ArrayRef {
+    let mut offsets = vec![0i32];
+    let mut values = Vec::new();
+    for r in rows {
+        values.extend_from_slice(r);
+        offsets.push(values.len() as i32);
+    }
+    let field = Arc::new(Field::new("item", DataType::Int64, true));
+    Arc::new(ListArray::new(
+        field,
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(Int64Array::from(values)),
+        None,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_tokens_takes_a_prefix_or_tiles() {
+        assert_eq!(max_tokens_rows(&[3, 4, 5], 8), [0, 1]);
+        assert_eq!(max_tokens_rows(&[3, 4], 16), [0, 1, 0, 1]);
+        assert_eq!(max_tokens_rows(&[3, 4], 17), [0, 1, 0, 1, 0]);
+    }
+}

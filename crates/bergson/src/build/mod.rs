@@ -1,0 +1,474 @@
+//! `bergson build`: the whole pipeline from a [`BuildConfig`] to a finished index directory,
+//! with Bergson 2.5.1's files and layouts (see `docs/index-format.md`).
+
+mod dataset;
+mod journal;
+mod progress;
+mod rows;
+mod run_dir;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Float32Array, Int64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use md5::{Digest, Md5};
+use tch::{Device, Kind};
+
+pub use dataset::{prepare_data, PreparedData};
+
+use crate::collect::optimizer_state::{load_normalizers, resolve_optimizer_path};
+use crate::collect::{CollectConfig, Collection, Documents, GradientProcessor, ProjectionSettings};
+use crate::config::run_file::build_config_yaml;
+use crate::config::{Aggregation, BuildConfig, IndexConfig, PrecisionChoice};
+use crate::data::columns::{add_column, drop_columns};
+use crate::data::tokenize::Tokenizer;
+use crate::engine::Precision;
+use crate::error::IoContext;
+use crate::index::hf_dataset::write_hf_dataset;
+use crate::index::reader::write_offsets;
+use crate::index::{GradientFile, IndexInfo};
+use crate::models::config::ConfigJson;
+use crate::models::hub::resolve_model_dir;
+use crate::models::{auto_precision, load_model, CausalLm};
+use crate::{pickle, Error, Result};
+
+use journal::{Entry, Header, Journal, AGGREGATE, JOURNAL};
+use progress::Progress;
+use rows::RowSink;
+use run_dir::Start;
+
+/// How to run a build (not part of the saved config).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where the model runs.
+    pub device: Device,
+    /// No progress output.
+    pub quiet: bool,
+    /// Set (e.g. by a Ctrl-C handler) to stop after the current batch, leaving a resumable
+    /// `<run_path>.part`.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            device: Device::Cpu,
+            quiet: true,
+            cancel: None,
+        }
+    }
+}
+
+/// What a finished build did.
+#[derive(Debug, Clone)]
+pub struct BuildSummary {
+    /// The index directory.
+    pub run_path: PathBuf,
+    /// Documents in the index.
+    pub documents: usize,
+    /// Documents skipped for having fewer than 2 tokens (their rows are zero).
+    pub skipped: usize,
+    /// Tokens of the indexed documents.
+    pub tokens: u64,
+    /// Batches computed by this run (fewer than all when resuming).
+    pub batches_run: usize,
+    /// Wall time.
+    pub seconds: f64,
+    /// Size of gradients.bin.
+    pub index_bytes: u64,
+}
+
+impl std::fmt::Display for BuildSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "indexed {} documents ({} tokens) in {:.1} s ({:.0} tokens/s); index {} at {}",
+            self.documents,
+            self.tokens,
+            self.seconds,
+            self.tokens as f64 / self.seconds.max(1e-9),
+            human_bytes(self.index_bytes),
+            self.run_path.display()
+        )?;
+        if self.skipped > 0 {
+            write!(
+                f,
+                "; {} documents with fewer than 2 tokens have zero rows",
+                self.skipped
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// Seconds between durable checkpoints of the journal.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs a build: validates the config, prepares data and model, collects every batch into
+/// `<run_path>.part` and renames it to `<run_path>` when complete.
+pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
+    let start = Instant::now();
+    let icfg = &cfg.index_cfg;
+    check_supported(cfg)?;
+    let (run_path, part, start_mode) = run_dir::prepare(cfg)?;
+
+    let model_dir = resolve_model_dir(&icfg.model, icfg.revision.as_deref())?;
+    let tokenizer_dir = if icfg.tokenizer.is_empty() {
+        model_dir.clone()
+    } else {
+        resolve_model_dir(&icfg.tokenizer, None)?
+    };
+    let tokenizer = Tokenizer::from_dir(&tokenizer_dir)?;
+    let model_config = ConfigJson::from_file(&model_dir.join("config.json"))?;
+    let max_positions = model_config.int(&["max_position_embeddings", "n_positions"])?;
+    let data = prepare_data(icfg, &tokenizer, max_positions)?;
+
+    let precision = resolve_precision(icfg.precision, &model_dir)?;
+    let mut model = load_model(&model_dir, precision, opts.device)?;
+    if icfg.force_math_sdp {
+        model.set_math_attention(true);
+    }
+    let model: &dyn CausalLm = &*model;
+    let mut processor = GradientProcessor::new(ProjectionSettings::from_index_config(icfg));
+    if !icfg.optimizer_state.is_empty() {
+        let path = resolve_optimizer_path(&icfg.optimizer_state, hub_file)?;
+        processor.normalizers = load_normalizers(model, &path, icfg.include_bias)?;
+    }
+    let docs = Documents {
+        rows: &data.rows,
+        advantages: data.advantages.as_deref(),
+    };
+    let collection = Collection::new(
+        model,
+        docs,
+        &processor,
+        &CollectConfig::from_index_config(icfg),
+    )?;
+
+    let aggregation = cfg.preprocess_cfg.aggregation;
+    if icfg.attribute_tokens && aggregation != Aggregation::None {
+        return Err(Error::input(
+            "--attribute_tokens cannot be combined with --aggregation; drop one",
+        ));
+    }
+    let lengths = data.lengths();
+    let num_items = lengths.len();
+    let grad_sizes = collection.grad_sizes();
+    let row_len: usize = grad_sizes.iter().map(|(_, s)| s).sum();
+    let offsets = icfg.attribute_tokens.then(|| token_offsets(&lengths));
+    let num_grads = match (&offsets, aggregation) {
+        (_, Aggregation::Mean | Aggregation::Sum) => 1,
+        (Some(o), _) => o[num_items] as usize,
+        (None, _) => num_items,
+    };
+    let save_kind = if aggregation == Aggregation::None {
+        model.kind()
+    } else {
+        Kind::Float
+    };
+
+    // Everything below writes into <run_path>.part.
+    if start_mode == Start::Fresh {
+        run_dir::create_part(&part)?;
+        write_text(
+            &part.join("config.yaml"),
+            &build_config_yaml(cfg, chrono::Utc::now())?,
+        )?;
+    }
+    processor.save(&part)?;
+    let file = GradientFile::create(
+        &part,
+        num_grads,
+        row_len,
+        save_kind,
+        start_mode == Start::Resume,
+    )?;
+    let info = IndexInfo {
+        attribute_tokens: icfg.attribute_tokens,
+        num_items: if offsets.is_some() {
+            num_items
+        } else {
+            num_grads
+        },
+        num_grads,
+        grad_sizes: grad_sizes.clone(),
+        base_dtype: crate::engine::numpy_name(save_kind).to_string(),
+    };
+    info.write(&part)?;
+    if let Some(o) = &offsets {
+        write_offsets(&part.join("offsets.npy"), o)?;
+    }
+    let mut sink = RowSink::new(
+        file,
+        cfg.preprocess_cfg.unit_normalize,
+        aggregation,
+        offsets,
+        row_len,
+    )?;
+
+    // Resume from the journal of an interrupted run.
+    let batches = collection.batches();
+    let header = Header {
+        fingerprint: fingerprint(&data, batches, &grad_sizes),
+        num_batches: batches.len(),
+    };
+    let done: Vec<Entry> = match start_mode {
+        Start::Resume => Journal::read(&part, &header)?.unwrap_or_default(),
+        Start::Fresh => Vec::new(),
+    };
+    let mut journal = if done.is_empty() {
+        Journal::create(&part, &header)?
+    } else {
+        Journal::reopen(&part, &done, &header)?
+    };
+    if !done.is_empty() {
+        sink.restore(&part.join(AGGREGATE))?;
+    }
+    let mut losses = vec![0f32; num_items];
+    let mut positions = 0usize;
+    let mut is_done = vec![false; batches.len()];
+    for e in &done {
+        is_done[e.batch] = true;
+        for (&i, &bits) in batches[e.batch].iter().zip(&e.loss_bits) {
+            losses[i] = f32::from_bits(bits);
+        }
+        positions += e.positions;
+    }
+
+    let indexed: Vec<usize> = batches.iter().flatten().copied().collect();
+    let total_tokens: u64 = indexed.iter().map(|&i| lengths[i] as u64).sum();
+    let mut progress = Progress::new(opts.quiet, indexed.len(), total_tokens);
+    let done_docs: usize = done.iter().map(|e| batches[e.batch].len()).sum();
+    let done_tokens: u64 = done
+        .iter()
+        .flat_map(|e| &batches[e.batch])
+        .map(|&i| lengths[i] as u64)
+        .sum();
+    progress.resume(done_docs, done_tokens);
+
+    let mut pending: Vec<Entry> = Vec::new();
+    let mut last_sync = Instant::now();
+    let mut batches_run = 0;
+    let cancelled = || {
+        opts.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+    };
+    for (b, indices) in batches.iter().enumerate() {
+        if is_done[b] {
+            continue;
+        }
+        if cancelled() {
+            sink.sync(&part.join(AGGREGATE))?;
+            journal.append(&pending)?;
+            progress.finish();
+            return Err(Error::Interrupted);
+        }
+        let out = collection.run_batch(docs, indices)?;
+        sink.write(&out)?;
+        for (&i, &l) in out.indices.iter().zip(&out.losses) {
+            losses[i] = l;
+        }
+        positions += out.positions;
+        pending.push(Entry {
+            batch: b,
+            loss_bits: out.losses.iter().map(|l| l.to_bits()).collect(),
+            positions: out.positions,
+        });
+        batches_run += 1;
+        progress.advance(
+            indices.len(),
+            indices.iter().map(|&i| lengths[i] as u64).sum(),
+        );
+        if last_sync.elapsed() >= SYNC_EVERY {
+            sink.sync(&part.join(AGGREGATE))?;
+            journal.append(&pending)?;
+            pending.clear();
+            last_sync = Instant::now();
+        }
+    }
+    progress.finish();
+    sink.finish(num_items, cfg.preprocess_cfg.normalize_aggregated_grad)?;
+
+    // data.hf, the processor files (again, as Bergson writes them at teardown), the count.
+    let table = if aggregation == Aggregation::None {
+        let mut t = data.table.clone();
+        if icfg.drop_columns {
+            t = drop_columns(&t, &["input_ids"]);
+        }
+        add_column(&t, "loss", Arc::new(Float32Array::from(losses)))?
+    } else {
+        let schema = Schema::new(vec![Field::new("query_index", DataType::Int64, true)]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![Arc::new(Int64Array::from(vec![0i64]))],
+        )
+        .map_err(|e| Error::input(format!("cannot build data.hf: {e}")))?
+    };
+    write_hf_dataset(&table, &part.join("data.hf"))?;
+    processor.save(&part)?;
+    pickle::save_scalar_i64(&part.join("total_processed.pt"), positions as i64)?;
+    for extra in [JOURNAL, AGGREGATE] {
+        let p = part.join(extra);
+        if p.exists() {
+            std::fs::remove_file(&p).at_path(&p)?;
+        }
+    }
+    run_dir::finish(&part, &run_path)?;
+    let index_bytes = std::fs::metadata(run_path.join("gradients.bin"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    Ok(BuildSummary {
+        run_path,
+        documents: num_items,
+        skipped: lengths.iter().filter(|&&l| l < 2).count(),
+        tokens: lengths.iter().map(|&l| l as u64).sum(),
+        batches_run,
+        seconds: start.elapsed().as_secs_f64(),
+        index_bytes,
+    })
+}
+
+/// Refuses Bergson options bergson-rs does not implement, and impossible values, up front.
+fn check_supported(cfg: &BuildConfig) -> Result<()> {
+    let c = &cfg.index_cfg;
+    let unsupported = |flag: &str, why: &str| {
+        Err(Error::input(format!(
+            "{flag} is not supported by bergson-rs yet; {why}"
+        )))
+    };
+    if c.token_batch_size == 0 {
+        return Err(Error::input(
+            "--token_batch_size must be positive (Bergson's default is 2048)",
+        ));
+    }
+    if c.max_batch_size == Some(0) {
+        return Err(Error::input(
+            "--max_batch_size must be positive, or left out for no cap",
+        ));
+    }
+    if c.fsdp {
+        return unsupported("--fsdp", "run without it");
+    }
+    if !c.peft_init_kwargs.is_empty() {
+        return unsupported("--peft_init_kwargs", "index the base model");
+    }
+    if !c.model_kwargs.is_empty() {
+        return unsupported("--model_kwargs", "drop it");
+    }
+    if !c.moe_experts.is_empty() {
+        return unsupported("--moe_experts", "drop it");
+    }
+    if c.logit_scale != 1.0 {
+        return unsupported("--logit_scale", "leave it at 1.0");
+    }
+    if c.auto_batch_size {
+        return unsupported("--auto_batch_size", "set --token_batch_size");
+    }
+    if c.distributed.nnode * c.distributed.nproc_per_node > 1 {
+        return unsupported(
+            "multi-process builds (--nnode/--nproc_per_node)",
+            "run one process",
+        );
+    }
+    if cfg.preprocess_cfg.hessian_path.is_some() {
+        return unsupported("--hessian_path", "precondition at query time");
+    }
+    if !(0.0..=1.0).contains(&c.label_smoothing) {
+        return Err(Error::input(format!(
+            "--label_smoothing {} must be between 0 and 1",
+            c.label_smoothing
+        )));
+    }
+    Ok(())
+}
+
+fn resolve_precision(choice: PrecisionChoice, model_dir: &Path) -> Result<Precision> {
+    Ok(match choice {
+        PrecisionChoice::Auto => auto_precision(model_dir)?,
+        PrecisionChoice::Bf16 => Precision::Bf16,
+        PrecisionChoice::Fp16 => Precision::Fp16,
+        PrecisionChoice::Fp32 => Precision::Fp32,
+        PrecisionChoice::Fp64 => Precision::Fp64,
+        PrecisionChoice::Int4 | PrecisionChoice::Int8 => {
+            return Err(Error::input(format!(
+                "--precision {choice} (bitsandbytes quantisation) is not supported by bergson-rs; use bf16, fp16, fp32, fp64 or auto"
+            )))
+        }
+    })
+}
+
+/// `hf://` optimizer states: one file of a hub repo.
+fn hub_file(repo: &str, revision: Option<&str>, file: &str) -> Result<PathBuf> {
+    crate::models::hub::resolve_file(repo, revision, file)
+}
+
+/// `offsets[i]..offsets[i+1]` are document `i`'s token rows: `max(length - 1, 0)` each.
+fn token_offsets(lengths: &[usize]) -> Vec<i64> {
+    std::iter::once(0)
+        .chain(lengths.iter().scan(0i64, |acc, &l| {
+            *acc += l.saturating_sub(1) as i64;
+            Some(*acc)
+        }))
+        .collect()
+}
+
+/// Identifies the documents and batch plan a journal belongs to.
+fn fingerprint(
+    data: &PreparedData,
+    batches: &[Vec<usize>],
+    grad_sizes: &[(String, usize)],
+) -> String {
+    let mut h = Md5::new();
+    for r in &data.rows {
+        h.update((r.input_ids.len() as u64).to_le_bytes());
+        for id in &r.input_ids {
+            h.update(id.to_le_bytes());
+        }
+        if let Some(l) = &r.labels {
+            for id in l {
+                h.update(id.to_le_bytes());
+            }
+        }
+    }
+    for a in data.advantages.iter().flatten() {
+        h.update(a.to_bits().to_le_bytes());
+    }
+    for b in batches {
+        h.update((b.len() as u64).to_le_bytes());
+        for i in b {
+            h.update((*i as u64).to_le_bytes());
+        }
+    }
+    for (n, s) in grad_sizes {
+        h.update(n.as_bytes());
+        h.update((*s as u64).to_le_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).at_path(path)
+}
+
+#[allow(dead_code)]
+fn _assert_index_config(_: &IndexConfig) {}

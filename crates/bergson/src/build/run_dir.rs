@@ -1,0 +1,137 @@
+//! The run directory's life cycle: everything is written to `<run_path>.part`, renamed to
+//! `<run_path>` only when complete, so a crash or a kill never leaves an index that looks
+//! finished. A `.part` left by an interrupted run of the same config is resumed.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::run_file::{parse_run_file, Step};
+use crate::config::BuildConfig;
+use crate::error::IoContext;
+use crate::{Error, Result};
+
+/// How the build starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// A new `.part` directory.
+    Fresh,
+    /// An existing `.part` of the same config: continue from its journal.
+    Resume,
+}
+
+/// Checks the run path and its `.part`, removing them with `--overwrite`, and decides whether
+/// to start fresh or resume.
+pub fn prepare(cfg: &BuildConfig) -> Result<(PathBuf, PathBuf, Start)> {
+    let run_path = PathBuf::from(&cfg.index_cfg.run_path);
+    if cfg.index_cfg.run_path.is_empty() {
+        return Err(Error::input(
+            "no run path given: `bergson build <run_path> --model ... --dataset ...`",
+        ));
+    }
+    let part = cfg.index_cfg.partial_run_path();
+    check_parent(&run_path)?;
+    if run_path.exists() || run_path.is_symlink() {
+        if !cfg.index_cfg.overwrite {
+            let what = if run_path.is_dir() {
+                "an index directory"
+            } else {
+                "a file"
+            };
+            return Err(Error::input(format!(
+                "run path {} already exists ({what}); pass --overwrite to replace it or choose another path",
+                run_path.display()
+            )));
+        }
+        remove(&run_path)?;
+    }
+    if part.exists() {
+        if cfg.index_cfg.overwrite {
+            remove(&part)?;
+        } else if same_config(&part, cfg)? {
+            return Ok((run_path, part, Start::Resume));
+        } else {
+            return Err(Error::input(format!(
+                "{} holds a partial build of a different config; pass --overwrite to start over, or rerun the command that made it to resume",
+                part.display()
+            )));
+        }
+    }
+    Ok((run_path, part, Start::Fresh))
+}
+
+/// Refuses run paths under a file, and names an unwritable parent.
+fn check_parent(run_path: &Path) -> Result<()> {
+    let mut p = run_path.parent();
+    while let Some(dir) = p {
+        if dir.as_os_str().is_empty() {
+            break;
+        }
+        if dir.exists() {
+            if !dir.is_dir() {
+                return Err(Error::input(format!(
+                    "run path {} is under {}, which is a file, not a directory; choose another run path",
+                    run_path.display(),
+                    dir.display()
+                )));
+            }
+            break;
+        }
+        p = dir.parent();
+    }
+    Ok(())
+}
+
+fn remove(path: &Path) -> Result<()> {
+    if path.is_dir() && !path.is_symlink() {
+        std::fs::remove_dir_all(path).at_path(path)
+    } else {
+        std::fs::remove_file(path).at_path(path)
+    }
+}
+
+/// Whether `<part>/config.yaml` describes the same build (ignoring `overwrite`).
+fn same_config(part: &Path, cfg: &BuildConfig) -> Result<bool> {
+    let Ok(text) = std::fs::read_to_string(part.join("config.yaml")) else {
+        return Ok(false);
+    };
+    let Ok(file) = parse_run_file(&text) else {
+        return Ok(false);
+    };
+    let mut ours = cfg.clone();
+    ours.index_cfg.overwrite = false;
+    Ok(match file.steps.as_slice() {
+        [Step::Build(theirs)] => {
+            let mut theirs = (**theirs).clone();
+            theirs.index_cfg.overwrite = false;
+            theirs == ours
+        }
+        _ => false,
+    })
+}
+
+/// Creates the `.part` directory (and its parents).
+pub fn create_part(part: &Path) -> Result<()> {
+    std::fs::create_dir_all(part).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            Error::input(format!(
+                "cannot create {}: permission denied; choose a writable run path",
+                part.display()
+            ))
+        } else {
+            Error::io(part, e)
+        }
+    })
+}
+
+/// Makes the finished `.part` the index: syncs it and renames it into place.
+pub fn finish(part: &Path, run_path: &Path) -> Result<()> {
+    if let Ok(dir) = std::fs::File::open(part) {
+        let _ = dir.sync_all();
+    }
+    std::fs::rename(part, run_path).at_path(run_path)?;
+    if let Some(parent) = run_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(dir) = std::fs::File::open(parent) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
+}
