@@ -8,7 +8,8 @@
 //! gradients.bin (max error relative to the block's max |value|), rows of skipped documents
 //! (exactly zero), data.hf, offsets.npy, total_processed.pt, processor_config.yaml,
 //! normalizers.pth, the hessian files and config.yaml's `steps`. Cases Bergson rejects must be
-//! rejected too. Run with `--nocapture` for the per-case error table.
+//! rejected too, unless listed in [`ACCEPTED_DIVERGENCES`]. Run with `--nocapture` for the
+//! per-case error table.
 //!
 //! `BERGSON_PARITY_CASES=a,b` limits the run to those cases (for debugging).
 //!
