@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+
 /// Prints an error as one line and returns its exit status.
 pub fn finish(result: anyhow::Result<()>) -> ExitCode {
     let Err(err) = result else {
@@ -20,34 +22,125 @@ pub fn finish(result: anyhow::Result<()>) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Clap's errors without the usage block: the first line, and its tip as a hint.
-pub fn clap_error(e: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
+/// Clap's errors without the usage block: one `error:` line naming the problem (and the valid
+/// choices where clap knows them), then clap's suggestion or a pointer to `--help`. Exit 2.
+/// `subcommand` is the one on the command line, if valid: clap names it only in some errors.
+pub fn clap_error(e: clap::Error, subcommand: Option<&str>) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         let _ = e.print();
-        return ExitCode::from(
-            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                2
-            } else {
-                0
-            },
-        );
+        return ExitCode::SUCCESS;
     }
     let text = e.render().to_string();
+    let command = usage_command(&text)
+        .or_else(|| subcommand.map(|s| format!("bergson {s}")))
+        .unwrap_or_else(|| "bergson".to_string());
+    let help = format!("`{command} --help`");
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        if command == "bergson" {
+            eprintln!(
+                "error: no command given; choose one of: {} (e.g. `bergson build <run_path> --model <dir> --dataset <file>`)",
+                listed_commands(&text).join(", ")
+            );
+            eprintln!("hint: `bergson --help` describes the commands");
+        } else {
+            eprintln!("error: `{command}` needs arguments; {help} lists them");
+        }
+        return ExitCode::from(2);
+    }
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.next().unwrap_or("error: invalid arguments");
-    eprintln!("{}", first);
-    if let Some(tip) = lines.find(|l| l.starts_with("tip:")) {
-        eprintln!("{tip}");
-    } else {
-        eprintln!("hint: run `bergson --help` or `bergson build --help` for the flags");
+    let first = lines
+        .next()
+        .unwrap_or("error: invalid arguments")
+        .to_string();
+    let first = match e.kind() {
+        ErrorKind::ValueValidation => invalid_number(&e).unwrap_or(first),
+        ErrorKind::InvalidValue => with_choices(&e, first),
+        _ => first,
+    };
+    eprintln!("{}", one_line(&first));
+    // Clap's "a similar ... exists" is the best fix; its other tips (`-- --flag`) mislead here.
+    match lines.find(|l| l.starts_with("tip: a similar")) {
+        Some(tip) => eprintln!("{tip}"),
+        None => eprintln!("hint: {help} lists the flags and their values"),
     }
     ExitCode::from(2)
+}
+
+/// The command a clap error is about (`bergson build`), from its usage line.
+fn usage_command(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .map(|usage| {
+            usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['<', '[', '-']))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|c| !c.is_empty())
+}
+
+/// The subcommands listed under `Commands:` in a help text (without `help`).
+fn listed_commands(text: &str) -> Vec<String> {
+    text.lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+fn context_string(e: &clap::Error, kind: ContextKind) -> Option<String> {
+    match e.get(kind)? {
+        ContextValue::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// `--flag <VALUE>` as clap names an argument, without the value placeholder.
+fn flag_name(arg: &str) -> &str {
+    arg.split_whitespace().next().unwrap_or(arg)
+}
+
+/// A number flag given a non-number or a negative number: what it must be instead.
+fn invalid_number(e: &clap::Error) -> Option<String> {
+    let arg = context_string(e, ContextKind::InvalidArg)?;
+    let value = context_string(e, ContextKind::InvalidValue)?;
+    let source = std::error::Error::source(e)?;
+    let flag = flag_name(&arg);
+    let need = if source.is::<std::num::ParseIntError>() {
+        if value.trim().parse::<i128>().is_ok_and(|v| v < 0) {
+            "it cannot be negative: pass a whole number of 0 or more"
+        } else {
+            "pass a whole number"
+        }
+    } else if source.is::<std::num::ParseFloatError>() {
+        "pass a number"
+    } else {
+        return None;
+    };
+    Some(format!("error: invalid value '{value}' for {flag}: {need}"))
+}
+
+/// An invalid choice, with the choices appended.
+fn with_choices(e: &clap::Error, first: String) -> String {
+    match e.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(valid)) if !valid.is_empty() => {
+            let first = match (
+                context_string(e, ContextKind::InvalidArg),
+                context_string(e, ContextKind::InvalidValue),
+            ) {
+                (Some(arg), Some(value)) if !value.is_empty() => {
+                    format!("error: invalid value '{value}' for {}", flag_name(&arg))
+                }
+                _ => first,
+            };
+            format!("{first}; choose one of: {}", valid.join(", "))
+        }
+        _ => first,
+    }
 }
 
 fn one_line(s: &str) -> String {

@@ -8,7 +8,7 @@ mod logging;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::build::{BuildArgs, RuntimeArgs};
 
@@ -23,25 +23,43 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build a gradient index of a dataset: per-example (projected) loss gradients.
+    #[command(allow_negative_numbers = true)]
     Build(BuildArgs),
     /// The same pipeline as build, meant for `--aggregation mean|sum` (one row).
+    #[command(allow_negative_numbers = true)]
     Reduce(BuildArgs),
 }
 
 fn main() -> ExitCode {
+    ignore_file_size_signal();
     let argv: Vec<String> = std::env::args().collect();
     if let Some(path) = run_file_argument(&argv[1..]) {
         return errors::finish(run_file(&path));
     }
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
-        Err(e) => return errors::clap_error(e),
+        Err(e) => {
+            let command = Cli::command();
+            let sub = argv
+                .get(1)
+                .filter(|a| command.find_subcommand(a.as_str()).is_some());
+            return errors::clap_error(e, sub.map(String::as_str));
+        }
     };
     match cli.command {
         Command::Build(args) | Command::Reduce(args) => {
             logging::init(args.runtime.quiet);
             errors::finish(build::run(args.config, &args.runtime))
         }
+    }
+}
+
+/// Past the file size limit (`ulimit -f`), the kernel sends SIGXFSZ, which kills the process
+/// without a word; ignored, the write fails with EFBIG and is reported like any full disk.
+fn ignore_file_size_signal() {
+    // SAFETY: installs the predefined SIG_IGN disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 
@@ -62,7 +80,9 @@ fn run_file(path: &str) -> anyhow::Result<()> {
     logging::init(false);
     let p = std::path::Path::new(path);
     if !p.exists() {
-        return Err(bergson::Error::input(format!("no such config file: {path}")).into());
+        return Err(bergson::Error::input(format!(
+            "no such run file: {path}; check the path (a run file is a YAML mapping with a `steps:` list), or give flags: `bergson build <run_path> --model ... --dataset ...`"
+        )).into());
     }
     let file = bergson::config::run_file::read_run_file(p)?;
     for step in file.steps {

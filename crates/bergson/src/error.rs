@@ -10,8 +10,8 @@ pub enum Error {
     /// the problem and the fix; the CLI prints it and exits with status 2.
     #[error("{0}")]
     Input(String),
-    /// An I/O failure on a named path.
-    #[error("{}: {source}", path.display())]
+    /// An I/O failure on a named path; renders with the fix for the common causes.
+    #[error("{}: {source}{}", path.display(), io_fix(source))]
     Io {
         /// The file or directory involved.
         path: PathBuf,
@@ -49,6 +49,25 @@ impl Error {
     }
 }
 
+/// What to do about an I/O error, by kind (`"; ..."`, or nothing for rare kinds).
+fn io_fix(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => "; check that the path and its parent directories exist",
+        K::PermissionDenied => "; check its permissions, or choose another location",
+        K::ReadOnlyFilesystem => "; the file system is read-only: choose a location you can write to",
+        K::StorageFull | K::QuotaExceeded => {
+            "; the disk is full: free some space or choose a run path on another disk"
+        }
+        K::FileTooLarge => {
+            "; the file size limit was reached (`ulimit -f`, or the file system's maximum): raise it or choose a run path on another disk"
+        }
+        K::NotADirectory => "; a component of the path is a file, not a directory: choose another path",
+        K::IsADirectory => "; the path is a directory where a file was expected: choose another path",
+        _ => "",
+    }
+}
+
 /// Adds the path to an `io::Result`.
 pub trait IoContext<T> {
     /// Converts an `io::Error` into [`Error::Io`] naming `path`.
@@ -58,5 +77,22 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at_path(self, path: impl AsRef<Path>) -> Result<T> {
         self.map_err(|e| Error::io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn io_errors_name_the_path_and_the_fix() {
+        let msg = |kind: ErrorKind| Error::io("run.part/gradients.bin", kind.into()).to_string();
+        let full = msg(ErrorKind::StorageFull);
+        assert!(full.starts_with("run.part/gradients.bin: "), "{full}");
+        assert!(full.contains("disk is full"), "{full}");
+        assert!(msg(ErrorKind::FileTooLarge).contains("ulimit -f"));
+        assert!(msg(ErrorKind::ReadOnlyFilesystem).contains("read-only"));
+        assert!(!msg(ErrorKind::Interrupted).contains(';'));
     }
 }

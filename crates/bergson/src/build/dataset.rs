@@ -79,6 +79,9 @@ pub fn prepare_data(
         .iter()
         .map(|f| f.name().clone())
         .collect();
+    // The dataset as loaded: reward and prompt columns are read from it, so an error lists the
+    // user's columns rather than the ones added below.
+    let source = table.clone();
     let mut table = table;
     if !pretokenized {
         table = add_column(
@@ -121,9 +124,9 @@ pub fn prepare_data(
     let mut rows = rows;
     let mut advantages = None;
     if let Some((column, flag)) = value_column {
-        let values = float_column(&table, column, flag)?;
+        let values = float_column(&source, column, flag)?;
         let adv = if !data.reward_column.is_empty() {
-            let prompts = string_column(&table, &data.prompt_column, "--prompt_column")?;
+            let prompts = string_column(&source, &data.prompt_column, "--prompt_column")?;
             advantages_from_rewards(&prompts, &values, column, data.skip_nan_rewards)?
         } else {
             advantages_from_column(&values, column, data.skip_nan_rewards)?
@@ -195,12 +198,16 @@ fn check_data_config(data: &DataConfig) -> Result<()> {
     Ok(())
 }
 
+/// Bergson's warning about documents longer than the model can handle. A document longer
+/// than `token_batch_size` is not warned about: batching refuses it with an error that names
+/// the fix, and a warning before it would break the one-line error.
 fn warn_long(rows: &[TokenizedRow], max_model_length: i64, token_batch_size: usize) {
     let longest = rows.iter().map(TokenizedRow::len).max().unwrap_or(0);
+    if longest > token_batch_size {
+        return;
+    }
     if max_model_length != NO_LIMIT && longest as i64 > max_model_length {
         tracing::warn!("dataset contains a document longer than the model can handle ({longest} > {max_model_length}); consider --truncation");
-    } else if longest > token_batch_size {
-        tracing::warn!("dataset contains a document longer than token_batch_size ({longest} > {token_batch_size}); consider a bigger --token_batch_size or --truncation");
     }
 }
 

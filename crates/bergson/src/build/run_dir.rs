@@ -1,9 +1,12 @@
 //! The run directory's life cycle: everything is written to `<run_path>.part`, renamed to
-//! `<run_path>` only when complete, so a crash or a kill never leaves an index that looks
-//! finished. A `.part` left by an interrupted run of the same config is resumed.
+//! `<run_path>` only when complete, so a crash, a kill or a write error (full disk, file size
+//! limit) never leaves an index that looks finished. A `.part` left by an interrupted run of
+//! the same config is resumed from its journal; one without a journal (the run failed before
+//! its first batch) is started over.
 
 use std::path::{Path, PathBuf};
 
+use super::journal::JOURNAL;
 use crate::config::run_file::{parse_run_file, Step};
 use crate::config::BuildConfig;
 use crate::error::IoContext;
@@ -47,7 +50,12 @@ pub fn prepare(cfg: &BuildConfig) -> Result<(PathBuf, PathBuf, Start)> {
         if cfg.index_cfg.overwrite {
             remove(&part)?;
         } else if same_config(&part, cfg)? {
-            return Ok((run_path, part, Start::Resume));
+            if part.join(JOURNAL).exists() {
+                return Ok((run_path, part, Start::Resume));
+            }
+            // No journal: the run failed before its first batch (e.g. a full disk while sizing
+            // gradients.bin), so there is nothing to keep; start again.
+            remove(&part)?;
         } else {
             return Err(Error::input(format!(
                 "{} holds a partial build of a different config; pass --overwrite to start over, or rerun the command that made it to resume",
@@ -111,14 +119,15 @@ fn same_config(part: &Path, cfg: &BuildConfig) -> Result<bool> {
 /// Creates the `.part` directory (and its parents).
 pub fn create_part(part: &Path) -> Result<()> {
     std::fs::create_dir_all(part).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::PermissionDenied {
-            Error::input(format!(
-                "cannot create {}: permission denied; choose a writable run path",
-                part.display()
-            ))
+        let why = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            "permission denied".to_string()
         } else {
-            Error::io(part, e)
-        }
+            e.to_string()
+        };
+        Error::input(format!(
+            "cannot create {}: {why}; choose a run path in a directory you can write to",
+            part.display()
+        ))
     })
 }
 

@@ -1,6 +1,7 @@
 //! Per-example gradient capture, random projection and normalizers.
 
 pub mod collector;
+pub mod head_loss;
 pub mod loss;
 pub mod normalizer;
 pub mod optimizer_state;

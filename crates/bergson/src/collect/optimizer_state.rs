@@ -126,7 +126,7 @@ fn index_to_name(model: &dyn CausalLm, state: &Value) -> Result<Vec<(i64, String
         let expected = [n_decay, params.len() - n_decay];
         if groups.len() != 2 || sizes != expected {
             return Err(Error::input(format!(
-                "{} parameter groups of sizes {sizes:?} do not match HF Trainer's decay/no-decay split {expected:?} for this model; it is not this model's optimizer state",
+                "{} parameter groups of sizes {sizes:?} do not match HF Trainer's decay/no-decay split {expected:?} for this model; it is not this model's optimizer state: pass the optimizer.pt saved with this checkpoint, or drop --optimizer_state",
                 groups.len()
             )));
         }
@@ -164,7 +164,7 @@ fn index_to_name(model: &dyn CausalLm, state: &Value) -> Result<Vec<(i64, String
             .unwrap_or_default();
         if sq.size() != want {
             return Err(Error::input(format!(
-                "state entry {idx} has second-moment shape {:?} but maps to {name} of shape {want:?}; it does not fit this model",
+                "state entry {idx} has second-moment shape {:?} but maps to {name} of shape {want:?}; it does not fit this model: pass the optimizer.pt saved with this checkpoint, or drop --optimizer_state",
                 sq.size()
             )));
         }

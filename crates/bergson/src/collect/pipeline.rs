@@ -5,6 +5,7 @@
 use tch::{Kind, Tensor};
 
 use super::collector::{BatchGradients, GradientCollector};
+use super::head_loss::{fused_applies, fused_head_loss};
 use super::loss::{document_losses, LossSpec};
 use super::processor::GradientProcessor;
 use super::targets::{discover_targets, split_heads, Target};
@@ -113,7 +114,7 @@ impl<'m> Collection<'m> {
         let lengths: Vec<usize> = docs.rows.iter().map(TokenizedRow::len).collect();
         if lengths.iter().all(|&l| l < 2) {
             return Err(Error::input(
-                "every document has fewer than 2 tokens, so none has a next-token loss to index; check the text column",
+                "every document has fewer than 2 tokens, so none has a next-token loss to index; check that --prompt_column (or --completion_column / --conversation_column) names the column holding the text, and drop empty rows",
             ));
         }
         let mut allocation = allocate_batches(
@@ -175,10 +176,25 @@ impl<'m> Collection<'m> {
             .transpose()?;
 
         let mut hook = self.collector.hook();
-        let logits = model.forward_with(&x, &mut hook);
-        let losses = document_losses(&self.cfg.loss, &logits, &y, advantages.as_ref())?;
-        let total = losses.f_sum(losses.kind())?;
-        let gradients = self.collector.backward(hook, &total, &mask)?;
+        let (losses, gradients) = if fused_applies(&self.cfg.loss, model.kind()) {
+            // The head and loss fused: backward from the final hidden states with their
+            // gradient as the seed, so the logits never enter the graph.
+            let hidden = model.hidden_with(&x, &mut hook);
+            let (losses, grad) = fused_head_loss(
+                model.lm_head(),
+                &hidden,
+                &y,
+                &self.cfg.loss,
+                advantages.as_ref(),
+            )?;
+            let seed = hidden.f_mul(&grad)?.f_sum(hidden.kind())?;
+            (losses, self.collector.backward(hook, &seed, &mask)?)
+        } else {
+            let logits = model.forward_with(&x, &mut hook);
+            let losses = document_losses(&self.cfg.loss, &logits, &y, advantages.as_ref())?;
+            let total = losses.f_sum(losses.kind())?;
+            (losses, self.collector.backward(hook, &total, &mask)?)
+        };
         let losses: Vec<f32> = Vec::<f32>::try_from(
             losses
                 .f_detach()?

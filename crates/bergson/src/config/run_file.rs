@@ -73,8 +73,12 @@ pub fn read_run_file(path: &Path) -> Result<RunFile> {
 
 /// Parses run-file text.
 pub fn parse_run_file(text: &str) -> Result<RunFile> {
-    let doc: Value = serde_saphyr::from_str(text)
-        .map_err(|e| Error::input(format!("not valid YAML: {}", one_line(&e.to_string()))))?;
+    let doc: Value = serde_saphyr::from_str(text).map_err(|e| {
+        Error::input(format!(
+            "not valid YAML: {}; fix the file (a run file is a mapping with a `steps:` list)",
+            yaml_problem(&e.to_string())
+        ))
+    })?;
     let Some(map) = doc.as_object() else {
         return Err(Error::input(
             "must be a mapping with a `steps:` list of `- command: {...}` entries",
@@ -234,6 +238,17 @@ fn collect_run_paths(v: &Value, out: &mut Vec<String>) {
         Value::Array(a) => a.iter().for_each(|v| collect_run_paths(v, out)),
         _ => {}
     }
+}
+
+/// The first line of a YAML parser error (its position and problem), without the source
+/// excerpt that follows it.
+fn yaml_problem(s: &str) -> String {
+    let first = s
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(s);
+    one_line(first.strip_prefix("error:").unwrap_or(first).trim())
 }
 
 fn one_line(s: &str) -> String {

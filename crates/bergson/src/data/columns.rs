@@ -28,15 +28,21 @@ pub fn column<'a>(batch: &'a RecordBatch, name: &str, flag: &str) -> Result<&'a 
 /// Every value of a text column; a null or a non-string column is an error naming the row.
 pub fn string_column(batch: &RecordBatch, name: &str, flag: &str) -> Result<Vec<String>> {
     let array = column(batch, name, flag)?;
-    strings_of(array, &format!("column '{name}' ({flag})"), flag)
+    strings_of(array, &format!("column '{name}' ({flag})"), flag, batch)
 }
 
 /// The strings of a string array (`string`, `large_string`, `string_view`, or dictionary of them).
-fn strings_of(array: &ArrayRef, what: &str, flag: &str) -> Result<Vec<String>> {
+fn strings_of(
+    array: &ArrayRef,
+    what: &str,
+    flag: &str,
+    batch: &RecordBatch,
+) -> Result<Vec<String>> {
     let not_text = |dt: &DataType| {
         Error::input(format!(
-            "{what} holds {} values, not strings; pick a text column with {flag}",
-            type_name(dt)
+            "{what} holds {} values, not strings; pick a text column with {flag} (columns: {})",
+            type_name(dt),
+            column_summary(batch)
         ))
     };
     let array: ArrayRef = match array.data_type() {
@@ -62,6 +68,17 @@ fn strings_of(array: &ArrayRef, what: &str, flag: &str) -> Result<Vec<String>> {
         DataType::LargeUtf8 => collect(&mut array.as_string::<i64>().iter()),
         _ => collect(&mut array.as_string_view().iter()),
     }
+}
+
+/// `name (type), ...` of every column, for messages that ask the user to pick one.
+fn column_summary(batch: &RecordBatch) -> String {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{} ({})", f.name(), type_name(f.data_type())))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn is_string(dt: &DataType) -> bool {
@@ -90,8 +107,9 @@ pub fn float_column(batch: &RecordBatch, name: &str, flag: &str) -> Result<Vec<f
         || matches!(array.data_type(), DataType::Boolean | DataType::Null);
     if !numeric {
         return Err(Error::input(format!(
-            "column '{name}' ({flag}) holds {} values, not numbers; pick a numeric column with {flag}",
-            type_name(array.data_type())
+            "column '{name}' ({flag}) holds {} values, not numbers; pick a numeric column with {flag} (columns: {})",
+            type_name(array.data_type()),
+            column_summary(batch)
         )));
     }
     let floats = cast(array, &DataType::Float64).map_err(|e| {
@@ -116,8 +134,9 @@ pub fn conversation_column(
         DataType::LargeList(_) => conversations_of(array.as_list::<i64>(), &what, flag),
         other => Err(Error::input(format!(
             "{what} holds {} values, not conversations (lists of {{\"role\", \"content\"}} \
-             messages); pick a conversation column with {flag}",
-            type_name(other)
+             messages); pick a conversation column with {flag} (columns: {})",
+            type_name(other),
+            column_summary(batch)
         ))),
     }
 }

@@ -129,7 +129,7 @@ impl Tokenizer {
         }
         let mut inner = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| {
             Error::input(format!(
-                "cannot load {}: {e}; the file is corrupt or not a tokenizers file",
+                "cannot load {}: {e}; the file is corrupt or not a tokenizers file: re-download the checkpoint or re-save it with transformers' tokenizer.save_pretrained",
                 tok_path.display()
             ))
         })?;

@@ -180,9 +180,13 @@ impl Gpt2 {
 }
 
 impl Architecture for Gpt2 {
+    fn lm_head(&self) -> &Linear {
+        &self.lm_head
+    }
+
     // `h = h + x`, not `h += x`: an in-place add would overwrite tensors autograd saved.
     #[allow(clippy::assign_op_pattern)]
-    fn forward(
+    fn hidden(
         &self,
         input_ids: &Tensor,
         hook: &mut dyn LinearHook,
@@ -199,7 +203,7 @@ impl Architecture for Gpt2 {
             let m = hook.linear(&b.mlp_c_proj, &a);
             h = h + m;
         }
-        self.lm_head.forward(&self.ln_f.forward(&h))
+        self.ln_f.forward(&h)
     }
 }
 

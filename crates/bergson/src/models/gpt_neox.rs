@@ -226,9 +226,13 @@ impl GptNeoX {
 }
 
 impl Architecture for GptNeoX {
+    fn lm_head(&self) -> &Linear {
+        &self.lm_head
+    }
+
     // `h = h + x`, not `h += x`: an in-place add would overwrite tensors autograd saved.
     #[allow(clippy::assign_op_pattern)]
-    fn forward(
+    fn hidden(
         &self,
         input_ids: &Tensor,
         hook: &mut dyn LinearHook,
@@ -268,7 +272,7 @@ impl Architecture for GptNeoX {
                 mlp + attn
             };
         }
-        self.lm_head.forward(&self.final_layer_norm.forward(&h))
+        self.final_layer_norm.forward(&h)
     }
 }
 

@@ -86,7 +86,7 @@ pub fn resolve_with(
     }
     if !is_hub_id(id_or_path) {
         return Err(Error::input(format!(
-            "--model {id_or_path}: no such directory, and not a Hub id of the form org/name"
+            "--model {id_or_path}: no such directory, and not a Hub id of the form org/name; point --model at a checkpoint directory (config.json + *.safetensors) or give a Hub id"
         )));
     }
     let revision = revision.unwrap_or("main");

@@ -343,9 +343,13 @@ impl Decoder {
 }
 
 impl Architecture for Decoder {
+    fn lm_head(&self) -> &Linear {
+        &self.lm_head
+    }
+
     // `h = h + x`, not `h += x`: an in-place add would overwrite tensors autograd saved.
     #[allow(clippy::assign_op_pattern)]
-    fn forward(
+    fn hidden(
         &self,
         input_ids: &Tensor,
         hook: &mut dyn LinearHook,
@@ -383,7 +387,7 @@ impl Architecture for Decoder {
                 * hook.linear(&m.up_proj, &x);
             h = h + hook.linear(&m.down_proj, &gated);
         }
-        self.lm_head.forward(&self.norm.forward(&h))
+        self.norm.forward(&h)
     }
 }
 

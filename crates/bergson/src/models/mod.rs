@@ -71,6 +71,13 @@ pub trait CausalLm: Send + Sync {
     /// `max_position_embeddings`: check untrusted input with [`CausalLm::check_input_ids`].
     fn forward_with(&self, input_ids: &Tensor, hook: &mut dyn LinearHook) -> Tensor;
 
+    /// Final (normed) hidden states `[N, S, D]`, every base-model Linear going through `hook`;
+    /// `lm_head().forward(..)` of them are the logits.
+    fn hidden_with(&self, input_ids: &Tensor, hook: &mut dyn LinearHook) -> Tensor;
+
+    /// The LM head, `[V, D]` (outside the base model, so never collected).
+    fn lm_head(&self) -> &Linear;
+
     /// Logits with no hook.
     fn forward(&self, input_ids: &Tensor) -> Tensor {
         self.forward_with(input_ids, &mut NoHook)
@@ -139,8 +146,12 @@ fn check_ids(input_ids: &Tensor, vocab: Option<i64>, max_len: Option<i64>) -> Re
 /// Implementations hold their weights as plain tensors and mutate nothing after loading except
 /// through a `Mutex` (the rotary table cache): [`Model`] relies on this to be `Sync`.
 pub trait Architecture: Send {
-    /// Logits for `input_ids`, every base-model Linear through `hook`.
-    fn forward(
+    /// The LM head (outside the base model: not collected, never through the hook).
+    fn lm_head(&self) -> &Linear;
+
+    /// Final (normed) hidden states `[N, S, D]` for `input_ids`, every base-model Linear
+    /// through `hook`; the logits are `lm_head` of these.
+    fn hidden(
         &self,
         input_ids: &Tensor,
         hook: &mut dyn LinearHook,
@@ -216,7 +227,17 @@ impl<A: Architecture + 'static> CausalLm for Model<A> {
     }
 
     fn forward_with(&self, input_ids: &Tensor, hook: &mut dyn LinearHook) -> Tensor {
-        self.arch.forward(input_ids, hook, self.kernel)
+        self.arch
+            .lm_head()
+            .forward(&self.arch.hidden(input_ids, hook, self.kernel))
+    }
+
+    fn hidden_with(&self, input_ids: &Tensor, hook: &mut dyn LinearHook) -> Tensor {
+        self.arch.hidden(input_ids, hook, self.kernel)
+    }
+
+    fn lm_head(&self) -> &Linear {
+        self.arch.lm_head()
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

@@ -1,0 +1,913 @@
+//! Every bad input to `bergson build` ends the same way: exit status 2, nothing on stdout, one
+//! `error:` line on stderr that names the problem and the fix (plus at most one `hint:`/`tip:`
+//! line), no panic or log line, and no finished index left behind.
+//!
+//! Each test runs the real binary in its own temp dir with tiny fixtures (the 2-layer gpt_neox
+//! checkpoint, two-line datasets); `cargo test --test cli_errors -- --nocapture` prints every
+//! message.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bergson");
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// The tiny gpt_neox checkpoint (read only; tests that damage it work on a copy).
+fn neox() -> String {
+    fixtures()
+        .join("models/gpt_neox")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A temp working directory with `ok.jsonl` (two short documents) and an empty Hugging Face
+/// cache; the binary runs inside it, offline.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::create_dir(dir.path().join("hf")).expect("hf cache dir");
+        let sb = Sandbox { dir };
+        sb.write(
+            "ok.jsonl",
+            "{\"text\": \"hello world, this is a document\"}\n{\"text\": \"another short document\"}\n",
+        );
+        sb
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        fs::write(&p, text).expect("write fixture");
+        p
+    }
+
+    /// A copy of the gpt_neox checkpoint at `<sandbox>/model`, to damage.
+    fn model_copy(&self) -> PathBuf {
+        let dst = self.path("model");
+        fs::create_dir(&dst).expect("model dir");
+        for name in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            fs::copy(
+                fixtures().join("models/gpt_neox").join(name),
+                dst.join(name),
+            )
+            .expect("copy model file");
+        }
+        dst
+    }
+
+    /// `program args...` in the sandbox, offline, with an empty hub cache and default logging.
+    fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_DATASETS_OFFLINE", "1")
+            .env("HF_HOME", self.path("hf"))
+            .env("HF_HUB_CACHE", self.path("hf/hub"))
+            .env_remove("RUST_LOG")
+            .env_remove("RUST_BACKTRACE");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(BIN, args).output().expect("run bergson")
+    }
+
+    /// `bergson build run --model <model> --dataset <dataset> <extra...>`.
+    fn build(&self, model: &str, dataset: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["build", "run", "--model", model, "--dataset", dataset];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// Index directories (holding `info.json`) under the sandbox, other than `.part` ones.
+    fn finished_indexes(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() && !p.is_symlink() {
+                    let part = p.extension().is_some_and(|x| x == "part");
+                    if p.join("info.json").exists() && !part {
+                        out.push(p.clone());
+                    }
+                    walk(&p, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.dir.path(), &mut out);
+        out
+    }
+
+    /// No run directory, no `.part`, no index anywhere.
+    fn assert_nothing_written(&self) {
+        assert!(!self.path("run").exists(), "run path was created");
+        assert!(!self.path("run.part").exists(), "run.part was created");
+        assert_eq!(self.finished_indexes(), Vec::<PathBuf>::new());
+    }
+}
+
+/// Checks the contract and that stderr contains every key; returns the message.
+#[track_caller]
+fn assert_error(out: &Output, keys: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stderr}");
+    assert_eq!(out.status.code(), Some(2), "exit status; stderr:\n{stderr}");
+    assert!(stdout.is_empty(), "stdout not empty: {stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        matches!(lines.len(), 1 | 2),
+        "want one error line (+ one hint), got {} lines:\n{stderr}",
+        lines.len()
+    );
+    assert!(lines[0].starts_with("error: "), "first line: {}", lines[0]);
+    assert!(
+        lines[0].len() > "error: ".len() + 10,
+        "too short: {}",
+        lines[0]
+    );
+    if let Some(second) = lines.get(1) {
+        assert!(
+            second.starts_with("hint: ") || second.starts_with("tip: "),
+            "second line is neither a hint nor a tip: {second}"
+        );
+    }
+    assert!(stderr.ends_with('\n'));
+    let lower = stderr.to_lowercase();
+    for bad in ["panicked", "backtrace", "\u{1b}[", " warn ", "thread '"] {
+        assert!(!lower.contains(bad), "stderr contains {bad:?}:\n{stderr}");
+    }
+    for key in keys {
+        assert!(stderr.contains(key), "stderr lacks {key:?}:\n{stderr}");
+    }
+    stderr
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in fs::read_dir(dir).expect("read dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).expect("under root").to_path_buf();
+                out.insert(rel, fs::read(&p).expect("read file"));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Whether `unshare -m` with a tmpfs mount works here (root with CAP_SYS_ADMIN).
+fn can_mount_tmpfs(sb: &Sandbox) -> bool {
+    let probe = sb.path("probe");
+    fs::create_dir(&probe).expect("probe dir");
+    sb.command(
+        "unshare",
+        &[
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=64k bergson-probe \"$1\"",
+            "sh",
+            probe.to_str().expect("utf-8 path"),
+        ],
+    )
+    .output()
+    .is_ok_and(|o| o.status.success())
+}
+
+/// Runs `bergson build <mount>/run ...` in a private mount namespace where `<mount>` is a
+/// fresh tmpfs mounted with `options`; afterwards the tmpfs's listing (and `run.part`'s) is
+/// saved to `<mount>.listing`, outside it.
+fn build_on_tmpfs(sb: &Sandbox, options: &str, extra: &[&str]) -> Output {
+    let mount = sb.path("mnt");
+    fs::create_dir(&mount).expect("mount point");
+    let script = "d=$1; o=$2; shift 2; mount -t tmpfs -o \"$o\" bergson-test \"$d\" || exit 99; \
+                  \"$@\"; rc=$?; ls -A \"$d\" > \"$d.listing\"; \
+                  ls -A \"$d/run.part\" >> \"$d.listing\" 2>/dev/null; exit $rc";
+    let model = neox();
+    let run = mount.join("run");
+    let mut args = vec![
+        "-m",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        mount.to_str().expect("utf-8 path"),
+        options,
+        BIN,
+        "build",
+        run.to_str().expect("utf-8 path"),
+        "--model",
+        &model,
+        "--dataset",
+        "ok.jsonl",
+    ];
+    args.extend_from_slice(extra);
+    let out = sb.command("unshare", &args).output().expect("run unshare");
+    assert_ne!(out.status.code(), Some(99), "tmpfs mount failed: {out:?}");
+    out
+}
+
+// ---------------------------------------------------------------- datasets
+
+#[test]
+fn missing_dataset() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "missing.jsonl", &[]);
+    assert_error(
+        &out,
+        &["'missing.jsonl'", "does not exist", "check the path"],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn empty_dataset() {
+    let sb = Sandbox::new();
+    sb.write("empty.jsonl", "");
+    let out = sb.build(&neox(), "empty.jsonl", &[]);
+    assert_error(
+        &out,
+        &["'empty.jsonl'", "no rows", "add at least one record"],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn malformed_jsonl_names_the_line() {
+    let sb = Sandbox::new();
+    sb.write(
+        "bad.jsonl",
+        "{\"text\": \"fine\"}\n{\"text\": \"fine too\"}\n{\"text\": \"broken\n",
+    );
+    let out = sb.build(&neox(), "bad.jsonl", &[]);
+    assert_error(
+        &out,
+        &["bad.jsonl", "malformed JSON", "line 3", "fix that line"],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn json_that_is_not_records() {
+    let sb = Sandbox::new();
+    // Records nested under a field.
+    sb.write(
+        "nested.json",
+        "{\"data\": [{\"text\": \"a b\"}, {\"text\": \"c d\"}]}\n",
+    );
+    let out = sb.build(&neox(), "nested.json", &[]);
+    assert_error(&out, &["nested.json", "field 'data'", "JSON Lines", "jq"]);
+    // A line that is a number, not an object.
+    sb.write("numbers.jsonl", "{\"text\": \"a b\"}\n42\n");
+    let out = sb.build(&neox(), "numbers.jsonl", &[]);
+    assert_error(
+        &out,
+        &["numbers.jsonl", "line 2", "not a record", "JSON object"],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn missing_text_column_lists_the_columns() {
+    let sb = Sandbox::new();
+    sb.write("body.jsonl", "{\"body\": \"a b c\", \"id\": 1}\n");
+    let out = sb.build(&neox(), "body.jsonl", &[]);
+    assert_error(
+        &out,
+        &["--prompt_column 'text' not found", "body, id", "Pick one"],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn null_text_column_lists_the_columns() {
+    let sb = Sandbox::new();
+    sb.write(
+        "null.jsonl",
+        "{\"text\": null, \"id\": 1}\n{\"text\": null, \"id\": 2}\n",
+    );
+    let out = sb.build(&neox(), "null.jsonl", &[]);
+    assert_error(
+        &out,
+        &[
+            "'text'",
+            "null values",
+            "--prompt_column",
+            "text (null), id (int64)",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn missing_prompt_column() {
+    let sb = Sandbox::new();
+    sb.write("qa.jsonl", "{\"question\": \"2+2?\", \"answer\": \"4\"}\n");
+    let out = sb.build(&neox(), "qa.jsonl", &["--completion_column", "answer"]);
+    assert_error(
+        &out,
+        &["--prompt_column 'text' not found", "question, answer"],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn missing_completion_column() {
+    let sb = Sandbox::new();
+    sb.write("qa.jsonl", "{\"question\": \"2+2?\", \"answer\": \"4\"}\n");
+    let out = sb.build(
+        &neox(),
+        "qa.jsonl",
+        &[
+            "--prompt_column",
+            "question",
+            "--completion_column",
+            "reply",
+        ],
+    );
+    assert_error(
+        &out,
+        &["--completion_column 'reply' not found", "question, answer"],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn missing_conversation_column() {
+    let sb = Sandbox::new();
+    sb.write(
+        "chat.jsonl",
+        "{\"id\": 0, \"chat\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
+    );
+    let out = sb.build(
+        &neox(),
+        "chat.jsonl",
+        &["--conversation_column", "messages"],
+    );
+    assert_error(
+        &out,
+        &[
+            "--conversation_column 'messages' not found",
+            "columns: id, chat",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn missing_reward_column_lists_the_dataset_columns() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--reward_column", "score"]);
+    let msg = assert_error(
+        &out,
+        &[
+            "--reward_column 'score' not found",
+            "available columns: text.",
+        ],
+    );
+    assert!(!msg.contains("input_ids"), "lists added columns: {msg}");
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn rows_of_the_wrong_type() {
+    let sb = Sandbox::new();
+    sb.write(
+        "ints.jsonl",
+        "{\"text\": 1, \"title\": \"a\"}\n{\"text\": 2, \"title\": \"b\"}\n",
+    );
+    let out = sb.build(&neox(), "ints.jsonl", &[]);
+    assert_error(
+        &out,
+        &[
+            "'text'",
+            "int64 values, not strings",
+            "--prompt_column",
+            "title (string)",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn only_empty_documents() {
+    let sb = Sandbox::new();
+    sb.write("blank.jsonl", "{\"text\": \"\"}\n{\"text\": \"\"}\n");
+    let out = sb.build(&neox(), "blank.jsonl", &[]);
+    assert_error(
+        &out,
+        &["fewer than 2 tokens", "--prompt_column", "drop empty rows"],
+    );
+    sb.assert_nothing_written();
+}
+
+// ---------------------------------------------------------------- models
+
+#[test]
+fn model_directory_missing() {
+    let sb = Sandbox::new();
+    let out = sb.build("./no-such-model", "ok.jsonl", &[]);
+    assert_error(
+        &out,
+        &[
+            "--model ./no-such-model",
+            "no such directory",
+            "checkpoint directory",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn config_json_missing() {
+    let sb = Sandbox::new();
+    let model = sb.model_copy();
+    fs::remove_file(model.join("config.json")).unwrap();
+    let out = sb.build("model", "ok.jsonl", &[]);
+    assert_error(&out, &["config.json", "no config.json", "point --model at"]);
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn config_json_not_json() {
+    let sb = Sandbox::new();
+    let model = sb.model_copy();
+    fs::write(model.join("config.json"), "{\"model_type\": gpt_neox}\n").unwrap();
+    let out = sb.build("model", "ok.jsonl", &[]);
+    assert_error(
+        &out,
+        &[
+            "config.json",
+            "not valid JSON",
+            "line 1 column",
+            "fix the file",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn unsupported_model_type_lists_the_supported_ones() {
+    let sb = Sandbox::new();
+    let model = sb.model_copy();
+    let config = fs::read_to_string(model.join("config.json")).unwrap();
+    fs::write(
+        model.join("config.json"),
+        config.replace("\"model_type\": \"gpt_neox\"", "\"model_type\": \"bert\""),
+    )
+    .unwrap();
+    let out = sb.build("model", "ok.jsonl", &[]);
+    assert_error(
+        &out,
+        &[
+            "model_type 'bert' is not supported",
+            "gpt_neox",
+            "gpt2",
+            "llama",
+            "qwen3",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn truncated_safetensors() {
+    let sb = Sandbox::new();
+    let model = sb.model_copy();
+    let bytes = fs::read(model.join("model.safetensors")).unwrap();
+    fs::write(model.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let out = sb.build("model", "ok.jsonl", &[]);
+    assert_error(&out, &["model.safetensors", "truncated", "re-download"]);
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn corrupt_safetensors() {
+    let sb = Sandbox::new();
+    let model = sb.model_copy();
+    // A plausible header length followed by a header that is not JSON.
+    let mut bytes = 24u64.to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{this is not json at all");
+    bytes.extend_from_slice(&[0u8; 64]);
+    fs::write(model.join("model.safetensors"), bytes).unwrap();
+    let out = sb.build("model", "ok.jsonl", &[]);
+    assert_error(&out, &["model.safetensors", "corrupt", "re-download"]);
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn tensor_missing_from_the_checkpoint() {
+    let sb = Sandbox::new();
+    let model = sb.model_copy();
+    // Rename one tensor in the header (same length, so every offset stays valid).
+    let name = b"gpt_neox.layers.1.mlp.dense_4h_to_h.weight";
+    let mut bytes = fs::read(model.join("model.safetensors")).unwrap();
+    let at = bytes
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("tensor name in header");
+    bytes[at + name.len() - 1] = b'X';
+    fs::write(model.join("model.safetensors"), bytes).unwrap();
+    let out = sb.build("model", "ok.jsonl", &[]);
+    assert_error(
+        &out,
+        &[
+            "'gpt_neox.layers.1.mlp.dense_4h_to_h.weight' is missing",
+            "re-download",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn tokenizer_json_missing() {
+    let sb = Sandbox::new();
+    let model = sb.model_copy();
+    fs::remove_file(model.join("tokenizer.json")).unwrap();
+    let out = sb.build("model", "ok.jsonl", &[]);
+    assert_error(&out, &["no tokenizer.json", "--tokenizer"]);
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn tokenizer_json_corrupt() {
+    let sb = Sandbox::new();
+    let model = sb.model_copy();
+    fs::write(
+        model.join("tokenizer.json"),
+        "{\"version\": \"1.0\", \"model\": ",
+    )
+    .unwrap();
+    let out = sb.build("model", "ok.jsonl", &[]);
+    assert_error(&out, &["tokenizer.json", "corrupt", "re-download"]);
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn hub_id_offline_and_not_cached() {
+    let sb = Sandbox::new();
+    let out = sb.build("EleutherAI/pythia-14m", "ok.jsonl", &[]);
+    assert_error(
+        &out,
+        &[
+            "EleutherAI/pythia-14m",
+            "HF_HUB_OFFLINE",
+            "not in the hub cache",
+            "local checkpoint directory",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn modules_the_model_lacks() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--modules", "layers.*.attn.c_attn"]);
+    assert_error(
+        &out,
+        &[
+            "--modules 'layers.*.attn.c_attn' matches no module",
+            "layers.0.attention.query_key_value",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn filter_modules_excluding_every_module() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--filter_modules", "layers.*"]);
+    assert_error(
+        &out,
+        &[
+            "--filter_modules 'layers.*' excludes every module",
+            "narrow the globs",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn optimizer_state_of_another_model() {
+    let sb = Sandbox::new();
+    let state = fixtures().join("pickle/adamw_optimizer.pt");
+    let out = sb.build(
+        &neox(),
+        "ok.jsonl",
+        &["--optimizer_state", state.to_str().unwrap()],
+    );
+    assert_error(
+        &out,
+        &[
+            "--optimizer_state",
+            "adamw_optimizer.pt",
+            "not this model's optimizer state",
+            "drop --optimizer_state",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+// ---------------------------------------------------------------- flags
+
+#[test]
+fn negative_projection_dim() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--projection_dim", "-3"]);
+    assert_error(&out, &["'-3'", "--projection_dim", "cannot be negative"]);
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn non_numeric_projection_dim() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--projection_dim", "sixteen"]);
+    assert_error(
+        &out,
+        &[
+            "'sixteen'",
+            "--projection_dim",
+            "whole number",
+            "bergson build --help",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn token_batch_size_zero() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--token_batch_size", "0"]);
+    assert_error(&out, &["--token_batch_size must be positive", "2048"]);
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn document_longer_than_token_batch_size() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--token_batch_size", "4"]);
+    assert_error(
+        &out,
+        &[
+            "more than --token_batch_size 4",
+            "--truncation",
+            "--token_batch_size of at least",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn unknown_precision_lists_the_choices() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--precision", "fp8"]);
+    assert_error(
+        &out,
+        &[
+            "'fp8'",
+            "--precision",
+            "choose one of:",
+            "auto",
+            "bf16",
+            "fp32",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn unknown_flag() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--no-such-flag"]);
+    assert_error(&out, &["'--no-such-flag'", "bergson build --help"]);
+    // A misspelt flag gets clap's suggestion.
+    let out = sb.build(&neox(), "ok.jsonl", &["--projection_dimm", "4"]);
+    assert_error(
+        &out,
+        &[
+            "'--projection_dimm'",
+            "tip: a similar argument exists",
+            "'--projection_dim'",
+        ],
+    );
+    sb.assert_nothing_written();
+}
+
+// ---------------------------------------------------------------- run paths and output
+
+#[test]
+fn run_path_exists_leaves_the_index_untouched() {
+    let sb = Sandbox::new();
+    let args = ["--projection_dim", "4", "--quiet"];
+    let first = sb.build(&neox(), "ok.jsonl", &args);
+    assert!(first.status.success(), "first build failed: {first:?}");
+    let before = snapshot(&sb.path("run"));
+    assert!(before.keys().any(|p| p.ends_with("gradients.bin")));
+    let out = sb.build(&neox(), "ok.jsonl", &args);
+    assert_error(
+        &out,
+        &["run path run already exists", "--overwrite", "another path"],
+    );
+    assert_eq!(snapshot(&sb.path("run")), before, "the index changed");
+    assert!(!sb.path("run.part").exists());
+}
+
+#[test]
+fn run_path_is_a_file() {
+    let sb = Sandbox::new();
+    sb.write("run", "not an index\n");
+    let out = sb.build(&neox(), "ok.jsonl", &[]);
+    assert_error(
+        &out,
+        &[
+            "run path run already exists (a file)",
+            "--overwrite",
+            "another path",
+        ],
+    );
+    assert_eq!(
+        fs::read_to_string(sb.path("run")).unwrap(),
+        "not an index\n"
+    );
+    assert!(!sb.path("run.part").exists());
+}
+
+#[test]
+fn run_path_under_a_file() {
+    let sb = Sandbox::new();
+    sb.write("afile", "x\n");
+    let out = sb.run(&[
+        "build",
+        "afile/sub/run",
+        "--model",
+        &neox(),
+        "--dataset",
+        "ok.jsonl",
+    ]);
+    assert_error(
+        &out,
+        &[
+            "afile/sub/run",
+            "under afile, which is a file",
+            "choose another run path",
+        ],
+    );
+    assert_eq!(fs::read_to_string(sb.path("afile")).unwrap(), "x\n");
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn unwritable_output_under_proc() {
+    let sb = Sandbox::new();
+    // /proc refuses new entries even to root.
+    let out = sb.run(&[
+        "build",
+        "/proc/bergson-cli-test-run",
+        "--model",
+        &neox(),
+        "--dataset",
+        "ok.jsonl",
+    ]);
+    assert_error(
+        &out,
+        &[
+            "cannot create /proc/bergson-cli-test-run.part",
+            "directory you can write to",
+        ],
+    );
+    assert!(!Path::new("/proc/bergson-cli-test-run").exists());
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn unwritable_output_on_a_read_only_mount() {
+    let sb = Sandbox::new();
+    if !can_mount_tmpfs(&sb) {
+        eprintln!("skipped: cannot mount a tmpfs in a private mount namespace here");
+        return;
+    }
+    let out = build_on_tmpfs(&sb, "ro,size=64k", &[]);
+    assert_error(
+        &out,
+        &[
+            "cannot create",
+            "mnt/run.part",
+            "Read-only file system",
+            "directory you can write to",
+        ],
+    );
+    assert_eq!(fs::read_to_string(sb.path("mnt.listing")).unwrap(), "");
+}
+
+#[test]
+fn file_too_large_while_writing() {
+    let sb = Sandbox::new();
+    // Full gradients (projection_dim 0) of two documents are 128 KiB, over a limit of 16
+    // blocks (8 or 16 KiB); without SIGXFSZ ignored the process would die silently.
+    let mut args = vec![
+        "-c",
+        "ulimit -f 16 && exec \"$0\" \"$@\"",
+        BIN,
+        "build",
+        "run",
+        "--model",
+    ];
+    let model = neox();
+    args.extend_from_slice(&[&model, "--dataset", "ok.jsonl", "--projection_dim", "0"]);
+    let out = sb.command("sh", &args).output().expect("run sh");
+    assert_error(&out, &["File too large", "ulimit -f", "run.part"]);
+    // The partial output stays a `.part` (resumable after raising the limit), never the index.
+    assert!(!sb.path("run").exists());
+    assert!(!sb.path("run.part/data.hf").exists());
+    assert_eq!(sb.finished_indexes(), Vec::<PathBuf>::new());
+    // Without the limit, the same command finishes the index.
+    let again = sb.build(&neox(), "ok.jsonl", &["--projection_dim", "0", "--quiet"]);
+    assert!(again.status.success(), "rerun failed: {again:?}");
+    assert!(sb.path("run/gradients.bin").exists() && !sb.path("run.part").exists());
+}
+
+#[test]
+fn disk_full_while_writing() {
+    let sb = Sandbox::new();
+    if !can_mount_tmpfs(&sb) {
+        eprintln!("skipped: cannot mount a tmpfs here; file_too_large_while_writing covers the same write-error path");
+        return;
+    }
+    let out = build_on_tmpfs(&sb, "size=32k", &["--projection_dim", "0"]);
+    assert_error(
+        &out,
+        &["No space left on device", "disk is full", "run.part"],
+    );
+    let listing = fs::read_to_string(sb.path("mnt.listing")).unwrap();
+    let names: Vec<&str> = listing.lines().collect();
+    assert_eq!(names.first(), Some(&"run.part"), "tmpfs held: {names:?}");
+    assert!(
+        !names.contains(&"run"),
+        "a finished index was left: {names:?}"
+    );
+    assert!(!names.contains(&"data.hf"), "looks complete: {names:?}");
+}
+
+// ---------------------------------------------------------------- invocation
+
+#[test]
+fn no_arguments() {
+    let sb = Sandbox::new();
+    let out = sb.run(&[]);
+    assert_error(&out, &["no command given", "build", "bergson --help"]);
+}
+
+#[test]
+fn build_without_run_path() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["build"]);
+    assert_error(&out, &["no run path given", "bergson build <run_path>"]);
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn nonexistent_run_file() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["nofile.yaml"]);
+    assert_error(&out, &["no such run file: nofile.yaml", "check the path"]);
+}
+
+#[test]
+fn malformed_run_file() {
+    let sb = Sandbox::new();
+    sb.write("bad.yaml", "steps:\n- build: {index_cfg: [\n");
+    let out = sb.run(&["bad.yaml"]);
+    let msg = assert_error(
+        &out,
+        &["bad.yaml", "not valid YAML", "line", "fix the file"],
+    );
+    assert!(!msg.contains("-->"), "carries the parser's excerpt: {msg}");
+    sb.assert_nothing_written();
+}
