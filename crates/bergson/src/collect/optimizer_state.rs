@@ -92,6 +92,18 @@ fn in_layer_norm(model_type: &str, name: &str) -> bool {
         })
 }
 
+/// transformers' `Trainer.get_decay_parameter_names` name patterns: `bias`, `layernorm`,
+/// `rmsnorm`, a `norm` segment, or a segment ending in `_norm`.
+fn trainer_no_decay_name(name: &str) -> bool {
+    let lower = name.to_lowercase();
+    lower.contains("bias")
+        || lower.contains("layernorm")
+        || lower.contains("rmsnorm")
+        || lower
+            .split('.')
+            .any(|seg| seg == "norm" || seg.ends_with("_norm"))
+}
+
 /// State index → parameter name, as Bergson's `optimizer_param_index_to_name`: one group follows
 /// `named_parameters()`; two groups are HF Trainer's decay / no-decay split.
 fn index_to_name(model: &dyn CausalLm, state: &Value) -> Result<Vec<(i64, String)>> {
@@ -107,13 +119,6 @@ fn index_to_name(model: &dyn CausalLm, state: &Value) -> Result<Vec<(i64, String
             .map(|(i, (n, _))| (i as i64, n.clone()))
             .collect()
     } else {
-        let decay = |n: &str| !in_layer_norm(model.model_type(), n) && !n.contains("bias");
-        let ordered: Vec<&String> = params
-            .iter()
-            .map(|(n, _)| n)
-            .filter(|n| decay(n))
-            .chain(params.iter().map(|(n, _)| n).filter(|n| !decay(n)))
-            .collect();
         let sizes: Vec<usize> = groups
             .iter()
             .map(|g| {
@@ -122,14 +127,38 @@ fn index_to_name(model: &dyn CausalLm, state: &Value) -> Result<Vec<(i64, String
                     .map_or(0, <[Value]>::len)
             })
             .collect();
-        let n_decay = params.iter().filter(|(n, _)| decay(n)).count();
-        let expected = [n_decay, params.len() - n_decay];
-        if groups.len() != 2 || sizes != expected {
-            return Err(Error::input(format!(
-                "{} parameter groups of sizes {sizes:?} do not match HF Trainer's decay/no-decay split {expected:?} for this model; it is not this model's optimizer state: pass the optimizer.pt saved with this checkpoint, or drop --optimizer_state",
-                groups.len()
-            )));
+        // Bergson rebuilds HF Trainer's split with LayerNorms and biases excluded from decay;
+        // transformers 5's Trainer also excludes parameters named like norms. Either may have
+        // written the file: take the one whose group sizes fit.
+        let model_type = model.model_type();
+        let rules: [&dyn Fn(&str) -> bool; 2] = [
+            &|n: &str| !in_layer_norm(model_type, n) && !n.contains("bias"),
+            &|n: &str| !in_layer_norm(model_type, n) && !trainer_no_decay_name(n),
+        ];
+        let mut chosen = None;
+        let mut expected = Vec::new();
+        for decay in rules {
+            let n_decay = params.iter().filter(|(n, _)| decay(n)).count();
+            let want = [n_decay, params.len() - n_decay];
+            if groups.len() == 2 && sizes == want {
+                chosen = Some(decay);
+                break;
+            }
+            expected.push(want);
         }
+        let Some(decay) = chosen else {
+            return Err(Error::input(format!(
+                "{} parameter groups of sizes {sizes:?} do not match HF Trainer's decay/no-decay split ({}) for this model; it is not this model's optimizer state",
+                groups.len(),
+                expected.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(" or ")
+            )));
+        };
+        let ordered: Vec<&String> = params
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| decay(n))
+            .chain(params.iter().map(|(n, _)| n).filter(|n| !decay(n)))
+            .collect();
         let flat: Vec<i64> = groups
             .iter()
             .flat_map(|g| {
