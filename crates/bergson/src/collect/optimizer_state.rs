@@ -144,11 +144,13 @@ fn index_to_name(model: &dyn CausalLm, state: &Value) -> Result<Vec<(i64, String
                 chosen = Some(decay);
                 break;
             }
-            expected.push(want);
+            if !expected.contains(&want) {
+                expected.push(want);
+            }
         }
         let Some(decay) = chosen else {
             return Err(Error::input(format!(
-                "{} parameter groups of sizes {sizes:?} do not match HF Trainer's decay/no-decay split ({}) for this model; it is not this model's optimizer state",
+                "{} parameter groups of sizes {sizes:?} do not match HF Trainer's decay/no-decay split ({}) for this model; it is not this model's optimizer state: pass the optimizer.pt saved with this checkpoint, or drop --optimizer_state",
                 groups.len(),
                 expected.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(" or ")
             )));
