@@ -238,3 +238,26 @@ fn a_part_of_another_config_is_refused_then_replaced_with_overwrite() {
     ));
     assert!(run.join("gradients.bin").exists() && !part.exists());
 }
+
+#[test]
+fn a_saved_config_reproduces_the_run_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    run_to_end(&mut build_cmd(&run, &["--attribute_tokens"]));
+    let first = tmp.path().join("first");
+    std::fs::rename(&run, &first).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bergson"))
+        .arg(first.join("config.yaml"))
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        differing(&snapshot(&run), &snapshot(&first)),
+        Vec::<String>::new()
+    );
+}
