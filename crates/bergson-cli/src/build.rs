@@ -51,6 +51,9 @@ pub fn run(config: BuildConfig, runtime: &RuntimeArgs) -> anyhow::Result<()> {
     if !runtime.quiet {
         eprintln!("{summary}");
     }
+    if config.index_cfg.profile {
+        eprintln!("{}", summary.profile);
+    }
     Ok(())
 }
 

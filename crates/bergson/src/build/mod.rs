@@ -21,7 +21,9 @@ use tch::{Device, Kind};
 pub use dataset::{prepare_data, PreparedData};
 
 use crate::collect::optimizer_state::{load_normalizers, resolve_optimizer_path};
-use crate::collect::{CollectConfig, Collection, Documents, GradientProcessor, ProjectionSettings};
+use crate::collect::{
+    BatchTimings, CollectConfig, Collection, Documents, GradientProcessor, ProjectionSettings,
+};
 use crate::config::run_file::build_config_yaml;
 use crate::config::{Aggregation, BuildConfig, IndexConfig, PrecisionChoice};
 use crate::data::columns::{add_column, drop_columns};
@@ -80,6 +82,47 @@ pub struct BuildSummary {
     pub seconds: f64,
     /// Size of gradients.bin.
     pub index_bytes: u64,
+    /// Where the time went.
+    pub profile: Profile,
+}
+
+/// Where a build's time went (printed with `--profile`).
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    /// Loading and tokenising the data, loading the model, generating projection matrices.
+    pub setup: Duration,
+    /// Per-batch compute, summed over batches.
+    pub batches: BatchTimings,
+    /// Writing rows into gradients.bin (and syncing the journal).
+    pub write: Duration,
+    /// data.hf, processor files, rename.
+    pub finish: Duration,
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = &self.batches;
+        let rows = [
+            ("setup (data, model, projections)", self.setup),
+            ("forward", b.forward),
+            ("LM head + loss", b.loss),
+            ("backward (autograd)", b.backward),
+            ("gradients (form, normalise, project)", b.gradients),
+            ("write rows", self.write),
+            ("finish (data.hf, rename)", self.finish),
+        ];
+        let total: f64 = rows.iter().map(|(_, d)| d.as_secs_f64()).sum();
+        writeln!(f, "profile:")?;
+        for (name, d) in rows {
+            let secs = d.as_secs_f64();
+            writeln!(
+                f,
+                "  {name:<38} {secs:>9.3} s {:>5.1}%",
+                100.0 * secs / total.max(1e-12)
+            )?;
+        }
+        write!(f, "  {:<38} {total:>9.3} s", "total")
+    }
 }
 
 impl std::fmt::Display for BuildSummary {
@@ -276,6 +319,10 @@ pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
     let sync_every = sync_every();
     let mut last_sync = Instant::now();
     let mut batches_run = 0;
+    let mut profile = Profile {
+        setup: start.elapsed(),
+        ..Profile::default()
+    };
     let cancelled = || {
         opts.cancel
             .as_ref()
@@ -292,6 +339,8 @@ pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
             return Err(Error::Interrupted);
         }
         let out = collection.run_batch(docs, indices)?;
+        profile.batches += out.timings;
+        let write_start = Instant::now();
         sink.write(&out)?;
         for (&i, &l) in out.indices.iter().zip(&out.losses) {
             losses[i] = l;
@@ -313,8 +362,10 @@ pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
             pending.clear();
             last_sync = Instant::now();
         }
+        profile.write += write_start.elapsed();
     }
     progress.finish();
+    let finish_start = Instant::now();
     sink.finish(num_items, cfg.preprocess_cfg.normalize_aggregated_grad)?;
 
     // data.hf, the processor files (again, as Bergson writes them at teardown), the count.
@@ -342,6 +393,7 @@ pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
         }
     }
     run_dir::finish(&part, &run_path)?;
+    profile.finish = finish_start.elapsed();
     let index_bytes = std::fs::metadata(run_path.join("gradients.bin"))
         .map(|m| m.len())
         .unwrap_or(0);
@@ -353,6 +405,7 @@ pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
         batches_run,
         seconds: start.elapsed().as_secs_f64(),
         index_bytes,
+        profile,
     })
 }
 

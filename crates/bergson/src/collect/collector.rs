@@ -265,6 +265,17 @@ impl GradientCollector {
         loss: &Tensor,
         collection_mask: &Tensor,
     ) -> Result<BatchGradients> {
+        Ok(self.backward_timed(hook, loss, collection_mask)?.0)
+    }
+
+    /// [`backward`](Self::backward), also returning the time autograd took (the rest went into
+    /// forming, projecting and moving the gradients).
+    pub fn backward_timed(
+        &self,
+        hook: CaptureHook<'_>,
+        loss: &Tensor,
+        collection_mask: &Tensor,
+    ) -> Result<(BatchGradients, std::time::Duration)> {
         let CaptureHook {
             captured, error, ..
         } = hook;
@@ -272,7 +283,9 @@ impl GradientCollector {
             return Err(e);
         }
         let outputs: Vec<&Tensor> = captured.iter().map(|c| &c.output).collect();
+        let autograd_start = std::time::Instant::now();
         let grads = Tensor::f_run_backward(&[loss], &outputs, false, false)?;
+        let autograd = autograd_start.elapsed();
         let mut rows: Vec<Option<Tensor>> = (0..self.blocks.len()).map(|_| None).collect();
         let mut global: Option<Tensor> = None;
         // Backward-hook order (last module first), which fixes the global sum's order.
@@ -306,12 +319,11 @@ impl GradientCollector {
             }
         }
         if let Some(g) = global {
-            return Ok(BatchGradients {
-                blocks: vec![(
-                    "gradients".into(),
-                    g.f_to_device(Device::Cpu)?.f_to_kind(self.save_kind)?,
-                )],
-            });
+            let blocks = vec![(
+                "gradients".into(),
+                g.f_to_device(Device::Cpu)?.f_to_kind(self.save_kind)?,
+            )];
+            return Ok((BatchGradients { blocks }, autograd));
         }
         let blocks = self
             .blocks
@@ -323,7 +335,7 @@ impl GradientCollector {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(BatchGradients { blocks })
+        Ok((BatchGradients { blocks }, autograd))
     }
 
     /// Bergson's `_module_gradient`: the per-document (or per-token) gradient of one block as

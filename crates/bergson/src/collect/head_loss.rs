@@ -15,8 +15,14 @@ use crate::config::{LossFn, LossReduction};
 use crate::models::Linear;
 use crate::Result;
 
-/// Logit entries per chunk (64 MiB in float32).
-const CHUNK_ENTRIES: i64 = 1 << 24;
+/// Logit entries per chunk: `BERGSON_HEAD_CHUNK` (default 2^22, 16 MiB in float32).
+fn chunk_entries() -> i64 {
+    std::env::var("BERGSON_HEAD_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&c: &i64| c > 0)
+        .unwrap_or(1 << 22)
+}
 
 /// Whether the fused path applies: cross-entropy in float32 or float64.
 pub fn fused_applies(spec: &LossSpec, kind: Kind) -> bool {
@@ -62,7 +68,16 @@ pub fn fused_head_loss(
     let h = hidden.f_reshape([n * s, d])?.f_index_select(0, &rows)?;
     let total = h.size()[0];
     let eps = spec.label_smoothing;
-    let chunk = (CHUNK_ENTRIES / v.max(1)).max(1);
+    let chunk = (chunk_entries() / v.max(1)).max(1);
+    // Σ_v W_v, for the label-smoothing term of the gradient.
+    let w_colsum = if eps > 0.0 {
+        Some(
+            head.weight
+                .f_sum_dim_intlist([0i64].as_slice(), true, kind)?,
+        )
+    } else {
+        None
+    };
     let mut token_loss = Vec::new();
     let mut grad_rows = Vec::new();
     let mut start = 0;
@@ -70,29 +85,35 @@ pub fn fused_head_loss(
         let len = chunk.min(total - start);
         let hc = h.f_narrow(0, start, len)?;
         let yc = y.f_narrow(0, start, len)?.f_unsqueeze(1)?;
-        let mut z = head.forward(&hc);
-        let lse = z.f_logsumexp([1i64].as_slice(), true)?;
-        let z_y = z.f_gather(1, &yc, false)?;
-        let mut ce = lse.f_sub(&z_y)?;
+        let z = head.forward(&hc);
+        // One fused softmax pass; logsumexp from its largest entry, which cannot underflow:
+        // log p_k = z_k - lse at k = argmax.
+        let p = z.f_softmax(1, kind)?;
+        let (p_max, k) = p.f_max_dim(1, true)?;
+        let lse = z.f_gather(1, &k, false)?.f_sub(&p_max.f_log()?)?;
+        let mut ce = lse.f_sub(&z.f_gather(1, &yc, false)?)?;
         if eps > 0.0 {
             let mean_z = z.f_mean_dim([1i64].as_slice(), true, kind)?;
             ce = ce
                 .f_mul_scalar(1.0 - eps)?
                 .f_add(&lse.f_sub(&mean_z)?.f_mul_scalar(eps)?)?;
         }
+        drop(z);
         token_loss.push(ce.f_squeeze_dim(1)?);
-        // softmax(z) - (1-ε)·onehot - ε/V, scaled by the token's weight, in place.
-        let mut p = z.f_sub_(&lse)?.f_exp_()?;
-        let _ = p.f_scatter_add_(
-            1,
-            &yc,
-            &Tensor::f_full([len, 1], -(1.0 - eps), (kind, device))?,
+        // (softmax - (1-ε)·onehot - ε/V) W = p W - (1-ε) W_y - (ε/V) Σ_v W_v, then the token's
+        // weight: the one-hot and smoothing terms never touch the [tokens, vocab] tensor.
+        let mut g = p.f_matmul(&head.weight)?;
+        drop(p);
+        g = g.f_sub(
+            &head
+                .weight
+                .f_index_select(0, &yc.f_squeeze_dim(1)?)?
+                .f_mul_scalar(1.0 - eps)?,
         )?;
-        if eps > 0.0 {
-            p = p.f_sub_scalar_(eps / v as f64)?;
+        if let Some(colsum) = &w_colsum {
+            g = g.f_sub(&colsum.f_mul_scalar(eps / v as f64)?)?;
         }
-        let _ = p.f_mul_(&token_weight.f_narrow(0, start, len)?.f_unsqueeze(1)?)?;
-        grad_rows.push(p.f_matmul(&head.weight)?);
+        grad_rows.push(g.f_mul(&token_weight.f_narrow(0, start, len)?.f_unsqueeze(1)?)?);
         start += len;
     }
     let token_loss = if token_loss.is_empty() {

@@ -14,8 +14,8 @@ pub use collector::{BatchGradients, CaptureHook, GradientCollector};
 pub use loss::{document_losses, LossSpec};
 pub use normalizer::Normalizer;
 pub use pipeline::{
-    collect_gradients, collect_gradients_in_memory, BatchOutput, CollectConfig, Collection,
-    Documents,
+    collect_gradients, collect_gradients_in_memory, BatchOutput, BatchTimings, CollectConfig,
+    Collection, Documents,
 };
 pub use processor::{GradientProcessor, ProjectionSettings};
 pub use targets::{discover_targets, split_heads, Target};

@@ -2,6 +2,8 @@
 //! `CollectorComputer`): pack documents into token batches, run forward and backward once per
 //! batch, and hand each batch's per-document (or per-token) gradients to a sink.
 
+use std::time::Instant;
+
 use tch::{Kind, Tensor};
 
 use super::collector::{BatchGradients, GradientCollector};
@@ -71,6 +73,28 @@ pub struct Documents<'a> {
     pub advantages: Option<&'a [f64]>,
 }
 
+/// Where one batch's time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchTimings {
+    /// Forward pass through the base model (with input capture and forward projection).
+    pub forward: std::time::Duration,
+    /// LM head and loss (with their gradient, when fused).
+    pub loss: std::time::Duration,
+    /// Autograd through the model to every captured Linear output.
+    pub backward: std::time::Duration,
+    /// Forming, normalising and projecting per-example gradients, and moving them to the CPU.
+    pub gradients: std::time::Duration,
+}
+
+impl std::ops::AddAssign for BatchTimings {
+    fn add_assign(&mut self, o: Self) {
+        self.forward += o.forward;
+        self.loss += o.loss;
+        self.backward += o.backward;
+        self.gradients += o.gradients;
+    }
+}
+
 /// One processed batch.
 #[derive(Debug)]
 pub struct BatchOutput {
@@ -82,6 +106,8 @@ pub struct BatchOutput {
     pub losses: Vec<f32>,
     /// Positions that carry a gradient (every real position but each document's last).
     pub positions: usize,
+    /// Where the time went.
+    pub timings: BatchTimings,
 }
 
 /// A model and documents ready to collect, batch by batch.
@@ -176,10 +202,13 @@ impl<'m> Collection<'m> {
             .transpose()?;
 
         let mut hook = self.collector.hook();
-        let (losses, gradients) = if fused_applies(&self.cfg.loss, model.kind()) {
+        let mut timings = BatchTimings::default();
+        let clock = Instant::now();
+        let hidden = model.hidden_with(&x, &mut hook);
+        timings.forward = clock.elapsed();
+        let (losses, seed) = if fused_applies(&self.cfg.loss, model.kind()) {
             // The head and loss fused: backward from the final hidden states with their
             // gradient as the seed, so the logits never enter the graph.
-            let hidden = model.hidden_with(&x, &mut hook);
             let (losses, grad) = fused_head_loss(
                 model.lm_head(),
                 &hidden,
@@ -188,13 +217,17 @@ impl<'m> Collection<'m> {
                 advantages.as_ref(),
             )?;
             let seed = hidden.f_mul(&grad)?.f_sum(hidden.kind())?;
-            (losses, self.collector.backward(hook, &seed, &mask)?)
+            (losses, seed)
         } else {
-            let logits = model.forward_with(&x, &mut hook);
+            let logits = model.lm_head().forward(&hidden);
             let losses = document_losses(&self.cfg.loss, &logits, &y, advantages.as_ref())?;
             let total = losses.f_sum(losses.kind())?;
-            (losses, self.collector.backward(hook, &total, &mask)?)
+            (losses, total)
         };
+        timings.loss = clock.elapsed() - timings.forward;
+        let (gradients, autograd) = self.collector.backward_timed(hook, &seed, &mask)?;
+        timings.backward = autograd;
+        timings.gradients = clock.elapsed() - timings.forward - timings.loss - autograd;
         let losses: Vec<f32> = Vec::<f32>::try_from(
             losses
                 .f_detach()?
@@ -207,6 +240,7 @@ impl<'m> Collection<'m> {
             gradients,
             losses,
             positions,
+            timings,
         })
     }
 }
