@@ -21,29 +21,28 @@ fn main() -> bergson::Result<()> {
         None => tiny_token_index(tmp.path())?,
     };
 
-    let index = GradientIndex::open(&dir)?; // gradients.bin is memory-mapped
-    println!(
-        "{} rows × {} values of {}",
-        index.num_rows(),
-        index.row_len(),
-        index.info.base_dtype
-    );
+    let index = GradientIndex::open(&dir)?; // reads info.json (and offsets.npy)
+    let (n, width) = (index.num_rows(), index.row_len()); // num_grads, Σ grad_sizes
+    let kind = index.kind(); // tch::Kind of base_dtype
+    println!("{n} rows × {width} values of {kind:?}");
     for (name, size) in &index.info.grad_sizes {
-        let cols = index.module_columns(name).expect("listed in grad_sizes");
+        let cols = index.module_columns(name); // Some(start..start + size)
         println!("  {name}: {size} values, columns {cols:?}");
     }
-
-    // One module's block for every row: [rows, size], a tch::Tensor in the stored dtype.
+    let rows = index.rows(0..n)?; // [n, width] Tensor (a copy)
     let (first, _) = &index.info.grad_sizes[0];
-    let block = index.module_rows(first, 0..index.num_rows())?;
-    println!("{first}: {:?}", block.size());
-
-    // Per-token indexes: document 2's rows (offsets.npy[2]..offsets.npy[3]).
-    if let Some(rows) = index.token_rows(2) {
-        println!(
-            "document 2: rows {rows:?} -> {:?}",
-            index.rows(rows.clone())?.size()
-        );
+    let block = index.module_rows(first, 0..n)?; // [n, size]
+    let bytes = index.rows_bytes(0..n)?; // &[u8] straight from the map
+    println!(
+        "rows {:?}, {first} {:?}, {} bytes",
+        rows.size(),
+        block.size(),
+        bytes.len()
+    );
+    if let Some(r) = index.token_rows(2) {
+        // Per-token index: document 2's rows, [length - 1, width].
+        let doc = index.rows(r.clone())?;
+        println!("document 2: rows {r:?} -> {:?}", doc.size());
     }
 
     let data = read_hf_dataset(&dir.join("data.hf"))?; // an Arrow RecordBatch
