@@ -15,14 +15,19 @@ use crate::config::{LossFn, LossReduction};
 use crate::models::Linear;
 use crate::Result;
 
-/// Logit entries per chunk: `BERGSON_HEAD_CHUNK` (default 2^22, 16 MiB in float32).
-fn chunk_entries() -> i64 {
-    std::env::var("BERGSON_HEAD_CHUNK")
+/// Logit entries of one block: `BERGSON_HEAD_BLOCK` (default 2^21, 8 MiB in float32, which
+/// stays in cache; a `[tokens, vocab]` tensor of fresh pages runs at half the GEMM rate).
+fn block_entries() -> i64 {
+    std::env::var("BERGSON_HEAD_BLOCK")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&c: &i64| c > 0)
-        .unwrap_or(1 << 22)
+        .unwrap_or(1 << 21)
 }
+
+/// Tokens per chunk: the vocabulary is swept in blocks of `block_entries() / TOKENS_PER_CHUNK`
+/// rows for each chunk of this many labelled positions.
+const TOKENS_PER_CHUNK: i64 = 2048;
 
 /// Whether the fused path applies: cross-entropy in float32 or float64.
 pub fn fused_applies(spec: &LossSpec, kind: Kind) -> bool {
@@ -38,11 +43,22 @@ pub fn fused_head_loss(
     spec: &LossSpec,
     advantages: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
+    fused_head_loss_blocked(head, hidden, labels, spec, advantages, block_entries())
+}
+
+/// [`fused_head_loss`] with logit blocks of `block_entries` entries.
+fn fused_head_loss_blocked(
+    head: &Linear,
+    hidden: &Tensor,
+    labels: &Tensor,
+    spec: &LossSpec,
+    advantages: Option<&Tensor>,
+    block_entries: i64,
+) -> Result<(Tensor, Tensor)> {
     let hidden = hidden.f_detach()?;
     let (n, s, d) = hidden.size3()?;
     let kind = hidden.kind();
     let device = hidden.device();
-    let v = head.out_features();
     // Labelled positions t of document n: labels[n, t+1] != -100.
     let targets = labels.f_narrow(1, 1, s - 1)?;
     let valid = targets.f_ne(IGNORE_INDEX)?;
@@ -68,13 +84,9 @@ pub fn fused_head_loss(
     let h = hidden.f_reshape([n * s, d])?.f_index_select(0, &rows)?;
     let total = h.size()[0];
     let eps = spec.label_smoothing;
-    let chunk = (chunk_entries() / v.max(1)).max(1);
-    // Σ_v W_v, for the label-smoothing term of the gradient.
-    let w_colsum = if eps > 0.0 {
-        Some(
-            head.weight
-                .f_sum_dim_intlist([0i64].as_slice(), true, kind)?,
-        )
+    // Σ_v W_v [1, D], for the label-smoothing term of the gradient.
+    let w_sum = if eps > 0.0 {
+        Some(head.weight.f_sum_dim_intlist([0i64].as_slice(), true, kind)?)
     } else {
         None
     };
@@ -82,37 +94,11 @@ pub fn fused_head_loss(
     let mut grad_rows = Vec::new();
     let mut start = 0;
     while start < total {
-        let len = chunk.min(total - start);
+        let len = TOKENS_PER_CHUNK.min(total - start);
         let hc = h.f_narrow(0, start, len)?;
-        let yc = y.f_narrow(0, start, len)?.f_unsqueeze(1)?;
-        let z = head.forward(&hc);
-        // One fused softmax pass; logsumexp from its largest entry, which cannot underflow:
-        // log p_k = z_k - lse at k = argmax.
-        let p = z.f_softmax(1, kind)?;
-        let (p_max, k) = p.f_max_dim(1, true)?;
-        let lse = z.f_gather(1, &k, false)?.f_sub(&p_max.f_log()?)?;
-        let mut ce = lse.f_sub(&z.f_gather(1, &yc, false)?)?;
-        if eps > 0.0 {
-            let mean_z = z.f_mean_dim([1i64].as_slice(), true, kind)?;
-            ce = ce
-                .f_mul_scalar(1.0 - eps)?
-                .f_add(&lse.f_sub(&mean_z)?.f_mul_scalar(eps)?)?;
-        }
-        drop(z);
-        token_loss.push(ce.f_squeeze_dim(1)?);
-        // (softmax - (1-ε)·onehot - ε/V) W = p W - (1-ε) W_y - (ε/V) Σ_v W_v, then the token's
-        // weight: the one-hot and smoothing terms never touch the [tokens, vocab] tensor.
-        let mut g = p.f_matmul(&head.weight)?;
-        drop(p);
-        g = g.f_sub(
-            &head
-                .weight
-                .f_index_select(0, &yc.f_squeeze_dim(1)?)?
-                .f_mul_scalar(1.0 - eps)?,
-        )?;
-        if let Some(colsum) = &w_colsum {
-            g = g.f_sub(&colsum.f_mul_scalar(eps / v as f64)?)?;
-        }
+        let yc = y.f_narrow(0, start, len)?;
+        let (ce, g) = chunk_loss_grad(head, &hc, &yc, eps, w_sum.as_ref(), block_entries)?;
+        token_loss.push(ce);
         grad_rows.push(g.f_mul(&token_weight.f_narrow(0, start, len)?.f_unsqueeze(1)?)?);
         start += len;
     }
@@ -137,6 +123,74 @@ pub fn fused_head_loss(
     Ok((losses, grad.f_reshape([n, s, d])?))
 }
 
+/// Cross-entropy `[T]` and `∂CE/∂h` `[T, D]` (unweighted) for hidden states `hc` `[T, D]` and
+/// targets `yc` `[T]`.
+///
+/// The vocabulary is swept in cache-sized blocks with an online softmax: a running maximum
+/// `m`, `s = Σ exp(z - m)` and `acc = Σ exp(z - m) W` are rescaled whenever `m` grows, so
+/// `lse = m + log s` and `softmax(z) W = acc / s` come out without any `[T, V]` tensor.
+fn chunk_loss_grad(
+    head: &Linear,
+    hc: &Tensor,
+    yc: &Tensor,
+    eps: f64,
+    w_sum: Option<&Tensor>,
+    block_entries: i64,
+) -> Result<(Tensor, Tensor)> {
+    let (t, d) = hc.size2()?;
+    let v = head.out_features();
+    let kind = hc.kind();
+    let opts = (kind, hc.device());
+    let block = (block_entries / t).clamp(1, v.max(1));
+    let buffer = Tensor::f_empty([t * block], opts)?;
+    let mut m = Tensor::f_full([t, 1], f64::NEG_INFINITY, opts)?;
+    let mut s = Tensor::f_zeros([t, 1], opts)?;
+    let mut acc = Tensor::f_zeros([t, d], opts)?;
+    let mut sum_z = Tensor::f_zeros([t, 1], opts)?;
+    let mut v0 = 0;
+    while v0 < v {
+        let vb = block.min(v - v0);
+        let wb = head.weight.f_narrow(0, v0, vb)?;
+        let mut z = buffer.f_narrow(0, 0, t * vb)?.f_view([t, vb])?;
+        hc.f_mm_out(&z, &wb.f_transpose(0, 1)?)?;
+        if let Some(bias) = &head.bias {
+            let _ = z.f_add_(&bias.f_narrow(0, v0, vb)?)?;
+        }
+        if eps > 0.0 {
+            let _ = sum_z.f_add_(&z.f_sum_dim_intlist([1i64].as_slice(), true, kind)?)?;
+        }
+        let m_new = m.f_maximum(&z.f_amax([1i64].as_slice(), true)?)?;
+        // exp(-inf - finite) = 0 on the first block.
+        let rescale = m.f_sub(&m_new)?.f_exp()?;
+        let _ = z.f_sub_(&m_new)?.f_exp_()?;
+        let _ = s
+            .f_mul_(&rescale)?
+            .f_add_(&z.f_sum_dim_intlist([1i64].as_slice(), true, kind)?)?;
+        let _ = acc.f_mul_(&rescale)?.f_addmm_(&z, &wb)?;
+        m = m_new;
+        v0 += vb;
+    }
+    let lse = m.f_add(&s.f_log()?)?.f_squeeze_dim(1)?;
+    // The target's logit, h·W_y (+ b_y), without the [T, V] logits.
+    let w_y = head.weight.f_index_select(0, yc)?;
+    let mut z_y = hc.f_mul(&w_y)?.f_sum_dim_intlist([1i64].as_slice(), false, kind)?;
+    if let Some(bias) = &head.bias {
+        z_y = z_y.f_add(&bias.f_index_select(0, yc)?)?;
+    }
+    let mut ce = lse.f_sub(&z_y)?;
+    // ∂CE/∂h = (softmax - (1-ε)·onehot - ε/V) W = acc/s - (1-ε) W_y - (ε/V) Σ_v W_v.
+    let mut g = acc.f_div(&s)?.f_sub(&w_y.f_mul_scalar(1.0 - eps)?)?;
+    if let Some(w_sum) = w_sum {
+        // Smoothed CE = (1-ε)·CE + ε·(lse - mean_v z).
+        let mean_z = sum_z.f_squeeze_dim(1)?.f_div_scalar(v as f64)?;
+        ce = ce
+            .f_mul_scalar(1.0 - eps)?
+            .f_add(&lse.f_sub(&mean_z)?.f_mul_scalar(eps)?)?;
+        g = g.f_sub(&w_sum.f_mul_scalar(eps / v as f64)?)?;
+    }
+    Ok((ce, g))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,11 +202,19 @@ mod tests {
         tch::manual_seed(3);
         let opts = (Kind::Double, tch::Device::Cpu);
         let (n, s, d, v) = (3, 6, 5, 11);
-        let head = Linear {
-            name: "lm_head".into(),
-            weight: Tensor::randn([v, d], opts),
-            bias: None,
-        };
+        let weight = Tensor::randn([v, d], opts);
+        let heads = [
+            Linear {
+                name: "lm_head".into(),
+                weight: weight.shallow_clone(),
+                bias: None,
+            },
+            Linear {
+                name: "lm_head".into(),
+                weight,
+                bias: Some(Tensor::randn([v], opts)),
+            },
+        ];
         let labels = Tensor::from_slice(&[
             1i64, 2, 3, 4, 5, 6, //
             -100, -100, 7, 8, -100, -100, //
@@ -160,12 +222,15 @@ mod tests {
         ])
         .reshape([n, s]);
         let adv = Tensor::from_slice(&[0.5f64, -2.0, 1.5]);
-        for (reduction, eps, with_adv) in [
-            (LossReduction::Sum, 0.0, false),
-            (LossReduction::Mean, 0.0, true),
-            (LossReduction::Sum, 0.1, true),
-            (LossReduction::Mean, 0.2, false),
-        ] {
+        // Blocks of 1, 4 (uneven) and all vocabulary rows per labelled token.
+        let cases = [
+            (LossReduction::Sum, 0.0, false, 0, 1),
+            (LossReduction::Mean, 0.0, true, 1, 4),
+            (LossReduction::Sum, 0.1, true, 1, 1 << 20),
+            (LossReduction::Mean, 0.2, false, 0, 4),
+        ];
+        for (reduction, eps, with_adv, h, block) in cases {
+            let head = &heads[h];
             let spec = LossSpec {
                 loss_fn: LossFn::Ce,
                 reduction,
@@ -176,12 +241,15 @@ mod tests {
             let want = document_losses(&spec, &head.forward(&hidden), &labels, a).unwrap();
             let want_grad =
                 Tensor::run_backward(&[want.sum(Kind::Double)], &[&hidden], false, false).remove(0);
-            let (got, got_grad) = fused_head_loss(&head, &hidden, &labels, &spec, a).unwrap();
+            let labelled = 9; // non-ignored targets in `labels`
+            let (got, got_grad) =
+                fused_head_loss_blocked(head, &hidden, &labels, &spec, a, block * labelled)
+                    .unwrap();
             let err = (got - want.detach()).abs().max().double_value(&[]);
             let gerr = (got_grad - want_grad).abs().max().double_value(&[]);
             assert!(
                 err < 1e-12 && gerr < 1e-12,
-                "{reduction:?} eps {eps}: loss err {err}, grad err {gerr}"
+                "{reduction:?} eps {eps} block {block}: loss err {err}, grad err {gerr}"
             );
         }
     }
