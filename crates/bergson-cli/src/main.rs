@@ -3,6 +3,7 @@
 //! status 2 for the user's mistakes.
 
 mod build;
+mod demo;
 mod errors;
 mod logging;
 
@@ -28,13 +29,20 @@ enum Command {
     /// The same pipeline as build, meant for `--aggregation mean|sum` (one row).
     #[command(allow_negative_numbers = true)]
     Reduce(BuildArgs),
+    /// The embedded demo: index a tiny model's training corpus and attribute held-out facts
+    /// to the documents that planted them.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     ignore_file_size_signal();
     let argv: Vec<String> = std::env::args().collect();
-    if let Some(path) = run_file_argument(&argv[1..]) {
-        return errors::finish(run_file(&path));
+    if let Some((path, flags)) = run_file_argument(&argv[1..]) {
+        let runtime = match RunFileCli::try_parse_from(&flags) {
+            Ok(cli) => cli.runtime,
+            Err(e) => return errors::clap_error(e, None),
+        };
+        return errors::finish(run_file(&path, &runtime));
     }
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
@@ -51,6 +59,10 @@ fn main() -> ExitCode {
             logging::init(args.runtime.quiet);
             errors::finish(build::run(args.config, &args.runtime))
         }
+        Command::Demo(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(demo::run(&args))
+        }
     }
 }
 
@@ -64,20 +76,42 @@ fn ignore_file_size_signal() {
 }
 
 /// Bergson's rule: one argument (or a command word and one argument) that ends in .yaml/.yml
-/// or contains a path separator is a run file.
-fn run_file_argument(args: &[String]) -> Option<String> {
-    let candidate = match args {
-        [one] => one,
-        [_, two] => two,
+/// or contains a path separator is a run file. Ours also takes the runtime flags after it
+/// (`--device`, `--quiet`, `--num_threads`), which do not change the index.
+fn run_file_argument(args: &[String]) -> Option<(String, Vec<String>)> {
+    let at = match args {
+        [] => return None,
+        [first, ..] if is_run_file(first) => 0,
+        [_, second, ..] if is_run_file(second) => 1,
         _ => return None,
     };
-    let is_file =
-        candidate.ends_with(".yaml") || candidate.ends_with(".yml") || candidate.contains('/');
-    (is_file && !candidate.starts_with('-')).then(|| candidate.clone())
+    let rest = &args[at + 1..];
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i].split('=').next().unwrap_or_default() {
+            "--quiet" => i += 1,
+            "--device" | "--num_threads" if rest[i].contains('=') => i += 1,
+            "--device" | "--num_threads" => i += 2,
+            _ => return None,
+        }
+    }
+    Some((args[at].clone(), rest.to_vec()))
 }
 
-fn run_file(path: &str) -> anyhow::Result<()> {
-    logging::init(false);
+fn is_run_file(arg: &str) -> bool {
+    (arg.ends_with(".yaml") || arg.ends_with(".yml") || arg.contains('/')) && !arg.starts_with('-')
+}
+
+/// The runtime flags of run-file mode.
+#[derive(Debug, Parser)]
+#[command(name = "bergson <run_file.yaml>", no_binary_name = true)]
+struct RunFileCli {
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+fn run_file(path: &str, runtime: &RuntimeArgs) -> anyhow::Result<()> {
+    logging::init(runtime.quiet);
     let p = std::path::Path::new(path);
     if !p.exists() {
         return Err(bergson::Error::input(format!(
@@ -87,9 +121,7 @@ fn run_file(path: &str) -> anyhow::Result<()> {
     let file = bergson::config::run_file::read_run_file(p)?;
     for step in file.steps {
         match step {
-            bergson::config::run_file::Step::Build(cfg) => {
-                build::run(*cfg, &RuntimeArgs::default())?
-            }
+            bergson::config::run_file::Step::Build(cfg) => build::run(*cfg, runtime)?,
         }
     }
     Ok(())

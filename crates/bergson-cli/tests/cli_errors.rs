@@ -757,6 +757,21 @@ fn run_path_is_a_file() {
         "not an index\n"
     );
     assert!(!sb.path("run.part").exists());
+    // --overwrite replaces index directories only, never a plain file.
+    let out = sb.build(&neox(), "ok.jsonl", &["--overwrite"]);
+    assert_error(&out, &["run path run is a file", "remove it yourself"]);
+    assert_eq!(
+        fs::read_to_string(sb.path("run")).unwrap(),
+        "not an index\n"
+    );
+}
+
+#[test]
+fn kl_loss_is_refused_up_front() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--loss_fn", "kl"]);
+    assert_error(&out, &["--loss_fn kl", "--loss_fn ce"]);
+    assert!(!sb.path("run.part").exists());
 }
 
 #[test]

@@ -248,12 +248,18 @@ fn a_saved_config_reproduces_the_run_bit_for_bit() {
     std::fs::rename(&run, &first).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_bergson"))
         .arg(first.join("config.yaml"))
+        .args(["--num_threads", "1", "--quiet", "--device=cpu"]) // runtime flags are accepted
         .env("OMP_NUM_THREADS", "1")
         .output()
         .unwrap();
     assert!(
         out.status.success(),
         "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "--quiet: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(

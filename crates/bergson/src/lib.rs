@@ -15,5 +15,6 @@ pub mod error;
 pub mod index;
 pub mod models;
 pub mod pickle;
+pub mod similarity;
 
 pub use error::{Error, Result};

@@ -25,7 +25,12 @@ struct Run {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let docs: usize = arg("--docs").and_then(|v| v.parse().ok()).unwrap_or(400);
     let threads = arg("--threads");
     let which = arg("--workload").unwrap_or_else(|| "all".into());
@@ -41,7 +46,11 @@ fn main() {
         "llama" => vec![(Arch::Llama, 0)],
         _ => vec![(Arch::NeoX, 16), (Arch::Llama, 0)],
     };
-    println!("machine: {} cores; libtorch threads: {}", num_cpus(), threads.as_deref().unwrap_or("default"));
+    println!(
+        "machine: {} cores; libtorch threads: {}",
+        num_cpus(),
+        threads.as_deref().unwrap_or("default")
+    );
     for (arch, p) in cases {
         let dir = root.join(arch.name());
         let w = Workload::generate(&dir, arch, docs, 0);
@@ -82,7 +91,12 @@ fn report(name: &str, r: &Run, tokens: usize) {
 
 fn ours_cmd(w: &Workload, out: &Path, p: usize, threads: Option<&str>) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bergson"));
-    c.arg("build").arg(out).arg("--model").arg(&w.model).arg("--dataset").arg(&w.data);
+    c.arg("build")
+        .arg(out)
+        .arg("--model")
+        .arg(&w.model)
+        .arg("--dataset")
+        .arg(&w.data);
     c.args(["--projection_dim", &p.to_string(), "--overwrite", "--quiet"]);
     if let Some(t) = threads {
         c.args(["--num_threads", t]);
@@ -92,7 +106,12 @@ fn ours_cmd(w: &Workload, out: &Path, p: usize, threads: Option<&str>) -> Comman
 
 fn python_cmd(py: &Path, w: &Workload, out: &Path, p: usize, threads: Option<&str>) -> Command {
     let mut c = Command::new(py);
-    c.args(["-m", "bergson", "build"]).arg(out).arg("--model").arg(&w.model).arg("--dataset").arg(&w.data);
+    c.args(["-m", "bergson", "build"])
+        .arg(out)
+        .arg("--model")
+        .arg(&w.model)
+        .arg("--dataset")
+        .arg(&w.data);
     c.args(["--projection_dim", &p.to_string(), "--overwrite"]);
     if let Some(t) = threads {
         c.env("OMP_NUM_THREADS", t);
@@ -101,9 +120,11 @@ fn python_cmd(py: &Path, w: &Workload, out: &Path, p: usize, threads: Option<&st
 }
 
 /// Runs a command to completion, timing it and reading its peak RSS from `wait4`.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which clippy does not see
 fn run(cmd: &Command) -> Run {
     let mut cmd = clone(cmd);
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
     let start = Instant::now();
     let child = cmd.spawn().expect("spawn");
     let pid = child.id() as i32;
@@ -119,9 +140,15 @@ fn run(cmd: &Command) -> Run {
             use std::io::Read;
             let _ = e.read_to_string(&mut text);
         }
-        panic!("{cmd:?} failed: {}", text.lines().rev().take(5).collect::<Vec<_>>().join(" | "));
+        panic!(
+            "{cmd:?} failed: {}",
+            text.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+        );
     }
-    Run { seconds, peak_rss_mb: usage.ru_maxrss as f64 / 1024.0 }
+    Run {
+        seconds,
+        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+    }
 }
 
 fn clone(cmd: &Command) -> Command {
@@ -137,10 +164,17 @@ fn clone(cmd: &Command) -> Command {
 
 /// A Python with bergson 2.5.1: `BERGSON_PY`, else `python3` if it imports bergson.
 fn find_python() -> Option<PathBuf> {
-    let candidates: Vec<PathBuf> = std::env::var_os("BERGSON_PY").map(PathBuf::from).into_iter().chain([PathBuf::from("python3")]).collect();
+    let candidates: Vec<PathBuf> = std::env::var_os("BERGSON_PY")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("python3")])
+        .collect();
     candidates.into_iter().find(|py| {
         Command::new(py)
-            .args(["-c", "import bergson, importlib.metadata as m; assert m.version('bergson') == '2.5.1'"])
+            .args([
+                "-c",
+                "import bergson, importlib.metadata as m; assert m.version('bergson') == '2.5.1'",
+            ])
             .output()
             .is_ok_and(|o| o.status.success())
     })
@@ -168,5 +202,7 @@ fn max_row_rel_err(a: &Path, b: &Path) -> f64 {
 }
 
 fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

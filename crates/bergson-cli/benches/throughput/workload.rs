@@ -64,7 +64,8 @@ impl Workload {
             Arch::NeoX => neox(&model),
             Arch::Llama => llama(&model),
         }
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizers/bpe");
+        let fixtures =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizers/bpe");
         for f in ["tokenizer.json", "tokenizer_config.json"] {
             std::fs::copy(fixtures.join(f), model.join(f)).expect("tokenizer");
         }
@@ -76,16 +77,38 @@ impl Workload {
             let (u1, u2) = (rng.unit().max(1e-12), rng.unit());
             let normal = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
             let n = ((4.5 + 0.6 * normal).exp() as usize).clamp(4, 400);
-            let doc: Vec<&str> = (0..n).map(|_| words[(rng.next() % words.len() as u64) as usize]).collect();
+            let doc: Vec<&str> = (0..n)
+                .map(|_| words[(rng.next() % words.len() as u64) as usize])
+                .collect();
             text.push_str(&serde_json::json!({ "text": doc.join(" ") }).to_string());
             text.push('\n');
         }
         let data = dir.join("data.jsonl");
         std::fs::write(&data, text).expect("data");
         let tok = bergson::data::tokenize::Tokenizer::from_dir(&model).expect("tokenizer");
-        let rows = tok.encoder(None).unwrap().encode_texts(&std::fs::read_to_string(&data).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string()).collect::<Vec<_>>()).unwrap();
+        let rows = tok
+            .encoder(None)
+            .unwrap()
+            .encode_texts(
+                &std::fs::read_to_string(&data)
+                    .unwrap()
+                    .lines()
+                    .map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                            .as_str()
+                            .unwrap()
+                            .to_string()
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
         let tokens = rows.iter().map(|r| r.len()).sum();
-        Workload { model, data, docs, tokens }
+        Workload {
+            model,
+            data,
+            docs,
+            tokens,
+        }
     }
 }
 
@@ -102,7 +125,11 @@ fn zeros(n: i64) -> Tensor {
 }
 
 fn save(dir: &Path, config: serde_json::Value, tensors: Vec<(String, Tensor)>) {
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
     Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).expect("safetensors");
 }
 

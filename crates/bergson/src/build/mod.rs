@@ -25,7 +25,7 @@ use crate::collect::{
     BatchTimings, CollectConfig, Collection, Documents, GradientProcessor, ProjectionSettings,
 };
 use crate::config::run_file::build_config_yaml;
-use crate::config::{Aggregation, BuildConfig, IndexConfig, PrecisionChoice};
+use crate::config::{Aggregation, BuildConfig, PrecisionChoice};
 use crate::data::columns::{add_column, drop_columns};
 use crate::data::tokenize::Tokenizer;
 use crate::engine::Precision;
@@ -34,7 +34,7 @@ use crate::index::hf_dataset::write_hf_dataset;
 use crate::index::reader::write_offsets;
 use crate::index::{GradientFile, IndexInfo};
 use crate::models::config::ConfigJson;
-use crate::models::hub::resolve_model_dir;
+use crate::models::hub::{resolve_model_dir, resolve_tokenizer_dir};
 use crate::models::{auto_precision, load_model, CausalLm};
 use crate::{pickle, Error, Result};
 
@@ -76,6 +76,10 @@ pub struct BuildSummary {
     pub skipped: usize,
     /// Tokens of the indexed documents.
     pub tokens: u64,
+    /// Tokens computed by this run (fewer than all when resuming).
+    pub tokens_run: u64,
+    /// Whether the rows were reduced to one (`--aggregation`).
+    pub aggregated: bool,
     /// Batches computed by this run (fewer than all when resuming).
     pub batches_run: usize,
     /// Wall time.
@@ -133,11 +137,14 @@ impl std::fmt::Display for BuildSummary {
             self.documents,
             self.tokens,
             self.seconds,
-            self.tokens as f64 / self.seconds.max(1e-9),
+            self.tokens_run as f64 / self.seconds.max(1e-9),
             human_bytes(self.index_bytes),
             self.run_path.display()
         )?;
-        if self.skipped > 0 {
+        if self.tokens_run < self.tokens {
+            write!(f, " (resumed: {} tokens computed now)", self.tokens_run)?;
+        }
+        if self.skipped > 0 && !self.aggregated {
             write!(
                 f,
                 "; {} documents with fewer than 2 tokens have zero rows",
@@ -185,7 +192,7 @@ pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
     let tokenizer_dir = if icfg.tokenizer.is_empty() {
         model_dir.clone()
     } else {
-        resolve_model_dir(&icfg.tokenizer, None)?
+        resolve_tokenizer_dir(&icfg.tokenizer)?
     };
     let tokenizer = Tokenizer::from_dir(&tokenizer_dir)?;
     let model_config = ConfigJson::from_file(&model_dir.join("config.json"))?;
@@ -402,6 +409,8 @@ pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
         documents: num_items,
         skipped: lengths.iter().filter(|&&l| l < 2).count(),
         tokens: lengths.iter().map(|&l| l as u64).sum(),
+        tokens_run: total_tokens - done_tokens,
+        aggregated: aggregation != Aggregation::None,
         batches_run,
         seconds: start.elapsed().as_secs_f64(),
         index_bytes,
@@ -453,6 +462,12 @@ fn check_supported(cfg: &BuildConfig) -> Result<()> {
     }
     if cfg.preprocess_cfg.hessian_path.is_some() {
         return unsupported("--hessian_path", "precondition at query time");
+    }
+    if c.loss_fn == crate::config::LossFn::Kl {
+        return unsupported(
+            "--loss_fn kl",
+            "it compares a PEFT adapter with its base model, and bergson-rs does not load adapters; use --loss_fn ce or log_odds",
+        );
     }
     if !(0.0..=1.0).contains(&c.label_smoothing) {
         return Err(Error::input(format!(
@@ -530,6 +545,3 @@ fn fingerprint(
 fn write_text(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).at_path(path)
 }
-
-#[allow(dead_code)]
-fn _assert_index_config(_: &IndexConfig) {}

@@ -14,6 +14,8 @@ pub struct Progress {
     total_tokens: u64,
     docs: usize,
     tokens: u64,
+    /// Tokens done by an earlier run, left out of the rate.
+    resumed_tokens: u64,
     start: Instant,
     last_line: Instant,
 }
@@ -32,7 +34,7 @@ impl Progress {
             );
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {msg} {per_sec} tokens/s, ETA {eta}",
+                    "{spinner} [{elapsed_precise}] {wide_bar} {msg} ({per_sec}), ETA {eta}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
@@ -46,6 +48,7 @@ impl Progress {
             total_tokens,
             docs: 0,
             tokens: 0,
+            resumed_tokens: 0,
             start: now,
             last_line: now,
         }
@@ -55,6 +58,7 @@ impl Progress {
     pub fn resume(&mut self, docs: usize, tokens: u64) {
         self.docs += docs;
         self.tokens += tokens;
+        self.resumed_tokens += tokens;
         if let Some(bar) = &self.bar {
             bar.set_position(self.tokens);
             bar.reset_eta();
@@ -73,7 +77,8 @@ impl Progress {
             bar.set_position(self.tokens);
             bar.set_message(msg);
         } else if self.plain && self.last_line.elapsed() >= PLAIN_EVERY {
-            let rate = self.tokens as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
+            let done_here = self.tokens - self.resumed_tokens;
+            let rate = done_here as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
             eprintln!("bergson: {msg} ({rate:.0} tokens/s)");
             self.last_line = Instant::now();
         }

@@ -44,6 +44,12 @@ pub fn prepare(cfg: &BuildConfig) -> Result<(PathBuf, PathBuf, Start)> {
                 run_path.display()
             )));
         }
+        if !run_path.is_dir() {
+            return Err(Error::input(format!(
+                "run path {} is a file, not an index directory, and --overwrite only replaces index directories; remove it yourself or choose another path",
+                run_path.display()
+            )));
+        }
         remove(&run_path)?;
     }
     if part.exists() {

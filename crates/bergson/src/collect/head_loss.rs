@@ -86,7 +86,10 @@ fn fused_head_loss_blocked(
     let eps = spec.label_smoothing;
     // Σ_v W_v [1, D], for the label-smoothing term of the gradient.
     let w_sum = if eps > 0.0 {
-        Some(head.weight.f_sum_dim_intlist([0i64].as_slice(), true, kind)?)
+        Some(
+            head.weight
+                .f_sum_dim_intlist([0i64].as_slice(), true, kind)?,
+        )
     } else {
         None
     };
@@ -152,7 +155,7 @@ fn chunk_loss_grad(
         let vb = block.min(v - v0);
         let wb = head.weight.f_narrow(0, v0, vb)?;
         let mut z = buffer.f_narrow(0, 0, t * vb)?.f_view([t, vb])?;
-        hc.f_mm_out(&z, &wb.f_transpose(0, 1)?)?;
+        let _ = hc.f_mm_out(&z, &wb.f_transpose(0, 1)?)?;
         if let Some(bias) = &head.bias {
             let _ = z.f_add_(&bias.f_narrow(0, v0, vb)?)?;
         }
@@ -163,9 +166,9 @@ fn chunk_loss_grad(
         // exp(-inf - finite) = 0 on the first block.
         let rescale = m.f_sub(&m_new)?.f_exp()?;
         let _ = z.f_sub_(&m_new)?.f_exp_()?;
-        let _ = s
-            .f_mul_(&rescale)?
-            .f_add_(&z.f_sum_dim_intlist([1i64].as_slice(), true, kind)?)?;
+        let _ =
+            s.f_mul_(&rescale)?
+                .f_add_(&z.f_sum_dim_intlist([1i64].as_slice(), true, kind)?)?;
         let _ = acc.f_mul_(&rescale)?.f_addmm_(&z, &wb)?;
         m = m_new;
         v0 += vb;
@@ -173,7 +176,9 @@ fn chunk_loss_grad(
     let lse = m.f_add(&s.f_log()?)?.f_squeeze_dim(1)?;
     // The target's logit, h·W_y (+ b_y), without the [T, V] logits.
     let w_y = head.weight.f_index_select(0, yc)?;
-    let mut z_y = hc.f_mul(&w_y)?.f_sum_dim_intlist([1i64].as_slice(), false, kind)?;
+    let mut z_y = hc
+        .f_mul(&w_y)?
+        .f_sum_dim_intlist([1i64].as_slice(), false, kind)?;
     if let Some(bias) = &head.bias {
         z_y = z_y.f_add(&bias.f_index_select(0, yc)?)?;
     }

@@ -17,20 +17,7 @@ use crate::{Error, Result};
 /// `HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
 /// `~/.cache/huggingface/hub`.
 pub fn hub_cache_dir() -> PathBuf {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(dir) = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
-        return dir;
-    }
-    let home = var("HF_HOME").unwrap_or_else(|| {
-        var("XDG_CACHE_HOME")
-            .unwrap_or_else(|| var("HOME").unwrap_or_default().join(".cache"))
-            .join("huggingface")
-    });
-    home.join("hub")
+    crate::models::hub::HubSettings::from_env().cache_dir
 }
 
 /// Whether `name` is shaped like a hub repo id (`name` or `org/name`, of `[A-Za-z0-9_.-]`).

@@ -24,8 +24,9 @@ const OPTIONAL_FILES: &[&str] = &[
 /// Where and how to look for Hub checkpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubSettings {
-    /// The hub cache directory (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
-    /// `~/.cache/huggingface/hub`).
+    /// The hub cache directory, as `huggingface_hub` finds it: `HF_HUB_CACHE`, else
+    /// `HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`,
+    /// else `~/.cache/huggingface/hub`.
     pub cache_dir: PathBuf,
     /// `HF_HUB_OFFLINE`: never download.
     pub offline: bool,
@@ -41,15 +42,23 @@ impl HubSettings {
 
     /// Settings from a variable look-up (testable without touching the environment).
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
-        let cache_dir = match (var("HF_HUB_CACHE"), var("HF_HOME")) {
-            (Some(cache), _) => PathBuf::from(cache),
-            (None, Some(home)) => PathBuf::from(home).join("hub"),
-            (None, None) => {
-                let home = var("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("."));
-                home.join(".cache").join("huggingface").join("hub")
-            }
+        // huggingface_hub's order.
+        let cache_dir = match var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
+            Some(cache) => PathBuf::from(cache),
+            None => var("HF_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    var("XDG_CACHE_HOME")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| {
+                            var("HOME")
+                                .map(PathBuf::from)
+                                .unwrap_or_else(|| PathBuf::from("."))
+                                .join(".cache")
+                        })
+                        .join("huggingface")
+                })
+                .join("hub"),
         };
         let offline = var("HF_HUB_OFFLINE")
             .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
@@ -109,6 +118,83 @@ pub fn resolve_with(
             settings.cache_dir.display()
         ))
     })
+}
+
+/// The tokenizer files of a Hub repository; `tokenizer.json` is required, the rest optional.
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+];
+
+/// A directory with `tokenizer.json` for `--tokenizer`: a local directory as is, or a Hub id
+/// (a model repository or a tokenizer-only one) at its default revision, as Bergson loads it
+/// (`--revision` applies to the model only). Only the tokenizer files are downloaded.
+pub fn resolve_tokenizer_dir(id_or_path: &str) -> Result<PathBuf> {
+    resolve_tokenizer_with(id_or_path, &HubSettings::from_env())
+}
+
+/// [`resolve_tokenizer_dir`] with explicit settings.
+pub fn resolve_tokenizer_with(id_or_path: &str, settings: &HubSettings) -> Result<PathBuf> {
+    let path = Path::new(id_or_path);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if path.exists() || !is_hub_id(id_or_path) {
+        return Err(Error::input(format!(
+            "--tokenizer {id_or_path}: not a directory and not a Hub id of the form org/name; point it at a directory holding tokenizer.json, or give a Hub id"
+        )));
+    }
+    let revision = "main";
+    if let Some(dir) = cached_snapshot(&settings.cache_dir, id_or_path, revision) {
+        if dir.join("tokenizer.json").is_file() {
+            return Ok(dir);
+        }
+    }
+    let fix = "download it where there is network access and copy the hub cache, or point --tokenizer at a local directory with tokenizer.json";
+    if settings.offline {
+        return Err(Error::input(format!(
+            "tokenizer {id_or_path} is not in the hub cache {} and HF_HUB_OFFLINE is set; {fix}",
+            settings.cache_dir.display()
+        )));
+    }
+    download_tokenizer(id_or_path, revision, settings).map_err(|e| {
+        Error::input(format!(
+            "tokenizer {id_or_path} is not cached in {} and downloading it failed ({}); {fix}",
+            settings.cache_dir.display(),
+            e.replace('\n', " ")
+        ))
+    })
+}
+
+fn download_tokenizer(
+    id: &str,
+    revision: &str,
+    settings: &HubSettings,
+) -> std::result::Result<PathBuf, String> {
+    let mut builder =
+        ApiBuilder::from_cache(Cache::new(settings.cache_dir.clone())).with_progress(true);
+    if let Some(endpoint) = &settings.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    let api = builder.build().map_err(|e| e.to_string())?;
+    let repo = api.repo(Repo::with_revision(
+        id.to_string(),
+        RepoType::Model,
+        revision.to_string(),
+    ));
+    let main = repo
+        .get(TOKENIZER_FILES[0])
+        .map_err(|e| format!("tokenizer.json: {e}"))?;
+    for file in &TOKENIZER_FILES[1..] {
+        // Most repositories lack some of these; a missing one is not an error.
+        let _ = repo.get(file);
+    }
+    main.parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "tokenizer.json has no parent directory".to_string())
 }
 
 /// `org/name` or `name`: letters, digits, `-`, `_`, `.`, at most one `/`.
@@ -381,5 +467,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("is a file"), "{e}");
+    }
+
+    #[test]
+    fn tokenizer_only_repositories_resolve_from_the_cache() {
+        let (cache, snap) = fake_cache(&["tokenizer.json", "tokenizer_config.json"]);
+        let settings = offline(cache.path());
+        assert_eq!(resolve_tokenizer_with("org/tiny", &settings).unwrap(), snap);
+        // A model lookup of the same repository needs config.json and weights.
+        assert!(resolve_with("org/tiny", None, &settings).is_err());
+        let err = resolve_tokenizer_with("org/absent", &settings)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("HF_HUB_OFFLINE") && err.contains("--tokenizer"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cache_dir_follows_huggingface_hub_order() {
+        let with = |pairs: Vec<(&'static str, &'static str)>| {
+            HubSettings::from_vars(move |k| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            })
+            .cache_dir
+        };
+        assert_eq!(
+            with(vec![("HUGGINGFACE_HUB_CACHE", "/o"), ("HF_HOME", "/h")]),
+            PathBuf::from("/o")
+        );
+        assert_eq!(
+            with(vec![("XDG_CACHE_HOME", "/x"), ("HOME", "/u")]),
+            PathBuf::from("/x/huggingface/hub")
+        );
+        assert_eq!(
+            with(vec![("HOME", "/u")]),
+            PathBuf::from("/u/.cache/huggingface/hub")
+        );
     }
 }

@@ -28,7 +28,7 @@ pub mod qwen3;
 pub mod rotary;
 
 pub use attention::AttentionKernel;
-pub use hub::resolve_model_dir;
+pub use hub::{resolve_model_dir, resolve_tokenizer_dir};
 pub use linear::{Linear, LinearHook, NoHook};
 
 use crate::engine::Precision;
