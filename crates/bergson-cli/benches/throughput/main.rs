@@ -8,7 +8,8 @@
 //! build` from this repository and, when Python Bergson is installed, `bergson build` 2.5.1 on
 //! the same files, checks that the indexes agree (max relative error per row <= 1e-4), and
 //! prints wall time, tokens/s, peak RSS and the ratio. Flags: `--docs N` (default 400),
-//! `--workload neox|llama|all`, `--threads N` (libtorch threads for both tools), `--keep DIR`.
+//! `--workload neox|llama|all`, `--threads N` (libtorch threads for both tools), `--keep DIR`,
+//! `--device cpu|cuda` (a GPU needs the `cuda` feature: see scripts/bench-gpu.sh).
 
 mod workload;
 
@@ -35,6 +36,7 @@ fn main() {
     let threads = arg("--threads");
     let which = arg("--workload").unwrap_or_else(|| "all".into());
     let keep = arg("--keep").map(PathBuf::from);
+    let device = arg("--device").unwrap_or_else(|| "cpu".into());
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let python = find_python();
@@ -61,10 +63,10 @@ fn main() {
             w.tokens,
             arch.describe()
         );
-        let ours = run(&ours_cmd(&w, &dir.join("rs"), p, threads.as_deref()));
+        let ours = run(&ours_cmd(&w, &dir.join("rs"), p, threads.as_deref(), &device));
         report("bergson-rs", &ours, w.tokens);
         if let Some(py) = &python {
-            let theirs = run(&python_cmd(py, &w, &dir.join("py"), p, threads.as_deref()));
+            let theirs = run(&python_cmd(py, &w, &dir.join("py"), p, threads.as_deref(), &device));
             report("bergson 2.5.1 (Python)", &theirs, w.tokens);
             let err = max_row_rel_err(&dir.join("rs"), &dir.join("py"));
             println!(
@@ -89,7 +91,7 @@ fn report(name: &str, r: &Run, tokens: usize) {
     );
 }
 
-fn ours_cmd(w: &Workload, out: &Path, p: usize, threads: Option<&str>) -> Command {
+fn ours_cmd(w: &Workload, out: &Path, p: usize, threads: Option<&str>, device: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bergson"));
     c.arg("build")
         .arg(out)
@@ -97,14 +99,21 @@ fn ours_cmd(w: &Workload, out: &Path, p: usize, threads: Option<&str>) -> Comman
         .arg(&w.model)
         .arg("--dataset")
         .arg(&w.data);
-    c.args(["--projection_dim", &p.to_string(), "--overwrite", "--quiet"]);
+    c.args(["--projection_dim", &p.to_string(), "--overwrite", "--quiet", "--device", device]);
     if let Some(t) = threads {
         c.args(["--num_threads", t]);
     }
     c
 }
 
-fn python_cmd(py: &Path, w: &Workload, out: &Path, p: usize, threads: Option<&str>) -> Command {
+fn python_cmd(
+    py: &Path,
+    w: &Workload,
+    out: &Path,
+    p: usize,
+    threads: Option<&str>,
+    device: &str,
+) -> Command {
     let mut c = Command::new(py);
     c.args(["-m", "bergson", "build"])
         .arg(out)
@@ -115,6 +124,10 @@ fn python_cmd(py: &Path, w: &Workload, out: &Path, p: usize, threads: Option<&st
     c.args(["--projection_dim", &p.to_string(), "--overwrite"]);
     if let Some(t) = threads {
         c.env("OMP_NUM_THREADS", t);
+    }
+    if device == "cpu" {
+        // Bergson picks a GPU whenever one is visible.
+        c.env("CUDA_VISIBLE_DEVICES", "");
     }
     c
 }

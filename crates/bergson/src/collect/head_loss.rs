@@ -216,8 +216,14 @@ mod tests {
             },
             Linear {
                 name: "lm_head".into(),
-                weight,
+                weight: weight.shallow_clone(),
                 bias: Some(Tensor::randn([v], opts)),
+            },
+            // Logits spread over hundreds: exp without the running maximum would overflow.
+            Linear {
+                name: "lm_head".into(),
+                weight: &weight * 100.0,
+                bias: None,
             },
         ];
         let labels = Tensor::from_slice(&[
@@ -233,6 +239,8 @@ mod tests {
             (LossReduction::Mean, 0.0, true, 1, 4),
             (LossReduction::Sum, 0.1, true, 1, 1 << 20),
             (LossReduction::Mean, 0.2, false, 0, 4),
+            (LossReduction::Sum, 0.0, false, 2, 4),
+            (LossReduction::Mean, 0.1, true, 2, 1),
         ];
         for (reduction, eps, with_adv, h, block) in cases {
             let head = &heads[h];
