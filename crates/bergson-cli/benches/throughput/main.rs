@@ -125,6 +125,8 @@ fn python_cmd(
     if let Some(t) = threads {
         c.env("OMP_NUM_THREADS", t);
     }
+    // Without network, huggingface_hub retries each lookup for ~45 s; the files are local.
+    c.env("HF_HUB_OFFLINE", "1");
     if device == "cpu" {
         // Bergson picks a GPU whenever one is visible.
         c.env("CUDA_VISIBLE_DEVICES", "");

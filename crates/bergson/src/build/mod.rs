@@ -189,10 +189,14 @@ pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
     let (run_path, part, start_mode) = run_dir::prepare(cfg)?;
 
     let model_dir = resolve_model_dir(&icfg.model, icfg.revision.as_deref())?;
-    let tokenizer_dir = if icfg.tokenizer.is_empty() {
-        model_dir.clone()
-    } else {
+    // Bergson loads the tokenizer without `--revision`: a hub model's tokenizer comes from its
+    // default branch.
+    let tokenizer_dir = if !icfg.tokenizer.is_empty() {
         resolve_tokenizer_dir(&icfg.tokenizer)?
+    } else if icfg.revision.is_some() && !Path::new(&icfg.model).is_dir() {
+        resolve_tokenizer_dir(&icfg.model)?
+    } else {
+        model_dir.clone()
     };
     let tokenizer = Tokenizer::from_dir(&tokenizer_dir)?;
     let model_config = ConfigJson::from_file(&model_dir.join("config.json"))?;
