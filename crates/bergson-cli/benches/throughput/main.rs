@@ -63,10 +63,23 @@ fn main() {
             w.tokens,
             arch.describe()
         );
-        let ours = run(&ours_cmd(&w, &dir.join("rs"), p, threads.as_deref(), &device));
+        let ours = run(&ours_cmd(
+            &w,
+            &dir.join("rs"),
+            p,
+            threads.as_deref(),
+            &device,
+        ));
         report("bergson-rs", &ours, w.tokens);
         if let Some(py) = &python {
-            let theirs = run(&python_cmd(py, &w, &dir.join("py"), p, threads.as_deref(), &device));
+            let theirs = run(&python_cmd(
+                py,
+                &w,
+                &dir.join("py"),
+                p,
+                threads.as_deref(),
+                &device,
+            ));
             report("bergson 2.5.1 (Python)", &theirs, w.tokens);
             let err = max_row_rel_err(&dir.join("rs"), &dir.join("py"));
             println!(
@@ -99,7 +112,14 @@ fn ours_cmd(w: &Workload, out: &Path, p: usize, threads: Option<&str>, device: &
         .arg(&w.model)
         .arg("--dataset")
         .arg(&w.data);
-    c.args(["--projection_dim", &p.to_string(), "--overwrite", "--quiet", "--device", device]);
+    c.args([
+        "--projection_dim",
+        &p.to_string(),
+        "--overwrite",
+        "--quiet",
+        "--device",
+        device,
+    ]);
     if let Some(t) = threads {
         c.args(["--num_threads", t]);
     }
