@@ -235,22 +235,18 @@ fn demo_config(
 }
 
 fn write_assets(out: &Path) -> anyhow::Result<()> {
+    let unwritable = |path: &Path, e: std::io::Error| {
+        bergson::Error::input(format!(
+            "cannot write {}: {e}; pass --out with a writable directory",
+            path.display()
+        ))
+    };
     for (name, bytes) in ASSETS {
         let path = out.join(name);
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|e| {
-                bergson::Error::input(format!(
-                    "cannot create {}: {e}; pass --out with a writable directory",
-                    dir.display()
-                ))
-            })?;
+            fs::create_dir_all(dir).map_err(|e| unwritable(dir, e))?;
         }
-        fs::write(&path, bytes).map_err(|e| {
-            bergson::Error::input(format!(
-                "cannot write {}: {e}; pass --out with a writable directory",
-                path.display()
-            ))
-        })?;
+        fs::write(&path, bytes).map_err(|e| unwritable(&path, e))?;
     }
     Ok(())
 }

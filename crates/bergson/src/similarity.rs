@@ -45,13 +45,18 @@ pub fn top_k(scores: &Tensor, k: usize) -> Result<Vec<Vec<(usize, f64)>>> {
         .collect())
 }
 
-/// The 0-based rank of column `target` in row `row` of `scores` under the order of [`top_k`].
+/// The 0-based rank of column `target` in row `row` of `scores` under the order of [`top_k`]:
+/// the columns scoring higher, plus the lower columns scoring the same.
 pub fn rank_of(scores: &Tensor, row: usize, target: usize) -> Result<usize> {
-    let all = top_k(&scores.f_narrow(0, row as i64, 1)?, usize::MAX)?;
-    all[0]
+    let values = Vec::<f64>::try_from(scores.f_get(row as i64)?.f_to_kind(Kind::Double)?)?;
+    let mine = *values
+        .get(target)
+        .ok_or_else(|| Error::input(format!("column {target} is out of range")))?;
+    Ok(values
         .iter()
-        .position(|&(j, _)| j == target)
-        .ok_or_else(|| Error::input(format!("column {target} is out of range")))
+        .enumerate()
+        .filter(|&(j, v)| v.total_cmp(&mine).then(target.cmp(&j)).is_gt())
+        .count())
 }
 
 #[cfg(test)]
@@ -75,6 +80,7 @@ mod tests {
             vec![1, 0, 3]
         );
         assert_eq!(rank_of(&s, 1, 2).unwrap(), 3);
+        assert_eq!(rank_of(&s, 1, 3).unwrap(), 2); // tied with column 0, which comes first
         assert!(
             cosine_scores(&q, &Tensor::zeros([3, 5], (Kind::Float, tch::Device::Cpu))).is_err()
         );

@@ -5,7 +5,7 @@
 
 use super::checkpoint::{INDEX_FILE, SINGLE_FILE};
 use crate::{Error, Result};
-use hf_hub::api::sync::ApiBuilder;
+use hf_hub::api::sync::{ApiBuilder, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
 use std::path::{Path, PathBuf};
 
@@ -174,17 +174,7 @@ fn download_tokenizer(
     revision: &str,
     settings: &HubSettings,
 ) -> std::result::Result<PathBuf, String> {
-    let mut builder =
-        ApiBuilder::from_cache(Cache::new(settings.cache_dir.clone())).with_progress(true);
-    if let Some(endpoint) = &settings.endpoint {
-        builder = builder.with_endpoint(endpoint.clone());
-    }
-    let api = builder.build().map_err(|e| e.to_string())?;
-    let repo = api.repo(Repo::with_revision(
-        id.to_string(),
-        RepoType::Model,
-        revision.to_string(),
-    ));
+    let repo = hub_repo(id, revision, settings, true)?;
     let main = repo
         .get(TOKENIZER_FILES[0])
         .map_err(|e| format!("tokenizer.json: {e}"))?;
@@ -257,6 +247,26 @@ fn shard_list(index: &Path) -> Option<Vec<String>> {
     Some(shards)
 }
 
+/// A handle on model repository `id` at `revision` that downloads into the settings' cache.
+fn hub_repo(
+    id: &str,
+    revision: &str,
+    settings: &HubSettings,
+    progress: bool,
+) -> std::result::Result<ApiRepo, String> {
+    let mut builder =
+        ApiBuilder::from_cache(Cache::new(settings.cache_dir.clone())).with_progress(progress);
+    if let Some(endpoint) = &settings.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    let api = builder.build().map_err(|e| e.to_string())?;
+    Ok(api.repo(Repo::with_revision(
+        id.to_string(),
+        RepoType::Model,
+        revision.to_string(),
+    )))
+}
+
 /// Downloads config.json, the tokenizer files that exist and the safetensors weights into the
 /// cache; returns the snapshot directory.
 fn download(
@@ -264,17 +274,7 @@ fn download(
     revision: &str,
     settings: &HubSettings,
 ) -> std::result::Result<PathBuf, String> {
-    let mut builder =
-        ApiBuilder::from_cache(Cache::new(settings.cache_dir.clone())).with_progress(true);
-    if let Some(endpoint) = &settings.endpoint {
-        builder = builder.with_endpoint(endpoint.clone());
-    }
-    let api = builder.build().map_err(|e| e.to_string())?;
-    let repo = api.repo(Repo::with_revision(
-        id.to_string(),
-        RepoType::Model,
-        revision.to_string(),
-    ));
+    let repo = hub_repo(id, revision, settings, true)?;
     let config = repo
         .get("config.json")
         .map_err(|e| format!("config.json: {e}"))?;
@@ -320,20 +320,8 @@ pub fn resolve_file(id: &str, revision: Option<&str>, file: &str) -> Result<Path
             settings.cache_dir.display()
         )));
     }
-    let mut builder =
-        ApiBuilder::from_cache(Cache::new(settings.cache_dir.clone())).with_progress(false);
-    if let Some(endpoint) = &settings.endpoint {
-        builder = builder.with_endpoint(endpoint.clone());
-    }
-    let fetched = builder.build().map_err(|e| e.to_string()).and_then(|api| {
-        api.repo(Repo::with_revision(
-            id.to_string(),
-            RepoType::Model,
-            revision.to_string(),
-        ))
-        .get(file)
-        .map_err(|e| e.to_string())
-    });
+    let fetched = hub_repo(id, revision, &settings, false)
+        .and_then(|repo| repo.get(file).map_err(|e| e.to_string()));
     fetched.map_err(|e| {
         Error::input(format!(
             "{file} of {id} (revision {revision}) is not cached and downloading it failed ({}); {fix}",
