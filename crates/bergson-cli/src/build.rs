@@ -28,7 +28,7 @@ pub struct RuntimeArgs {
     #[arg(long)]
     pub quiet: bool,
     /// libtorch intra-op threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     pub num_threads: Option<i32>,
 }
 

@@ -118,10 +118,21 @@ fn invalid_number(e: &clap::Error) -> Option<String> {
         }
     } else if source.is::<std::num::ParseFloatError>() {
         "pass a number"
+    } else if let Some(low) = range_low(&source.to_string()) {
+        // clap's range parser: "0 is not in 1..=2147483647".
+        return Some(format!(
+            "error: invalid value '{value}' for {flag}: pass a whole number of {low} or more"
+        ));
     } else {
         return None;
     };
     Some(format!("error: invalid value '{value}' for {flag}: {need}"))
+}
+
+/// The lower bound of clap's "V is not in LOW..=HIGH" range message.
+fn range_low(message: &str) -> Option<i128> {
+    let (_, range) = message.split_once(" is not in ")?;
+    range.split("..").next()?.trim().parse().ok()
 }
 
 /// An invalid choice, with the choices appended.

@@ -382,6 +382,28 @@ fn missing_conversation_column() {
 }
 
 #[test]
+fn a_dataset_of_one_conversation_is_not_mistaken_for_nested_records() {
+    let sb = Sandbox::new();
+    sb.write(
+        "one_chat.jsonl",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi there\"}, \
+         {\"role\": \"assistant\", \"content\": \"hello, how are you\"}]}\n",
+    );
+    let llama = fixtures().join("models/llama");
+    let out = sb.build(
+        llama.to_str().unwrap(),
+        "one_chat.jsonl",
+        &["--conversation_column", "messages", "--quiet"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(sb.path("run/gradients.bin").exists());
+}
+
+#[test]
 fn missing_reward_column_lists_the_dataset_columns() {
     let sb = Sandbox::new();
     let out = sb.build(&neox(), "ok.jsonl", &["--reward_column", "score"]);
@@ -658,6 +680,25 @@ fn non_numeric_projection_dim() {
             "bergson build --help",
         ],
     );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn projection_dim_beyond_memory() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--projection_dim", "99999999999999"]);
+    assert_error(
+        &out,
+        &["--projection_dim 99999999999999", "memory", "smaller"],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn num_threads_zero() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--num_threads", "0"]);
+    assert_error(&out, &["'0'", "--num_threads", "1 or more"]);
     sb.assert_nothing_written();
 }
 

@@ -37,6 +37,33 @@ impl PreparedData {
     }
 }
 
+/// Refuses a one-row table whose only source of the `wanted` column is a list of records under
+/// another field: a JSON file such as `{"data": [{"text": ...}, ...]}` nests its records, and
+/// Bergson (like `datasets`) reads it as one row. A one-row dataset that has the column, such
+/// as a single conversation, passes.
+fn refuse_nested_records(table: &RecordBatch, wanted: &str, dataset: &str) -> Result<()> {
+    if table.num_rows() != 1 || table.column_by_name(wanted).is_some() {
+        return Ok(());
+    }
+    let schema = table.schema();
+    let nested = schema.fields().iter().find(|field| {
+        let item = match field.data_type() {
+            DataType::List(item) | DataType::LargeList(item) => item,
+            _ => return false,
+        };
+        matches!(item.data_type(), DataType::Struct(fields) if fields.iter().any(|f| f.name() == wanted))
+    });
+    match nested {
+        Some(field) => Err(Error::input(format!(
+            "{dataset}: the file holds one JSON object whose field '{0}' is a list of records, \
+             not records itself; write the records as JSON Lines, e.g. \
+             `jq -c '.{0}[]' {dataset} > records.jsonl`",
+            field.name()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Runs the data pipeline of `cfg` with `tokenizer`; `max_position_embeddings` comes from the
 /// model's config.json.
 pub fn prepare_data(
@@ -52,6 +79,14 @@ pub fn prepare_data(
     let encoder = tokenizer.encoder(data.truncation.then_some(max_length))?;
 
     let pretokenized = table.column_by_name("input_ids").is_some();
+    if !pretokenized {
+        let wanted = if data.conversation_column.is_empty() {
+            &data.prompt_column
+        } else {
+            &data.conversation_column
+        };
+        refuse_nested_records(&table, wanted, &data.dataset)?;
+    }
     let (rows, chat) = if pretokenized {
         (
             pretokenized_rows(&table)?,

@@ -83,6 +83,77 @@ pub struct GradientCollector {
     device: Device,
 }
 
+/// Refuses a projection whose matrices plus one index row need more memory than the machine
+/// has, before any is generated (an absurd `--projection_dim` would otherwise abort the process
+/// in the allocator).
+fn check_fits_in_memory(
+    targets: &[Target],
+    settings: &ProjectionSettings,
+    kind: Kind,
+) -> Result<()> {
+    let Some(memory) = physical_memory_bytes() else {
+        return Ok(());
+    };
+    // Counted in f64: the products can overflow any integer type.
+    let mut values = 0f64;
+    let mut largest_global_block = 0f64;
+    for t in targets {
+        let width = (t.in_features + i64::from(t.collect_bias)) as f64;
+        let out = t.out_features as f64;
+        values += match (settings.per_module_dim(), settings.global_dim()) {
+            // Left and right matrices, and the p x p block of the row.
+            (Some(p), _) => {
+                let p = p as f64;
+                p * (width + out) + p * p
+            }
+            // The full gradient that the global matrix projects, one column block at a time.
+            (None, Some(m)) => {
+                let columns = (global_block_columns(m) as f64).min(out * width);
+                largest_global_block = largest_global_block.max(m as f64 * columns);
+                out * width
+            }
+            (None, None) => out * width,
+        };
+    }
+    if let Some(m) = settings.global_dim() {
+        values += m as f64 + largest_global_block;
+    }
+    let bytes = values * kind.elt_size_in_bytes() as f64;
+    if bytes > memory as f64 {
+        let p = settings.projection_dim.unwrap_or(0);
+        return Err(Error::input(format!(
+            "--projection_dim {p} needs {} of memory for its projection matrices and one \
+             gradient row, more than this machine's {}; use a smaller --projection_dim \
+             (Bergson's default is 16)",
+            human_bytes(bytes),
+            human_bytes(memory as f64)
+        )));
+    }
+    Ok(())
+}
+
+/// Total physical memory (Linux: `MemTotal` of /proc/meminfo), if known.
+fn physical_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn human_bytes(bytes: f64) -> String {
+    if bytes >= 1024f64.powi(7) {
+        return "over 1,000 EiB".to_string();
+    }
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = bytes;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", units[u])
+}
+
 /// Largest global projection (in entries, all modules together) kept between batches.
 const GLOBAL_CACHE_ENTRIES: usize = 1 << 26;
 
@@ -98,6 +169,7 @@ impl GradientCollector {
         device: Device,
     ) -> Result<Self> {
         let settings = processor.settings.clone();
+        check_fits_in_memory(&targets, &settings, kind)?;
         let p = settings.per_module_dim();
         let matrix = |name: &str, role: &str, m: usize, n: i64| {
             module_projection_matrix(

@@ -303,24 +303,6 @@ fn parse_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
             }
         }
     }
-    if let [only] = rows.as_slice() {
-        // `{"data": [{...}, ...]}`: records nested under a field, which Bergson cannot select.
-        let nested = only.object.iter().find(|(_, v)| {
-            v.as_array()
-                .is_some_and(|items| !items.is_empty() && items.iter().all(Value::is_object))
-        });
-        let has_scalars = only
-            .object
-            .values()
-            .any(|v| !v.is_array() && !v.is_object());
-        if let (Some((field, _)), false) = (nested, has_scalars) {
-            return Err(Error::input(format!(
-                "{shown}: the file holds one JSON object whose field '{field}' is a list of \
-                 records, not records itself; write the records as JSON Lines, e.g. \
-                 `jq -c '.{field}[]' {shown} > records.jsonl`"
-            )));
-        }
-    }
     Ok(rows)
 }
 
