@@ -17,6 +17,7 @@ const FIXTURES: &[&str] = &[
     "mistral",
     "qwen2",
     "qwen3",
+    "qwen2_yarn",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {
@@ -157,12 +158,17 @@ fn modules_and_parameters_match_transformers() {
         let model_type = match *name {
             "gpt_neox_seq" => "gpt_neox",
             "llama3" => "llama",
+            "qwen2_yarn" => "qwen2",
             other => other,
         };
         assert_eq!(m.model_type(), model_type);
         assert_eq!(
             m.max_position_embeddings(),
-            Some(if *name == "gpt2" { 1024 } else { 2048 })
+            Some(match *name {
+                "gpt2" => 1024,
+                "qwen2_yarn" => 16384,
+                _ => 2048,
+            })
         );
         assert_eq!(m.vocab_size(), Some(512));
         assert_eq!(m.device(), Device::Cpu);

@@ -35,6 +35,21 @@ pub enum RopeScaling {
         /// The pre-training context length.
         original_max_position_embeddings: f64,
     },
+    /// `yarn`: NTK-by-parts interpolation (Peng et al. 2023) with an attention temperature.
+    Yarn {
+        /// Interpolation factor.
+        factor: f64,
+        /// Multiplier of cos and sin (`attention_factor`, or derived from the mscales).
+        attention_factor: f64,
+        /// Rotations bounding the ramp (`beta_fast`, `beta_slow`).
+        beta_fast: f64,
+        /// See `beta_fast`.
+        beta_slow: f64,
+        /// Round the ramp bounds to whole dimensions (`truncate`).
+        truncate: bool,
+        /// The pre-training context length.
+        original_max_position_embeddings: f64,
+    },
 }
 
 /// The rotary settings of a model.
@@ -67,7 +82,7 @@ pub const LLAMA_ROPE_KEYS: RopeKeys = RopeKeys {
 };
 
 /// The RoPE types we implement, for error messages.
-pub const ROPE_TYPES: &str = "default, linear, dynamic, llama3";
+pub const ROPE_TYPES: &str = "default, linear, dynamic, llama3, yarn";
 
 impl RopeConfig {
     /// Reads the rotary settings of `cfg`, resolving the spellings as transformers 5's
@@ -113,21 +128,69 @@ impl RopeConfig {
                 cfg.error(format!("{dict_name}.{key} is required for rope_type '{rope_type}'; add it to config.json"))
             })
         };
+        // A top-level original_max_position_embeddings wins, then the dict's, then
+        // max_position_embeddings (transformers' `standardize_rope_params`).
+        let original = || -> Result<f64> {
+            match cfg.float(&["original_max_position_embeddings"])? {
+                Some(v) => Ok(v),
+                None => match get("original_max_position_embeddings")? {
+                    Some(v) => Ok(v),
+                    None => cfg.float(&["max_position_embeddings"])?.ok_or_else(|| {
+                        cfg.error(format!("rope_type '{rope_type}' needs original_max_position_embeddings; add it to config.json"))
+                    }),
+                },
+            }
+        };
         let scaling = match rope_type.as_str() {
             "default" => RopeScaling::Default,
             "linear" => RopeScaling::Linear { factor: need("factor")? },
             "dynamic" => RopeScaling::Dynamic { factor: need("factor")? },
-            "llama3" => {
-                // A top-level original_max_position_embeddings wins, as in transformers.
-                let original = match cfg.float(&["original_max_position_embeddings"])? {
-                    Some(v) => v,
-                    None => match get("original_max_position_embeddings")? {
-                        Some(v) => v,
-                        None => cfg.float(&["max_position_embeddings"])?.ok_or_else(|| {
-                            cfg.error("rope_type 'llama3' needs original_max_position_embeddings; add it to config.json")
-                        })?,
+            "yarn" => {
+                let original = original()?;
+                let factor = match get("factor")? {
+                    Some(f) => f,
+                    None => {
+                        let max = cfg.float(&["max_position_embeddings"])?.ok_or_else(|| {
+                            cfg.error(format!("{dict_name}.factor is required for rope_type 'yarn'; add it to config.json"))
+                        })?;
+                        max / original
+                    }
+                };
+                let mscale = |scale: f64, m: f64| {
+                    if scale <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * m * scale.ln() + 1.0
+                    }
+                };
+                let attention_factor = match get("attention_factor")? {
+                    Some(a) => a,
+                    None => match (get("mscale")?, get("mscale_all_dim")?) {
+                        (Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                            mscale(factor, m) / mscale(factor, all)
+                        }
+                        _ => mscale(factor, 1.0),
                     },
                 };
+                // `get(..) or default`: a zero counts as missing, as in transformers.
+                let or_default = |v: Option<f64>, d: f64| v.filter(|x| *x != 0.0).unwrap_or(d);
+                let truncate = match dict.and_then(|d| d.get("truncate")) {
+                    None | Some(serde_json::Value::Null) => true,
+                    Some(v) => v.as_bool().ok_or_else(|| {
+                        cfg.error(format!("{dict_name}.truncate is {v}, expected true or false; fix config.json"))
+                    })?,
+                };
+                RopeScaling::Yarn {
+                    factor,
+                    attention_factor,
+                    beta_fast: or_default(get("beta_fast")?, 32.0),
+                    beta_slow: or_default(get("beta_slow")?, 1.0),
+                    truncate,
+                    original_max_position_embeddings: original,
+                }
+            }
+            "llama3" => {
+                let original = original()?;
                 RopeScaling::Llama3 {
                     factor: need("factor")?,
                     low_freq_factor: need("low_freq_factor")?,
@@ -242,7 +305,15 @@ impl Rotary {
         let pos = Tensor::arange(len, (inv_freq.kind(), self.device));
         let freqs = pos.unsqueeze(1) * inv_freq.unsqueeze(0);
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        (emb.cos().to_kind(self.kind), emb.sin().to_kind(self.kind))
+        match self.config.scaling {
+            RopeScaling::Yarn {
+                attention_factor, ..
+            } => (
+                (emb.cos() * attention_factor).to_kind(self.kind),
+                (emb.sin() * attention_factor).to_kind(self.kind),
+            ),
+            _ => (emb.cos().to_kind(self.kind), emb.sin().to_kind(self.kind)),
+        }
     }
 }
 
@@ -289,8 +360,37 @@ fn inv_freq(
     };
     let exponent =
         Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(kind) / dim as f64;
-    let inv = Tensor::pow_scalar(base, &exponent).reciprocal();
+    let pos_freqs = Tensor::pow_scalar(base, &exponent);
+    let inv = pos_freqs.reciprocal();
     match config.scaling {
+        RopeScaling::Yarn {
+            factor,
+            beta_fast,
+            beta_slow,
+            truncate,
+            original_max_position_embeddings,
+            ..
+        } => {
+            let d = dim as f64;
+            let correction_dim = |rotations: f64| {
+                d * (original_max_position_embeddings / (rotations * 2.0 * PI)).ln()
+                    / (2.0 * base.ln())
+            };
+            let (mut low, mut high) = (correction_dim(beta_fast), correction_dim(beta_slow));
+            if truncate {
+                (low, high) = (low.floor(), high.ceil());
+            }
+            let (low, mut high) = (low.max(0.0), high.min(d - 1.0));
+            if low == high {
+                high += 0.001;
+            }
+            let ramp = ((Tensor::arange(dim / 2, (Kind::Float, device)).to_kind(kind) - low)
+                / (high - low))
+                .clamp(0.0, 1.0);
+            let extrapolation_factor = ramp.neg() + 1.0;
+            let interpolation = (pos_freqs * factor).reciprocal();
+            interpolation * (extrapolation_factor.neg() + 1.0) + inv * extrapolation_factor
+        }
         RopeScaling::Default | RopeScaling::Dynamic { .. } => inv,
         RopeScaling::Linear { factor } => inv / factor,
         RopeScaling::Llama3 {
@@ -380,6 +480,56 @@ mod tests {
     }
 
     #[test]
+    fn yarn_settings_as_transformers_derives_them() {
+        // DeepSeek-style: attention factor from the two mscales, truncation off.
+        let c = cfg(
+            r#"{"max_position_embeddings": 163840, "rope_scaling": {"type": "yarn", "factor": 40.0,
+            "mscale": 0.707, "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
+            "beta_fast": 32, "beta_slow": 1, "truncate": false}}"#,
+        );
+        let r = RopeConfig::from_config(&c, LLAMA_ROPE_KEYS).unwrap();
+        let m = |k: f64| 0.1 * k * 40f64.ln() + 1.0;
+        assert_eq!(
+            r.scaling,
+            RopeScaling::Yarn {
+                factor: 40.0,
+                attention_factor: m(0.707) / m(1.0),
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                truncate: false,
+                original_max_position_embeddings: 4096.0
+            }
+        );
+        // No factor: the ratio of the lengths; no mscales: 0.1 ln(factor) + 1; a top-level
+        // original_max_position_embeddings wins over the dict's.
+        let c = cfg(
+            r#"{"max_position_embeddings": 32768, "original_max_position_embeddings": 8192,
+            "rope_parameters": {"rope_type": "yarn", "original_max_position_embeddings": 1,
+            "rope_theta": 1000000.0}}"#,
+        );
+        let r = RopeConfig::from_config(&c, LLAMA_ROPE_KEYS).unwrap();
+        assert_eq!(r.theta, 1e6);
+        assert_eq!(
+            r.scaling,
+            RopeScaling::Yarn {
+                factor: 4.0,
+                attention_factor: 0.1 * 4f64.ln() + 1.0,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                truncate: true,
+                original_max_position_embeddings: 8192.0
+            }
+        );
+        let bad = cfg(
+            r#"{"max_position_embeddings": 64, "rope_scaling": {"type": "yarn", "factor": 2.0, "truncate": "yes"}}"#,
+        );
+        let e = RopeConfig::from_config(&bad, LLAMA_ROPE_KEYS)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("truncate"), "{e}");
+    }
+
+    #[test]
     fn llama3_settings_and_errors() {
         let c = cfg(
             r#"{"rope_theta": 500000.0, "max_position_embeddings": 131072, "rope_scaling": {"rope_type": "llama3",
@@ -395,11 +545,11 @@ mod tests {
                 original_max_position_embeddings: 8192.0
             }
         );
-        let bad = cfg(r#"{"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#);
+        let bad = cfg(r#"{"rope_scaling": {"rope_type": "longrope", "factor": 4.0}}"#);
         let e = RopeConfig::from_config(&bad, LLAMA_ROPE_KEYS)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("'yarn'") && e.contains("llama3"), "{e}");
+        assert!(e.contains("'longrope'") && e.contains("yarn"), "{e}");
         let bad = cfg(r#"{"rope_scaling": {"type": "linear"}}"#);
         let e = RopeConfig::from_config(&bad, LLAMA_ROPE_KEYS)
             .unwrap_err()
