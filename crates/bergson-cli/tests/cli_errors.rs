@@ -248,6 +248,15 @@ fn missing_dataset() {
 }
 
 #[test]
+fn dataset_file_of_an_unreadable_type() {
+    let sb = Sandbox::new();
+    sb.write("notes.txt", "hello world\nanother line\n");
+    let out = sb.build(&neox(), "notes.txt", &[]);
+    assert_error(&out, &["'notes.txt'", "(.txt)", ".jsonl"]);
+    sb.assert_nothing_written();
+}
+
+#[test]
 fn empty_dataset() {
     let sb = Sandbox::new();
     sb.write("empty.jsonl", "");

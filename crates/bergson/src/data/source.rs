@@ -79,6 +79,18 @@ pub fn open_dataset(
         let repo = resolve_repo(path, subset, dataset)?;
         return read_repo_splits(dataset, &repo, split);
     }
+    if path.is_file() {
+        // Bergson would look this name up on the Hub; say what is wrong with the file instead.
+        let ext = path
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_else(|| "no extension".into());
+        return Err(Error::input(format!(
+            "dataset '{dataset}' is a file of a type bergson cannot read ({ext}); convert it to \
+             .jsonl, .json, .csv, .tsv, .parquet or .arrow (e.g. one {{\"text\": ...}} object per \
+             line in a .jsonl file)"
+        )));
+    }
     if looks_like_path(dataset) || !is_repo_id(dataset) {
         return Err(Error::input(format!(
             "dataset '{dataset}' does not exist: no such file or directory, and it is not a hub id \
