@@ -950,6 +950,16 @@ fn no_arguments() {
 }
 
 #[test]
+fn a_python_bergson_command_we_lack() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["score", "run", "--query_path", "q"]);
+    assert_error(&out, &["`score`", "Python Bergson", "build, reduce, demo"]);
+    // A typo of one of ours still gets clap's suggestion.
+    let out = sb.run(&["biuld"]);
+    assert_error(&out, &["'biuld'", "'build'"]);
+}
+
+#[test]
 fn build_without_run_path() {
     let sb = Sandbox::new();
     let out = sb.run(&["build"]);
