@@ -704,6 +704,14 @@ fn projection_dim_beyond_memory() {
 }
 
 #[test]
+fn logit_scale_not_finite() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--logit_scale", "inf"]);
+    assert_error(&out, &["--logit_scale inf", "finite"]);
+    sb.assert_nothing_written();
+}
+
+#[test]
 fn num_threads_zero() {
     let sb = Sandbox::new();
     let out = sb.build(&neox(), "ok.jsonl", &["--num_threads", "0"]);

@@ -121,6 +121,7 @@ fn spec(reduction: LossReduction) -> LossSpec {
         loss_fn: LossFn::Ce,
         reduction,
         label_smoothing: 0.0,
+        logit_scale: 1.0,
     }
 }
 

@@ -452,8 +452,11 @@ fn check_supported(cfg: &BuildConfig) -> Result<()> {
     if !c.moe_experts.is_empty() {
         return unsupported("--moe_experts", "drop it");
     }
-    if c.logit_scale != 1.0 {
-        return unsupported("--logit_scale", "leave it at 1.0");
+    if !c.logit_scale.is_finite() {
+        return Err(Error::input(format!(
+            "--logit_scale {} must be a finite number (1.0 leaves the logits as they are)",
+            c.logit_scale
+        )));
     }
     if c.auto_batch_size {
         return unsupported("--auto_batch_size", "set --token_batch_size");

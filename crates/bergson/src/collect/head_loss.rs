@@ -248,6 +248,7 @@ mod tests {
                 loss_fn: LossFn::Ce,
                 reduction,
                 label_smoothing: eps,
+                logit_scale: 1.0,
             };
             let hidden = Tensor::randn([n, s, d], opts).set_requires_grad(true);
             let a = with_adv.then_some(&adv);

@@ -17,6 +17,8 @@ pub struct LossSpec {
     pub reduction: LossReduction,
     /// Cross-entropy label smoothing.
     pub label_smoothing: f64,
+    /// Factor the LM head's logits are multiplied by before the loss (`--logit_scale`).
+    pub logit_scale: f64,
 }
 
 /// Per-token losses `[N, S-1]` of `logits[:, :-1]` against `labels[:, 1:]` (0 where ignored).
@@ -97,6 +99,7 @@ mod tests {
             loss_fn: LossFn::Ce,
             reduction: LossReduction::Sum,
             label_smoothing: 0.0,
+            logit_scale: 1.0,
         };
         let got = document_losses(&spec, &logits, &labels, None).unwrap();
         assert!((got.double_value(&[0]) - want0).abs() < 1e-12);
@@ -119,6 +122,7 @@ mod tests {
             loss_fn: LossFn::LogOdds,
             reduction: LossReduction::Sum,
             label_smoothing: 0.0,
+            logit_scale: 1.0,
         };
         let got = document_losses(&spec, &logits, &labels, None)
             .unwrap()

@@ -14,7 +14,7 @@ use super::targets::{discover_targets, split_heads, Target};
 use crate::config::{AttentionConfig, IndexConfig};
 use crate::data::batching::{allocate_batches, collection_mask, pad_batch};
 use crate::data::tokenize::TokenizedRow;
-use crate::models::CausalLm;
+use crate::models::{CausalLm, Linear};
 use crate::{Error, Result};
 
 /// What to collect, besides the model and the documents.
@@ -54,6 +54,7 @@ impl CollectConfig {
                 loss_fn: cfg.loss_fn,
                 reduction: cfg.loss_reduction,
                 label_smoothing: cfg.label_smoothing,
+                logit_scale: cfg.logit_scale,
             },
             token_batch_size: cfg.token_batch_size,
             max_batch_size: cfg.max_batch_size,
@@ -116,6 +117,8 @@ pub struct Collection<'m> {
     collector: GradientCollector,
     cfg: CollectConfig,
     batches: Vec<Vec<usize>>,
+    /// The LM head with `logit_scale` folded into its weight and bias, for the fused loss.
+    scaled_head: Option<Linear>,
 }
 
 impl<'m> Collection<'m> {
@@ -150,11 +153,27 @@ impl<'m> Collection<'m> {
             cfg.world_size,
         )?;
         let batches = std::mem::take(&mut allocation[cfg.rank]);
+        let scale = cfg.loss.logit_scale;
+        let scaled_head = if scale != 1.0 && fused_applies(&cfg.loss, model.kind()) {
+            let head = model.lm_head();
+            Some(Linear {
+                name: head.name.clone(),
+                weight: head.weight.f_mul_scalar(scale)?,
+                bias: head
+                    .bias
+                    .as_ref()
+                    .map(|b| b.f_mul_scalar(scale))
+                    .transpose()?,
+            })
+        } else {
+            None
+        };
         Ok(Collection {
             model,
             collector,
             cfg: cfg.clone(),
             batches,
+            scaled_head,
         })
     }
 
@@ -209,17 +228,17 @@ impl<'m> Collection<'m> {
         let (losses, seed) = if fused_applies(&self.cfg.loss, model.kind()) {
             // The head and loss fused: backward from the final hidden states with their
             // gradient as the seed, so the logits never enter the graph.
-            let (losses, grad) = fused_head_loss(
-                model.lm_head(),
-                &hidden,
-                &y,
-                &self.cfg.loss,
-                advantages.as_ref(),
-            )?;
+            // Bergson multiplies the head's output by logit_scale; folded into the head here.
+            let head = self.scaled_head.as_ref().unwrap_or(model.lm_head());
+            let (losses, grad) =
+                fused_head_loss(head, &hidden, &y, &self.cfg.loss, advantages.as_ref())?;
             let seed = hidden.f_mul(&grad)?.f_sum(hidden.kind())?;
             (losses, seed)
         } else {
-            let logits = model.lm_head().forward(&hidden);
+            let mut logits = model.lm_head().forward(&hidden);
+            if self.cfg.loss.logit_scale != 1.0 {
+                logits = logits.f_mul_scalar(self.cfg.loss.logit_scale)?;
+            }
             let losses = document_losses(&self.cfg.loss, &logits, &y, advantages.as_ref())?;
             let total = losses.f_sum(losses.kind())?;
             (losses, total)
