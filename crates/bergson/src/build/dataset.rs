@@ -4,14 +4,16 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, ListArray};
+use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, Int64Array, ListArray};
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field};
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 
 use crate::config::{DataConfig, IndexConfig};
+use crate::data::chunking::{chunk_documents, cpu_count, has_content, map_layout};
 use crate::data::columns::{
-    add_column, conversation_column, drop_columns, float_column, string_column, take_rows,
+    add_column, conversation_column, drop_columns, float_column, nullable_string_column,
+    string_column, take_rows,
 };
 use crate::data::rewards::{advantages_from_column, advantages_from_rewards};
 use crate::data::source::load_dataset;
@@ -75,6 +77,9 @@ pub fn prepare_data(
     check_data_config(data)?;
     let table = load_dataset(&data.dataset, &data.split, data.subset.as_deref())?;
     let max_model_length = tokenizer.max_model_length(max_position_embeddings);
+    if data.chunk_length > 0 {
+        return chunked_data(data, &table, tokenizer, max_model_length);
+    }
     let max_length = truncation_length(cfg.token_batch_size, max_model_length)?;
     let encoder = tokenizer.encoder(data.truncation.then_some(max_length))?;
 
@@ -122,7 +127,7 @@ pub fn prepare_data(
         table = add_column(
             &table,
             "input_ids",
-            id_lists(rows.iter().map(|r| r.input_ids.as_slice())),
+            input_id_lists(rows.iter().map(|r| r.input_ids.as_slice())),
         )?;
         table = add_column(
             &table,
@@ -214,6 +219,111 @@ pub fn prepare_data(
     })
 }
 
+/// `--chunk_length` (Bergson's `tokenize_and_chunk`): the text of every non-blank row, without
+/// special tokens, concatenated with EOS after each document and cut into rows of
+/// `chunk_length` tokens; `data.hf` holds `input_ids`, `doc_ids` (each token's source row) and
+/// `length`. Like Bergson, the other columns and the reward, completion and `--max_tokens`
+/// settings do not apply. The text comes from `--prompt_column` (Bergson always reads `text`,
+/// the default).
+fn chunked_data(
+    data: &DataConfig,
+    table: &RecordBatch,
+    tokenizer: &Tokenizer,
+    max_model_length: i64,
+) -> Result<PreparedData> {
+    let chunk_length = data.chunk_length;
+    if max_model_length != NO_LIMIT && chunk_length as i64 > max_model_length {
+        return Err(Error::input(format!(
+            "--chunk_length {chunk_length} exceeds the model's maximum context length \
+             {max_model_length}; use --chunk_length {max_model_length} or smaller"
+        )));
+    }
+    let eos = tokenizer
+        .special_token("eos_token")
+        .and_then(|t| tokenizer.token_to_id(t))
+        .ok_or_else(|| {
+            Error::input(format!(
+                "--chunk_length ends every document with the EOS token, and the tokenizer in {} \
+                 has none; set eos_token in tokenizer_config.json",
+                tokenizer.dir().display()
+            ))
+        })?;
+    let texts = nullable_string_column(table, &data.prompt_column, "--prompt_column")?;
+    let kept: Vec<(usize, &str)> = texts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.as_deref().filter(|t| has_content(t)).map(|t| (i, t)))
+        .collect();
+    if kept.len() < texts.len() {
+        tracing::warn!(
+            "{}/{} empty documents ({:.1}%)",
+            texts.len() - kept.len(),
+            texts.len(),
+            100.0 * (texts.len() - kept.len()) as f64 / texts.len() as f64
+        );
+    }
+    let encoder = tokenizer.encoder(None)?;
+    let ids = encoder.encode_texts_plain(&kept.iter().map(|(_, t)| *t).collect::<Vec<_>>())?;
+    let docs: Vec<(usize, Vec<i64>)> = kept.iter().map(|(i, _)| *i).zip(ids).collect();
+    let (num_proc, bs) = map_layout(docs.len(), chunk_length, cpu_count());
+    let chunks = chunk_documents(&docs, i64::from(eos), chunk_length, num_proc, bs);
+    let represented: std::collections::BTreeSet<i64> =
+        chunks.doc_ids.iter().flatten().copied().collect();
+    if represented.len() < docs.len() {
+        tracing::warn!(
+            "chunking dropped {} of {} documents (their tokens did not fill a whole chunk)",
+            docs.len() - represented.len(),
+            docs.len()
+        );
+    }
+    if chunks.input_ids.is_empty() {
+        return Err(Error::input(format!(
+            "dataset '{}' has fewer than --chunk_length {chunk_length} tokens in all, so it \
+             makes no chunk; use a smaller --chunk_length",
+            data.dataset
+        )));
+    }
+    let n = chunks.input_ids.len();
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        (
+            "input_ids",
+            input_id_lists(chunks.input_ids.iter().map(Vec::as_slice)),
+        ),
+        (
+            "doc_ids",
+            id_lists(chunks.doc_ids.iter().map(Vec::as_slice)),
+        ),
+        (
+            "length",
+            Arc::new(Int64Array::from(vec![chunk_length as i64; n])),
+        ),
+    ];
+    let schema = Schema::new(
+        columns
+            .iter()
+            .map(|(name, col)| Field::new(*name, col.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    );
+    let table = RecordBatch::try_new(
+        Arc::new(schema),
+        columns.into_iter().map(|(_, c)| c).collect(),
+    )
+    .map_err(|e| Error::input(format!("cannot build the chunked dataset: {e}")))?;
+    let rows = chunks
+        .input_ids
+        .into_iter()
+        .map(|input_ids| TokenizedRow {
+            input_ids,
+            labels: None,
+        })
+        .collect();
+    Ok(PreparedData {
+        table,
+        rows,
+        advantages: None,
+    })
+}
+
 /// Bergson's `DataConfig.__post_init__` checks, and options bergson-rs does not have yet.
 fn check_data_config(data: &DataConfig) -> Result<()> {
     if !data.reward_column.is_empty() && !data.advantage_column.is_empty() {
@@ -221,8 +331,15 @@ fn check_data_config(data: &DataConfig) -> Result<()> {
             "--reward_column and --advantage_column cannot both be given; keep one",
         ));
     }
-    if data.chunk_length > 0 {
-        return Err(Error::input("--chunk_length is not supported by bergson-rs yet; drop it (documents are indexed whole)"));
+    if data.chunk_length > 0 && data.truncation {
+        return Err(Error::input(
+            "--chunk_length and --truncation cannot both be given (chunks have a fixed length); drop one",
+        ));
+    }
+    if data.chunk_length > 0 && !data.format_template.is_empty() {
+        return Err(Error::input(
+            "--chunk_length and --format_template cannot both be given; drop one",
+        ));
     }
     if !data.format_template.is_empty() {
         return Err(Error::input("--format_template is not supported by bergson-rs yet; format the rows into a text column first"));
@@ -329,17 +446,35 @@ fn int_lists(table: &RecordBatch, name: &str) -> Result<Vec<Vec<i64>>> {
 
 /// A `list<int64>` column from rows of ids.
 fn id_lists<'a>(rows: impl Iterator<Item = &'a [i64]>) -> ArrayRef {
+    let (offsets, values) = flatten(rows);
+    list_column(offsets, Arc::new(Int64Array::from(values)), DataType::Int64)
+}
+
+/// A `list<int32>` column of token ids: `datasets` stores an inferred `input_ids` column as
+/// int32 (its optimised feature types), so `data.hf` keeps Bergson's type.
+fn input_id_lists<'a>(rows: impl Iterator<Item = &'a [i64]>) -> ArrayRef {
+    let (offsets, values) = flatten(rows);
+    // Token ids are vocabulary indices, far below 2^31.
+    let values: Vec<i32> = values.into_iter().map(|v| v as i32).collect();
+    list_column(offsets, Arc::new(Int32Array::from(values)), DataType::Int32)
+}
+
+fn flatten<'a>(rows: impl Iterator<Item = &'a [i64]>) -> (Vec<i32>, Vec<i64>) {
     let mut offsets = vec![0i32];
     let mut values = Vec::new();
     for r in rows {
         values.extend_from_slice(r);
         offsets.push(values.len() as i32);
     }
-    let field = Arc::new(Field::new("item", DataType::Int64, true));
+    (offsets, values)
+}
+
+fn list_column(offsets: Vec<i32>, values: ArrayRef, item: DataType) -> ArrayRef {
+    let field = Arc::new(Field::new("item", item, true));
     Arc::new(ListArray::new(
         field,
         OffsetBuffer::new(offsets.into()),
-        Arc::new(Int64Array::from(values)),
+        values,
         None,
     ))
 }

@@ -31,13 +31,20 @@ pub fn string_column(batch: &RecordBatch, name: &str, flag: &str) -> Result<Vec<
     strings_of(array, &format!("column '{name}' ({flag})"), flag, batch)
 }
 
-/// The strings of a string array (`string`, `large_string`, `string_view`, or dictionary of them).
-fn strings_of(
-    array: &ArrayRef,
-    what: &str,
-    flag: &str,
+/// The strings of column `name` with nulls kept as `None` (for Bergson's chunking, which skips
+/// rows without a string), or an error listing the columns when it is not a text column.
+pub fn nullable_string_column(
     batch: &RecordBatch,
-) -> Result<Vec<String>> {
+    name: &str,
+    flag: &str,
+) -> Result<Vec<Option<String>>> {
+    let array = column(batch, name, flag)?;
+    let array = text_array(array, &format!("column '{name}' ({flag})"), flag, batch)?;
+    strings_nullable(&array).ok_or_else(|| Error::input(format!("column '{name}' is not text")))
+}
+
+/// `array` as a plain string array (dictionaries of strings decoded), or an error naming its type.
+fn text_array(array: &ArrayRef, what: &str, flag: &str, batch: &RecordBatch) -> Result<ArrayRef> {
     let not_text = |dt: &DataType| {
         Error::input(format!(
             "{what} holds {} values, not strings; pick a text column with {flag} (columns: {})",
@@ -45,13 +52,23 @@ fn strings_of(
             column_summary(batch)
         ))
     };
-    let array: ArrayRef = match array.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => array.clone(),
+    match array.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(array.clone()),
         DataType::Dictionary(_, value) if is_string(value) => {
-            cast(array, &DataType::LargeUtf8).map_err(|_| not_text(array.data_type()))?
+            cast(array, &DataType::LargeUtf8).map_err(|_| not_text(array.data_type()))
         }
-        other => return Err(not_text(other)),
-    };
+        other => Err(not_text(other)),
+    }
+}
+
+/// The strings of a string array (`string`, `large_string`, `string_view`, or dictionary of them).
+fn strings_of(
+    array: &ArrayRef,
+    what: &str,
+    flag: &str,
+    batch: &RecordBatch,
+) -> Result<Vec<String>> {
+    let array = text_array(array, what, flag, batch)?;
     let null_at = |row: usize| {
         Error::input(format!(
             "row {row} of {what} is null, but every row needs a string; fill in or drop the rows \
@@ -202,7 +219,7 @@ fn conversations_of<O: OffsetSizeTrait>(
 }
 
 /// A string array's values with nulls kept; `None` if it is not a string array.
-fn strings_nullable(array: &ArrayRef) -> Option<Vec<Option<String>>> {
+pub(crate) fn strings_nullable(array: &ArrayRef) -> Option<Vec<Option<String>>> {
     let owned =
         |it: &mut dyn Iterator<Item = Option<&str>>| it.map(|v| v.map(str::to_string)).collect();
     Some(match array.data_type() {

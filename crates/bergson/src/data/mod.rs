@@ -3,6 +3,7 @@
 
 pub mod batching;
 pub mod chat_template;
+pub mod chunking;
 pub mod columns;
 pub mod formats;
 pub mod hub;

@@ -360,6 +360,13 @@ impl Encoder<'_> {
             .collect())
     }
 
+    /// Token ids of texts without the tokenizer's special tokens (Bergson's chunking),
+    /// tokenised in parallel.
+    pub fn encode_texts_plain<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<i64>>> {
+        let texts = texts.iter().map(AsRef::as_ref).collect();
+        Ok(self.encode_many(texts, false)?.iter().map(ids_of).collect())
+    }
+
     /// Prompt/completion rows; errors name the row (its index in `rows`).
     pub fn encode_prompt_completions<P: AsRef<str>, C: AsRef<str>>(
         &self,
