@@ -15,6 +15,7 @@ use crate::data::columns::{
     add_column, conversation_column, drop_columns, float_column, nullable_string_column,
     string_column, take_rows,
 };
+use crate::data::format_template::FormatTemplate;
 use crate::data::rewards::{advantages_from_column, advantages_from_rewards};
 use crate::data::source::load_dataset;
 use crate::data::tokenize::{truncation_length, TokenizedRow, Tokenizer, NO_LIMIT};
@@ -82,6 +83,19 @@ pub fn prepare_data(
     }
     let max_length = truncation_length(cfg.token_batch_size, max_model_length)?;
     let encoder = tokenizer.encoder(data.truncation.then_some(max_length))?;
+    // Bergson drops the loaded columns (with --drop_columns), not the ones a format adds.
+    let original: Vec<String> = table
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let (table, columns) = if data.format_template.is_empty() {
+        (table, data.clone())
+    } else {
+        formatted(&table, data)?
+    };
+    let data = &columns;
 
     let pretokenized = table.column_by_name("input_ids").is_some();
     if !pretokenized {
@@ -113,12 +127,6 @@ pub fn prepare_data(
     if !data.truncation {
         warn_long(&rows, max_model_length, cfg.token_batch_size);
     }
-    let original: Vec<String> = table
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
     // The dataset as loaded: reward and prompt columns are read from it, so an error lists the
     // user's columns rather than the ones added below.
     let source = table.clone();
@@ -217,6 +225,21 @@ pub fn prepare_data(
         rows,
         advantages,
     })
+}
+
+/// `--format_template`: the formatted rows and the columns to tokenise, `prompt` +
+/// `completion` when the template has a target, else `text` (Bergson's `apply_format`).
+fn formatted(table: &RecordBatch, data: &DataConfig) -> Result<(RecordBatch, DataConfig)> {
+    let template = FormatTemplate::from_file(std::path::Path::new(&data.format_template))?;
+    let table = template.apply(table)?;
+    let has_completion = table.column_by_name("completion").is_some();
+    let columns = DataConfig {
+        prompt_column: if has_completion { "prompt" } else { "text" }.into(),
+        completion_column: if has_completion { "completion" } else { "" }.into(),
+        conversation_column: String::new(),
+        ..data.clone()
+    };
+    Ok((table, columns))
 }
 
 /// `--chunk_length` (Bergson's `tokenize_and_chunk`): the text of every non-blank row, without
@@ -340,9 +363,6 @@ fn check_data_config(data: &DataConfig) -> Result<()> {
         return Err(Error::input(
             "--chunk_length and --format_template cannot both be given; drop one",
         ));
-    }
-    if !data.format_template.is_empty() {
-        return Err(Error::input("--format_template is not supported by bergson-rs yet; format the rows into a text column first"));
     }
     if !data.data_kwargs.is_empty() {
         return Err(Error::input("--data_kwargs is not supported by bergson-rs; use a local file or a cached hub dataset"));

@@ -5,6 +5,7 @@ pub mod batching;
 pub mod chat_template;
 pub mod chunking;
 pub mod columns;
+pub mod format_template;
 pub mod formats;
 pub mod hub;
 pub mod pyrandom;
