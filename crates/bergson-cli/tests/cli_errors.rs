@@ -704,6 +704,43 @@ fn projection_dim_beyond_memory() {
 }
 
 #[test]
+fn chunk_length_with_truncation() {
+    let sb = Sandbox::new();
+    let out = sb.build(
+        &neox(),
+        "ok.jsonl",
+        &["--chunk_length", "8", "--truncation"],
+    );
+    assert_error(&out, &["--chunk_length", "--truncation", "drop one"]);
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn chunk_length_longer_than_the_dataset() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--chunk_length", "1000"]);
+    assert_error(&out, &["--chunk_length 1000", "smaller"]);
+    let out = sb.build(
+        &neox(),
+        "ok.jsonl",
+        &["--chunk_length", "8", "--token_batch_size", "4"],
+    );
+    assert_error(&out, &["--chunk_length 8", "--token_batch_size"]);
+    sb.assert_nothing_written();
+}
+
+#[test]
+fn format_template_missing_or_without_doc_to_text() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--format_template", "nope.yaml"]);
+    assert_error(&out, &["--format_template 'nope.yaml'", "doc_to_text"]);
+    sb.write("f.yaml", "doc_to_target: answer\n");
+    let out = sb.build(&neox(), "ok.jsonl", &["--format_template", "f.yaml"]);
+    assert_error(&out, &["'f.yaml'", "no doc_to_text"]);
+    sb.assert_nothing_written();
+}
+
+#[test]
 fn logit_scale_not_finite() {
     let sb = Sandbox::new();
     let out = sb.build(&neox(), "ok.jsonl", &["--logit_scale", "inf"]);

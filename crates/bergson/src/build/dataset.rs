@@ -79,7 +79,13 @@ pub fn prepare_data(
     let table = load_dataset(&data.dataset, &data.split, data.subset.as_deref())?;
     let max_model_length = tokenizer.max_model_length(max_position_embeddings);
     if data.chunk_length > 0 {
-        return chunked_data(data, &table, tokenizer, max_model_length);
+        return chunked_data(
+            data,
+            &table,
+            tokenizer,
+            max_model_length,
+            cfg.token_batch_size,
+        );
     }
     let max_length = truncation_length(cfg.token_batch_size, max_model_length)?;
     let encoder = tokenizer.encoder(data.truncation.then_some(max_length))?;
@@ -253,8 +259,16 @@ fn chunked_data(
     table: &RecordBatch,
     tokenizer: &Tokenizer,
     max_model_length: i64,
+    token_batch_size: usize,
 ) -> Result<PreparedData> {
     let chunk_length = data.chunk_length;
+    if chunk_length > token_batch_size {
+        return Err(Error::input(format!(
+            "--chunk_length {chunk_length} is longer than --token_batch_size \
+             {token_batch_size}, so no chunk fits in a batch; use a --token_batch_size of at \
+             least {chunk_length}"
+        )));
+    }
     if max_model_length != NO_LIMIT && chunk_length as i64 > max_model_length {
         return Err(Error::input(format!(
             "--chunk_length {chunk_length} exceeds the model's maximum context length \
@@ -277,6 +291,18 @@ fn chunked_data(
         .enumerate()
         .filter_map(|(i, t)| t.as_deref().filter(|t| has_content(t)).map(|t| (i, t)))
         .collect();
+    let encoder = tokenizer.encoder(None)?;
+    let ids = encoder.encode_texts_plain(&kept.iter().map(|(_, t)| *t).collect::<Vec<_>>())?;
+    let docs: Vec<(usize, Vec<i64>)> = kept.iter().map(|(i, _)| *i).zip(ids).collect();
+    let (num_proc, bs) = map_layout(docs.len(), chunk_length, cpu_count());
+    let chunks = chunk_documents(&docs, i64::from(eos), chunk_length, num_proc, bs);
+    if chunks.input_ids.is_empty() {
+        return Err(Error::input(format!(
+            "dataset '{}' has fewer than --chunk_length {chunk_length} tokens in all, so it \
+             makes no chunk; use a smaller --chunk_length",
+            data.dataset
+        )));
+    }
     if kept.len() < texts.len() {
         tracing::warn!(
             "{}/{} empty documents ({:.1}%)",
@@ -285,11 +311,6 @@ fn chunked_data(
             100.0 * (texts.len() - kept.len()) as f64 / texts.len() as f64
         );
     }
-    let encoder = tokenizer.encoder(None)?;
-    let ids = encoder.encode_texts_plain(&kept.iter().map(|(_, t)| *t).collect::<Vec<_>>())?;
-    let docs: Vec<(usize, Vec<i64>)> = kept.iter().map(|(i, _)| *i).zip(ids).collect();
-    let (num_proc, bs) = map_layout(docs.len(), chunk_length, cpu_count());
-    let chunks = chunk_documents(&docs, i64::from(eos), chunk_length, num_proc, bs);
     let represented: std::collections::BTreeSet<i64> =
         chunks.doc_ids.iter().flatten().copied().collect();
     if represented.len() < docs.len() {
@@ -298,13 +319,6 @@ fn chunked_data(
             docs.len() - represented.len(),
             docs.len()
         );
-    }
-    if chunks.input_ids.is_empty() {
-        return Err(Error::input(format!(
-            "dataset '{}' has fewer than --chunk_length {chunk_length} tokens in all, so it \
-             makes no chunk; use a smaller --chunk_length",
-            data.dataset
-        )));
     }
     let n = chunks.input_ids.len();
     let columns: Vec<(&str, ArrayRef)> = vec![
