@@ -49,7 +49,7 @@ pub fn clap_error(e: clap::Error, subcommand: Option<&str>) -> ExitCode {
     }
     if e.kind() == ErrorKind::InvalidSubcommand {
         if let Some(name) = context_string(&e, ContextKind::InvalidSubcommand) {
-            if PYTHON_ONLY_COMMANDS.contains(&name.as_str()) {
+            if bergson::config::run_file::PYTHON_ONLY_COMMANDS.contains(&name.as_str()) {
                 eprintln!(
                     "error: `{name}` is a Python Bergson command that bergson-rs does not have yet; \
                      this version has: {}; use Python Bergson 2.5.1 for it (it reads bergson-rs \
@@ -87,25 +87,6 @@ fn our_commands() -> Vec<String> {
         .map(|c| c.get_name().to_string())
         .collect()
 }
-
-/// Python Bergson 2.5.1's subcommands that bergson-rs lacks.
-const PYTHON_ONLY_COMMANDS: &[&str] = &[
-    "approxunrolling",
-    "ekfac",
-    "hessian",
-    "lissa",
-    "magic",
-    "metasmoothness",
-    "mix",
-    "query",
-    "recall",
-    "score",
-    "trackstar",
-    "trak",
-    "train",
-    "test_model_configuration",
-    "validate",
-];
 
 /// The command a clap error is about (`bergson build`), from its usage line.
 fn usage_command(text: &str) -> Option<String> {

@@ -16,5 +16,6 @@ pub mod index;
 pub mod models;
 pub mod pickle;
 pub mod similarity;
+pub mod units;
 
 pub use error::{Error, Result};

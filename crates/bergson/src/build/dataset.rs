@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, Int64Array, ListArray};
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field};
 use arrow::record_batch::RecordBatch;
 
 use crate::config::{DataConfig, IndexConfig};
 use crate::data::chunking::{chunk_documents, cpu_count, has_content, map_layout};
 use crate::data::columns::{
-    add_column, conversation_column, drop_columns, float_column, nullable_string_column,
-    string_column, take_rows,
+    add_column, column_names, conversation_column, drop_columns, float_column,
+    nullable_string_column, string_column, take_rows,
 };
 use crate::data::format_template::FormatTemplate;
 use crate::data::rewards::{advantages_from_column, advantages_from_rewards};
@@ -90,12 +90,7 @@ pub fn prepare_data(
     let max_length = truncation_length(cfg.token_batch_size, max_model_length)?;
     let encoder = tokenizer.encoder(data.truncation.then_some(max_length))?;
     // Bergson drops the loaded columns (with --drop_columns), not the ones a format adds.
-    let original: Vec<String> = table
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
+    let original = column_names(&table);
     let (table, columns) = if data.format_template.is_empty() {
         (table, data.clone())
     } else {
@@ -335,15 +330,10 @@ fn chunked_data(
             Arc::new(Int64Array::from(vec![chunk_length as i64; n])),
         ),
     ];
-    let schema = Schema::new(
+    let table = RecordBatch::try_from_iter_with_nullable(
         columns
-            .iter()
-            .map(|(name, col)| Field::new(*name, col.data_type().clone(), true))
-            .collect::<Vec<_>>(),
-    );
-    let table = RecordBatch::try_new(
-        Arc::new(schema),
-        columns.into_iter().map(|(_, c)| c).collect(),
+            .into_iter()
+            .map(|(name, column)| (name, column, true)),
     )
     .map_err(|e| Error::input(format!("cannot build the chunked dataset: {e}")))?;
     let rows = chunks

@@ -36,6 +36,7 @@ use crate::index::{GradientFile, IndexInfo};
 use crate::models::config::ConfigJson;
 use crate::models::hub::{resolve_model_dir, resolve_tokenizer_dir};
 use crate::models::{auto_precision, load_model, CausalLm};
+use crate::units::human_bytes;
 use crate::{pickle, Error, Result};
 
 use journal::{Entry, Header, Journal, AGGREGATE, JOURNAL};
@@ -138,7 +139,7 @@ impl std::fmt::Display for BuildSummary {
             self.tokens,
             self.seconds,
             self.tokens_run as f64 / self.seconds.max(1e-9),
-            human_bytes(self.index_bytes),
+            human_bytes(self.index_bytes as f64),
             self.run_path.display()
         )?;
         if self.tokens_run < self.tokens {
@@ -152,21 +153,6 @@ impl std::fmt::Display for BuildSummary {
             )?;
         }
         Ok(())
-    }
-}
-
-fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
     }
 }
 

@@ -19,6 +19,7 @@ use super::projection::{
 use super::targets::Target;
 use crate::config::ProjectionScale;
 use crate::models::{Linear, LinearHook};
+use crate::units::human_bytes;
 use crate::{Error, Result};
 
 /// A module's state: its target, normalizer and forward-side projection.
@@ -138,20 +139,6 @@ fn physical_memory_bytes() -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-fn human_bytes(bytes: f64) -> String {
-    if bytes >= 1024f64.powi(7) {
-        return "over 1,000 EiB".to_string();
-    }
-    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut v = bytes;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", units[u])
 }
 
 /// Largest global projection (in entries, all modules together) kept between batches.

@@ -38,8 +38,9 @@ pub struct RunFile {
     pub steps: Vec<Step>,
 }
 
-/// Commands Bergson accepts in a run file that bergson-rs does not run yet.
-const KNOWN_ELSEWHERE: &[&str] = &[
+/// Python Bergson 2.5.1's commands (in a run file or on its command line) that bergson-rs does
+/// not run yet.
+pub const PYTHON_ONLY_COMMANDS: &[&str] = &[
     "approxunrolling",
     "ekfac",
     "hessian",
@@ -120,7 +121,7 @@ fn parse_step(name: &str, body: Value) -> Result<Step> {
                 .map_err(|e| Error::input(format!("step `{name}`: {e}")))?;
             Ok(Step::Build(Box::new(cfg)))
         }
-        other if KNOWN_ELSEWHERE.contains(&other) => Err(Error::input(format!(
+        other if PYTHON_ONLY_COMMANDS.contains(&other) => Err(Error::input(format!(
             "step `{other}` is a Bergson command bergson-rs does not run yet; supported: build, reduce"
         ))),
         other => Err(Error::input(format!("unknown command `{other}`; supported: build, reduce"))),

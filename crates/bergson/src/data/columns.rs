@@ -13,14 +13,22 @@ use arrow::record_batch::RecordBatch;
 use crate::data::ChatMessage;
 use crate::{Error, Result};
 
+/// The names of `batch`'s columns, in order.
+pub fn column_names(batch: &RecordBatch) -> Vec<String> {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
+
 /// The column `name`, or an error listing the available columns and naming `flag`.
 pub fn column<'a>(batch: &'a RecordBatch, name: &str, flag: &str) -> Result<&'a ArrayRef> {
     batch.column_by_name(name).ok_or_else(|| {
-        let schema = batch.schema();
-        let available: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         Error::input(format!(
             "{flag} '{name}' not found in the dataset; available columns: {}. Pick one with {flag}",
-            available.join(", ")
+            column_names(batch).join(", ")
         ))
     })
 }
@@ -229,6 +237,28 @@ pub(crate) fn strings_nullable(array: &ArrayRef) -> Option<Vec<Option<String>>> 
         DataType::Null => vec![None; array.len()],
         _ => return None,
     })
+}
+
+/// `batch` with column `name` set to `values`: replaced in place when it exists, else
+/// appended (as `datasets.map` updates columns).
+pub fn set_column(batch: &RecordBatch, name: &str, values: ArrayRef) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+    let mut columns = batch.columns().to_vec();
+    let field = Arc::new(Field::new(name, values.data_type().clone(), true));
+    match fields.iter().position(|f| f.name() == name) {
+        Some(i) => {
+            fields[i] = field;
+            columns[i] = values;
+        }
+        None => {
+            fields.push(field);
+            columns.push(values);
+        }
+    }
+    let schema = Schema::new(fields).with_metadata(schema.metadata.clone());
+    RecordBatch::try_new(Arc::new(schema), columns)
+        .map_err(|e| Error::input(format!("cannot set column '{name}': {e}")))
 }
 
 /// The rows at `indices`, in that order (repeats allowed).

@@ -11,12 +11,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, StringArray};
-use arrow::datatypes::{Field, Schema};
+use arrow::array::{ArrayRef, StringArray};
 use arrow::record_batch::RecordBatch;
 use minijinja::value::{Value, ValueKind};
 use minijinja::Environment;
 
+use super::columns::{column_names, set_column};
 use super::pyvalue::py_str;
 use crate::{Error, Result};
 
@@ -117,11 +117,12 @@ impl FormatTemplate {
                 targets.push(self.target(row, i, table)?);
             }
         }
+        let strings = |v: Vec<String>| -> ArrayRef { Arc::new(StringArray::from(v)) };
         if !self.has_target() {
-            return set_string_column(table, "text", texts);
+            return set_column(table, "text", strings(texts));
         }
-        let table = set_string_column(table, "prompt", texts)?;
-        set_string_column(&table, "completion", targets)
+        let table = set_column(table, "prompt", strings(texts))?;
+        set_column(&table, "completion", strings(targets))
     }
 
     fn render(&self, name: &str, row: &Value, index: usize) -> Result<String> {
@@ -143,17 +144,11 @@ impl FormatTemplate {
             Some(column) => {
                 let v = row.get_attr(column).unwrap_or(Value::UNDEFINED);
                 if v.is_undefined() {
-                    let columns: Vec<String> = table
-                        .schema()
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().clone())
-                        .collect();
                     return Err(Error::input(format!(
                         "--format_template '{}': doc_to_target '{column}' is neither a template \
                          nor a column (columns: {})",
                         self.path,
-                        columns.join(", ")
+                        column_names(table).join(", ")
                     )));
                 }
                 v
@@ -246,32 +241,10 @@ fn template_value(v: &serde_json::Value) -> Value {
     }
 }
 
-/// `table` with a string column `name`: replaced in place when it exists, else appended.
-fn set_string_column(table: &RecordBatch, name: &str, values: Vec<String>) -> Result<RecordBatch> {
-    let array: ArrayRef = Arc::new(StringArray::from(values));
-    let schema = table.schema();
-    let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
-    let mut columns = table.columns().to_vec();
-    let field = Arc::new(Field::new(name, array.data_type().clone(), true));
-    match fields.iter().position(|f| f.name() == name) {
-        Some(i) => {
-            fields[i] = field;
-            columns[i] = array;
-        }
-        None => {
-            fields.push(field);
-            columns.push(array);
-        }
-    }
-    let schema = Schema::new(fields).with_metadata(schema.metadata.clone());
-    RecordBatch::try_new(Arc::new(schema), columns)
-        .map_err(|e| Error::input(format!("cannot add column '{name}': {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::Int64Array;
+    use arrow::array::{Array, Int64Array};
 
     fn table() -> RecordBatch {
         let q: ArrayRef = Arc::new(StringArray::from(vec!["2+2?", "Capital of France?"]));
