@@ -108,6 +108,18 @@ fn journal_lines(part: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Waits until the journal of `child`'s build has `lines` lines, or the build ends (a loaded
+/// machine may still be loading libtorch when a fixed timer fires).
+fn wait_for_journal(child: &mut Child, part: &Path, lines: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while journal_lines(part) < lines
+        && child.try_wait().unwrap().is_none()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn killed_builds_resume_to_identical_indexes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -138,14 +150,7 @@ fn killed_builds_resume_to_identical_indexes() {
         if round % 2 == 0 {
             std::thread::sleep(full.mul_f64(0.1 + 0.85 * (next() % 1000) as f64 / 1000.0));
         } else {
-            let target = 2 + (next() % 12) as usize;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while journal_lines(&part) < target
-                && child.try_wait().unwrap().is_none()
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            wait_for_journal(&mut child, &part, 2 + (next() % 12) as usize);
             std::thread::sleep(Duration::from_micros(next() % 20_000));
         }
         let _ = Command::new("kill")
@@ -192,18 +197,11 @@ fn ctrl_c_stops_quickly_and_leaves_a_resumable_part() {
     run_to_end(&mut build_cmd(&reference, &[]));
     let want = snapshot(&reference);
 
-    // Interrupt mid-run: once a few batches are durable, not at a guessed time (a loaded
-    // machine may still be loading libtorch when a timer fires).
+    // Interrupt mid-run: once a few batches are durable.
     let run = tmp.path().join("run");
     let part = PathBuf::from(format!("{}.part", run.display()));
     let mut child = build_cmd(&run, &[]).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while journal_lines(&part) < 3
-        && child.try_wait().unwrap().is_none()
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for_journal(&mut child, &part, 3);
     let (status, took) = kill_after(child, Duration::ZERO, "-INT");
     if status.success() {
         eprintln!("skipped: the build finished before Ctrl-C");
@@ -224,13 +222,15 @@ fn a_part_of_another_config_is_refused_then_replaced_with_overwrite() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let part = PathBuf::from(format!("{}.part", run.display()));
-    let child = build_cmd(&run, &[]).spawn().unwrap();
-    let (status, _) = kill_after(child, Duration::from_millis(1200), "-KILL");
+    let mut child = build_cmd(&run, &[]).spawn().unwrap();
+    wait_for_journal(&mut child, &part, 2);
+    let (status, _) = kill_after(child, Duration::ZERO, "-KILL");
     if status.success() || !part.exists() {
         eprintln!("skipped: the build finished (or had not started) before the kill");
         return;
     }
-    let out = build_cmd(&run, &["--projection_dim", "4"])
+    // Another config: a projection seed (build_cmd already sets --projection_dim).
+    let out = build_cmd(&run, &["--projection_seed", "3"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -241,7 +241,7 @@ fn a_part_of_another_config_is_refused_then_replaced_with_overwrite() {
     );
     run_to_end(&mut build_cmd(
         &run,
-        &["--projection_dim", "4", "--overwrite"],
+        &["--projection_seed", "3", "--overwrite"],
     ));
     assert!(run.join("gradients.bin").exists() && !part.exists());
 }
