@@ -1,8 +1,5 @@
 //! `bergson build` / `bergson reduce`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use bergson::config::BuildConfig;
 use clap::Args;
 
@@ -42,10 +39,10 @@ pub fn run(config: BuildConfig, runtime: &RuntimeArgs) -> anyhow::Result<()> {
     if let Some(n) = runtime.num_threads {
         tch::set_num_threads(n);
     }
+    install_interrupt_handler();
     let opts = bergson::build::RunOptions {
         device,
         quiet: runtime.quiet,
-        cancel: Some(interrupt_flag()),
     };
     let summary = bergson::build::run(&config, &opts)?;
     if !runtime.quiet {
@@ -57,16 +54,13 @@ pub fn run(config: BuildConfig, runtime: &RuntimeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A flag set by the first Ctrl-C (the build stops after its current batch, leaving a resumable
-/// `<run_path>.part`); a second Ctrl-C exits at once.
-fn interrupt_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let seen = flag.clone();
-    let _ = ctrlc::set_handler(move || {
-        if seen.swap(true, Ordering::SeqCst) {
+/// The first Ctrl-C asks the running work to stop ([`bergson::interrupt`]: within a second,
+/// leaving a resumable `<run_path>.part`); a second Ctrl-C exits at once.
+pub fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if bergson::interrupt::request() {
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: stopping after the current batch (Ctrl-C again to quit now)");
+        eprintln!("\ninterrupted: stopping (Ctrl-C again to quit now)");
     });
-    flag
 }

@@ -123,11 +123,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         train_text.len(),
         args.projection_dim
     ));
-    let opts = bergson::build::RunOptions {
-        device,
-        quiet,
-        cancel: None,
-    };
+    let opts = bergson::build::RunOptions { device, quiet };
     let train_index = out.join("train_index");
     let summary = bergson::build::run(
         &demo_config(&out, &train_index, "train.jsonl", args, false),

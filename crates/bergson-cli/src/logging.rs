@@ -3,8 +3,9 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the subscriber once.
+/// Installs the subscriber once, and turns the library's progress output off with `--quiet`.
 pub fn init(quiet: bool) {
+    bergson::progress::set_quiet(quiet);
     let default = if quiet { "error" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

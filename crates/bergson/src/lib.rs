@@ -13,8 +13,10 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod index;
+pub mod interrupt;
 pub mod models;
 pub mod pickle;
+pub mod progress;
 pub mod similarity;
 pub mod units;
 

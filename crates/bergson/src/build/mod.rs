@@ -3,12 +3,10 @@
 
 mod dataset;
 mod journal;
-mod progress;
 mod rows;
 mod run_dir;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,8 +37,8 @@ use crate::models::{auto_precision, load_model, CausalLm};
 use crate::units::human_bytes;
 use crate::{pickle, Error, Result};
 
+use crate::progress::Progress;
 use journal::{Entry, Header, Journal, AGGREGATE, JOURNAL};
-use progress::Progress;
 use rows::RowSink;
 use run_dir::Start;
 
@@ -51,9 +49,6 @@ pub struct RunOptions {
     pub device: Device,
     /// No progress output.
     pub quiet: bool,
-    /// Set (e.g. by a Ctrl-C handler) to stop after the current batch, leaving a resumable
-    /// `<run_path>.part`.
-    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for RunOptions {
@@ -61,7 +56,6 @@ impl Default for RunOptions {
         RunOptions {
             device: Device::Cpu,
             quiet: true,
-            cancel: None,
         }
     }
 }
@@ -320,16 +314,12 @@ pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
         setup: start.elapsed(),
         ..Profile::default()
     };
-    let cancelled = || {
-        opts.cancel
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::SeqCst))
-    };
     for (b, indices) in batches.iter().enumerate() {
         if is_done[b] {
             continue;
         }
-        if cancelled() {
+        // A Ctrl-C ([`crate::interrupt`]) stops after the current batch, leaving `.part` resumable.
+        if crate::interrupt::requested() {
             sink.sync(&part.join(AGGREGATE))?;
             journal.append(&pending)?;
             progress.finish();
