@@ -29,8 +29,26 @@ pub struct RuntimeArgs {
     pub num_threads: Option<i32>,
 }
 
-/// Runs a build.
-pub fn run(config: BuildConfig, runtime: &RuntimeArgs) -> anyhow::Result<()> {
+/// Runs a build (or, with `reduce`, the same pipeline saved as a `reduce` step).
+pub fn run(config: BuildConfig, runtime: &RuntimeArgs, reduce: bool) -> anyhow::Result<()> {
+    let opts = run_options(runtime)?;
+    install_interrupt_handler();
+    let summary = if reduce {
+        bergson::build::reduce(&config, &opts)?
+    } else {
+        bergson::build::run(&config, &opts)?
+    };
+    if !runtime.quiet {
+        eprintln!("{summary}");
+    }
+    if config.index_cfg.profile {
+        eprintln!("{}", summary.profile);
+    }
+    Ok(())
+}
+
+/// The library's run options from the runtime flags (and libtorch's thread count).
+pub fn run_options(runtime: &RuntimeArgs) -> anyhow::Result<bergson::build::RunOptions> {
     let device = bergson::engine::parse_device(if runtime.device.is_empty() {
         "cpu"
     } else {
@@ -39,19 +57,10 @@ pub fn run(config: BuildConfig, runtime: &RuntimeArgs) -> anyhow::Result<()> {
     if let Some(n) = runtime.num_threads {
         tch::set_num_threads(n);
     }
-    install_interrupt_handler();
-    let opts = bergson::build::RunOptions {
+    Ok(bergson::build::RunOptions {
         device,
         quiet: runtime.quiet,
-    };
-    let summary = bergson::build::run(&config, &opts)?;
-    if !runtime.quiet {
-        eprintln!("{summary}");
-    }
-    if config.index_cfg.profile {
-        eprintln!("{}", summary.profile);
-    }
-    Ok(())
+    })
 }
 
 /// The first Ctrl-C asks the running work to stop ([`bergson::interrupt`]: within a second,

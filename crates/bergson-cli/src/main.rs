@@ -6,6 +6,7 @@ mod build;
 mod demo;
 mod errors;
 mod logging;
+mod score;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,10 @@ enum Command {
     /// The same pipeline as build, meant for `--aggregation mean|sum` (one row).
     #[command(allow_negative_numbers = true)]
     Reduce(BuildArgs),
+    /// Score a dataset against a query index: one score per (document, query), gradients
+    /// computed on the fly.
+    #[command(allow_negative_numbers = true)]
+    Score(score::ScoreArgs),
     /// The embedded demo: index a tiny model's training corpus and attribute held-out facts
     /// to the documents that planted them.
     Demo(demo::DemoArgs),
@@ -55,9 +60,17 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Build(args) | Command::Reduce(args) => {
+        Command::Build(args) => {
             logging::init(args.runtime.quiet);
-            errors::finish(build::run(args.config, &args.runtime))
+            errors::finish(build::run(args.config, &args.runtime, false))
+        }
+        Command::Reduce(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(build::run(args.config, &args.runtime, true))
+        }
+        Command::Score(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(score::run(args.config, &args.runtime))
         }
         Command::Demo(args) => {
             logging::init(args.runtime.quiet);
@@ -118,10 +131,13 @@ fn run_file(path: &str, runtime: &RuntimeArgs) -> anyhow::Result<()> {
             "no such run file: {path}; check the path (a run file is a YAML mapping with a `steps:` list), or give flags: `bergson build <run_path> --model ... --dataset ...`"
         )).into());
     }
+    use bergson::config::run_file::Step;
     let file = bergson::config::run_file::read_run_file(p)?;
     for step in file.steps {
         match step {
-            bergson::config::run_file::Step::Build(cfg) => build::run(*cfg, runtime)?,
+            Step::Build(cfg) => build::run(*cfg, runtime, false)?,
+            Step::Reduce(cfg) => build::run(*cfg, runtime, true)?,
+            Step::Score(cfg) => score::run(*cfg, runtime)?,
         }
     }
     Ok(())

@@ -24,6 +24,9 @@ pub enum Error {
     /// The run was interrupted (Ctrl-C); partial output was left resumable.
     #[error("interrupted")]
     Interrupted,
+    /// A broken invariant inside bergson-rs: not the user's mistake (the CLI exits with 1).
+    #[error("internal error: {0}; please report it to the bergson-rs maintainers")]
+    Internal(String),
 }
 
 /// `Result` with the library's [`Error`].
@@ -33,6 +36,11 @@ impl Error {
     /// A user-input error with the given message.
     pub fn input(msg: impl Into<String>) -> Self {
         Error::Input(msg.into())
+    }
+
+    /// An internal fault (a broken invariant) with the given description.
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Error::Internal(msg.into())
     }
 
     /// Wraps an I/O error with the path it concerns.

@@ -17,6 +17,8 @@ pub mod interrupt;
 pub mod models;
 pub mod pickle;
 pub mod progress;
+pub mod score;
+pub mod setup;
 pub mod similarity;
 pub mod units;
 

@@ -2,9 +2,7 @@
 //! with Bergson 2.5.1's files and layouts (see `docs/index-format.md`).
 
 mod dataset;
-mod journal;
 mod rows;
-mod run_dir;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,29 +16,24 @@ use tch::{Device, Kind};
 
 pub use dataset::{prepare_data, PreparedData};
 
-use crate::collect::optimizer_state::{load_normalizers, resolve_optimizer_path};
 use crate::collect::{
-    BatchTimings, CollectConfig, Collection, Documents, GradientProcessor, ProjectionSettings,
+    BatchTimings, CollectConfig, Collection, Documents,
 };
-use crate::config::run_file::build_config_yaml;
-use crate::config::{Aggregation, BuildConfig, PrecisionChoice};
+use crate::config::run_file::{config_yaml, Step};
+use crate::config::{Aggregation, BuildConfig};
 use crate::data::columns::{add_column, drop_columns};
-use crate::data::tokenize::Tokenizer;
-use crate::engine::Precision;
 use crate::error::IoContext;
 use crate::index::hf_dataset::write_hf_dataset;
 use crate::index::reader::write_offsets;
 use crate::index::{GradientFile, IndexInfo};
-use crate::models::config::ConfigJson;
-use crate::models::hub::{resolve_model_dir, resolve_tokenizer_dir};
-use crate::models::{auto_precision, load_model, CausalLm};
+use crate::models::CausalLm;
 use crate::units::human_bytes;
-use crate::{pickle, Error, Result};
+use crate::{pickle, setup, Error, Result};
 
 use crate::progress::Progress;
-use journal::{Entry, Header, Journal, AGGREGATE, JOURNAL};
+use crate::index::journal::{Entry, Header, Journal, AGGREGATE, JOURNAL};
 use rows::RowSink;
-use run_dir::Start;
+use crate::index::run_dir::{self, Start};
 
 /// How to run a build (not part of the saved config).
 #[derive(Debug, Clone)]
@@ -152,7 +145,7 @@ impl std::fmt::Display for BuildSummary {
 
 /// Time between durable checkpoints of the journal: `BERGSON_SYNC_SECONDS` (default 1; 0 syncs
 /// after every batch).
-fn sync_every() -> Duration {
+pub(crate) fn sync_every() -> Duration {
     let secs = std::env::var("BERGSON_SYNC_SECONDS")
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
@@ -163,37 +156,26 @@ fn sync_every() -> Duration {
 /// Runs a build: validates the config, prepares data and model, collects every batch into
 /// `<run_path>.part` and renames it to `<run_path>` when complete.
 pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
+    run_step(&Step::Build(Box::new(cfg.clone())), cfg, opts)
+}
+
+/// Runs `bergson reduce`: the build pipeline, saved as a `reduce` step (meant for
+/// `--aggregation mean|sum`, which reduces every row to one).
+pub fn reduce(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
+    run_step(&Step::Reduce(Box::new(cfg.clone())), cfg, opts)
+}
+
+fn run_step(step: &Step, cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
     let start = Instant::now();
     let icfg = &cfg.index_cfg;
     check_supported(cfg)?;
-    let (run_path, part, start_mode) = run_dir::prepare(cfg)?;
+    let (run_path, part, start_mode) = run_dir::prepare(step, icfg.overwrite)?;
 
-    let model_dir = resolve_model_dir(&icfg.model, icfg.revision.as_deref())?;
-    // Bergson loads the tokenizer without `--revision`: a hub model's tokenizer comes from its
-    // default branch.
-    let tokenizer_dir = if !icfg.tokenizer.is_empty() {
-        resolve_tokenizer_dir(&icfg.tokenizer)?
-    } else if icfg.revision.is_some() && !Path::new(&icfg.model).is_dir() {
-        resolve_tokenizer_dir(&icfg.model)?
-    } else {
-        model_dir.clone()
-    };
-    let tokenizer = Tokenizer::from_dir(&tokenizer_dir)?;
-    let model_config = ConfigJson::from_file(&model_dir.join("config.json"))?;
-    let max_positions = model_config.int(&["max_position_embeddings", "n_positions"])?;
+    let (tokenizer, model_dir, max_positions) = setup::load_tokenizer(icfg)?;
     let data = prepare_data(icfg, &tokenizer, max_positions)?;
-
-    let precision = resolve_precision(icfg.precision, &model_dir)?;
-    let mut model = load_model(&model_dir, precision, opts.device)?;
-    if icfg.force_math_sdp {
-        model.set_math_attention(true);
-    }
+    let model = setup::load_model(icfg, &model_dir, opts.device)?;
     let model: &dyn CausalLm = &*model;
-    let mut processor = GradientProcessor::new(ProjectionSettings::from_index_config(icfg));
-    if !icfg.optimizer_state.is_empty() {
-        let path = resolve_optimizer_path(&icfg.optimizer_state, hub_file)?;
-        processor.normalizers = load_normalizers(model, &path, icfg.include_bias)?;
-    }
+    let processor = setup::create_processor(icfg, model)?;
     let docs = Documents {
         rows: &data.rows,
         advantages: data.advantages.as_deref(),
@@ -232,7 +214,7 @@ pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
         run_dir::create_part(&part)?;
         write_text(
             &part.join("config.yaml"),
-            &build_config_yaml(cfg, chrono::Utc::now())?,
+            &config_yaml(step, chrono::Utc::now())?,
         )?;
     }
     processor.save(&part)?;
@@ -400,89 +382,17 @@ pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
 
 /// Refuses Bergson options bergson-rs does not implement, and impossible values, up front.
 fn check_supported(cfg: &BuildConfig) -> Result<()> {
-    let c = &cfg.index_cfg;
-    let unsupported = |flag: &str, why: &str| {
-        Err(Error::input(format!(
-            "{flag} is not supported by bergson-rs yet; {why}"
-        )))
-    };
-    if c.token_batch_size == 0 {
-        return Err(Error::input(
-            "--token_batch_size must be positive (Bergson's default is 2048)",
-        ));
-    }
-    if c.max_batch_size == Some(0) {
-        return Err(Error::input(
-            "--max_batch_size must be positive, or left out for no cap",
-        ));
-    }
-    if c.fsdp {
-        return unsupported("--fsdp", "run without it");
-    }
-    if !c.peft_init_kwargs.is_empty() {
-        return unsupported("--peft_init_kwargs", "index the base model");
-    }
-    if !c.model_kwargs.is_empty() {
-        return unsupported("--model_kwargs", "drop it");
-    }
-    if !c.moe_experts.is_empty() {
-        return unsupported("--moe_experts", "drop it");
-    }
-    if !c.logit_scale.is_finite() {
-        return Err(Error::input(format!(
-            "--logit_scale {} must be a finite number (1.0 leaves the logits as they are)",
-            c.logit_scale
-        )));
-    }
-    if c.auto_batch_size {
-        return unsupported("--auto_batch_size", "set --token_batch_size");
-    }
-    if c.distributed.nnode * c.distributed.nproc_per_node > 1 {
-        return unsupported(
-            "multi-process builds (--nnode/--nproc_per_node)",
-            "run one process",
-        );
-    }
+    setup::check_index_config(&cfg.index_cfg)?;
     if cfg.preprocess_cfg.hessian_path.is_some() {
-        return unsupported("--hessian_path", "precondition at query time");
-    }
-    if c.loss_fn == crate::config::LossFn::Kl {
-        return unsupported(
-            "--loss_fn kl",
-            "it compares a PEFT adapter with its base model, and bergson-rs does not load adapters; use --loss_fn ce or log_odds",
-        );
-    }
-    if !(0.0..=1.0).contains(&c.label_smoothing) {
-        return Err(Error::input(format!(
-            "--label_smoothing {} must be between 0 and 1",
-            c.label_smoothing
-        )));
+        return Err(Error::input(
+            "--hessian_path is not supported by bergson-rs yet; precondition at query time",
+        ));
     }
     Ok(())
 }
 
-fn resolve_precision(choice: PrecisionChoice, model_dir: &Path) -> Result<Precision> {
-    Ok(match choice {
-        PrecisionChoice::Auto => auto_precision(model_dir)?,
-        PrecisionChoice::Bf16 => Precision::Bf16,
-        PrecisionChoice::Fp16 => Precision::Fp16,
-        PrecisionChoice::Fp32 => Precision::Fp32,
-        PrecisionChoice::Fp64 => Precision::Fp64,
-        PrecisionChoice::Int4 | PrecisionChoice::Int8 => {
-            return Err(Error::input(format!(
-                "--precision {choice} (bitsandbytes quantisation) is not supported by bergson-rs; use bf16, fp16, fp32, fp64 or auto"
-            )))
-        }
-    })
-}
-
-/// `hf://` optimizer states: one file of a hub repo.
-fn hub_file(repo: &str, revision: Option<&str>, file: &str) -> Result<PathBuf> {
-    crate::models::hub::resolve_file(repo, revision, file)
-}
-
 /// `offsets[i]..offsets[i+1]` are document `i`'s token rows: `max(length - 1, 0)` each.
-fn token_offsets(lengths: &[usize]) -> Vec<i64> {
+pub(crate) fn token_offsets(lengths: &[usize]) -> Vec<i64> {
     std::iter::once(0)
         .chain(lengths.iter().scan(0i64, |acc, &l| {
             *acc += l.saturating_sub(1) as i64;
@@ -492,7 +402,7 @@ fn token_offsets(lengths: &[usize]) -> Vec<i64> {
 }
 
 /// Identifies the documents and batch plan a journal belongs to.
-fn fingerprint(
+pub(crate) fn fingerprint(
     data: &PreparedData,
     batches: &[Vec<usize>],
     grad_sizes: &[(String, usize)],

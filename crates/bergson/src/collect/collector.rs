@@ -335,6 +335,39 @@ impl GradientCollector {
         loss: &Tensor,
         collection_mask: &Tensor,
     ) -> Result<(BatchGradients, std::time::Duration)> {
+        let (blocks, autograd) = self.backward_blocks(hook, loss, collection_mask)?;
+        let global = self.settings.global_dim().is_some();
+        let blocks = blocks
+            .into_iter()
+            .map(|(name, block)| {
+                let rows = if global {
+                    block.0.g.shallow_clone()
+                } else {
+                    // Bergson's `_materialize_gradient`: formed, flattened, clamped to the
+                    // save dtype's finite range.
+                    let (lo, hi) = finite_range(self.save_kind);
+                    block.materialize()?.f_clamp(lo, hi)?
+                };
+                Ok((
+                    name,
+                    rows.f_to_device(Device::Cpu)?.f_to_kind(self.save_kind)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok((BatchGradients { blocks }, autograd))
+    }
+
+    /// Runs the backward pass and returns each index column block's gradients as the vectors
+    /// they are formed from ([`BlockGradient`], on the model's device, in the model dtype),
+    /// without forming per-token gradients: the seam for consumers that never store rows
+    /// (scoring contracts them with query vectors). With a global projection there is one
+    /// block, `gradients`, already projected. Also returns the time autograd took.
+    pub fn backward_blocks(
+        &self,
+        hook: CaptureHook<'_>,
+        loss: &Tensor,
+        collection_mask: &Tensor,
+    ) -> Result<(Vec<(String, BlockGradient)>, std::time::Duration)> {
         let CaptureHook {
             captured, error, ..
         } = hook;
@@ -345,7 +378,7 @@ impl GradientCollector {
         let autograd_start = std::time::Instant::now();
         let grads = Tensor::f_run_backward(&[loss], &outputs, false, false)?;
         let autograd = autograd_start.elapsed();
-        let mut rows: Vec<Option<Tensor>> = (0..self.blocks.len()).map(|_| None).collect();
+        let mut rows: Vec<Option<BlockGradient>> = (0..self.blocks.len()).map(|_| None).collect();
         let mut global: Option<Tensor> = None;
         // Backward-hook order (last module first), which fixes the global sum's order.
         for (cap, g) in captured.iter().zip(grads).rev() {
@@ -370,19 +403,13 @@ impl GradientCollector {
                         None => projected,
                     });
                 } else {
-                    let flat = grads.materialize()?.f_flatten(1, -1)?;
-                    let (lo, hi) = finite_range(self.save_kind);
-                    let flat = flat.f_clamp(lo, hi)?;
-                    rows[b] = Some(flat.f_to_device(Device::Cpu)?.f_to_kind(self.save_kind)?);
+                    rows[b] = Some(BlockGradient(grads));
                 }
             }
         }
         if let Some(g) = global {
-            let blocks = vec![(
-                "gradients".into(),
-                g.f_to_device(Device::Cpu)?.f_to_kind(self.save_kind)?,
-            )];
-            return Ok((BatchGradients { blocks }, autograd));
+            let block = BlockGradient(OuterProduct::formed(g));
+            return Ok((vec![("gradients".into(), block)], autograd));
         }
         let blocks = self
             .blocks
@@ -394,7 +421,12 @@ impl GradientCollector {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok((BatchGradients { blocks }, autograd))
+        Ok((blocks, autograd))
+    }
+
+    /// The dtype gradients are saved in.
+    pub fn save_kind(&self) -> Kind {
+        self.save_kind
     }
 
     /// Bergson's `_module_gradient`: the per-document (or per-token) gradient of one block as
@@ -686,6 +718,19 @@ impl OuterProduct {
         Ok(part.f_to_kind(out_kind)?)
     }
 
+    /// A copy with every factor but the divisor cast to `kind`.
+    fn shallow_cast(&self, kind: Kind) -> Result<OuterProduct> {
+        let c = |t: &Tensor| t.f_to_kind(kind);
+        Ok(OuterProduct {
+            g: c(&self.g)?,
+            a: if self.a.defined() { c(&self.a)? } else { Tensor::new() },
+            bias: self.bias.as_ref().map(c).transpose()?,
+            bias_col: self.bias_col.as_ref().map(c).transpose()?,
+            divisor: self.divisor.as_ref().map(Tensor::shallow_clone),
+            per_example: self.per_example,
+        })
+    }
+
     fn cast(self, kind: Kind) -> Result<OuterProduct> {
         let c = |t: &Tensor| t.f_to_kind(kind);
         Ok(OuterProduct {
@@ -696,6 +741,94 @@ impl OuterProduct {
             divisor: self.divisor,
             per_example: self.per_example,
         })
+    }
+}
+
+/// One index column block's gradients for a batch, as the vectors they are formed from
+/// (Bergson's `OuterProductGradients`): `(g ⊗ a) ⊘ divisor + bias ⊗ bias_col` per document
+/// (summed over its positions) or per token, or already formed `[rows, ...]` (Adam
+/// normalisation with a projection, or a global projection).
+pub struct BlockGradient(OuterProduct);
+
+impl BlockGradient {
+    /// Rows (documents or tokens).
+    pub fn rows(&self) -> i64 {
+        self.0.rows()
+    }
+
+    /// Whether each row is one token's gradient, kept as factors (not formed).
+    fn per_token_factors(&self) -> bool {
+        !self.0.is_formed() && !self.0.per_example
+    }
+
+    /// The gradients, formed and flattened: `[rows, size]`.
+    pub fn materialize(&self) -> Result<Tensor> {
+        Ok(self.0.materialize()?.f_flatten(1, -1)?)
+    }
+
+    /// The block as Bergson's scorer sees it: factors cast to `kind` before anything is formed
+    /// (`OuterProductGradients.to`, the Adam divisor kept in its dtype); an already formed
+    /// block is first clamped to, and rounded through, `save_kind` (`_materialize_gradient`).
+    pub fn for_scoring(&self, kind: Kind, save_kind: Kind) -> Result<BlockGradient> {
+        let g = &self.0;
+        if g.is_formed() {
+            let (lo, hi) = finite_range(save_kind);
+            let p = g
+                .g
+                .f_flatten(1, -1)?
+                .f_clamp(lo, hi)?
+                .f_to_kind(save_kind)?
+                .f_to_kind(kind)?;
+            return Ok(BlockGradient(OuterProduct::formed(p)));
+        }
+        let cast = OuterProduct {
+            g: g.g.shallow_clone(),
+            a: g.a.shallow_clone(),
+            bias: g.bias.as_ref().map(Tensor::shallow_clone),
+            bias_col: g.bias_col.as_ref().map(Tensor::shallow_clone),
+            divisor: g.divisor.as_ref().map(Tensor::shallow_clone),
+            per_example: g.per_example,
+        };
+        Ok(BlockGradient(cast.cast(kind)?))
+    }
+
+    /// Dot products `[rows, Q]` of each row with each column of `q_t` `[size, Q]`, in
+    /// `q_t`'s dtype. Per-token rows are contracted without forming them when that is smaller
+    /// (Bergson's `OuterProductGradients.dot`).
+    pub fn dot(&self, q_t: &Tensor) -> Result<Tensor> {
+        if self.per_token_factors() {
+            return self.0.dot(&q_t.f_tr()?, 0);
+        }
+        let p = self.materialize()?;
+        Ok(p.f_matmul(&q_t.f_to_kind(p.kind())?)?.f_to_kind(q_t.kind())?)
+    }
+
+    /// Squared row norms `[rows]` in float32. Per-token factors use
+    /// `‖g ⊗ a‖² = ‖g‖²‖a‖²` and its Adam and bias variants (Bergson's `sq_norm`).
+    pub fn sq_norm(&self) -> Result<Tensor> {
+        if !self.per_token_factors() {
+            let p = self.materialize()?.f_to_kind(Kind::Float)?;
+            return Ok(p.f_square()?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?);
+        }
+        let f = self.0.shallow_cast(Kind::Float)?;
+        let sum = |t: &Tensor| t.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+        let (g2, a2) = (f.g.f_square()?, f.a.f_square()?);
+        let mut n = match &f.divisor {
+            None => sum(&g2)?.f_mul(&sum(&a2)?)?,
+            Some(d) => sum(&g2.f_matmul(&d.f_to_kind(Kind::Float)?.f_pow_tensor_scalar(-2)?)?.f_mul(&a2)?)?,
+        };
+        if let (Some(b), Some(col)) = (&f.bias, &f.bias_col) {
+            n = n.f_add(&sum(&b.f_square()?)?.f_mul(&col.f_square()?.f_sum(Kind::Float)?)?)?;
+            let gb = f.g.f_mul(b)?;
+            let ac = f.a.f_mul(col)?;
+            let cross = match &f.divisor {
+                None => sum(&gb)?.f_mul(&sum(&ac)?)?,
+                Some(d) => sum(&gb.f_matmul(&d.f_to_kind(Kind::Float)?.f_reciprocal()?)?.f_mul(&ac)?)?,
+            };
+            n = n.f_add(&cross.f_mul_scalar(2.0)?)?;
+        }
+        // The cross term can round the total below zero.
+        Ok(n.f_clamp_min(0.0)?)
     }
 }
 

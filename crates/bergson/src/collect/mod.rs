@@ -10,11 +10,12 @@ pub mod processor;
 pub mod projection;
 pub mod targets;
 
-pub use collector::{BatchGradients, CaptureHook, GradientCollector};
+pub use collector::{BatchGradients, BlockGradient, CaptureHook, GradientCollector};
 pub use loss::{document_losses, LossSpec};
 pub use normalizer::Normalizer;
 pub use pipeline::{
-    collect_gradients, collect_gradients_in_memory, BatchOutput, BatchTimings, CollectConfig,
+    collect_gradients, collect_gradients_in_memory, BatchOutput, BatchTimings, BlockBatch,
+    CollectConfig,
     Collection, Documents,
 };
 pub use processor::{GradientProcessor, ProjectionSettings};

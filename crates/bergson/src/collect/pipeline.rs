@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
-use super::collector::{BatchGradients, GradientCollector};
+use super::collector::{BatchGradients, BlockGradient, CaptureHook, GradientCollector};
 use super::head_loss::{fused_applies, fused_head_loss};
 use super::loss::{document_losses, LossSpec};
 use super::processor::GradientProcessor;
@@ -111,6 +111,21 @@ pub struct BatchOutput {
     pub timings: BatchTimings,
 }
 
+/// One processed batch with each block's gradients kept as factors
+/// ([`Collection::run_batch_blocks`]).
+pub struct BlockBatch {
+    /// Dataset indices of the batch's documents, in row order.
+    pub indices: Vec<usize>,
+    /// `(block name, gradients)` in index column order.
+    pub blocks: Vec<(String, BlockGradient)>,
+    /// Per-document losses (float32), advantage-weighted when advantages are given.
+    pub losses: Vec<f32>,
+    /// Positions that carry a gradient (every real position but each document's last).
+    pub positions: usize,
+    /// Where the time went.
+    pub timings: BatchTimings,
+}
+
 /// A model and documents ready to collect, batch by batch.
 pub struct Collection<'m> {
     model: &'m dyn CausalLm,
@@ -192,8 +207,50 @@ impl<'m> Collection<'m> {
         &self.collector
     }
 
-    /// Runs forward and backward on one batch of dataset indices.
+    /// Runs forward and backward on one batch of dataset indices and forms its rows.
     pub fn run_batch(&self, docs: Documents<'_>, indices: &[usize]) -> Result<BatchOutput> {
+        let (gradients, losses, positions, timings) =
+            self.forward_backward(docs, indices, |hook, seed, mask| {
+                self.collector.backward_timed(hook, seed, mask)
+            })?;
+        Ok(BatchOutput {
+            indices: indices.to_vec(),
+            gradients,
+            losses,
+            positions,
+            timings,
+        })
+    }
+
+    /// Runs forward and backward on one batch and returns each block's gradients as factors
+    /// on the model's device (the seam for consumers that contract gradients rather than store
+    /// them, such as scoring).
+    pub fn run_batch_blocks(&self, docs: Documents<'_>, indices: &[usize]) -> Result<BlockBatch> {
+        let (blocks, losses, positions, timings) =
+            self.forward_backward(docs, indices, |hook, seed, mask| {
+                self.collector.backward_blocks(hook, seed, mask)
+            })?;
+        Ok(BlockBatch {
+            indices: indices.to_vec(),
+            blocks,
+            losses,
+            positions,
+            timings,
+        })
+    }
+
+    /// The forward pass, the loss and `backward` for one batch; returns what `backward` made,
+    /// the per-document losses, the gradient-carrying positions and the timings.
+    fn forward_backward<T>(
+        &self,
+        docs: Documents<'_>,
+        indices: &[usize],
+        backward: impl FnOnce(
+            CaptureHook<'_>,
+            &Tensor,
+            &Tensor,
+        ) -> Result<(T, std::time::Duration)>,
+    ) -> Result<(T, Vec<f32>, usize, BatchTimings)> {
         let model = self.model;
         let device = model.device();
         let ids: Vec<&[i64]> = indices
@@ -244,7 +301,7 @@ impl<'m> Collection<'m> {
             (losses, total)
         };
         timings.loss = clock.elapsed() - timings.forward;
-        let (gradients, autograd) = self.collector.backward_timed(hook, &seed, &mask)?;
+        let (made, autograd) = backward(hook, &seed, &mask)?;
         timings.backward = autograd;
         timings.gradients = clock.elapsed() - timings.forward - timings.loss - autograd;
         let losses: Vec<f32> = Vec::<f32>::try_from(
@@ -254,13 +311,7 @@ impl<'m> Collection<'m> {
                 .f_to_device(tch::Device::Cpu)?,
         )?;
         let positions = lengths.iter().map(|&l| l.saturating_sub(1)).sum();
-        Ok(BatchOutput {
-            indices: indices.to_vec(),
-            gradients,
-            losses,
-            positions,
-            timings,
-        })
+        Ok((made, losses, positions, timings))
     }
 }
 

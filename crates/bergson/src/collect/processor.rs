@@ -133,3 +133,87 @@ impl GradientProcessor {
         })
     }
 }
+
+impl ProjectionSettings {
+    /// Refuses gradients projected with other settings (Bergson's `check_saved_projection`):
+    /// `theirs` is the processor config saved with `what`. Without a projection only
+    /// `projection_dim` matters.
+    pub fn check_matches(&self, theirs: &ProjectionSettings, what: &str) -> crate::Result<()> {
+        let show = |v: &dyn std::fmt::Debug| format!("{v:?}");
+        let mut fields: Vec<(&str, String, String)> = vec![(
+            "projection_dim",
+            show(&theirs.projection_dim.unwrap_or(0)),
+            show(&self.projection_dim.unwrap_or(0)),
+        )];
+        if self.projection_dim.is_some() {
+            fields.extend([
+                (
+                    "projection_type",
+                    theirs.projection_type.to_string(),
+                    self.projection_type.to_string(),
+                ),
+                (
+                    "projection_scale",
+                    theirs.projection_scale.to_string(),
+                    self.projection_scale.to_string(),
+                ),
+                (
+                    "projection_seed",
+                    show(&theirs.projection_seed),
+                    show(&self.projection_seed),
+                ),
+                (
+                    "projection_target",
+                    theirs.projection_target.to_string(),
+                    self.projection_target.to_string(),
+                ),
+                (
+                    "include_bias",
+                    show(&theirs.include_bias),
+                    show(&self.include_bias),
+                ),
+                (
+                    "projection_version",
+                    show(&theirs.projection_version),
+                    show(&self.projection_version),
+                ),
+            ]);
+        }
+        let differences: Vec<String> = fields
+            .into_iter()
+            .filter(|(_, a, b)| a != b)
+            .map(|(name, a, b)| format!("{name}={a}, not {b}"))
+            .collect();
+        if differences.is_empty() {
+            return Ok(());
+        }
+        Err(crate::Error::input(format!(
+            "{what} was projected with different settings than this run: {}; rebuild it with \
+             matching settings (or pass the same --projection_* flags here)",
+            differences.join("; ")
+        )))
+    }
+
+    /// [`check_matches`](Self::check_matches) against the processor saved in `dir`; a directory
+    /// without one passes only when nothing is projected (its projection cannot be checked).
+    pub fn check_saved(&self, dir: &std::path::Path, what: &str) -> crate::Result<()> {
+        if !dir.join("processor_config.yaml").exists() {
+            if self.projection_dim.is_some() {
+                return Err(crate::Error::input(format!(
+                    "{what} at {} has no processor_config.yaml, so its random projections \
+                     cannot be reproduced; rebuild it",
+                    dir.display()
+                )));
+            }
+            tracing::warn!(
+                "{what} at {} has no processor_config.yaml, so its projection settings can't be checked",
+                dir.display()
+            );
+            return Ok(());
+        }
+        self.check_matches(
+            &GradientProcessor::read_settings(dir)?,
+            &format!("{what} at {}", dir.display()),
+        )
+    }
+}

@@ -6,6 +6,7 @@ mod build;
 mod enums;
 mod flags;
 pub mod run_file;
+mod score;
 
 pub use build::{
     AttentionConfig, BuildConfig, DataConfig, DistributedConfig, IndexConfig, InversionConfig,
@@ -16,3 +17,7 @@ pub use enums::{
     ProjectionTarget, ProjectionType,
 };
 pub use flags::{clap_default, parse_bool};
+pub use score::{
+    CandidateConfig, CandidateDirection, ScoreConfig, ScoreMode, ScorePrecision, ScoreRunConfig,
+    TokenInfluence,
+};

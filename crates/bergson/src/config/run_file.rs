@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::BuildConfig;
+use super::{BuildConfig, ScoreRunConfig};
 use crate::error::IoContext;
 use crate::{Error, Result};
 
@@ -16,16 +17,42 @@ pub const BERGSON_COMPAT_VERSION: &str = "2.5.1";
 /// One step of a run file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    /// `build: {index_cfg: ..., preprocess_cfg: ...}` (also `reduce`, which runs the same code).
+    /// `build: {index_cfg: ..., preprocess_cfg: ...}`.
     Build(Box<BuildConfig>),
+    /// `reduce: {index_cfg: ..., preprocess_cfg: ...}`: the build pipeline, meant for
+    /// `--aggregation mean|sum` (one row).
+    Reduce(Box<BuildConfig>),
+    /// `score: {score_cfg: ..., index_cfg: ..., preprocess_cfg: ...}`.
+    Score(Box<ScoreRunConfig>),
 }
 
 impl Step {
-    /// The command word (`build`).
+    /// The command word (`build`, `reduce`, `score`).
     pub fn command(&self) -> &'static str {
         match self {
             Step::Build(_) => "build",
+            Step::Reduce(_) => "reduce",
+            Step::Score(_) => "score",
         }
+    }
+
+    /// The step's run path.
+    pub fn run_path(&self) -> &str {
+        match self {
+            Step::Build(c) | Step::Reduce(c) => &c.index_cfg.run_path,
+            Step::Score(c) => &c.index_cfg.run_path,
+        }
+    }
+
+    /// The same step with `overwrite` cleared (two runs that differ only in it are the same
+    /// run, e.g. when resuming).
+    pub fn without_overwrite(&self) -> Step {
+        let mut s = self.clone();
+        match &mut s {
+            Step::Build(c) | Step::Reduce(c) => c.index_cfg.overwrite = false,
+            Step::Score(c) => c.index_cfg.overwrite = false,
+        }
+        s
     }
 }
 
@@ -48,9 +75,7 @@ pub const PYTHON_ONLY_COMMANDS: &[&str] = &[
     "magic",
     "metasmoothness",
     "mix",
-    "query",
     "recall",
-    "score",
     "trackstar",
     "trak",
     "train",
@@ -114,18 +139,57 @@ pub fn parse_run_file(text: &str) -> Result<RunFile> {
     Ok(RunFile { run_path, steps })
 }
 
+/// The commands a run file may hold.
+const RUN_FILE_COMMANDS: &str = "build, reduce, score";
+
 fn parse_step(name: &str, body: Value) -> Result<Step> {
-    match name {
-        "build" | "reduce" => {
-            let cfg: BuildConfig = serde_json::from_value(body)
-                .map_err(|e| Error::input(format!("step `{name}`: {e}")))?;
-            Ok(Step::Build(Box::new(cfg)))
-        }
-        other if PYTHON_ONLY_COMMANDS.contains(&other) => Err(Error::input(format!(
-            "step `{other}` is a Bergson command bergson-rs does not run yet; supported: build, reduce"
-        ))),
-        other => Err(Error::input(format!("unknown command `{other}`; supported: build, reduce"))),
+    fn parse<T: DeserializeOwned>(name: &str, body: Value) -> Result<Box<T>> {
+        serde_json::from_value(body)
+            .map(Box::new)
+            .map_err(|e| Error::input(format!("step `{name}`: {e}")))
     }
+    match name {
+        "build" => Ok(Step::Build(parse(name, body)?)),
+        "reduce" => Ok(Step::Reduce(parse(name, body)?)),
+        "score" => Ok(Step::Score(parse(name, body)?)),
+        "query" => Err(Error::input(
+            "step `query` is interactive and cannot run from a run file; run `bergson query --index <run>`",
+        )),
+        other if PYTHON_ONLY_COMMANDS.contains(&other) => Err(Error::input(format!(
+            "step `{other}` is a Bergson command bergson-rs does not run yet; supported: {RUN_FILE_COMMANDS}"
+        ))),
+        other => Err(Error::input(format!(
+            "unknown command `{other}`; supported: {RUN_FILE_COMMANDS}"
+        ))),
+    }
+}
+
+/// One config (`index_cfg`, `preprocess_cfg`, `score_cfg`, ...) of the run saved in `dir`
+/// (its `config.yaml`): the first step that has the field, as Bergson's `load_subconfig`.
+/// `None` when the directory has no config or no step has the field.
+pub fn load_subconfig<T: DeserializeOwned>(dir: &Path, field: &str) -> Result<Option<T>> {
+    let path = dir.join("config.yaml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let doc: Value = serde_saphyr::from_str(&text).map_err(|e| {
+        Error::input(format!(
+            "{}: not valid YAML: {}",
+            path.display(),
+            yaml_problem(&e.to_string())
+        ))
+    })?;
+    let steps = doc.get("steps").and_then(Value::as_array);
+    for step in steps.into_iter().flatten() {
+        for body in step.as_object().into_iter().flat_map(|m| m.values()) {
+            if let Some(sub) = body.get(field).filter(|v| !v.is_null()) {
+                return serde_json::from_value(sub.clone()).map(Some).map_err(|e| {
+                    Error::input(format!("{}: `{field}`: {e}", path.display()))
+                });
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Expands a step's `matrix:` mapping into one config per cell of the Cartesian product,
@@ -264,25 +328,38 @@ struct Metadata {
 }
 
 #[derive(Serialize)]
-struct BuildStep<'a> {
-    build: &'a BuildConfig,
+#[serde(rename_all = "lowercase")]
+enum StepDoc<'a> {
+    Build(&'a BuildConfig),
+    Reduce(&'a BuildConfig),
+    Score(&'a ScoreRunConfig),
 }
 
 #[derive(Serialize)]
 struct Doc<'a> {
-    steps: Vec<BuildStep<'a>>,
+    steps: Vec<StepDoc<'a>>,
     metadata: Metadata,
 }
 
-/// The `config.yaml` text of a one-step build run: `{steps: [{build: ...}], metadata: ...}`
-/// in Bergson's key order. `metadata.bergson_version` names the Bergson release whose layout
-/// this follows; `bergson_rs_version` says who wrote it.
+/// The `config.yaml` text of a one-step build run (see [`config_yaml`]).
 pub fn build_config_yaml(
     cfg: &BuildConfig,
     created: chrono::DateTime<chrono::Utc>,
 ) -> Result<String> {
+    config_yaml(&Step::Build(Box::new(cfg.clone())), created)
+}
+
+/// The `config.yaml` text of a one-step run: `{steps: [{<command>: ...}], metadata: ...}` in
+/// Bergson's key order. `metadata.bergson_version` names the Bergson release whose layout
+/// this follows; `bergson_rs_version` says who wrote it.
+pub fn config_yaml(step: &Step, created: chrono::DateTime<chrono::Utc>) -> Result<String> {
+    let step = match step {
+        Step::Build(c) => StepDoc::Build(c),
+        Step::Reduce(c) => StepDoc::Reduce(c),
+        Step::Score(c) => StepDoc::Score(c),
+    };
     let doc = Doc {
-        steps: vec![BuildStep { build: cfg }],
+        steps: vec![step],
         metadata: Metadata {
             bergson_version: BERGSON_COMPAT_VERSION,
             bergson_rs_version: env!("CARGO_PKG_VERSION"),
@@ -313,7 +390,9 @@ mod tests {
     fn reads_bergsons_own_config() {
         let text = include_str!("../../../../tests/fixtures/config/bergson_build_config.yaml");
         let parsed = parse_run_file(text).unwrap();
-        let Step::Build(cfg) = &parsed.steps[0];
+        let Step::Build(cfg) = &parsed.steps[0] else {
+            panic!("a build step")
+        };
         assert_eq!(cfg.index_cfg.run_path, "run1");
         assert_eq!(cfg.index_cfg.projection_dim, 4);
         assert_eq!(cfg.index_cfg.data.dataset, "data.jsonl");
@@ -326,12 +405,48 @@ mod tests {
         let dims: Vec<_> = parsed
             .steps
             .iter()
-            .map(|Step::Build(c)| (c.index_cfg.run_path.clone(), c.index_cfg.projection_dim))
+            .map(|s| match s {
+                Step::Build(c) => (c.index_cfg.run_path.clone(), c.index_cfg.projection_dim),
+                other => panic!("a build step, not {other:?}"),
+            })
             .collect();
         assert_eq!(
             dims,
             [("runs/p4".to_string(), 4), ("runs/p8".to_string(), 8)]
         );
+    }
+
+    #[test]
+    fn reduce_and_score_steps_round_trip() {
+        let mut b = BuildConfig::default();
+        b.preprocess_cfg.aggregation = crate::config::Aggregation::Mean;
+        let mut s = ScoreRunConfig::default();
+        s.score_cfg.query_path = "runs/q".into();
+        s.score_cfg.candidates.higher_is_better = Some(false);
+        for step in [Step::Reduce(Box::new(b)), Step::Score(Box::new(s))] {
+            let text = config_yaml(&step, chrono::Utc::now()).unwrap();
+            assert!(text.starts_with(&format!("steps:\n- {}:", step.command())), "{text}");
+            assert_eq!(parse_run_file(&text).unwrap().steps, vec![step]);
+        }
+    }
+
+    #[test]
+    fn reads_bergsons_own_score_config_and_subconfigs() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = include_str!("../../../../tests/fixtures/config/bergson_score_config.yaml");
+        std::fs::write(dir.path().join("config.yaml"), text).unwrap();
+        let parsed = parse_run_file(text).unwrap();
+        let Step::Score(cfg) = &parsed.steps[0] else {
+            panic!("a score step")
+        };
+        assert_eq!(cfg.score_cfg.query_path, "q");
+        assert_eq!(cfg.index_cfg.projection_dim, 16);
+        let pre: crate::config::PreprocessConfig =
+            load_subconfig(dir.path(), "preprocess_cfg").unwrap().unwrap();
+        assert_eq!(pre, cfg.preprocess_cfg);
+        let none: Option<crate::config::ScoreConfig> =
+            load_subconfig(&dir.path().join("missing"), "score_cfg").unwrap();
+        assert!(none.is_none());
     }
 
     #[test]

@@ -1,9 +1,13 @@
-//! The on-disk gradient index: Bergson's run directory layout, its writer and a memory-mapped reader.
+//! Run directories on disk: the one owner of their layout (Bergson's files), their writers,
+//! memory-mapped readers, the resume journal and the `.part` life cycle.
 
 pub mod gradient_file;
 pub mod hf_dataset;
 pub mod info;
+pub mod journal;
 pub mod reader;
+pub mod run_dir;
+pub mod score_store;
 
 pub use gradient_file::GradientFile;
 pub use info::IndexInfo;

@@ -1,14 +1,13 @@
-//! The run directory's life cycle: everything is written to `<run_path>.part`, renamed to
-//! `<run_path>` only when complete, so a crash, a kill or a write error (full disk, file size
-//! limit) never leaves an index that looks finished. A `.part` left by an interrupted run of
-//! the same config is resumed from its journal; one without a journal (the run failed before
-//! its first batch) is started over.
+//! The run directory's life cycle, for every command that writes one (build, reduce, score):
+//! everything is written to `<run_path>.part`, renamed to `<run_path>` only when complete, so a
+//! crash, a kill or a write error (full disk, file size limit) never leaves an output that
+//! looks finished. A `.part` left by an interrupted run of the same config is resumed from its
+//! journal; one without a journal (the run failed before its first batch) is started over.
 
 use std::path::{Path, PathBuf};
 
 use super::journal::JOURNAL;
 use crate::config::run_file::{parse_run_file, Step};
-use crate::config::BuildConfig;
 use crate::error::IoContext;
 use crate::{Error, Result};
 
@@ -21,21 +20,22 @@ pub enum Start {
     Resume,
 }
 
-/// Checks the run path and its `.part`, removing them with `--overwrite`, and decides whether
-/// to start fresh or resume.
-pub fn prepare(cfg: &BuildConfig) -> Result<(PathBuf, PathBuf, Start)> {
-    let run_path = PathBuf::from(&cfg.index_cfg.run_path);
-    if cfg.index_cfg.run_path.is_empty() {
-        return Err(Error::input(
-            "no run path given: `bergson build <run_path> --model ... --dataset ...`",
-        ));
+/// Checks the run path of `step` and its `.part`, removing them with `overwrite`, and decides
+/// whether to start fresh or resume.
+pub fn prepare(step: &Step, overwrite: bool) -> Result<(PathBuf, PathBuf, Start)> {
+    let command = step.command();
+    if step.run_path().is_empty() {
+        return Err(Error::input(format!(
+            "no run path given: `bergson {command} <run_path> --model ... --dataset ...`"
+        )));
     }
-    let part = cfg.index_cfg.partial_run_path();
+    let run_path = PathBuf::from(step.run_path());
+    let part = PathBuf::from(format!("{}.part", step.run_path()));
     check_parent(&run_path)?;
     if run_path.exists() || run_path.is_symlink() {
-        if !cfg.index_cfg.overwrite {
+        if !overwrite {
             let what = if run_path.is_dir() {
-                "an index directory"
+                "a run directory"
             } else {
                 "a file"
             };
@@ -46,16 +46,16 @@ pub fn prepare(cfg: &BuildConfig) -> Result<(PathBuf, PathBuf, Start)> {
         }
         if !run_path.is_dir() {
             return Err(Error::input(format!(
-                "run path {} is a file, not an index directory, and --overwrite only replaces index directories; remove it yourself or choose another path",
+                "run path {} is a file, not a run directory, and --overwrite only replaces run directories; remove it yourself or choose another path",
                 run_path.display()
             )));
         }
         remove(&run_path)?;
     }
     if part.exists() {
-        if cfg.index_cfg.overwrite {
+        if overwrite {
             remove(&part)?;
-        } else if same_config(&part, cfg)? {
+        } else if same_config(&part, step)? {
             if part.join(JOURNAL).exists() {
                 return Ok((run_path, part, Start::Resume));
             }
@@ -64,7 +64,7 @@ pub fn prepare(cfg: &BuildConfig) -> Result<(PathBuf, PathBuf, Start)> {
             remove(&part)?;
         } else {
             return Err(Error::input(format!(
-                "{} holds a partial build of a different config; pass --overwrite to start over, or rerun the command that made it to resume",
+                "{} holds a partial run of a different config; pass --overwrite to start over, or rerun the command that made it to resume",
                 part.display()
             )));
         }
@@ -102,22 +102,16 @@ fn remove(path: &Path) -> Result<()> {
     }
 }
 
-/// Whether `<part>/config.yaml` describes the same build (ignoring `overwrite`).
-fn same_config(part: &Path, cfg: &BuildConfig) -> Result<bool> {
+/// Whether `<part>/config.yaml` describes the same step (ignoring `overwrite`).
+fn same_config(part: &Path, step: &Step) -> Result<bool> {
     let Ok(text) = std::fs::read_to_string(part.join("config.yaml")) else {
         return Ok(false);
     };
     let Ok(file) = parse_run_file(&text) else {
         return Ok(false);
     };
-    let mut ours = cfg.clone();
-    ours.index_cfg.overwrite = false;
     Ok(match file.steps.as_slice() {
-        [Step::Build(theirs)] => {
-            let mut theirs = (**theirs).clone();
-            theirs.index_cfg.overwrite = false;
-            theirs == ours
-        }
+        [theirs] => theirs.without_overwrite() == step.without_overwrite(),
         _ => false,
     })
 }
