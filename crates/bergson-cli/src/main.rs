@@ -6,6 +6,7 @@ mod build;
 mod demo;
 mod errors;
 mod logging;
+mod query;
 mod score;
 
 use std::process::ExitCode;
@@ -34,6 +35,9 @@ enum Command {
     /// computed on the fly.
     #[command(allow_negative_numbers = true)]
     Score(score::ScoreArgs),
+    /// Search an index interactively: prompts from standard input, their most and least
+    /// similar training rows printed (and appended to a CSV with --record).
+    Query(query::QueryArgs),
     /// The embedded demo: index a tiny model's training corpus and attribute held-out facts
     /// to the documents that planted them.
     Demo(demo::DemoArgs),
@@ -71,6 +75,10 @@ fn main() -> ExitCode {
         Command::Score(args) => {
             logging::init(args.runtime.quiet);
             errors::finish(score::run(args.config, &args.runtime))
+        }
+        Command::Query(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(query::run(args.config, &args.runtime))
         }
         Command::Demo(args) => {
             logging::init(args.runtime.quiet);

@@ -17,6 +17,7 @@ pub mod interrupt;
 pub mod models;
 pub mod pickle;
 pub mod progress;
+pub mod query;
 pub mod score;
 pub mod setup;
 pub mod similarity;

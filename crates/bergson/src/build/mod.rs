@@ -16,9 +16,7 @@ use tch::{Device, Kind};
 
 pub use dataset::{prepare_data, PreparedData};
 
-use crate::collect::{
-    BatchTimings, CollectConfig, Collection, Documents,
-};
+use crate::collect::{BatchTimings, CollectConfig, Collection, Documents};
 use crate::config::run_file::{config_yaml, Step};
 use crate::config::{Aggregation, BuildConfig};
 use crate::data::columns::{add_column, drop_columns};
@@ -30,10 +28,10 @@ use crate::models::CausalLm;
 use crate::units::human_bytes;
 use crate::{pickle, setup, Error, Result};
 
-use crate::progress::Progress;
 use crate::index::journal::{Entry, Header, Journal, AGGREGATE, JOURNAL};
-use rows::RowSink;
 use crate::index::run_dir::{self, Start};
+use crate::progress::Progress;
+use rows::RowSink;
 
 /// How to run a build (not part of the saved config).
 #[derive(Debug, Clone)]

@@ -723,7 +723,11 @@ impl OuterProduct {
         let c = |t: &Tensor| t.f_to_kind(kind);
         Ok(OuterProduct {
             g: c(&self.g)?,
-            a: if self.a.defined() { c(&self.a)? } else { Tensor::new() },
+            a: if self.a.defined() {
+                c(&self.a)?
+            } else {
+                Tensor::new()
+            },
             bias: self.bias.as_ref().map(c).transpose()?,
             bias_col: self.bias_col.as_ref().map(c).transpose()?,
             divisor: self.divisor.as_ref().map(Tensor::shallow_clone),
@@ -773,12 +777,11 @@ impl BlockGradient {
         let g = &self.0;
         if g.is_formed() {
             let (lo, hi) = finite_range(save_kind);
-            let p = g
-                .g
-                .f_flatten(1, -1)?
-                .f_clamp(lo, hi)?
-                .f_to_kind(save_kind)?
-                .f_to_kind(kind)?;
+            let p =
+                g.g.f_flatten(1, -1)?
+                    .f_clamp(lo, hi)?
+                    .f_to_kind(save_kind)?
+                    .f_to_kind(kind)?;
             return Ok(BlockGradient(OuterProduct::formed(p)));
         }
         let cast = OuterProduct {
@@ -800,7 +803,8 @@ impl BlockGradient {
             return self.0.dot(&q_t.f_tr()?, 0);
         }
         let p = self.materialize()?;
-        Ok(p.f_matmul(&q_t.f_to_kind(p.kind())?)?.f_to_kind(q_t.kind())?)
+        Ok(p.f_matmul(&q_t.f_to_kind(p.kind())?)?
+            .f_to_kind(q_t.kind())?)
     }
 
     /// Squared row norms `[rows]` in float32. Per-token factors use
@@ -808,14 +812,18 @@ impl BlockGradient {
     pub fn sq_norm(&self) -> Result<Tensor> {
         if !self.per_token_factors() {
             let p = self.materialize()?.f_to_kind(Kind::Float)?;
-            return Ok(p.f_square()?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?);
+            return Ok(p
+                .f_square()?
+                .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?);
         }
         let f = self.0.shallow_cast(Kind::Float)?;
         let sum = |t: &Tensor| t.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
         let (g2, a2) = (f.g.f_square()?, f.a.f_square()?);
         let mut n = match &f.divisor {
             None => sum(&g2)?.f_mul(&sum(&a2)?)?,
-            Some(d) => sum(&g2.f_matmul(&d.f_to_kind(Kind::Float)?.f_pow_tensor_scalar(-2)?)?.f_mul(&a2)?)?,
+            Some(d) => sum(&g2
+                .f_matmul(&d.f_to_kind(Kind::Float)?.f_pow_tensor_scalar(-2)?)?
+                .f_mul(&a2)?)?,
         };
         if let (Some(b), Some(col)) = (&f.bias, &f.bias_col) {
             n = n.f_add(&sum(&b.f_square()?)?.f_mul(&col.f_square()?.f_sum(Kind::Float)?)?)?;
@@ -823,7 +831,9 @@ impl BlockGradient {
             let ac = f.a.f_mul(col)?;
             let cross = match &f.divisor {
                 None => sum(&gb)?.f_mul(&sum(&ac)?)?,
-                Some(d) => sum(&gb.f_matmul(&d.f_to_kind(Kind::Float)?.f_reciprocal()?)?.f_mul(&ac)?)?,
+                Some(d) => sum(&gb
+                    .f_matmul(&d.f_to_kind(Kind::Float)?.f_reciprocal()?)?
+                    .f_mul(&ac)?)?,
             };
             n = n.f_add(&cross.f_mul_scalar(2.0)?)?;
         }

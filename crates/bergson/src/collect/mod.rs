@@ -15,8 +15,7 @@ pub use loss::{document_losses, LossSpec};
 pub use normalizer::Normalizer;
 pub use pipeline::{
     collect_gradients, collect_gradients_in_memory, BatchOutput, BatchTimings, BlockBatch,
-    CollectConfig,
-    Collection, Documents,
+    CollectConfig, Collection, Documents,
 };
 pub use processor::{GradientProcessor, ProjectionSettings};
 pub use targets::{discover_targets, split_heads, Target};

@@ -245,11 +245,7 @@ impl<'m> Collection<'m> {
         &self,
         docs: Documents<'_>,
         indices: &[usize],
-        backward: impl FnOnce(
-            CaptureHook<'_>,
-            &Tensor,
-            &Tensor,
-        ) -> Result<(T, std::time::Duration)>,
+        backward: impl FnOnce(CaptureHook<'_>, &Tensor, &Tensor) -> Result<(T, std::time::Duration)>,
     ) -> Result<(T, Vec<f32>, usize, BatchTimings)> {
         let model = self.model;
         let device = model.device();

@@ -183,9 +183,9 @@ pub fn load_subconfig<T: DeserializeOwned>(dir: &Path, field: &str) -> Result<Op
     for step in steps.into_iter().flatten() {
         for body in step.as_object().into_iter().flat_map(|m| m.values()) {
             if let Some(sub) = body.get(field).filter(|v| !v.is_null()) {
-                return serde_json::from_value(sub.clone()).map(Some).map_err(|e| {
-                    Error::input(format!("{}: `{field}`: {e}", path.display()))
-                });
+                return serde_json::from_value(sub.clone())
+                    .map(Some)
+                    .map_err(|e| Error::input(format!("{}: `{field}`: {e}", path.display())));
             }
         }
     }
@@ -425,7 +425,10 @@ mod tests {
         s.score_cfg.candidates.higher_is_better = Some(false);
         for step in [Step::Reduce(Box::new(b)), Step::Score(Box::new(s))] {
             let text = config_yaml(&step, chrono::Utc::now()).unwrap();
-            assert!(text.starts_with(&format!("steps:\n- {}:", step.command())), "{text}");
+            assert!(
+                text.starts_with(&format!("steps:\n- {}:", step.command())),
+                "{text}"
+            );
             assert_eq!(parse_run_file(&text).unwrap().steps, vec![step]);
         }
     }
@@ -441,8 +444,9 @@ mod tests {
         };
         assert_eq!(cfg.score_cfg.query_path, "q");
         assert_eq!(cfg.index_cfg.projection_dim, 16);
-        let pre: crate::config::PreprocessConfig =
-            load_subconfig(dir.path(), "preprocess_cfg").unwrap().unwrap();
+        let pre: crate::config::PreprocessConfig = load_subconfig(dir.path(), "preprocess_cfg")
+            .unwrap()
+            .unwrap();
         assert_eq!(pre, cfg.preprocess_cfg);
         let none: Option<crate::config::ScoreConfig> =
             load_subconfig(&dir.path().join("missing"), "score_cfg").unwrap();

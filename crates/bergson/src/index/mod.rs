@@ -6,6 +6,7 @@ pub mod hf_dataset;
 pub mod info;
 pub mod journal;
 pub mod reader;
+pub mod row_norms;
 pub mod run_dir;
 pub mod score_store;
 
