@@ -122,6 +122,7 @@ fn spec(reduction: LossReduction) -> LossSpec {
         reduction,
         label_smoothing: 0.0,
         logit_scale: 1.0,
+        upcast_logits: false,
     }
 }
 

@@ -249,6 +249,7 @@ mod tests {
                 reduction,
                 label_smoothing: eps,
                 logit_scale: 1.0,
+                upcast_logits: false,
             };
             let hidden = Tensor::randn([n, s, d], opts).set_requires_grad(true);
             let a = with_adv.then_some(&adv);

@@ -19,15 +19,22 @@ pub struct LossSpec {
     pub label_smoothing: f64,
     /// Factor the LM head's logits are multiplied by before the loss (`--logit_scale`).
     pub logit_scale: f64,
+    /// Cross-entropy on logits upcast to float32 (the loss of a model Bergson sets up, which
+    /// `bergson query` differentiates), rather than in the logits' dtype (the build's loss).
+    pub upcast_logits: bool,
 }
 
 /// Per-token losses `[N, S-1]` of `logits[:, :-1]` against `labels[:, 1:]` (0 where ignored).
-/// `ce` stays in the logits' dtype (no upcast, as Bergson); `log_odds` is computed in float32.
+/// `ce` stays in the logits' dtype (no upcast, as Bergson's build) unless `upcast_logits`;
+/// `log_odds` is computed in float32.
 pub fn token_losses(spec: &LossSpec, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let (n, s, v) = logits.size3()?;
     match spec.loss_fn {
         LossFn::Ce => {
-            let flat = logits.f_reshape([n * s, v])?;
+            let mut flat = logits.f_reshape([n * s, v])?;
+            if spec.upcast_logits && flat.kind() != Kind::Double {
+                flat = flat.f_to_kind(Kind::Float)?;
+            }
             let tok = flat.f_cross_entropy_loss::<Tensor>(
                 &labels.f_flatten(0, -1)?,
                 None,
@@ -100,6 +107,7 @@ mod tests {
             reduction: LossReduction::Sum,
             label_smoothing: 0.0,
             logit_scale: 1.0,
+            upcast_logits: false,
         };
         let got = document_losses(&spec, &logits, &labels, None).unwrap();
         assert!((got.double_value(&[0]) - want0).abs() < 1e-12);
@@ -123,6 +131,7 @@ mod tests {
             reduction: LossReduction::Sum,
             label_smoothing: 0.0,
             logit_scale: 1.0,
+            upcast_logits: false,
         };
         let got = document_losses(&spec, &logits, &labels, None)
             .unwrap()

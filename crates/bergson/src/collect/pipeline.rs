@@ -55,6 +55,7 @@ impl CollectConfig {
                 reduction: cfg.loss_reduction,
                 label_smoothing: cfg.label_smoothing,
                 logit_scale: cfg.logit_scale,
+                upcast_logits: false,
             },
             token_batch_size: cfg.token_batch_size,
             max_batch_size: cfg.max_batch_size,

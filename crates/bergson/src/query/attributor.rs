@@ -192,6 +192,12 @@ impl Attributor {
         };
         let result = scan(&self.index, &q, &columns, k, (top, bottom), norms)?;
         if let Some(computed) = result.norms {
+            let zero = computed.iter().filter(|&&x| x == 0.0).count();
+            if zero > 0 {
+                tracing::warn!(
+                    "{zero} of the index's {n} rows are zero (documents with fewer than 2 tokens); they score 0"
+                );
+            }
             if let Err(e) = row_norms::save(self.index.dir(), &computed) {
                 tracing::warn!("could not cache the index's row norms ({e}); the next search computes them again");
             }
@@ -295,19 +301,26 @@ impl Attributor {
         }
     }
 
-    /// The loss `bergson query` differentiates: the model's mean next-token cross-entropy
-    /// (the index's logit scale applied), as `model(x, labels=x).loss`.
+    /// The loss `bergson query` differentiates: `model(x, labels=x).loss` of a model set up
+    /// as Bergson sets it up, i.e. next-token cross-entropy (no label smoothing) reduced with
+    /// the index's `--loss_reduction` (`sum` by default), logits scaled by its `--logit_scale`.
     pub fn query_loss(&self) -> LossSpec {
         LossSpec {
             loss_fn: LossFn::Ce,
-            reduction: LossReduction::Mean,
+            reduction: self
+                .index_cfg
+                .as_ref()
+                .map_or(LossReduction::Sum, |c| c.loss_reduction),
             label_smoothing: 0.0,
             logit_scale: self.index_cfg.as_ref().map_or(1.0, |c| c.logit_scale),
+            upcast_logits: true,
         }
     }
 
     /// Per-document gradients `[docs, size]` (float32) of `loss` for `docs` under `model`, in
-    /// the index's space: the index's modules, projections and normalizers.
+    /// the index's space: the index's modules, projections and normalizers. Each document runs
+    /// alone, as `bergson query` runs each prompt (batching would change low-precision
+    /// rounding through the padding).
     pub fn query_gradients(
         &self,
         model: &dyn CausalLm,
@@ -322,14 +335,24 @@ impl Attributor {
         }
         let mut cfg = self.collect_config();
         cfg.loss = loss;
-        let docs = Documents {
-            rows: docs,
-            advantages: None,
-        };
-        let grads = collect_gradients_in_memory(model, docs, &self.processor, &cfg)?;
-        grads
+        let mut per_module: Vec<(String, Vec<Tensor>)> = Vec::new();
+        for doc in docs {
+            crate::interrupt::check()?;
+            let one = Documents {
+                rows: std::slice::from_ref(doc),
+                advantages: None,
+            };
+            let grads = collect_gradients_in_memory(model, one, &self.processor, &cfg)?;
+            if per_module.is_empty() {
+                per_module = grads.iter().map(|(n, _)| (n.clone(), Vec::new())).collect();
+            }
+            for ((_, rows), (_, g)) in per_module.iter_mut().zip(grads) {
+                rows.push(g.f_to_kind(Kind::Float)?);
+            }
+        }
+        per_module
             .into_iter()
-            .map(|(n, t)| Ok((n, t.f_to_kind(Kind::Float)?)))
+            .map(|(n, rows)| Ok((n, Tensor::f_cat(&rows, 0)?)))
             .collect()
     }
 
