@@ -29,7 +29,7 @@ use crate::index::run_dir::{self, Start};
 use crate::index::score_store::ScoreWriter;
 use crate::models::CausalLm;
 use crate::progress::Progress;
-use crate::{pickle, setup, Error, Result};
+use crate::{setup, Error, Result};
 
 use scorer::Scorer;
 
@@ -257,14 +257,10 @@ pub fn run(cfg: &ScoreRunConfig, opts: &RunOptions) -> Result<ScoreSummary> {
     };
     let mut losses = vec![0f32; num_items];
     let mut is_done = vec![false; header.num_batches];
-    let mut positions = 0usize;
     for e in &done {
         is_done[e.batch] = true;
         for (&i, &bits) in batches[e.batch % per_pass].iter().zip(&e.loss_bits) {
             losses[i] = f32::from_bits(bits);
-        }
-        if e.batch < per_pass {
-            positions += e.positions;
         }
     }
 
@@ -326,9 +322,6 @@ pub fn run(cfg: &ScoreRunConfig, opts: &RunOptions) -> Result<ScoreSummary> {
             for (&i, &l) in out.indices.iter().zip(&out.losses) {
                 losses[i] = l;
             }
-            if p == 0 {
-                positions += out.positions;
-            }
             pending.push(Entry {
                 batch: id,
                 loss_bits: out.losses.iter().map(|l| l.to_bits()).collect(),
@@ -356,7 +349,7 @@ pub fn run(cfg: &ScoreRunConfig, opts: &RunOptions) -> Result<ScoreSummary> {
     let table = add_column(&table, "loss", Arc::new(Float32Array::from(losses)))?;
     write_hf_dataset(&table, &part.join("data.hf"))?;
     processor.save(&part)?;
-    pickle::save_scalar_i64(&part.join("total_processed.pt"), positions as i64)?;
+    // Unlike a build, Bergson's score writes no total_processed.pt.
     let journal_path = part.join(JOURNAL);
     drop(journal);
     if journal_path.exists() {
