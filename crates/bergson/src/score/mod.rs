@@ -78,11 +78,8 @@ fn check_supported(cfg: &ScoreRunConfig) -> Result<()> {
             "--token_influence output is not supported by bergson-rs yet; use gradient",
         ));
     }
-    if icfg.attribute_tokens && pcfg.aggregation != Aggregation::None {
-        return Err(Error::input(
-            "--attribute_tokens cannot be combined with --aggregation; drop one",
-        ));
-    }
+    // `--aggregation` reduces the query rows only, so unlike a build it goes with
+    // `--attribute_tokens` (Bergson 2.5.1 scores every token against the aggregated query).
     if !scfg.candidates.scores.is_empty() && icfg.attribute_tokens {
         return Err(Error::input(
             "--scores (candidates) cannot be combined with --attribute_tokens; drop one",
