@@ -214,7 +214,10 @@ fn missing_modules_are_named() {
     let q = query_index();
     // Asked for a module the query index lacks.
     let out = sb.score(q, &["--score_cfg.modules", "layers.7.mlp.dense_4h_to_h"]);
-    assert_error(&out, &["layers.7.mlp.dense_4h_to_h", "not in the query index"]);
+    assert_error(
+        &out,
+        &["layers.7.mlp.dense_4h_to_h", "not in the query index"],
+    );
     sb.assert_nothing_written();
     // The query index has modules this run does not collect.
     let out = sb.score(q, &["--filter_modules", "*.attention.*"]);
@@ -311,7 +314,10 @@ fn an_existing_run_is_kept_without_overwrite() {
     assert!(!sb.path("run.part").exists());
     // --overwrite replaces it.
     assert_ok(&sb.score(q, &["--unit_normalize", "--overwrite", "--quiet"]));
-    assert_ne!(snapshot(&sb.path("run"))["scores.bin"], before["scores.bin"]);
+    assert_ne!(
+        snapshot(&sb.path("run"))["scores.bin"],
+        before["scores.bin"]
+    );
 }
 
 #[test]
@@ -324,7 +330,11 @@ fn a_part_of_another_config_is_refused() {
     let before = snapshot(&sb.path("run.part"));
     let out = sb.score(q, &["--score", "nearest"]);
     assert_error(&out, &["run.part", "different config", "--overwrite"]);
-    assert_eq!(snapshot(&sb.path("run.part")), before, "the .part was touched");
+    assert_eq!(
+        snapshot(&sb.path("run.part")),
+        before,
+        "the .part was touched"
+    );
     assert!(!sb.path("run").exists());
     assert_ok(&sb.score(q, &["--score", "nearest", "--overwrite", "--quiet"]));
     assert!(sb.path("run/scores.bin").exists() && !sb.path("run.part").exists());
@@ -442,7 +452,9 @@ fn killed_and_interrupted_score_runs_resume_to_identical_bytes() {
     {
         let run = sb.path(&format!("run{round}"));
         let part = PathBuf::from(format!("{}.part", run.display()));
-        let mut child = resumable_score(&sb, &format!("run{round}")).spawn().unwrap();
+        let mut child = resumable_score(&sb, &format!("run{round}"))
+            .spawn()
+            .unwrap();
         wait_for_journal(&mut child, &part, lines);
         let t = Instant::now();
         signal(&child, sig);
@@ -455,7 +467,10 @@ fn killed_and_interrupted_score_runs_resume_to_identical_bytes() {
             );
         }
         if status.success() || run.exists() {
-            assert!(!part.exists(), "round {round}: both the run and its .part exist");
+            assert!(
+                !part.exists(),
+                "round {round}: both the run and its .part exist"
+            );
             assert_eq!(differing(&snapshot(&run), &want), Vec::<String>::new());
             continue;
         }
@@ -465,7 +480,10 @@ fn killed_and_interrupted_score_runs_resume_to_identical_bytes() {
             resumed_mid_run += 1;
         }
         run_to_end(&mut resumable_score(&sb, &format!("run{round}")));
-        assert!(!part.exists(), "round {round}: .part left after the resumed run");
+        assert!(
+            !part.exists(),
+            "round {round}: .part left after the resumed run"
+        );
         assert_eq!(
             differing(&snapshot(&run), &want),
             Vec::<String>::new(),
@@ -580,6 +598,9 @@ fn python_reads_our_score_stores() {
         assert_eq!(d["multi"].as_bool().unwrap(), cols > 1, "{name}: multi");
     }
     assert_eq!(described[1]["grid_shape"][0], 10, "tokens: to_grid docs");
-    assert!(!described[3]["is_written"].as_bool().unwrap(), "mean: only score_0 written");
+    assert!(
+        !described[3]["is_written"].as_bool().unwrap(),
+        "mean: only score_0 written"
+    );
     assert!(described[4]["candidates"].as_array().is_some());
 }

@@ -299,7 +299,11 @@ fn compare_npy(file: &str, ours: &Path, theirs: &Path, r: &mut Report) {
         }
         (ours_has, _) => r.fail(format!(
             "{file}: {} but not in Bergson's",
-            if ours_has { "in ours" } else { "missing from ours" }
+            if ours_has {
+                "in ours"
+            } else {
+                "missing from ours"
+            }
         )),
     }
 }
@@ -454,7 +458,9 @@ fn compare_gradients(ours: &Path, theirs: &Path, rtol: f64, r: &mut Report) {
         let err = if scale > 0.0 { diff / scale } else { diff };
         r.max_err = r.max_err.max(err);
         if err.is_nan() || err > rtol {
-            r.fail(format!("gradients {name}: max rel err {err:.3e} > {rtol:.1e}"));
+            r.fail(format!(
+                "gradients {name}: max rel err {err:.3e} > {rtol:.1e}"
+            ));
         }
     }
 }
@@ -463,7 +469,10 @@ fn compare_gradients(ours: &Path, theirs: &Path, rtol: f64, r: &mut Report) {
 fn check_rejected(out: &Output, run: &Path, r: &mut Report) -> String {
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if out.status.code() != Some(2) {
-        r.fail(format!("exit status {:?}, want 2: {err}", out.status.code()));
+        r.fail(format!(
+            "exit status {:?}, want 2: {err}",
+            out.status.code()
+        ));
     }
     if !err.starts_with("error: ") || err.lines().count() != 1 {
         r.fail(format!("want one `error:` line, got: {err}"));

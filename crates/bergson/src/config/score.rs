@@ -15,9 +15,7 @@ use super::build::{IndexConfig, PreprocessConfig};
 use super::flags::{clap_default, parse_bool};
 
 /// `--score`: one column per query, or the best query per row.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 pub enum ScoreMode {
     /// The maximum over the query columns (one column).
     #[serde(rename = "nearest")]
@@ -31,9 +29,7 @@ pub enum ScoreMode {
 }
 
 /// `--score_cfg.precision`: the dtype queries and training gradients meet in.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 pub enum ScorePrecision {
     /// The model's gradient dtype.
     #[serde(rename = "auto")]
@@ -55,9 +51,7 @@ pub enum ScorePrecision {
 }
 
 /// `--token_influence`: what a per-token row scores.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 pub enum TokenInfluence {
     /// Row t: the per-token gradient at position t.
     #[default]
@@ -71,9 +65,7 @@ pub enum TokenInfluence {
 }
 
 /// `--direction`: which end of an earlier ranking to keep.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 pub enum CandidateDirection {
     /// The rows most supportive of the queries.
     #[default]
@@ -257,10 +249,7 @@ mod tests {
         assert_eq!(c.score_cfg.query_path, "runs/q");
         assert_eq!(c.score_cfg.score, ScoreMode::Nearest);
         assert_eq!(c.score_cfg.precision, ScorePrecision::Bf16);
-        assert_eq!(
-            c.index_cfg.precision,
-            crate::config::PrecisionChoice::Fp16
-        );
+        assert_eq!(c.index_cfg.precision, crate::config::PrecisionChoice::Fp16);
         assert_eq!(c.score_cfg.modules, ["a", "b"]);
         assert_eq!(c.index_cfg.modules, ["c"]);
         assert!(!c.score_cfg.higher_is_better);

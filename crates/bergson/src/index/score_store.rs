@@ -110,10 +110,7 @@ impl RecordLayout {
             .get("formats")
             .and_then(Value::as_array)
             .ok_or_else(|| bad("dtype has no formats"))?;
-        let first = formats
-            .first()
-            .and_then(Value::as_str)
-            .unwrap_or("float32");
+        let first = formats.first().and_then(Value::as_str).unwrap_or("float32");
         let kind = match first.trim_start_matches(['<', '>', '=', '|']) {
             "float32" | "f4" => Kind::Float,
             "float16" | "f2" => Kind::Half,

@@ -215,7 +215,10 @@ mod tests {
             ..CandidateConfig::default()
         };
         assert_eq!(select_candidates(&cfg, 10).unwrap(), [4]);
-        let all = CandidateConfig { top_k: 0, ..cfg.clone() };
+        let all = CandidateConfig {
+            top_k: 0,
+            ..cfg.clone()
+        };
         assert_eq!(select_candidates(&all, 10).unwrap(), [2, 4, 7]);
         assert!(select_candidates(&all, 5).is_err());
         let bottom = CandidateConfig {

@@ -140,8 +140,7 @@ pub fn run(cfg: &ScoreRunConfig, opts: &RunOptions) -> Result<ScoreSummary> {
         scfg.modules.clone()
     };
     let query_pre = queries::saved_preprocess(&query_dir)?;
-    let (unit, aggregation, normalize_aggregated) =
-        queries::remaining_preprocess(pcfg, &query_pre);
+    let (unit, aggregation, normalize_aggregated) = queries::remaining_preprocess(pcfg, &query_pre);
     let num_queries_total = query_index.num_rows();
     if num_queries_total == 0 {
         return Err(Error::input(format!(
@@ -196,7 +195,13 @@ pub fn run(cfg: &ScoreRunConfig, opts: &RunOptions) -> Result<ScoreSummary> {
         &CollectConfig::from_index_config(icfg),
     )?;
     let grad_sizes = collection.grad_sizes();
-    check_query_modules(&query_index.info.grad_sizes, &grad_sizes, &modules, icfg, &query_dir)?;
+    check_query_modules(
+        &query_index.info.grad_sizes,
+        &grad_sizes,
+        &modules,
+        icfg,
+        &query_dir,
+    )?;
     let save_kind = collection.collector().save_kind();
     let score_kind = match scfg.precision {
         ScorePrecision::Auto => save_kind,
@@ -400,7 +405,10 @@ fn check_query_modules(
     .flatten()
     .map(|c| c.model);
     let built_with = match &query_model {
-        Some(m) if *m != icfg.model => format!(" (it was built with model {m}, this run uses {})", icfg.model),
+        Some(m) if *m != icfg.model => format!(
+            " (it was built with model {m}, this run uses {})",
+            icfg.model
+        ),
         _ => String::new(),
     };
     for name in modules {

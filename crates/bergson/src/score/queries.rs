@@ -107,11 +107,7 @@ pub fn normalize_and_aggregate(
         .collect::<Result<_>>()?;
     if unit_normalize {
         let parts: Vec<&Tensor> = q.iter().map(|(_, t)| t).collect();
-        let norms = Tensor::f_cat(&parts, 1)?.f_norm_scalaropt_dim(
-            2,
-            [1i64].as_slice(),
-            true,
-        )?;
+        let norms = Tensor::f_cat(&parts, 1)?.f_norm_scalaropt_dim(2, [1i64].as_slice(), true)?;
         q = q
             .into_iter()
             .map(|(n, t)| Ok((n, t.f_div(&norms)?)))
@@ -125,7 +121,12 @@ pub fn normalize_and_aggregate(
             .collect::<Result<_>>()?,
         Aggregation::Sum => q
             .into_iter()
-            .map(|(n, t)| Ok((n, t.f_sum_dim_intlist([0i64].as_slice(), true, Kind::Float)?)))
+            .map(|(n, t)| {
+                Ok((
+                    n,
+                    t.f_sum_dim_intlist([0i64].as_slice(), true, Kind::Float)?,
+                ))
+            })
             .collect::<Result<_>>()?,
     };
     if normalize_aggregated {
@@ -174,8 +175,14 @@ mod tests {
         ];
         let out = normalize_and_aggregate(q, true, Aggregation::Sum, false).unwrap();
         // Row 0: (3, 0 | 4) / 5; row 1: (0, 2 | 0) / 2; summed.
-        assert_eq!(Vec::<f32>::try_from(&out[0].1.reshape([-1])).unwrap(), [0.6, 1.0]);
-        assert_eq!(Vec::<f32>::try_from(&out[1].1.reshape([-1])).unwrap(), [0.8]);
+        assert_eq!(
+            Vec::<f32>::try_from(&out[0].1.reshape([-1])).unwrap(),
+            [0.6, 1.0]
+        );
+        assert_eq!(
+            Vec::<f32>::try_from(&out[1].1.reshape([-1])).unwrap(),
+            [0.8]
+        );
         let q = vec![("a".to_string(), t(&[3.0, 4.0, 1.0, 0.0], 2))];
         let out = normalize_and_aggregate(q, false, Aggregation::Mean, true).unwrap();
         let v = Vec::<f32>::try_from(&out[0].1.reshape([-1])).unwrap();

@@ -30,7 +30,12 @@ impl Scorer {
     ) -> Result<Self> {
         let queries_t = queries
             .iter()
-            .map(|(name, q)| Ok((name.clone(), q.f_to_device(device)?.f_to_kind(kind)?.f_tr()?)))
+            .map(|(name, q)| {
+                Ok((
+                    name.clone(),
+                    q.f_to_device(device)?.f_to_kind(kind)?.f_tr()?,
+                ))
+            })
             .collect::<Result<_>>()?;
         Ok(Scorer {
             queries_t,
@@ -42,7 +47,10 @@ impl Scorer {
 
     /// Number of query columns (before `nearest`).
     pub fn num_queries(&self) -> i64 {
-        self.queries_t.first().map(|(_, q)| q.size()[1]).unwrap_or(0)
+        self.queries_t
+            .first()
+            .map(|(_, q)| q.size()[1])
+            .unwrap_or(0)
     }
 
     /// Columns each row gets: the queries, or one with `nearest`.
