@@ -29,7 +29,7 @@ use crate::index::run_dir::{self, Start};
 use crate::index::score_store::ScoreWriter;
 use crate::models::CausalLm;
 use crate::progress::Progress;
-use crate::{pickle, setup, Error, Result};
+use crate::{setup, Error, Result};
 
 use scorer::Scorer;
 
@@ -78,11 +78,8 @@ fn check_supported(cfg: &ScoreRunConfig) -> Result<()> {
             "--token_influence output is not supported by bergson-rs yet; use gradient",
         ));
     }
-    if icfg.attribute_tokens && pcfg.aggregation != Aggregation::None {
-        return Err(Error::input(
-            "--attribute_tokens cannot be combined with --aggregation; drop one",
-        ));
-    }
+    // `--aggregation` reduces the query rows only, so unlike a build it goes with
+    // `--attribute_tokens` (Bergson 2.5.1 scores every token against the aggregated query).
     if !scfg.candidates.scores.is_empty() && icfg.attribute_tokens {
         return Err(Error::input(
             "--scores (candidates) cannot be combined with --attribute_tokens; drop one",
@@ -262,14 +259,10 @@ pub fn run(cfg: &ScoreRunConfig, opts: &RunOptions) -> Result<ScoreSummary> {
     };
     let mut losses = vec![0f32; num_items];
     let mut is_done = vec![false; header.num_batches];
-    let mut positions = 0usize;
     for e in &done {
         is_done[e.batch] = true;
         for (&i, &bits) in batches[e.batch % per_pass].iter().zip(&e.loss_bits) {
             losses[i] = f32::from_bits(bits);
-        }
-        if e.batch < per_pass {
-            positions += e.positions;
         }
     }
 
@@ -331,9 +324,6 @@ pub fn run(cfg: &ScoreRunConfig, opts: &RunOptions) -> Result<ScoreSummary> {
             for (&i, &l) in out.indices.iter().zip(&out.losses) {
                 losses[i] = l;
             }
-            if p == 0 {
-                positions += out.positions;
-            }
             pending.push(Entry {
                 batch: id,
                 loss_bits: out.losses.iter().map(|l| l.to_bits()).collect(),
@@ -361,7 +351,7 @@ pub fn run(cfg: &ScoreRunConfig, opts: &RunOptions) -> Result<ScoreSummary> {
     let table = add_column(&table, "loss", Arc::new(Float32Array::from(losses)))?;
     write_hf_dataset(&table, &part.join("data.hf"))?;
     processor.save(&part)?;
-    pickle::save_scalar_i64(&part.join("total_processed.pt"), positions as i64)?;
+    // Unlike a build, Bergson's score writes no total_processed.pt.
     let journal_path = part.join(JOURNAL);
     drop(journal);
     if journal_path.exists() {
