@@ -290,7 +290,7 @@ pub fn build_config_yaml(
         },
     };
     serde_saphyr::to_string(&doc)
-        .map_err(|e| Error::input(format!("cannot write config.yaml: {e}")))
+        .map_err(|e| Error::internal(format!("cannot write config.yaml: {e}")))
 }
 
 #[cfg(test)]
