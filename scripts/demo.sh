@@ -7,5 +7,5 @@ if [ -z "${LIBTORCH:-}" ]; then
   lt="$(bash scripts/setup-libtorch.sh)"
   ln -sfn "$(dirname "$lt")" .libtorch
 fi
-cargo build --quiet -p bergson-cli
+cargo build --quiet --workspace
 exec target/debug/bergson demo "$@"

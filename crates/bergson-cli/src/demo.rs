@@ -40,9 +40,15 @@ const ASSETS: [(&str, &[u8]); 6] = [
     ),
 ];
 
+/// libtorch intra-op threads the demo uses unless `--num_threads` says otherwise. Its model is
+/// so small (3 layers, hidden size 128, vocabulary 1,024) that a second thread saves little on an idle machine, while on a
+/// busy one libtorch's spinning OpenMP threads made the demo 3-5x slower (docs/benchmarks.md).
+const DEMO_THREADS: i32 = 1;
+
 /// Flags of `bergson demo`.
 #[derive(Debug, Args)]
 #[command(rename_all = "snake_case")]
+#[command(mut_arg("num_threads", |a| a.help("libtorch intra-op threads (default: 1; the demo's model is too small to gain from more)")))]
 pub struct DemoArgs {
     /// Directory for the demo's model, data, indexes and attribution.json (default:
     /// `bergson-demo` under the system's temporary directory). Its demo files are replaced.
@@ -104,9 +110,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::env::temp_dir().join("bergson-demo"));
     write_assets(&out)?;
     let device = bergson::engine::parse_device(&args.runtime.device)?;
-    if let Some(n) = args.runtime.num_threads {
-        tch::set_num_threads(n);
-    }
+    tch::set_num_threads(args.runtime.num_threads.unwrap_or(DEMO_THREADS));
     let quiet = args.runtime.quiet;
     let say = |line: &str| {
         if !quiet {

@@ -1,25 +1,41 @@
-//! Error rendering: one line on stderr and an exit status (2 for the user's mistakes).
+//! Error rendering: one line on stderr and an exit status: 2 for the user's mistakes, 130 for
+//! Ctrl-C, 1 for everything else (internal errors, libtorch failures).
 
 use std::process::ExitCode;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
+
+/// Exit status of a run the user interrupted (128 + SIGINT, as shells report it).
+const INTERRUPTED: u8 = 130;
+/// Exit status of a user mistake (a flag, a file, a dataset): clap's status for bad arguments.
+const USER_ERROR: u8 = 2;
+/// Exit status of everything else: internal errors, libtorch failures, unexpected I/O.
+const FAILURE: u8 = 1;
 
 /// Prints an error as one line and returns its exit status.
 pub fn finish(result: anyhow::Result<()>) -> ExitCode {
     let Err(err) = result else {
         return ExitCode::SUCCESS;
     };
+    let (msg, code) = render(&err);
+    eprintln!("error: {msg}");
+    ExitCode::from(code)
+}
+
+/// The one-line message (without `error: `) and exit status of an error.
+fn render(err: &anyhow::Error) -> (String, u8) {
     let (msg, code) = match err.downcast_ref::<bergson::Error>() {
-        Some(e @ bergson::Error::Interrupted) => (e.to_string(), 130),
-        Some(e) if e.is_user_error() => (e.to_string(), 2),
+        Some(e @ bergson::Error::Interrupted) => (e.to_string(), INTERRUPTED),
+        Some(e) if e.is_user_error() => (e.to_string(), USER_ERROR),
+        // Internal errors already ask for a report.
+        Some(e @ bergson::Error::Internal(_)) => (e.to_string(), FAILURE),
         Some(e) => (
             format!("{e} (this is a bug in bergson-rs if your input is valid)"),
-            1,
+            FAILURE,
         ),
-        None => (format!("{err:#}"), 1),
+        None => (format!("{err:#}"), FAILURE),
     };
-    eprintln!("error: {}", one_line(&msg));
-    ExitCode::from(code)
+    (one_line(&msg), code)
 }
 
 /// Clap's errors without the usage block: one `error:` line naming the problem (and the valid
@@ -178,4 +194,48 @@ fn with_choices(e: &clap::Error, first: String) -> String {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(e: bergson::Error) -> (String, u8) {
+        render(&anyhow::Error::from(e))
+    }
+
+    #[test]
+    fn exit_status_tells_user_mistakes_from_bugs() {
+        let (msg, code) = rendered(bergson::Error::input("--projection_dim: pass a number"));
+        assert_eq!((msg.as_str(), code), ("--projection_dim: pass a number", 2));
+        let (_, code) = rendered(bergson::Error::io("x", std::io::ErrorKind::NotFound.into()));
+        assert_eq!(code, 2);
+        assert_eq!(
+            rendered(bergson::Error::Interrupted),
+            ("interrupted".into(), 130)
+        );
+
+        let (msg, code) = rendered(bergson::Error::internal("row 9 beyond\ngradients.bin"));
+        assert_eq!(code, 1);
+        assert!(
+            msg.starts_with("internal error: row 9 beyond gradients.bin;"),
+            "{msg}"
+        );
+        assert!(msg.contains("please report it"), "{msg}");
+        assert!(!msg.contains("if your input is valid"), "{msg}");
+
+        let torch = bergson::Error::Torch(tch::TchError::Torch("CUDA out of memory".into()));
+        let (msg, code) = rendered(torch);
+        assert_eq!(code, 1);
+        assert!(
+            msg.starts_with("libtorch: ") && msg.contains("CUDA out of memory"),
+            "{msg}"
+        );
+
+        let (msg, code) = render(&anyhow::anyhow!("cannot install the Ctrl-C handler"));
+        assert_eq!(
+            (msg.as_str(), code),
+            ("cannot install the Ctrl-C handler", 1)
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! finishes an index byte-identical to an uninterrupted build.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -87,18 +88,20 @@ fn run_to_end(cmd: &mut Command) {
     );
 }
 
-fn kill_after(
-    mut child: Child,
-    after: Duration,
-    signal: &str,
-) -> (std::process::ExitStatus, Duration) {
-    std::thread::sleep(after);
-    let start = Instant::now();
-    let _ = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
-    (status, start.elapsed())
+/// Sends `sig` to `child`.
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid, which `child` has not reaped yet.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig}) failed", child.id());
+}
+
+/// What a finished child wrote on stderr.
+fn child_stderr(child: &mut Child) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_end(&mut bytes);
+    }
+    bytes
 }
 
 /// Lines in the journal of a running build (one per durable batch, plus the header).
@@ -118,6 +121,20 @@ fn wait_for_journal(child: &mut Child, part: &Path, lines: usize) {
     {
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Waits until `lines` journal lines are durable, then freezes the build (SIGSTOP) so the
+/// signal a test sends next lands mid-run however fast or loaded the machine is. Panics if the
+/// build ended first: the test would otherwise check nothing.
+fn freeze_mid_run(child: &mut Child, part: &Path, lines: usize) {
+    wait_for_journal(child, part, lines);
+    signal(child, libc::SIGSTOP);
+    let have = journal_lines(part);
+    assert!(
+        have >= lines && child.try_wait().unwrap().is_none(),
+        "the build ended (or stalled) with {have} journal lines before {lines} were durable; \
+         the fixture dataset must give it more batches"
+    );
 }
 
 #[test]
@@ -201,12 +218,19 @@ fn ctrl_c_stops_quickly_and_leaves_a_resumable_part() {
     let run = tmp.path().join("run");
     let part = PathBuf::from(format!("{}.part", run.display()));
     let mut child = build_cmd(&run, &[]).spawn().unwrap();
-    wait_for_journal(&mut child, &part, 3);
-    let (status, took) = kill_after(child, Duration::ZERO, "-INT");
-    if status.success() {
-        eprintln!("skipped: the build finished before Ctrl-C");
-        return;
-    }
+    freeze_mid_run(&mut child, &part, 3);
+    // The Ctrl-C is pending while the build is stopped and delivered as it resumes.
+    signal(&child, libc::SIGINT);
+    let start = Instant::now();
+    signal(&child, libc::SIGCONT);
+    let status = child.wait().unwrap();
+    let took = start.elapsed();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "Ctrl-C mid-run must exit with status 130: {}",
+        String::from_utf8_lossy(&child_stderr(&mut child))
+    );
     assert!(
         took < Duration::from_secs(3),
         "Ctrl-C took {took:?} to stop the build"
@@ -223,12 +247,10 @@ fn a_part_of_another_config_is_refused_then_replaced_with_overwrite() {
     let run = tmp.path().join("run");
     let part = PathBuf::from(format!("{}.part", run.display()));
     let mut child = build_cmd(&run, &[]).spawn().unwrap();
-    wait_for_journal(&mut child, &part, 2);
-    let (status, _) = kill_after(child, Duration::ZERO, "-KILL");
-    if status.success() || !part.exists() {
-        eprintln!("skipped: the build finished (or had not started) before the kill");
-        return;
-    }
+    freeze_mid_run(&mut child, &part, 2);
+    signal(&child, libc::SIGKILL);
+    let status = child.wait().unwrap();
+    assert!(!status.success() && part.is_dir() && !run.exists());
     // Another config: a projection seed (build_cmd already sets --projection_dim).
     let out = build_cmd(&run, &["--projection_seed", "3"])
         .output()

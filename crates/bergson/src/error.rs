@@ -24,8 +24,12 @@ pub enum Error {
     /// The run was interrupted (Ctrl-C); partial output was left resumable.
     #[error("interrupted")]
     Interrupted,
-    /// A broken invariant inside bergson-rs: not the user's mistake (the CLI exits with 1).
-    #[error("internal error: {0}; please report it to the bergson-rs maintainers")]
+    /// A broken invariant inside bergson-rs: not the user's mistake, so the message asks for a
+    /// report instead of naming a fix. The CLI exits with status 1.
+    #[error(
+        "internal error: {0}; this is a bug in bergson-rs {version}, please report it to the bergson-rs maintainers with the command that triggered it",
+        version = env!("CARGO_PKG_VERSION")
+    )]
     Internal(String),
 }
 
@@ -38,7 +42,7 @@ impl Error {
         Error::Input(msg.into())
     }
 
-    /// An internal fault (a broken invariant) with the given description.
+    /// An internal fault (a broken invariant) described by `msg`; see [`Error::Internal`].
     pub fn internal(msg: impl Into<String>) -> Self {
         Error::Internal(msg.into())
     }
@@ -102,5 +106,20 @@ mod tests {
         assert!(msg(ErrorKind::FileTooLarge).contains("ulimit -f"));
         assert!(msg(ErrorKind::ReadOnlyFilesystem).contains("read-only"));
         assert!(!msg(ErrorKind::Interrupted).contains(';'));
+    }
+
+    #[test]
+    fn internal_errors_ask_for_a_report_and_are_not_the_users() {
+        let e = Error::internal("row 9 beyond run.part/gradients.bin");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("internal error: row 9 beyond run.part/gradients.bin; "),
+            "{text}"
+        );
+        assert!(text.contains("please report it"), "{text}");
+        assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+        assert!(!e.is_user_error());
+        assert!(Error::input("x").is_user_error());
     }
 }

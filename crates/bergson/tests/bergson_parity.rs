@@ -11,10 +11,13 @@
 //! rejected too, unless listed in [`ACCEPTED_DIVERGENCES`]. Run with `--nocapture` for the
 //! per-case error table.
 //!
-//! `BERGSON_PARITY_CASES=a,b` limits the run to those cases (for debugging).
+//! `BERGSON_PARITY_CASES=a,b` limits the run to those cases (for debugging); a name that is not
+//! a case fails the test, so a typo cannot pass by checking nothing.
 //!
-//! The opt-in `python_reads_our_index` (env `BERGSON_PY`) runs Python Bergson's own readers on
-//! indexes we wrote.
+//! The opt-in `python_reads_our_index` (ignored by default; `scripts/test-python.sh` runs it)
+//! runs Python Bergson's own readers on indexes we wrote.
+
+mod python_support;
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
@@ -505,7 +508,6 @@ fn check_case(case: &Case, path_flags: &[String], tmp: &Path) -> Report {
     let opts = RunOptions {
         device: Device::Cpu,
         quiet: true,
-        ..RunOptions::default()
     };
     let result = run(&cfg, &opts);
     if let Some(theirs_err) = &case.error {
@@ -555,17 +557,38 @@ fn check_case(case: &Case, path_flags: &[String], tmp: &Path) -> Report {
     r
 }
 
+/// The cases `BERGSON_PARITY_CASES` names (all without it); panics on a name that is no case,
+/// so the filter can never select nothing.
 fn selected(cases: Vec<Case>) -> Vec<Case> {
-    match std::env::var("BERGSON_PARITY_CASES") {
-        Ok(list) if !list.is_empty() => {
-            let want: Vec<&str> = list.split(',').map(str::trim).collect();
-            cases
-                .into_iter()
-                .filter(|c| want.contains(&c.name.as_str()))
-                .collect()
-        }
-        _ => cases,
-    }
+    let list = std::env::var("BERGSON_PARITY_CASES").unwrap_or_default();
+    let want: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    let unknown: Vec<&str> = want
+        .iter()
+        .copied()
+        .filter(|n| !cases.iter().any(|c| c.name == *n))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "BERGSON_PARITY_CASES names no case {unknown:?}; the manifest has: {}",
+        cases
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let chosen: Vec<Case> = cases
+        .into_iter()
+        .filter(|c| want.is_empty() || want.contains(&c.name.as_str()))
+        .collect();
+    assert!(
+        !chosen.is_empty(),
+        "no parity case selected: the manifest is empty"
+    );
+    chosen
 }
 
 #[test]
@@ -613,22 +636,12 @@ fn bergson_parity() {
     );
 }
 
-/// Python, if `BERGSON_PY` names one with bergson installed.
-fn python() -> Option<PathBuf> {
-    match std::env::var_os("BERGSON_PY") {
-        Some(py) => Some(PathBuf::from(py)),
-        None => {
-            eprintln!("skipped: set BERGSON_PY to a Python with bergson 2.5.1 to run this test");
-            None
-        }
-    }
-}
-
 /// Python Bergson's readers (`load_gradients`, `GradientProcessor.load`, `load_gradient_dataset`,
 /// `load_token_gradients`) open indexes we wrote and see our values.
 #[test]
+#[ignore = "needs Python Bergson: scripts/test-python.sh"]
 fn python_reads_our_index() {
-    let Some(py) = python() else { return };
+    let py = python_support::bergson_py();
     let (path_flags, cases) = manifest();
     let wanted = [
         "arch_gpt_neox",
@@ -655,13 +668,7 @@ fn python_reads_our_index() {
     let script = repo_root().join("tests/fixtures/scripts/describe_index.py");
     let mut cmd = Command::new(&py);
     cmd.arg(&script).args(dirs.iter().map(|d| d.as_os_str()));
-    let out = cmd.output().expect("cannot start BERGSON_PY");
-    assert!(
-        out.status.success(),
-        "python failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let described: Json = serde_json::from_slice(&out.stdout).expect("python printed JSON");
+    let described = python_support::run_json(&mut cmd);
     for (dir, d) in dirs.iter().zip(described.as_array().expect("a list")) {
         check_python_view(dir, d);
     }

@@ -1,7 +1,8 @@
 //! The `save_to_disk` format: Python's fixture read back, our writer against Python's bytes, and
-//! (opt-in, BERGSON_PY=python) Python's `load_from_disk` reading what we write.
+//! (opt-in, `scripts/test-python.sh`) Python's `load_from_disk` reading what we write.
 
 mod data_support;
+mod python_support;
 
 use std::sync::Arc;
 
@@ -153,11 +154,9 @@ fn written_tables_read_back_with_types() {
 }
 
 #[test]
+#[ignore = "needs Python Bergson: scripts/test-python.sh"]
 fn python_load_from_disk_reads_our_output() {
-    let Some(python) = std::env::var_os("BERGSON_PY") else {
-        println!("skipped: set BERGSON_PY=/path/to/python (with datasets) to check Python reads our data.hf");
-        return;
-    };
+    let python = python_support::bergson_py();
     let batch = bergson_table();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("data.hf");
@@ -169,18 +168,12 @@ ds = load_from_disk(sys.argv[1])
 print(json.dumps({"features": ds.features.to_dict(), "rows": ds.to_list(),
                   "arrow": [str(f.type) for f in ds.data.schema]}))
 "#;
-    let output = std::process::Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let loaded = python_support::run_json(
+        std::process::Command::new(python)
+            .arg("-c")
+            .arg(script)
+            .arg(&out),
     );
-    let loaded: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(loaded["features"], features_json(&batch.schema()).unwrap());
     assert_eq!(
         loaded["arrow"],

@@ -1,8 +1,9 @@
 //! Python reads what `bergson::pickle` writes: `torch.load(weights_only=True)` and bergson's own
-//! `GradientProcessor.load`. Opt-in: runs only when env `BERGSON_PY` names a Python with torch
-//! and bergson (e.g. `BERGSON_PY=/work/pyenv/bin/python`); otherwise it prints why it skipped.
+//! `GradientProcessor.load`. Opt-in (ignored by default): `scripts/test-python.sh` runs them with
+//! `BERGSON_PY` naming a Python with torch and bergson.
 
 mod pickle_common;
+mod python_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,33 +13,11 @@ use pickle_common::{check, expected, fixture, script};
 use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
 
-fn python() -> Option<PathBuf> {
-    match std::env::var_os("BERGSON_PY") {
-        Some(py) => Some(PathBuf::from(py)),
-        None => {
-            eprintln!(
-                "skipped: set BERGSON_PY to a Python with torch and bergson to run this test"
-            );
-            None
-        }
-    }
-}
-
-/// Runs `py` with `args` and parses its stdout as JSON.
+/// Runs `py` with `args` and parses the JSON it prints last.
 fn run_json(py: &Path, args: &[&std::ffi::OsStr]) -> Json {
-    let out = Command::new(py)
-        .args(args)
-        .output()
-        .expect("cannot start BERGSON_PY");
-    assert!(
-        out.status.success(),
-        "python failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("python printed no JSON")
+    python_support::run_json(Command::new(py).args(args))
 }
 
-/// What Python's `torch.load(path, weights_only=True)` sees in each file.
 fn describe(py: &Path, paths: &[PathBuf]) -> Vec<Json> {
     let mut args = vec![script("describe_pickle.py").into_os_string()];
     args.extend(paths.iter().map(|p| p.clone().into_os_string()));
@@ -109,8 +88,9 @@ fn optimizer_like() -> Value {
 }
 
 #[test]
+#[ignore = "needs Python Bergson: scripts/test-python.sh"]
 fn torch_load_reads_rust_output() {
-    let Some(py) = python() else { return };
+    let py = python_support::bergson_py();
     let dir = tempfile::tempdir().unwrap();
 
     // Python's own files, read and rewritten by Rust, look the same to Python.
@@ -159,8 +139,9 @@ fn torch_load_reads_rust_output() {
 }
 
 #[test]
+#[ignore = "needs Python Bergson: scripts/test-python.sh"]
 fn gradient_processor_loads_rust_output() {
-    let Some(py) = python() else { return };
+    let py = python_support::bergson_py();
     let dir = tempfile::tempdir().unwrap();
     let norms = normalizers();
     pickle::save(&dir.path().join("normalizers.pth"), &norms).unwrap();

@@ -3,28 +3,32 @@
 //! ```sh
 //! cargo bench -p bergson-cli --bench throughput              # both workloads
 //! BERGSON_PY=/path/to/python cargo bench ... -- --docs 800   # a Python with bergson 2.5.1
+//! cargo bench -p bergson-cli --bench throughput -- --workload scale --sizes 10k,100k
 //! ```
 //! Generates the workload (random weights, generated text; see `workload`), runs `bergson
 //! build` from this repository and, when Python Bergson is installed, `bergson build` 2.5.1 on
-//! the same files, checks that the indexes agree (max relative error per row <= 1e-4), and
-//! prints wall time, tokens/s, peak RSS and the ratio. Flags: `--docs N` (default 400),
-//! `--workload neox|llama|all`, `--threads N` (libtorch threads for both tools), `--keep DIR`,
-//! `--device cpu|cuda` (a GPU needs the `cuda` feature: see scripts/bench-gpu.sh).
+//! the same files, checks that the indexes agree (max relative error per row <= 1e-4; the
+//! benchmark exits with status 1 when they do not), and prints wall time, tokens/s, peak RSS
+//! and the ratio, both in wall time and without each tool's start-up (timed as a one-document
+//! build of the same workload). Flags: `--docs N` (default 400), `--workload
+//! neox|llama|all|scale`, `--threads N` (libtorch threads for both tools), `--keep DIR`,
+//! `--device cpu|cuda` (a GPU needs the `cuda` feature: see scripts/bench-gpu.sh). The scale
+//! workload (see `scale`) takes `--sizes 10k,100k,1M` and `--formats jsonl,parquet`.
 
+mod measure;
+mod scale;
 mod workload;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Command, ExitCode};
 
+use measure::{num_cpus, run, Run};
 use workload::{Arch, Workload};
 
-struct Run {
-    seconds: f64,
-    peak_rss_mb: f64,
-}
+/// Largest max-row relative error at which the two tools' indexes count as the same.
+const AGREEMENT: f64 = 1e-4;
 
-fn main() {
+fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
         args.iter()
@@ -39,6 +43,23 @@ fn main() {
     let device = arg("--device").unwrap_or_else(|| "cpu".into());
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    println!(
+        "machine: {} cores; libtorch threads: {}",
+        num_cpus(),
+        threads.as_deref().unwrap_or("default")
+    );
+    if which == "scale" {
+        let sizes = arg("--sizes").unwrap_or_else(|| "10k,100k,1M".into());
+        let formats = arg("--formats").unwrap_or_else(|| "jsonl,parquet".into());
+        scale::run_scale(&scale::Options {
+            sizes: sizes.split(',').map(parse_count).collect(),
+            formats: formats.split(',').map(scale::Format::parse).collect(),
+            threads,
+            root: root.join("scale"),
+            keep: keep.is_some(),
+        });
+        return ExitCode::SUCCESS;
+    }
     let python = find_python();
     if python.is_none() {
         println!("Python Bergson not found: set BERGSON_PY to a Python with `pip install bergson==2.5.1` (then `pip uninstall -y torchaudio`) to compare; measuring bergson-rs alone.");
@@ -46,13 +67,10 @@ fn main() {
     let cases: Vec<(Arch, usize)> = match which.as_str() {
         "neox" => vec![(Arch::NeoX, 16)],
         "llama" => vec![(Arch::Llama, 0)],
-        _ => vec![(Arch::NeoX, 16), (Arch::Llama, 0)],
+        "all" => vec![(Arch::NeoX, 16), (Arch::Llama, 0)],
+        other => panic!("--workload: unknown workload '{other}'; use neox, llama, all or scale"),
     };
-    println!(
-        "machine: {} cores; libtorch threads: {}",
-        num_cpus(),
-        threads.as_deref().unwrap_or("default")
-    );
+    let mut mismatches = Vec::new();
     for (arch, p) in cases {
         let dir = root.join(arch.name());
         let w = Workload::generate(&dir, arch, docs, 0);
@@ -63,44 +81,78 @@ fn main() {
             w.tokens,
             arch.describe()
         );
-        let ours = run(&ours_cmd(
-            &w,
-            &dir.join("rs"),
-            p,
-            threads.as_deref(),
-            &device,
-        ));
-        report("bergson-rs", &ours, w.tokens);
+        let one_doc = w.first_document(&dir.join("one_doc.jsonl"));
+        let measure = |make: &dyn Fn(&Workload, &Path) -> Command, side: &str| {
+            let full = run(&make(&w, &dir.join(side)));
+            let startup = run(&make(&one_doc, &dir.join(format!("{side}-one_doc"))));
+            (full, startup)
+        };
+        let ours_cmd = |w: &Workload, out: &Path| ours_cmd(w, out, p, threads.as_deref(), &device);
+        let (ours, ours_startup) = measure(&ours_cmd, "rs");
+        report("bergson-rs", &ours, &ours_startup, w.tokens);
         if let Some(py) = &python {
-            let theirs = run(&python_cmd(
-                py,
-                &w,
-                &dir.join("py"),
-                p,
-                threads.as_deref(),
-                &device,
-            ));
-            report("bergson 2.5.1 (Python)", &theirs, w.tokens);
+            let python_cmd =
+                |w: &Workload, out: &Path| python_cmd(py, w, out, p, threads.as_deref(), &device);
+            let (theirs, theirs_startup) = measure(&python_cmd, "py");
+            report("bergson 2.5.1 (Python)", &theirs, &theirs_startup, w.tokens);
             let err = max_row_rel_err(&dir.join("rs"), &dir.join("py"));
+            let agree = err <= AGREEMENT;
             println!(
-                "ratio: {:.2}x tokens/s, peak RSS {:.2}x; outputs agree: max row rel err {err:.2e} ({})",
+                "ratio: {:.2}x tokens/s wall, {:.2}x without start-up, peak RSS {:.2}x; outputs agree: max row rel err {err:.2e} ({})",
                 theirs.seconds / ours.seconds,
+                past_startup(&theirs, &theirs_startup) / past_startup(&ours, &ours_startup),
                 ours.peak_rss_mb / theirs.peak_rss_mb,
-                if err <= 1e-4 { "ok" } else { "MISMATCH" }
+                if agree { "ok" } else { "MISMATCH" }
             );
+            if !agree {
+                mismatches.push(format!("{}: max row rel err {err:.2e}", arch.name()));
+            }
         }
     }
     if keep.is_some() {
         println!("\nkept the workloads and indexes in {}", root.display());
     }
+    if mismatches.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "error: the two tools' indexes differ by more than {AGREEMENT:e} ({}); the timings compare different computations",
+            mismatches.join("; ")
+        );
+        ExitCode::FAILURE
+    }
 }
 
-fn report(name: &str, r: &Run, tokens: usize) {
+/// `10000`, `10k` or `1M` as a count.
+fn parse_count(s: &str) -> usize {
+    let s = s.trim();
+    let (digits, scale) = match s.strip_suffix(['k', 'K']) {
+        Some(d) => (d, 1_000),
+        None => match s.strip_suffix('M') {
+            Some(d) => (d, 1_000_000),
+            None => (s, 1),
+        },
+    };
+    digits
+        .parse::<usize>()
+        .map(|n| n * scale)
+        .unwrap_or_else(|_| panic!("--sizes: '{s}' is not a count (e.g. 10000, 10k, 1M)"))
+}
+
+/// Seconds of a full run past the tool's start-up (a one-document run: loading the runtime,
+/// the model and the data, one batch, writing the index).
+fn past_startup(full: &Run, startup: &Run) -> f64 {
+    (full.seconds - startup.seconds).max(1e-9)
+}
+
+fn report(name: &str, r: &Run, startup: &Run, tokens: usize) {
     println!(
-        "  {name:<24} {:>8.1} s  {:>8.0} tokens/s  peak RSS {:>7.0} MiB",
+        "  {name:<24} {:>8.1} s  {:>8.0} tokens/s  peak RSS {:>7.0} MiB;  start-up (one document) {:.2} s, {:>8.0} tokens/s without it",
         r.seconds,
         tokens as f64 / r.seconds,
-        r.peak_rss_mb
+        r.peak_rss_mb,
+        startup.seconds,
+        tokens as f64 / past_startup(r, startup),
     );
 }
 
@@ -154,49 +206,6 @@ fn python_cmd(
     c
 }
 
-/// Runs a command to completion, timing it and reading its peak RSS from `wait4`.
-#[allow(clippy::zombie_processes)] // reaped by wait4, which clippy does not see
-fn run(cmd: &Command) -> Run {
-    let mut cmd = clone(cmd);
-    cmd.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let start = Instant::now();
-    let child = cmd.spawn().expect("spawn");
-    let pid = child.id() as i32;
-    let stderr = child.stderr;
-    let mut status = 0;
-    // SAFETY: plain wait4 on our own child; rusage is fully written by the kernel.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let seconds = start.elapsed().as_secs_f64();
-    if rc < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        let mut text = String::new();
-        if let Some(mut e) = stderr {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut text);
-        }
-        panic!(
-            "{cmd:?} failed: {}",
-            text.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
-        );
-    }
-    Run {
-        seconds,
-        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
-    }
-}
-
-fn clone(cmd: &Command) -> Command {
-    let mut c = Command::new(cmd.get_program());
-    c.args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
-    }
-    c
-}
-
 /// A Python with bergson 2.5.1: `BERGSON_PY`, else `python3` if it imports bergson.
 fn find_python() -> Option<PathBuf> {
     let candidates: Vec<PathBuf> = std::env::var_os("BERGSON_PY")
@@ -234,10 +243,4 @@ fn max_row_rel_err(a: &Path, b: &Path) -> f64 {
         start = end;
     }
     worst
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }

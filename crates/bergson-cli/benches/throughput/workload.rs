@@ -44,6 +44,9 @@ const WORDS: &str = "the of and to in is was for on that with as by it at from h
 struct Rng(u64);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03))
+    }
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -70,7 +73,7 @@ impl Workload {
             std::fs::copy(fixtures.join(f), model.join(f)).expect("tokenizer");
         }
         let words: Vec<&str> = WORDS.split(' ').collect();
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut rng = Rng::new(seed);
         let mut text = String::new();
         for _ in 0..docs {
             // Log-normal word counts (median ~90), clipped to 4..400.
@@ -108,6 +111,55 @@ impl Workload {
             data,
             docs,
             tokens,
+        }
+    }
+}
+
+/// The scaling corpus: short English-like documents with log-normal word counts (median ~12,
+/// clipped to 2..64), endless. One family for every size: the corpus of n documents is the
+/// first n of any larger one.
+pub struct ShortDocuments {
+    rng: Rng,
+    words: Vec<&'static str>,
+}
+
+impl ShortDocuments {
+    pub fn new(seed: u64) -> ShortDocuments {
+        ShortDocuments {
+            rng: Rng::new(seed),
+            words: WORDS.split(' ').collect(),
+        }
+    }
+}
+
+impl Iterator for ShortDocuments {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        let rng = &mut self.rng;
+        let (u1, u2) = (rng.unit().max(1e-12), rng.unit());
+        let normal = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        let n = ((2.5 + 0.6 * normal).exp() as usize).clamp(2, 64);
+        let doc: Vec<&str> = (0..n)
+            .map(|_| self.words[(rng.next() % self.words.len() as u64) as usize])
+            .collect();
+        Some(doc.join(" "))
+    }
+}
+
+impl Workload {
+    /// The same model with only the first document (written to `path`): a build of it times a
+    /// tool's start-up (runtime, model and data loading, one batch, writing the index). Its
+    /// `tokens` are not counted (0).
+    pub fn first_document(&self, path: &Path) -> Workload {
+        let text = std::fs::read_to_string(&self.data).expect("workload data");
+        let first = text.lines().next().expect("a document");
+        std::fs::write(path, format!("{first}\n")).expect("one-document data");
+        Workload {
+            model: self.model.clone(),
+            data: path.to_path_buf(),
+            docs: 1,
+            tokens: 0,
         }
     }
 }

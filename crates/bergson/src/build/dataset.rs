@@ -335,7 +335,7 @@ fn chunked_data(
             .into_iter()
             .map(|(name, column)| (name, column, true)),
     )
-    .map_err(|e| Error::input(format!("cannot build the chunked dataset: {e}")))?;
+    .map_err(|e| Error::internal(format!("cannot build the chunked dataset: {e}")))?;
     let rows = chunks
         .input_ids
         .into_iter()

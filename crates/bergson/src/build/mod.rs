@@ -348,7 +348,7 @@ fn run_step(step: &Step, cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSu
             Arc::new(schema),
             vec![Arc::new(Int64Array::from(vec![0i64]))],
         )
-        .map_err(|e| Error::input(format!("cannot build data.hf: {e}")))?
+        .map_err(|e| Error::internal(format!("cannot build data.hf: {e}")))?
     };
     write_hf_dataset(&table, &part.join("data.hf"))?;
     processor.save(&part)?;

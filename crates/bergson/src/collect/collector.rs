@@ -417,7 +417,7 @@ impl GradientCollector {
             .zip(rows)
             .map(|(b, r)| {
                 r.map(|r| (b.name.clone(), r)).ok_or_else(|| {
-                    Error::input(format!("module {} did not run in the forward pass", b.name))
+                    Error::internal(format!("module {} did not run in the forward pass", b.name))
                 })
             })
             .collect::<Result<_>>()?;

@@ -114,8 +114,9 @@ impl GradientProcessor {
     /// hessians.pth and hessians_eigen.pth (a build fits no Hessian: empty dicts).
     pub fn save(&self, dir: &std::path::Path) -> crate::Result<()> {
         use crate::error::IoContext;
-        let yaml = serde_saphyr::to_string(&self.settings)
-            .map_err(|e| crate::Error::input(format!("cannot write processor_config.yaml: {e}")))?;
+        let yaml = serde_saphyr::to_string(&self.settings).map_err(|e| {
+            crate::Error::internal(format!("cannot write processor_config.yaml: {e}"))
+        })?;
         let path = dir.join("processor_config.yaml");
         std::fs::write(&path, yaml).at_path(&path)?;
         super::optimizer_state::save_normalizers(&dir.join("normalizers.pth"), &self.normalizers)?;

@@ -367,7 +367,7 @@ pub fn config_yaml(step: &Step, created: chrono::DateTime<chrono::Utc>) -> Resul
         },
     };
     serde_saphyr::to_string(&doc)
-        .map_err(|e| Error::input(format!("cannot write config.yaml: {e}")))
+        .map_err(|e| Error::internal(format!("cannot write config.yaml: {e}")))
 }
 
 #[cfg(test)]

@@ -66,8 +66,8 @@ impl GradientFile {
         }
         let bytes = tensor_bytes(rows, self.kind)?;
         if bytes.len() != n * self.row_bytes || first + n > self.num_rows {
-            return Err(Error::input(format!(
-                "internal: {n} rows of {} bytes at row {first} do not fit {}",
+            return Err(Error::internal(format!(
+                "{n} rows of {} bytes at row {first} do not fit {}",
                 bytes.len() / n.max(1),
                 self.path.display()
             )));
@@ -88,8 +88,8 @@ impl GradientFile {
             }
             let chunk = &bytes[i * self.row_bytes..j * self.row_bytes];
             if indices[j - 1] >= self.num_rows {
-                return Err(Error::input(format!(
-                    "internal: row {} beyond {}",
+                return Err(Error::internal(format!(
+                    "row {} beyond {}",
                     indices[j - 1],
                     self.path.display()
                 )));
@@ -114,7 +114,9 @@ pub fn kind_size(kind: Kind) -> Result<usize> {
         Kind::Float => Ok(4),
         Kind::Half | Kind::BFloat16 => Ok(2),
         Kind::Double => Ok(8),
-        other => Err(Error::input(format!("cannot store gradients as {other:?}"))),
+        other => Err(Error::internal(format!(
+            "cannot store gradients as {other:?}"
+        ))),
     }
 }
 

@@ -137,7 +137,7 @@ pub fn write_hf_dataset(batch: &RecordBatch, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).at_path(dir)?;
     let schema = Arc::new(hf_schema(&batch.schema())?);
     let batch = batch.clone().with_schema(schema.clone()).map_err(|e| {
-        Error::input(format!(
+        Error::internal(format!(
             "cannot attach the datasets schema to the table ({e})"
         ))
     })?;

@@ -115,5 +115,5 @@ impl Journal {
 }
 
 fn json_err(e: serde_json::Error) -> Error {
-    Error::input(format!("journal: {e}"))
+    Error::internal(format!("cannot serialise a journal entry: {e}"))
 }
