@@ -342,8 +342,8 @@ fn models_and_tokenizers_download_through_the_same_hub() {
     assert!(e.contains("no such revision"), "{e}");
 }
 
-/// Python Bergson's `load_data_string` against the same stand-in: the same rows, and the
-/// files it downloads. Run with
+/// Python Bergson's `load_data_string` against the same stand-in: the same rows (and the files
+/// it downloads, printed), and the hub cache it fills serves bergson-rs offline. Run with
 /// `BERGSON_PYTHON=/work/pyenv/bin/python cargo test --workspace --test hub_download -- --ignored --nocapture`.
 #[test]
 #[ignore = "needs Python Bergson (set BERGSON_PYTHON to its python)"]
@@ -361,7 +361,7 @@ import json, sys
 from bergson.data import load_data_string
 dataset, split, subset = sys.argv[1], sys.argv[2], (sys.argv[3] or None)
 ds = load_data_string(dataset, split, subset)
-print(json.dumps(ds.to_list()))
+print("ROWS " + json.dumps(ds.to_list()))
 "#;
     for (id, split, subset) in cases {
         let hub = stand_in();
@@ -381,7 +381,12 @@ print(json.dumps(ds.to_list()))
             "{id} {split}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let theirs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("ROWS "))
+            .unwrap_or_else(|| panic!("{id} {split}: no rows in {stdout}"));
+        let theirs: Vec<Value> = serde_json::from_str(line).unwrap();
         eprintln!(
             "python {id} {split} {subset:?}: {} rows; downloaded {:?}; requests {:?}",
             theirs.len(),
@@ -394,5 +399,8 @@ print(json.dumps(ds.to_list()))
         let cache = tempfile::tempdir().unwrap();
         let ours = hub_rows(&online(&hub, cache.path()), id, split, *subset);
         assert_rows(&ours, &theirs);
+        // The hub cache Python filled serves bergson-rs offline.
+        let python_cache = HubSettings::cache_only(home.path().join("hub"));
+        assert_rows(&hub_rows(&python_cache, id, split, *subset), &theirs);
     }
 }

@@ -1,7 +1,7 @@
 //! A local stand-in for the Hugging Face hub: an HTTP server on 127.0.0.1 serving repositories
 //! from directories through the endpoints `hf-hub` and `huggingface_hub` use, so that download
 //! tests never touch the network (point `HF_ENDPOINT` at [`StandIn::endpoint`]):
-//! - `GET /api/{models,datasets}/{id}/revision/{rev}[?blobs=true]`: the listing (`sha`,
+//! - `GET /api/{models,datasets}/{id}[/revision/{rev}][?blobs=true]`: the listing (`sha`,
 //!   `siblings` with `rfilename`, and `size` with `blobs=true`);
 //! - `GET /api/{models,datasets}/{id}/tree/{rev}[/{path}][?recursive=true]`: a folder's entries;
 //! - `POST /api/{models,datasets}/{id}/paths-info/{rev}`: entries for `paths=` form fields;
@@ -396,7 +396,11 @@ fn route(request: &Request, state: &State) -> Response {
                 _ => paths_info(repo, &request.body),
             };
         }
-        return Response::error(404, "NotFound", "no such endpoint");
+        // `/api/{kind}/{id}`: the listing at the default branch.
+        return match state.repos.get(&(kind.to_string(), decode(rest))) {
+            Some(repo) => listing(&decode(rest), repo, flag("blobs")),
+            None => Response::error(404, "RepoNotFound", "Repository not found"),
+        };
     }
     // /{datasets/}?{id}/resolve/{rev}/{file}
     let Some((repo_part, rest)) = path.split_once("/resolve/") else {
