@@ -249,10 +249,9 @@ impl Failure {
                     (Some("EntryNotFound"), _, Some(f)) | (None, 404, Some(f)) => {
                         Failure::FileNotFound(f.to_string())
                     }
-                    (_, code, _) => Failure::Other(format!(
-                        "HTTP {code} from {}",
-                        response.get_url()
-                    )),
+                    (_, code, _) => {
+                        Failure::Other(format!("HTTP {code} from {}", response.get_url()))
+                    }
                 }
             }
             ureq::Error::Transport(t) => Failure::Unreachable(one_line(&t.to_string())),
@@ -285,9 +284,9 @@ pub fn hub_error(failure: Failure, what: &str, settings: &HubSettings, fix: &str
             "{what} was not found on the hub ({at}); check the name, set HF_TOKEN if it is \
              private, or {fix}"
         ),
-        Failure::RevisionNotFound => format!(
-            "{what}: no such revision on the hub ({at}); check the revision, or {fix}"
-        ),
+        Failure::RevisionNotFound => {
+            format!("{what}: no such revision on the hub ({at}); check the revision, or {fix}")
+        }
         Failure::AccessDenied => format!(
             "{what} is gated or restricted on the hub ({at}); accept its conditions on its hub \
              page and set HF_TOKEN (or run `hf auth login`), or {fix}"

@@ -104,7 +104,10 @@ fn parquet_splits_fetch_only_the_needed_files_into_the_hub_cache_layout() {
     let link = snapshot.join("data/test-00000-of-00001.parquet");
     assert!(link.is_symlink(), "{} is not a link", link.display());
     let blob = std::fs::canonicalize(&link).unwrap();
-    assert_eq!(blob.parent().unwrap(), folder.join("blobs").canonicalize().unwrap());
+    assert_eq!(
+        blob.parent().unwrap(),
+        folder.join("blobs").canonicalize().unwrap()
+    );
     assert_eq!(
         std::fs::read(&blob).unwrap(),
         std::fs::read(dataset_dir("parquet-splits").join("data/test-00000-of-00001.parquet"))
@@ -127,11 +130,16 @@ fn parquet_splits_fetch_only_the_needed_files_into_the_hub_cache_layout() {
     );
     hub.clear_log();
     let again = hub_rows(&settings, id, "test[1:]+train[:2]", None);
-    assert_rows(&again, &local_rows("parquet-splits", "test[1:]+train[:2]", None));
+    assert_rows(
+        &again,
+        &local_rows("parquet-splits", "test[1:]+train[:2]", None),
+    );
     assert_eq!(hub.downloads(), Vec::<String>::new());
     let requests = hub.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
-    assert!(requests[0].target.contains("/api/datasets/org/parquet-splits/revision/main"));
+    assert!(requests[0]
+        .target
+        .contains("/api/datasets/org/parquet-splits/revision/main"));
 }
 
 #[test]
@@ -151,7 +159,12 @@ fn readme_configs_pick_the_subset_and_its_files() {
     let en = hub_rows(&settings, "org/configs", "test", None);
     assert_rows(&en, &local_rows("configs", "test", None));
     assert_eq!(hub.downloads(), ["en/test.jsonl"]);
-    let e = user_error(load_dataset_with("org/configs", "train", Some("de"), &settings));
+    let e = user_error(load_dataset_with(
+        "org/configs",
+        "train",
+        Some("de"),
+        &settings,
+    ));
     assert!(
         e.contains("no subset 'de'") && e.contains("available subsets: en, fr"),
         "{e}"
@@ -166,7 +179,12 @@ fn jsonl_repository_splits_by_file_name() {
     let ours = hub_rows(&settings, "org/jsonl", "train[2:5]", None);
     assert_rows(&ours, &local_rows("jsonl", "train[2:5]", None));
     assert_eq!(hub.downloads(), ["train.jsonl"]);
-    let e = user_error(load_dataset_with("org/jsonl", "validation", None, &settings));
+    let e = user_error(load_dataset_with(
+        "org/jsonl",
+        "validation",
+        None,
+        &settings,
+    ));
     assert!(e.contains("available splits: train, test"), "{e}");
     // An unknown split downloads nothing.
     assert_eq!(hub.downloads(), ["train.jsonl"]);
@@ -179,8 +197,18 @@ fn a_warm_cache_serves_offline_and_without_the_hub() {
     {
         let hub = stand_in();
         endpoint = hub.endpoint();
-        hub_rows(&online(&hub, cache.path()), "org/parquet-splits", "test", None);
-        hub_rows(&online(&hub, cache.path()), "org/configs", "train", Some("fr"));
+        hub_rows(
+            &online(&hub, cache.path()),
+            "org/parquet-splits",
+            "test",
+            None,
+        );
+        hub_rows(
+            &online(&hub, cache.path()),
+            "org/configs",
+            "train",
+            Some("fr"),
+        );
     }
     // The stand-in is gone: offline reads the cache ...
     let offline = HubSettings {
@@ -226,14 +254,22 @@ fn a_warm_cache_serves_offline_and_without_the_hub() {
         None,
         &unreachable,
     ));
-    assert!(e.contains("could not be reached") && e.contains(&endpoint), "{e}");
+    assert!(
+        e.contains("could not be reached") && e.contains(&endpoint),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_partly_cached_sharded_split_is_refused_offline() {
     let hub = stand_in();
     let cache = tempfile::tempdir().unwrap();
-    hub_rows(&online(&hub, cache.path()), "org/parquet-splits", "train", None);
+    hub_rows(
+        &online(&hub, cache.path()),
+        "org/parquet-splits",
+        "train",
+        None,
+    );
     // As if the download had stopped after the first of the two shards.
     let sha = hub.sha("datasets", "org/parquet-splits");
     let snapshot = cache
@@ -247,10 +283,18 @@ fn a_partly_cached_sharded_split_is_refused_offline() {
         None,
         &HubSettings::cache_only(cache.path()),
     ));
-    assert!(e.contains("only partly in the hub cache (1 of 2 shards)"), "{e}");
+    assert!(
+        e.contains("only partly in the hub cache (1 of 2 shards)"),
+        "{e}"
+    );
     // Online, the missing shard is fetched again.
     hub.clear_log();
-    let train = hub_rows(&online(&hub, cache.path()), "org/parquet-splits", "train", None);
+    let train = hub_rows(
+        &online(&hub, cache.path()),
+        "org/parquet-splits",
+        "train",
+        None,
+    );
     assert_eq!(train.len(), 11);
     assert_eq!(hub.downloads(), ["data/train-00001-of-00002.parquet"]);
 }
@@ -260,7 +304,12 @@ fn cold_cache_offline_and_unknown_repositories_say_what_to_do() {
     let hub = stand_in();
     let cache = tempfile::tempdir().unwrap();
     let offline = HubSettings::cache_only(cache.path());
-    let e = user_error(load_dataset_with("org/parquet-splits", "train", None, &offline));
+    let e = user_error(load_dataset_with(
+        "org/parquet-splits",
+        "train",
+        None,
+        &offline,
+    ));
     assert!(
         e.contains("'org/parquet-splits'")
             && e.contains("not in the Hugging Face cache")
@@ -329,9 +378,14 @@ fn models_and_tokenizers_download_through_the_same_hub() {
     // Cached now: neither lookup reaches the hub.
     hub.clear_log();
     assert_eq!(resolve_with("org/tiny-neox", None, &settings).unwrap(), dir);
-    assert_eq!(resolve_tokenizer_with("org/tiny-neox", &settings).unwrap(), dir);
+    assert_eq!(
+        resolve_tokenizer_with("org/tiny-neox", &settings).unwrap(),
+        dir
+    );
     assert!(hub.requests().is_empty(), "{:?}", hub.requests());
-    let e = resolve_with("org/absent", None, &settings).unwrap_err().to_string();
+    let e = resolve_with("org/absent", None, &settings)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("model org/absent (revision main) was not found on the hub"),
         "{e}"

@@ -60,7 +60,11 @@ pub fn fetch_repo(
     let readme = match listing.files.iter().find(|f| f.path == "README.md") {
         Some(readme) => {
             let local = repo
-                .fetch(std::slice::from_ref(readme), Some(commit), "downloading README.md")
+                .fetch(
+                    std::slice::from_ref(readme),
+                    Some(commit),
+                    "downloading README.md",
+                )
                 .map_err(fail)?;
             Some(std::fs::read_to_string(&local[0]).map_err(|e| Error::io(&local[0], e))?)
         }
@@ -126,7 +130,10 @@ fn cached_repo(
             ),
         ),
         Some(e) => (
-            format!("the hub ({}) could not be reached: {e}", settings.endpoint()),
+            format!(
+                "the hub ({}) could not be reached: {e}",
+                settings.endpoint()
+            ),
             "check the network and HF_ENDPOINT, or pass a local file or directory".to_string(),
         ),
     };

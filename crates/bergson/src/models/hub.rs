@@ -49,8 +49,7 @@ pub fn resolve_with(
         )));
     }
     let revision = revision.unwrap_or("main");
-    if let Some(dir) = cached_snapshot(&settings.cache_dir, RepoKind::Model, id_or_path, revision)
-    {
+    if let Some(dir) = cached_snapshot(&settings.cache_dir, RepoKind::Model, id_or_path, revision) {
         if is_complete(&dir) {
             return Ok(dir);
         }
@@ -96,8 +95,7 @@ pub fn resolve_tokenizer_with(id_or_path: &str, settings: &HubSettings) -> Resul
         )));
     }
     let revision = "main";
-    if let Some(dir) = cached_snapshot(&settings.cache_dir, RepoKind::Model, id_or_path, revision)
-    {
+    if let Some(dir) = cached_snapshot(&settings.cache_dir, RepoKind::Model, id_or_path, revision) {
         if dir.join("tokenizer.json").is_file() {
             return Ok(dir);
         }
@@ -118,9 +116,7 @@ pub fn resolve_tokenizer_with(id_or_path: &str, settings: &HubSettings) -> Resul
         repo.fetch(&wanted, Some(&listing.commit), "downloading tokenizer")?;
         Ok(repo.snapshot(&listing.commit))
     });
-    fetched.map_err(|failure| {
-        hub_error(failure, &format!("tokenizer {id_or_path}"), settings, fix)
-    })
+    fetched.map_err(|failure| hub_error(failure, &format!("tokenizer {id_or_path}"), settings, fix))
 }
 
 /// The listed files among `names`, in the order of `names`.
@@ -162,7 +158,11 @@ fn shard_list(index: &Path) -> Option<Vec<String>> {
 
 /// Downloads config.json, the tokenizer files that exist and the safetensors weights (one file,
 /// or the index and its shards) into the cache; returns the snapshot directory.
-fn download(id: &str, revision: &str, settings: &HubSettings) -> std::result::Result<PathBuf, Failure> {
+fn download(
+    id: &str,
+    revision: &str,
+    settings: &HubSettings,
+) -> std::result::Result<PathBuf, Failure> {
     let repo = HubRepo::new(RepoKind::Model, id, revision, settings)?;
     let listing = repo.list()?;
     let commit = listing.commit.as_str();
@@ -178,7 +178,10 @@ fn download(id: &str, revision: &str, settings: &HubSettings) -> std::result::Re
             .ok_or_else(|| Failure::Other(format!("{INDEX_FILE} is not a valid index")))?;
         for shard in shards {
             let listed = listing.files.iter().find(|f| f.path == shard);
-            wanted.push(listed.cloned().unwrap_or(RemoteFile { path: shard, size: None }));
+            wanted.push(listed.cloned().unwrap_or(RemoteFile {
+                path: shard,
+                size: None,
+            }));
         }
     } else {
         match present(&listing.files, &[SINGLE_FILE]).pop() {

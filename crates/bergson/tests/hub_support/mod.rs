@@ -76,9 +76,7 @@ impl StandIn {
     pub fn start(repos: &[(&str, &str, &Path)]) -> Self {
         let repos = repos
             .iter()
-            .map(|(kind, id, dir)| {
-                ((kind.to_string(), id.to_string()), load_repository(dir))
-            })
+            .map(|(kind, id, dir)| ((kind.to_string(), id.to_string()), load_repository(dir)))
             .collect();
         let state = Arc::new(State {
             repos,
@@ -461,10 +459,7 @@ fn file_response(repo: &Repository, bytes: &[u8], range: Option<&str>) -> Respon
             file_body: false,
         };
     }
-    headers.push((
-        "content-range".into(),
-        format!("bytes {from}-{to}/{total}"),
-    ));
+    headers.push(("content-range".into(), format!("bytes {from}-{to}/{total}")));
     Response {
         status: 206,
         headers,
@@ -576,7 +571,11 @@ fn paths_info(repo: &Repository, body: &[u8]) -> Response {
         let path = path.trim_matches('/').to_string();
         if let Some(bytes) = repo.files.get(&path) {
             out.push(file_entry(&path, bytes));
-        } else if path.is_empty() || repo.files.keys().any(|p| p.starts_with(&format!("{path}/")))
+        } else if path.is_empty()
+            || repo
+                .files
+                .keys()
+                .any(|p| p.starts_with(&format!("{path}/")))
         {
             out.push(dir_entry(&path));
         }
