@@ -300,6 +300,36 @@ fn a_partly_cached_sharded_split_is_refused_offline() {
 }
 
 #[test]
+fn a_file_shorter_than_listed_is_removed_and_reported() {
+    let hub = stand_in();
+    let cache = tempfile::tempdir().unwrap();
+    let settings = online(&hub, cache.path());
+    hub.cut_files_to(100);
+    let e = user_error(load_dataset_with("org/jsonl", "train", None, &settings));
+    assert!(
+        e.contains("train.jsonl arrived with 100 of its") && e.contains("dataset 'org/jsonl'"),
+        "{e}"
+    );
+    let snapshot = cache
+        .path()
+        .join("datasets--org--jsonl/snapshots")
+        .join(hub.sha("datasets", "org/jsonl"));
+    assert!(!snapshot.join("train.jsonl").exists());
+    let blobs: Vec<_> = std::fs::read_dir(cache.path().join("datasets--org--jsonl/blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(blobs.is_empty(), "{blobs:?}");
+    // Whole again: the next run downloads it.
+    hub.cut_files_to(0);
+    assert_rows(
+        &hub_rows(&settings, "org/jsonl", "train", None),
+        &local_rows("jsonl", "train", None),
+    );
+}
+
+#[test]
 fn cold_cache_offline_and_unknown_repositories_say_what_to_do() {
     let hub = stand_in();
     let cache = tempfile::tempdir().unwrap();

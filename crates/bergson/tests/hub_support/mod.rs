@@ -62,6 +62,9 @@ struct State {
     rate: AtomicU64,
     /// Bodies started (GETs of a file beyond the first byte).
     bodies_started: AtomicU64,
+    /// Files are served cut to this many bytes (0 = whole), the listing still giving their
+    /// full size: a hub whose answers disagree.
+    cut_files_to: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -83,6 +86,7 @@ impl StandIn {
             log: Mutex::new(Vec::new()),
             rate: AtomicU64::new(0),
             bodies_started: AtomicU64::new(0),
+            cut_files_to: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stand-in hub");
@@ -146,6 +150,11 @@ impl StandIn {
     /// Sends file bodies at `bytes_per_second` (0: as fast as possible).
     pub fn throttle(&self, bytes_per_second: u64) {
         self.state.rate.store(bytes_per_second, Ordering::SeqCst);
+    }
+
+    /// Serves every file cut to `bytes` bytes (0: whole) while listing its full size.
+    pub fn cut_files_to(&self, bytes: u64) {
+        self.state.cut_files_to.store(bytes, Ordering::SeqCst);
     }
 
     /// How many file bodies have started to be sent.
@@ -421,6 +430,12 @@ fn route(request: &Request, state: &State) -> Response {
     }
     let Some(bytes) = repo.files.get(&decode(file)) else {
         return Response::error(404, "EntryNotFound", "Entry not found");
+    };
+    let cut = state.cut_files_to.load(Ordering::SeqCst) as usize;
+    let bytes = if cut > 0 {
+        &bytes[..cut.min(bytes.len())]
+    } else {
+        &bytes[..]
     };
     file_response(repo, bytes, request.header("range"))
 }
