@@ -4,7 +4,8 @@
 //! [`models`] (causal LMs from Hugging Face checkpoints) -> [`collect`] (per-example gradient
 //! capture, random projection, normalizers) -> [`index`] (the on-disk gradient index).
 //! [`config`] holds one struct per subcommand: the single source of CLI flags, YAML and the
-//! saved `config.yaml`.
+//! saved `config.yaml`. [`hub`] finds and downloads models and datasets from the Hugging Face
+//! hub.
 
 pub mod build;
 pub mod collect;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod hub;
 pub mod index;
 pub mod interrupt;
 pub mod models;

@@ -3,7 +3,8 @@
 //! model, and Hub ids resolve through the cache.
 
 use bergson::engine::Precision;
-use bergson::models::hub::{resolve_with, HubSettings};
+use bergson::hub::HubSettings;
+use bergson::models::hub::resolve_with;
 use bergson::models::{auto_precision, load_model, supported_model_types, CausalLm};
 use bergson::Error;
 use std::path::{Path, PathBuf};
@@ -255,11 +256,7 @@ fn hub_ids_resolve_through_the_cache() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), snap.join(entry.file_name())).unwrap();
     }
-    let settings = HubSettings {
-        cache_dir: cache.path().to_path_buf(),
-        offline: true,
-        endpoint: None,
-    };
+    let settings = HubSettings::cache_only(cache.path());
     let dir = resolve_with("tiny-org/tiny-llama", None, &settings).unwrap();
     assert_eq!(dir, snap);
     let (ids, want) = reference("llama");

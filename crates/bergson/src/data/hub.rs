@@ -1,8 +1,9 @@
-//! Dataset repositories: a Hugging Face hub dataset resolved from the local hub cache (no
-//! downloads), or a local directory of data files laid out like one. Which files form which
-//! split follows `datasets`' rules: the `configs:` list in README.md's YAML header when there is
-//! one, else its default patterns (`data/{split}-00000-of-00001.*`, then split keywords in
-//! directory names, then in file names, then everything as `train`).
+//! Dataset repositories: a Hugging Face hub dataset, whose data files are downloaded into the
+//! hub cache (only those of the splits asked for), or a local directory of data files laid out
+//! like one. Which files form which split follows `datasets`' rules: the `configs:` list in
+//! README.md's YAML header when there is one, else its default patterns
+//! (`data/{split}-00000-of-00001.*`, then split keywords in directory names, then in file names,
+//! then everything as `train`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,55 +12,177 @@ use glob::{MatchOptions, Pattern};
 use serde_json::Value;
 
 use crate::data::formats::Format;
+use crate::data::split::ReadInstruction;
+use crate::hub::{hub_error, repo_folder, Failure, HubRepo, HubSettings, RemoteFile, RepoKind};
 use crate::{Error, Result};
 
-/// The hub cache directory, as `huggingface_hub` finds it: `HF_HUB_CACHE`, else
-/// `HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
-/// `~/.cache/huggingface/hub`.
-pub fn hub_cache_dir() -> PathBuf {
-    crate::models::hub::HubSettings::from_env().cache_dir
-}
-
-/// Whether `name` is shaped like a hub repo id (`name` or `org/name`, of `[A-Za-z0-9_.-]`).
-pub fn is_repo_id(name: &str) -> bool {
-    let parts: Vec<&str> = name.split('/').collect();
-    parts.len() <= 2
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && !p.starts_with('.')
-                && !p.starts_with('-')
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        })
-}
-
-/// The snapshot directory of a cached hub dataset: the revision `refs/main` names, else the only
-/// (or most recently modified) snapshot.
-pub fn snapshot_dir(cache: &Path, repo_id: &str) -> Result<PathBuf> {
-    let repo_dir = cache.join(format!("datasets--{}", repo_id.replace('/', "--")));
-    let not_cached = || {
-        Error::input(format!(
-            "dataset '{repo_id}' is not a local file or directory and is not in the Hugging Face \
-             cache ({} not found); bergson does not download: fetch it with `hf download \
-             {repo_id} --repo-type dataset` (or huggingface-cli download), point HF_HUB_CACHE or \
-             HF_HOME at the cache that holds it, or pass a local path",
-            repo_dir.display()
-        ))
-    };
-    let snapshots = repo_dir.join("snapshots");
-    if let Ok(hash) = std::fs::read_to_string(repo_dir.join("refs").join("main")) {
-        let dir = snapshots.join(hash.trim());
-        if dir.is_dir() {
-            return Ok(dir);
-        }
+/// The splits of hub dataset `repo_id` (config `subset`), with the data files of the splits
+/// that `split` (HF split syntax) names in the hub cache, as `datasets.load_dataset(repo_id,
+/// subset, split=split)` finds them: the repository is listed at its default branch, README.md
+/// fetched for its `configs:`, and only the needed data files downloaded (a second run finds
+/// them cached). Offline (`HF_HUB_OFFLINE`/`HF_DATASETS_OFFLINE`), or when the hub cannot be
+/// reached, the cached snapshot is read as it is.
+pub fn fetch_repo(
+    repo_id: &str,
+    subset: Option<&str>,
+    split: &str,
+    settings: &HubSettings,
+) -> Result<RepoSplits> {
+    let needed = needed_splits(split)?;
+    if settings.datasets_offline {
+        return cached_repo(repo_id, subset, &needed, settings, None);
     }
-    let entries = std::fs::read_dir(&snapshots).map_err(|_| not_cached())?;
-    entries
+    let what = format!("dataset '{repo_id}'");
+    let fix = "pass a local file or directory";
+    let fail = |failure: Failure| hub_error(failure, &what, settings, fix);
+    // Datasets are read at their default branch: Bergson passes no revision to load_dataset.
+    let repo = HubRepo::new(RepoKind::Dataset, repo_id, "main", settings).map_err(fail)?;
+    let listing = match repo.list() {
+        Ok(listing) => listing,
+        Err(Failure::Unreachable(why)) if cached_snapshot(settings, repo_id).is_some() => {
+            tracing::warn!(
+                "the hub ({}) could not be reached ({why}); reading dataset '{repo_id}' from the \
+                 hub cache",
+                settings.endpoint()
+            );
+            return cached_repo(repo_id, subset, &needed, settings, Some(&why));
+        }
+        Err(failure) => return Err(fail(failure)),
+    };
+    let commit = listing.commit.as_str();
+    let mut files: Vec<String> = listing
+        .files
+        .iter()
+        .map(|f| f.path.clone())
+        .filter(|f| is_data_candidate(f))
+        .collect();
+    files.sort();
+    let readme = match listing.files.iter().find(|f| f.path == "README.md") {
+        Some(readme) => {
+            let local = repo
+                .fetch(
+                    std::slice::from_ref(readme),
+                    Some(commit),
+                    "downloading README.md",
+                )
+                .map_err(fail)?;
+            Some(std::fs::read_to_string(&local[0]).map_err(|e| Error::io(&local[0], e))?)
+        }
+        None => None,
+    };
+    let location = format!("{} at commit {commit}", settings.endpoint());
+    let layout = resolve_layout(&files, readme.as_deref(), subset, repo_id, &location)?;
+    let wanted: Vec<RemoteFile> = layout
+        .splits
+        .iter()
+        .filter(|(name, _)| needed.contains(name))
+        .flat_map(|(_, files)| files)
+        .filter_map(|f| listing.files.iter().find(|l| l.path == *f).cloned())
+        .collect();
+    repo.fetch(&wanted, Some(commit), "downloading dataset")
+        .map_err(fail)?;
+    Ok(layout.under(&repo.snapshot(commit)))
+}
+
+/// The split names a split spec reads (`train[:10]+test` reads `train` and `test`).
+fn needed_splits(split: &str) -> Result<Vec<String>> {
+    Ok(ReadInstruction::from_spec(split)?
+        .parts
+        .into_iter()
+        .map(|p| p.split)
+        .collect())
+}
+
+/// The cached snapshot of a hub dataset: the commit `refs/main` names, else the most recently
+/// written snapshot.
+fn cached_snapshot(settings: &HubSettings, repo_id: &str) -> Option<PathBuf> {
+    if let Some(dir) =
+        crate::hub::cached_snapshot(&settings.cache_dir, RepoKind::Dataset, repo_id, "main")
+    {
+        return Some(dir);
+    }
+    let snapshots = repo_folder(&settings.cache_dir, RepoKind::Dataset, repo_id).join("snapshots");
+    std::fs::read_dir(snapshots)
+        .ok()?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
         .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
         .map(|e| e.path())
-        .ok_or_else(not_cached)
+}
+
+/// A hub dataset from the cache alone (offline, or the hub unreachable: `unreachable` says
+/// why). Only the files already there are known, so a needed split must be there in full.
+fn cached_repo(
+    repo_id: &str,
+    subset: Option<&str>,
+    needed: &[String],
+    settings: &HubSettings,
+    unreachable: Option<&str>,
+) -> Result<RepoSplits> {
+    let folder = repo_folder(&settings.cache_dir, RepoKind::Dataset, repo_id);
+    let (why, fix) = match unreachable {
+        None => (
+            "HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set".to_string(),
+            format!(
+                "unset it to download, or fetch the dataset where there is network (`hf download \
+                 {repo_id} --repo-type dataset`) and copy the cache, or point HF_HUB_CACHE or \
+                 HF_HOME at a cache that holds it"
+            ),
+        ),
+        Some(e) => (
+            format!(
+                "the hub ({}) could not be reached: {e}",
+                settings.endpoint()
+            ),
+            "check the network and HF_ENDPOINT, or pass a local file or directory".to_string(),
+        ),
+    };
+    let snapshot = cached_snapshot(settings, repo_id).ok_or_else(|| {
+        Error::input(format!(
+            "dataset '{repo_id}' is not in the Hugging Face cache ({} not found) and {why}; {fix}",
+            folder.display()
+        ))
+    })?;
+    let repo = resolve_repo(&snapshot, subset, repo_id)?;
+    for name in needed {
+        let Some((_, files)) = repo.splits.iter().find(|(s, _)| s == name) else {
+            let available: Vec<&str> = repo.splits.iter().map(|(s, _)| s.as_str()).collect();
+            return Err(Error::input(format!(
+                "split '{name}' of dataset '{repo_id}' is not in the hub cache (available splits: \
+                 {}) and {why}; pick one with --split, or {fix}",
+                available.join(", ")
+            )));
+        };
+        if let Some((have, of)) = missing_shards(files) {
+            return Err(Error::input(format!(
+                "split '{name}' of dataset '{repo_id}' is only partly in the hub cache ({have} of \
+                 {of} shards) and {why}; {fix}"
+            )));
+        }
+    }
+    Ok(repo)
+}
+
+/// `(present, expected)` for the first group of `name-NNNNN-of-MMMMM.ext` shards that lacks
+/// some of its `MMMMM` files (an interrupted download), None when every group is whole.
+fn missing_shards(files: &[PathBuf]) -> Option<(usize, usize)> {
+    let mut groups: HashMap<(PathBuf, String, usize), usize> = HashMap::new();
+    for file in files {
+        let name = file.file_name()?.to_string_lossy();
+        let Some(prefix) = sharded_split(&name) else {
+            continue;
+        };
+        let tail = &name[prefix.len()..];
+        let Ok(of) = tail[10..15].parse::<usize>() else {
+            continue;
+        };
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        *groups.entry((dir, prefix.to_string(), of)).or_default() += 1;
+    }
+    groups
+        .into_iter()
+        .find(|((_, _, of), have)| have < of)
+        .map(|((_, _, of), have)| (have, of))
 }
 
 /// The data files of each split of a dataset repository, in split order.
@@ -86,15 +209,51 @@ const IGNORED_FILES: [&str; 6] = [
 ];
 
 /// Resolves which files form which split of the repository checked out at `root`. `subset`
-/// picks a README config (or, in a repo without configs, a `<subset>/` directory); `shown` names
-/// the dataset in error messages.
+/// picks a README config (or, in a repo without configs, a `<subset>/` directory); `shown`
+/// names the dataset in error messages.
 pub fn resolve_repo(root: &Path, subset: Option<&str>, shown: &str) -> Result<RepoSplits> {
     let files = list_files(root);
-    let configs = readme_configs(root, shown)?;
+    let readme = std::fs::read_to_string(root.join("README.md")).ok();
+    let location = root.display().to_string();
+    Ok(resolve_layout(&files, readme.as_deref(), subset, shown, &location)?.under(root))
+}
+
+/// The splits of a repository, as paths inside it.
+struct Layout {
+    format: Format,
+    splits: Vec<(String, Vec<String>)>,
+}
+
+impl Layout {
+    /// The splits with their files under `root`.
+    fn under(self, root: &Path) -> RepoSplits {
+        RepoSplits {
+            format: self.format,
+            splits: self
+                .splits
+                .into_iter()
+                .map(|(split, files)| (split, files.iter().map(|f| root.join(f)).collect()))
+                .collect(),
+        }
+    }
+}
+
+/// The splits formed by a repository's `files` (sorted, `/`-separated, as [`is_data_candidate`]
+/// keeps them) and README.md text; `location` says where the repository is, in messages.
+fn resolve_layout(
+    files: &[String],
+    readme: Option<&str>,
+    subset: Option<&str>,
+    shown: &str,
+    location: &str,
+) -> Result<Layout> {
+    let configs = readme_configs(readme, shown)?;
     let (patterns, base) = if configs.is_empty() {
         match subset {
             None | Some("default") => (None, String::new()),
-            Some(dir) if root.join(dir).is_dir() => (None, format!("{dir}/")),
+            Some(dir) if files.iter().any(|f| f.starts_with(&format!("{dir}/"))) => {
+                (None, format!("{dir}/"))
+            }
             Some(other) => {
                 return Err(Error::input(format!(
                     "dataset '{shown}' has no subset '{other}': it declares no configs in its \
@@ -114,13 +273,13 @@ pub fn resolve_repo(root: &Path, subset: Option<&str>, shown: &str) -> Result<Re
     };
     let patterns = match patterns {
         Some(p) => p,
-        None => default_patterns(&files, &base).ok_or_else(|| no_files(shown, root))?,
+        None => default_patterns(files, &base).ok_or_else(|| no_files(shown, location))?,
     };
     let mut splits: Vec<(String, Vec<String>)> = Vec::new();
     for (split, split_patterns) in patterns {
         let mut matched: Vec<String> = Vec::new();
         for pattern in &split_patterns {
-            for file in glob_files(&files, pattern) {
+            for file in glob_files(files, pattern) {
                 if !matched.contains(file) {
                     matched.push(file.clone());
                 }
@@ -145,23 +304,22 @@ pub fn resolve_repo(root: &Path, subset: Option<&str>, shown: &str) -> Result<Re
             )
         })
         .map(|(format, _)| format)
-        .ok_or_else(|| no_files(shown, root))?;
-    let splits: Vec<(String, Vec<PathBuf>)> = splits
+        .ok_or_else(|| no_files(shown, location))?;
+    let splits: Vec<(String, Vec<String>)> = splits
         .into_iter()
         .map(|(split, files)| {
             let files = files
                 .into_iter()
                 .filter(|f| Format::of(Path::new(f)) == Some(format))
-                .map(|f| root.join(f))
                 .collect();
             (split, files)
         })
-        .filter(|(_, files): &(String, Vec<PathBuf>)| !files.is_empty())
+        .filter(|(_, files): &(String, Vec<String>)| !files.is_empty())
         .collect();
     if splits.is_empty() {
-        return Err(no_files(shown, root));
+        return Err(no_files(shown, location));
     }
-    Ok(RepoSplits { format, splits })
+    Ok(Layout { format, splits })
 }
 
 fn format_ext(format: Format) -> &'static str {
@@ -174,16 +332,27 @@ fn format_ext(format: Format) -> &'static str {
     }
 }
 
-fn no_files(shown: &str, root: &Path) -> Error {
+fn no_files(shown: &str, location: &str) -> Error {
     Error::input(format!(
-        "dataset '{shown}' ({}) holds no data files bergson can read (.parquet, .jsonl, .json, \
-         .csv, .tsv, .arrow); download the data files too, or pass a file directly",
-        root.display()
+        "dataset '{shown}' ({location}) holds no data files bergson can read (.parquet, .jsonl, \
+         .json, .csv, .tsv, .arrow); convert its data to one of these, or pass a file directly"
     ))
 }
 
-/// Every file under `root`, as `/`-separated relative paths, sorted; hidden files and
-/// directories and `__`-directories skipped (datasets ignores them unless asked for).
+/// Whether a repository file (a `/`-separated path) can hold data: not hidden, not under a
+/// `__`-directory (datasets ignores both unless asked for) and not one of the metadata files.
+fn is_data_candidate(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    parts
+        .iter()
+        .all(|p| !p.starts_with('.') && !p.starts_with("__"))
+        && parts
+            .last()
+            .is_some_and(|name| !IGNORED_FILES.contains(name))
+}
+
+/// Every data file under `root` ([`is_data_candidate`]), as `/`-separated relative paths,
+/// sorted.
 fn list_files(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
@@ -193,14 +362,14 @@ fn list_files(root: &Path) -> Vec<String> {
         };
         for entry in entries.filter_map(|e| e.ok()) {
             let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = format!("{prefix}{name}");
+            let path = entry.path();
             if name.starts_with('.') || name.starts_with("__") {
                 continue;
             }
-            let rel = format!("{prefix}{name}");
-            let path = entry.path();
             if path.is_dir() {
                 stack.push((path, format!("{rel}/")));
-            } else if path.is_file() && !IGNORED_FILES.contains(&name.as_str()) {
+            } else if path.is_file() && is_data_candidate(&rel) {
                 out.push(rel);
             }
         }
@@ -334,8 +503,8 @@ struct Config {
 }
 
 /// The `configs:` of the YAML header of README.md (empty without one).
-fn readme_configs(root: &Path, shown: &str) -> Result<Vec<Config>> {
-    let Ok(readme) = std::fs::read_to_string(root.join("README.md")) else {
+fn readme_configs(readme: Option<&str>, shown: &str) -> Result<Vec<Config>> {
+    let Some(readme) = readme else {
         return Ok(Vec::new());
     };
     let mut lines = readme.lines();
@@ -493,13 +662,5 @@ mod tests {
         let f = files(&["notes.jsonl", "sub/more.jsonl"]);
         let p = default_patterns(&f, "").unwrap();
         assert_eq!(glob_files(&f, &p[0].1[0]).count(), 2);
-    }
-
-    #[test]
-    fn repo_ids() {
-        assert!(is_repo_id("org/name") && is_repo_id("imdb") && is_repo_id("a-b/c.d_e"));
-        assert!(
-            !is_repo_id("./x") && !is_repo_id("a/b/c") && !is_repo_id("/abs") && !is_repo_id("x y")
-        );
     }
 }

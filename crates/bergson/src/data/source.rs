@@ -1,34 +1,45 @@
 //! Where a dataset comes from: Bergson's `load_data_string(dataset, split, subset)`. A local
 //! file (`.jsonl`/`.json`/`.csv`, and `.parquet`/`.arrow`/`.tsv`) has one split, `train`; a
 //! `save_to_disk` directory is read as saved (see [`crate::data::split::SplitTables`] for how the
-//! split applies); any other directory, or a hub id found in the Hugging Face cache, is a dataset
-//! repository whose files form splits and subsets as `datasets.load_dataset` decides.
+//! split applies); any other directory, or a hub id (downloaded into the Hugging Face cache), is
+//! a dataset repository whose files form splits and subsets as `datasets.load_dataset` decides.
 
 use std::path::Path;
 
 use arrow::record_batch::RecordBatch;
 
 use crate::data::formats::{read_file, Format};
-use crate::data::hub::{hub_cache_dir, is_repo_id, resolve_repo, snapshot_dir, RepoSplits};
+use crate::data::hub::{fetch_repo, resolve_repo, RepoSplits};
 use crate::data::split::{select_split, unknown_split, ReadInstruction, SplitTables};
+use crate::hub::{is_repo_id, HubSettings};
 use crate::index::hf_dataset::{read_hf_dataset, read_hf_dataset_dict};
 use crate::{Error, Result};
 
 /// Loads `dataset` and selects `split` (HF split syntax, e.g. `train[:100]`), as Bergson's
 /// `load_data_string`. `subset` is the hub config name; local files ignore it. Hub datasets are
-/// read from the cache [`hub_cache_dir`] finds, never downloaded.
+/// downloaded into the hub cache as the environment says ([`HubSettings::from_env`]).
 pub fn load_dataset(dataset: &str, split: &str, subset: Option<&str>) -> Result<RecordBatch> {
-    load_dataset_with_cache(dataset, split, subset, &hub_cache_dir())
+    load_dataset_with(dataset, split, subset, &HubSettings::from_env())
 }
 
-/// [`load_dataset`] with an explicit hub cache directory.
+/// [`load_dataset`] reading hub datasets from the hub cache `hub_cache` only (no network).
 pub fn load_dataset_with_cache(
     dataset: &str,
     split: &str,
     subset: Option<&str>,
     hub_cache: &Path,
 ) -> Result<RecordBatch> {
-    let tables = open_dataset(dataset, split, subset, hub_cache)?;
+    load_dataset_with(dataset, split, subset, &HubSettings::cache_only(hub_cache))
+}
+
+/// [`load_dataset`] with explicit hub settings.
+pub fn load_dataset_with(
+    dataset: &str,
+    split: &str,
+    subset: Option<&str>,
+    hub: &HubSettings,
+) -> Result<RecordBatch> {
+    let tables = open_dataset(dataset, split, subset, hub)?;
     let batch = select_split(&tables, split)?;
     if batch.num_rows() == 0 {
         return Err(Error::input(format!(
@@ -45,7 +56,7 @@ pub fn open_dataset(
     dataset: &str,
     split: &str,
     subset: Option<&str>,
-    hub_cache: &Path,
+    hub: &HubSettings,
 ) -> Result<SplitTables> {
     let path = Path::new(dataset);
     // Bergson checks the json/csv extensions before anything else (so `x.json/` as a directory
@@ -98,8 +109,7 @@ pub fn open_dataset(
              or a hub dataset id"
         )));
     }
-    let snapshot = snapshot_dir(hub_cache, dataset)?;
-    let repo = resolve_repo(&snapshot, subset, dataset)?;
+    let repo = fetch_repo(dataset, subset, split, hub)?;
     read_repo_splits(dataset, &repo, split)
 }
 
