@@ -17,6 +17,7 @@ pub mod interrupt;
 pub mod models;
 pub mod pickle;
 pub mod progress;
+pub mod report;
 pub mod similarity;
 pub mod units;
 
