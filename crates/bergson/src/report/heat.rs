@@ -105,7 +105,8 @@ mod tests {
     use std::path::Path;
 
     fn tokenizer() -> Tokenizer {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/gpt_neox");
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/gpt_neox");
         Tokenizer::from_dir(dir).unwrap()
     }
 
@@ -169,7 +170,10 @@ mod tests {
         let map = heat_map(&ids, &rows, TokenInfluence::Gradient, &tok, 4).unwrap();
         let shown: String = map.spans.iter().map(|s| s.text.as_str()).collect();
         assert!(shown.len() >= 4 && shown.len() < 10, "{shown}");
-        assert_eq!(map.omitted_tokens, ids.len() - map.spans.last().unwrap().tokens.end);
+        assert_eq!(
+            map.omitted_tokens,
+            ids.len() - map.spans.last().unwrap().tokens.end
+        );
         let third = map.spans.iter().find(|s| s.tokens.contains(&2)).unwrap();
         assert_eq!(third.score, TokenScore::Missing);
         assert!(heat_map(&ids, &rows[1..], TokenInfluence::Gradient, &tok, 4).is_none());

@@ -14,6 +14,8 @@ pub struct Histogram {
     pub hi: f64,
     /// Values per bin.
     pub counts: Vec<usize>,
+    /// Sum of the values per bin (its mean decides the bar's colour).
+    pub sums: Vec<f64>,
 }
 
 impl Histogram {
@@ -30,10 +32,18 @@ impl Histogram {
         }
         let bins = bins.max(1);
         let mut counts = vec![0; bins];
+        let mut sums = vec![0.0; bins];
         for v in finite {
-            counts[bin_of(v, lo, hi, bins)] += 1;
+            let b = bin_of(v, lo, hi, bins);
+            counts[b] += 1;
+            sums[b] += v;
         }
-        Some(Histogram { lo, hi, counts })
+        Some(Histogram {
+            lo,
+            hi,
+            counts,
+            sums,
+        })
     }
 
     /// The value range of bin `i`.
@@ -53,15 +63,6 @@ fn bin_of(v: f64, lo: f64, hi: f64, bins: usize) -> usize {
     (x.max(0.0) as usize).min(bins - 1)
 }
 
-/// Bins that hold rows of the two lists: `top` and `bottom` are the score ranges
-/// `[min, max]` of the listed rows.
-pub struct Tails {
-    /// Scores of the most supporting rows listed.
-    pub top: Option<(f64, f64)>,
-    /// Scores of the most opposing rows listed.
-    pub bottom: Option<(f64, f64)>,
-}
-
 const WIDTH: f64 = 640.0;
 const HEIGHT: f64 = 170.0;
 const LEFT: f64 = 44.0;
@@ -69,33 +70,36 @@ const RIGHT: f64 = 12.0;
 const TOP: f64 = 10.0;
 const BOTTOM: f64 = 34.0;
 
-/// The histogram as an `<svg>` element: bars, the zero line, axis labels, and the bins of the
-/// listed rows coloured (supporting blue, opposing red).
-pub fn histogram_svg(h: &Histogram, tails: &Tails) -> String {
+/// The histogram as an `<svg>` element: bars in the heat map's colours (supporting scores blue,
+/// opposing red, by the sign of the bin's mean under the run's orientation), bins holding
+/// rows the page lists in full colour and the others faint, the zero line and axis labels.
+pub fn histogram_svg(h: &Histogram, listed: &[f64], higher_is_better: bool) -> String {
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let max = h.counts.iter().copied().max().unwrap_or(0).max(1) as f64;
     let x_of = |v: f64| LEFT + (v - h.lo) / (h.hi - h.lo) * plot_w;
     let bar_w = plot_w / h.counts.len() as f64;
-    let in_range = |i: usize, range: Option<(f64, f64)>| {
-        range.is_some_and(|(a, b)| (h.bin(a)..=h.bin(b)).contains(&i))
-    };
+    let mut shown = vec![false; h.counts.len()];
+    for &v in listed {
+        shown[h.bin(v)] = true;
+    }
 
     let mut s = String::new();
     let _ = write!(
         s,
         r#"<svg class="hist" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="histogram of scores">"#
     );
-    // Horizontal grid at half and full height.
-    for frac in [0.5, 1.0] {
-        let y = TOP + plot_h * (1.0 - frac);
+    // Grid lines at whole counts: the maximum, and half of it when that is a whole number.
+    let half = (max as usize).is_multiple_of(2).then_some(max / 2.0);
+    for tick in [half, Some(max)].into_iter().flatten() {
+        let y = TOP + plot_h * (1.0 - tick / max);
         let _ = write!(
             s,
             r#"<line class="grid" x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text class="axis" x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
             WIDTH - RIGHT,
             LEFT - 6.0,
             y + 4.0,
-            (max * frac).round()
+            tick
         );
     }
     for (i, &count) in h.counts.iter().enumerate() {
@@ -103,14 +107,18 @@ pub fn histogram_svg(h: &Histogram, tails: &Tails) -> String {
             continue;
         }
         let bar_h = (count as f64 / max * plot_h).max(1.0);
-        let class = if in_range(i, tails.top) {
-            "bar sup"
-        } else if in_range(i, tails.bottom) {
-            "bar opp"
-        } else {
-            "bar"
-        };
         let (a, b) = h.edges(i);
+        let mean = h.sums[i] / count as f64;
+        let side = if (mean >= 0.0) == higher_is_better {
+            "sup"
+        } else {
+            "opp"
+        };
+        let class = if shown[i] {
+            format!("bar {side}")
+        } else {
+            format!("bar {side} faint")
+        };
         let _ = write!(
             s,
             r#"<rect class="{class}" x="{:.2}" y="{:.2}" width="{:.2}" height="{bar_h:.2}"><title>{} to {}: {count}</title></rect>"#,
@@ -164,7 +172,10 @@ mod tests {
         assert_eq!(h.counts, vec![2, 0, 1, 2]);
         assert_eq!(h.edges(1), (0.25, 0.5));
         let flat = Histogram::of(&[2.0, 2.0], 3).unwrap();
-        assert_eq!((flat.lo, flat.hi, flat.counts.iter().sum::<usize>()), (1.5, 2.5, 2));
+        assert_eq!(
+            (flat.lo, flat.hi, flat.counts.iter().sum::<usize>()),
+            (1.5, 2.5, 2)
+        );
         assert!(Histogram::of(&[f64::NAN], 3).is_none());
     }
 
@@ -172,16 +183,17 @@ mod tests {
     fn svg_colours_the_tails_and_draws_zero() {
         let values: Vec<f64> = (-10..=10).map(f64::from).collect();
         let h = Histogram::of(&values, 21).unwrap();
-        let svg = histogram_svg(
-            &h,
-            &Tails {
-                top: Some((9.0, 10.0)),
-                bottom: Some((-10.0, -9.0)),
-            },
-        );
+        let svg = histogram_svg(&h, &[10.0, 9.0, -10.0], true);
         assert_eq!(svg.matches(r#"class="bar sup""#).count(), 2);
-        assert_eq!(svg.matches(r#"class="bar opp""#).count(), 2);
-        assert_eq!(svg.matches(r#"class="bar""#).count(), 17);
+        assert_eq!(svg.matches(r#"class="bar opp""#).count(), 1);
+        // -9..=-1 are opposing, 0..=8 supporting (one value per bin).
+        assert_eq!(svg.matches(r#"class="bar opp faint""#).count(), 9);
+        assert_eq!(svg.matches(r#"class="bar sup faint""#).count(), 9);
+        // A bin reaching past zero takes the side of its values.
+        let wide = Histogram::of(&[-5.0, 1.0, 100.0], 2).unwrap();
+        assert!(histogram_svg(&wide, &[-5.0], true).contains(r#"class="bar opp""#));
         assert!(svg.contains(r#"class="zero""#));
+        let flipped = histogram_svg(&h, &[10.0], false);
+        assert_eq!(flipped.matches(r#"class="bar opp""#).count(), 1);
     }
 }

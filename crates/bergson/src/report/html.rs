@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::histogram::{histogram_svg, Histogram, Tails};
+use super::histogram::{histogram_svg, Histogram};
 use super::page::{HeatMap, Hit, Page, Section, TokenScore};
 use super::rows::DocText;
 
@@ -45,7 +45,8 @@ details.queries summary { cursor:pointer; color:var(--muted); margin-bottom:8px;
 .summary { color:var(--muted); margin:0 0 10px; font-size:14px; }
 .dist { display:flex; flex-wrap:wrap; align-items:center; gap:4px 24px; margin:4px 0 6px; }
 svg.hist { max-width:100%; height:auto; }
-svg.hist .bar { fill:#b7c3cf; } svg.hist .bar.sup { fill:var(--sup); } svg.hist .bar.opp { fill:var(--opp); }
+svg.hist .bar.sup { fill:var(--sup); } svg.hist .bar.opp { fill:var(--opp); }
+svg.hist .bar.faint { fill-opacity:.35; }
 svg.hist .grid { stroke:#eef1f4; } svg.hist .base { stroke:#8c959f; }
 svg.hist .zero { stroke:#57606a; stroke-dasharray:3 3; }
 svg.hist text.axis { font-size:11px; fill:var(--muted); font-family:inherit; }
@@ -126,11 +127,7 @@ fn header(s: &mut String, page: &Page) {
     if page.sections.len() > 1 {
         s.push_str("<nav class=\"toc\">");
         for (i, section) in page.sections.iter().enumerate() {
-            let _ = write!(
-                s,
-                "<a href=\"#q{i}\">{}</a>",
-                escape(&section.heading)
-            );
+            let _ = write!(s, "<a href=\"#q{i}\">{}</a>", escape(&section.heading));
         }
         s.push_str("</nav>\n");
     }
@@ -162,7 +159,7 @@ fn query_section(s: &mut String, i: usize, section: &Section, higher_is_better: 
         let _ = writeln!(s, "<p class=\"summary\">{}</p>", escape(summary));
     }
     if let Some(scores) = &section.distribution {
-        distribution(s, scores, section);
+        distribution(s, scores, section, higher_is_better);
     }
     let (top_hint, bottom_hint) = if higher_is_better {
         ("highest scores · proponents", "lowest scores · opponents")
@@ -170,7 +167,14 @@ fn query_section(s: &mut String, i: usize, section: &Section, higher_is_better: 
         ("lowest scores · proponents", "highest scores · opponents")
     };
     s.push_str("<div class=\"lists\">\n");
-    hit_list(s, "top", &format!("Top {}", section.top.len()), top_hint, &section.top, higher_is_better);
+    hit_list(
+        s,
+        "top",
+        &format!("Top {}", section.top.len()),
+        top_hint,
+        &section.top,
+        higher_is_better,
+    );
     if !section.bottom.is_empty() {
         hit_list(
             s,
@@ -197,7 +201,11 @@ fn query_section(s: &mut String, i: usize, section: &Section, higher_is_better: 
             section.missing.len(),
             if section.missing.len() == 1 { "" } else { "s" },
             rows.join(", "),
-            if more > 0 { format!(" and {more} more") } else { String::new() }
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
         );
     }
     s.push_str("</section>\n");
@@ -209,20 +217,17 @@ fn query_text(s: &mut String, text: &DocText) {
     s.push_str("</div>\n");
 }
 
-fn distribution(s: &mut String, scores: &[f64], section: &Section) {
+fn distribution(s: &mut String, scores: &[f64], section: &Section, higher_is_better: bool) {
     let Some(h) = Histogram::of(scores, BINS) else {
         s.push_str("<p class=\"empty\">No scores written.</p>\n");
         return;
     };
-    let range = |hits: &[Hit]| {
-        hits.iter().map(|h| h.score).fold(None, |acc: Option<(f64, f64)>, v| {
-            Some(acc.map_or((v, v), |(a, b)| (a.min(v), b.max(v))))
-        })
-    };
-    let tails = Tails {
-        top: range(&section.top),
-        bottom: range(&section.bottom),
-    };
+    let listed: Vec<f64> = section
+        .top
+        .iter()
+        .chain(&section.bottom)
+        .map(|h| h.score)
+        .collect();
     let mut sorted = scores.to_vec();
     sorted.sort_by(f64::total_cmp);
     let median = if sorted.len() % 2 == 1 {
@@ -236,7 +241,7 @@ fn distribution(s: &mut String, scores: &[f64], section: &Section) {
         "<div class=\"dist\">{}<div class=\"stats\"><span>scores</span><b>{}</b>\
          <span>min</span><b>{}</b><span>median</span><b>{}</b><span>mean</span><b>{}</b>\
          <span>max</span><b>{}</b>",
-        histogram_svg(&h, &tails),
+        histogram_svg(&h, &listed, higher_is_better),
         sorted.len(),
         escape(&format_score(sorted[0])),
         escape(&format_score(median)),
@@ -262,7 +267,11 @@ fn hit_list(s: &mut String, class: &str, title: &str, hint: &str, hits: &[Hit], 
     }
     let _ = write!(s, "<ol class=\"hits {class}\">");
     for hit in hits {
-        let side = if supports(hit.score, hib) { "sup" } else { "opp" };
+        let side = if supports(hit.score, hib) {
+            "sup"
+        } else {
+            "opp"
+        };
         let _ = write!(
             s,
             "<li class=\"hit {side}\" data-row=\"{}\" data-score=\"{}\"><div class=\"hit-head\">\
@@ -324,7 +333,11 @@ fn heat_map(s: &mut String, heat: &HeatMap, hib: bool) {
                 } else {
                     0.0
                 };
-                let rgb = if supports(v, hib) { SUPPORT_RGB } else { OPPOSE_RGB };
+                let rgb = if supports(v, hib) {
+                    SUPPORT_RGB
+                } else {
+                    OPPOSE_RGB
+                };
                 let _ = write!(
                     s,
                     "<span class=\"t\" style=\"background:rgba({rgb},{alpha:.3})\" \
@@ -358,7 +371,11 @@ fn heat_map(s: &mut String, heat: &HeatMap, hib: bool) {
     }
     s.push_str("</div>");
     // The ramp runs from opposing (left) to supporting (right); its ends in raw scores.
-    let (left, right) = if hib { (-scale, scale) } else { (scale, -scale) };
+    let (left, right) = if hib {
+        (-scale, scale)
+    } else {
+        (scale, -scale)
+    };
     let _ = write!(
         s,
         "<div class=\"legend\"><span>opposes</span><span class=\"num\">{}</span>\

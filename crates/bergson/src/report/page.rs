@@ -194,9 +194,18 @@ mod tests {
 
     #[test]
     fn truncation_counts_characters_across_parts() {
-        let text = vec![part(Some("prompt"), "héllo"), part(Some("completion"), "wörld!")];
+        let text = vec![
+            part(Some("prompt"), "héllo"),
+            part(Some("completion"), "wörld!"),
+        ];
         let (cut, omitted) = truncate(&text, 7);
-        assert_eq!(cut, vec![part(Some("prompt"), "héllo"), part(Some("completion"), "wö")]);
+        assert_eq!(
+            cut,
+            vec![
+                part(Some("prompt"), "héllo"),
+                part(Some("completion"), "wö")
+            ]
+        );
         assert_eq!(omitted, 4);
         let (whole, none) = truncate(&text, 100);
         assert_eq!((whole, none), (text.clone(), 0));

@@ -61,7 +61,10 @@ pub fn read_query_record(path: &Path) -> Result<Vec<RecordedQuery>> {
     if !headers.iter().eq(HEADER.iter().copied()) {
         return Err(bad(
             1,
-            format!("header is '{}'", headers.iter().collect::<Vec<_>>().join(",")),
+            format!(
+                "header is '{}'",
+                headers.iter().collect::<Vec<_>>().join(",")
+            ),
         ));
     }
     let mut queries: Vec<RecordedQuery> = Vec::new();
@@ -74,9 +77,12 @@ pub fn read_query_record(path: &Path) -> Result<Vec<RecordedQuery>> {
         if record.len() != HEADER.len() {
             return Err(bad(line, format!("{} fields, not 5", record.len())));
         }
-        let row = record[3]
-            .parse::<usize>()
-            .map_err(|_| bad(line, format!("result_index '{}' is not a row number", &record[3])))?;
+        let row = record[3].parse::<usize>().map_err(|_| {
+            bad(
+                line,
+                format!("result_index '{}' is not a row number", &record[3]),
+            )
+        })?;
         let score = record[4]
             .parse::<f64>()
             .map_err(|_| bad(line, format!("score '{}' is not a number", &record[4])))?;
@@ -88,7 +94,12 @@ pub fn read_query_record(path: &Path) -> Result<Vec<RecordedQuery>> {
         let top = match &record[1] {
             "Top" => true,
             "Bottom" => false,
-            other => return Err(bad(line, format!("direction '{other}' is neither Top nor Bottom"))),
+            other => {
+                return Err(bad(
+                    line,
+                    format!("direction '{other}' is neither Top nor Bottom"),
+                ))
+            }
         };
         let same_question = queries
             .last()

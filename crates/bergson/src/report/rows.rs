@@ -101,16 +101,18 @@ impl RunRows {
         if let Some(cfg) = cfg.filter(|_| rows.texts.is_none() || want_tokens) {
             let icfg = cfg.resolved_index_cfg();
             if request.need_tokens || rows_differ_from_dataset(&icfg) {
-                rows.from_pipeline(&icfg, &specs, request)?;
+                rows.load_via_pipeline(&icfg, &specs, request)?;
             } else {
-                rows.from_dataset(&icfg, &specs, request)?;
+                rows.load_via_dataset(&icfg, &specs, request)?;
             }
         }
         if request.need_tokens && rows.tokenizer.is_none() {
             if let Some(cfg) = cfg {
                 match load_tokenizer(&cfg.resolved_index_cfg()) {
                     Ok((tokenizer, _)) => rows.tokenizer = Some(tokenizer),
-                    Err(e) => rows.notes.push(format!("no tokenizer for the heat maps: {e}")),
+                    Err(e) => rows
+                        .notes
+                        .push(format!("no tokenizer for the heat maps: {e}")),
                 }
             }
         }
@@ -147,7 +149,7 @@ impl RunRows {
     }
 
     /// Re-runs the build's data pipeline: the rows exactly as Bergson scored them.
-    fn from_pipeline(
+    fn load_via_pipeline(
         &mut self,
         icfg: &IndexConfig,
         specs: &[TextSpec],
@@ -183,7 +185,7 @@ impl RunRows {
     }
 
     /// Reads the dataset itself: its rows are the run's rows.
-    fn from_dataset(
+    fn load_via_dataset(
         &mut self,
         icfg: &IndexConfig,
         specs: &[TextSpec],
@@ -250,7 +252,10 @@ fn text_specs(cfg: Option<&RunConfig>, text_field: Option<&str>) -> Vec<TextSpec
     let mut specs = Vec::new();
     if let Some(data) = cfg.map(|c| &c.index_cfg.data) {
         if !data.format_template.is_empty() {
-            specs.push(TextSpec::PromptCompletion("prompt".into(), "completion".into()));
+            specs.push(TextSpec::PromptCompletion(
+                "prompt".into(),
+                "completion".into(),
+            ));
         } else if !data.conversation_column.is_empty() {
             specs.push(TextSpec::Conversation(data.conversation_column.clone()));
         } else if !data.completion_column.is_empty() {
@@ -327,7 +332,14 @@ fn texts_of(table: &RecordBatch, specs: &[TextSpec]) -> Result<Option<Vec<DocTex
 
 /// A table with only Bergson's own columns (`length`, `loss`, ...) has no texts to choose from.
 fn has_any_text(table: &RecordBatch) -> bool {
-    const OWN: [&str; 6] = ["length", "loss", "input_ids", "labels", "advantage", "doc_ids"];
+    const OWN: [&str; 6] = [
+        "length",
+        "loss",
+        "input_ids",
+        "labels",
+        "advantage",
+        "doc_ids",
+    ];
     column_names(table)
         .iter()
         .any(|c| !OWN.contains(&c.as_str()))
@@ -340,10 +352,16 @@ fn display_column(table: &RecordBatch, name: &str) -> Result<Vec<String>> {
         .column_by_name(name)
         .ok_or_else(|| Error::input(format!("no column '{name}'")))?;
     if let Some(strings) = array.as_string_opt::<i32>() {
-        return Ok(strings.iter().map(|s| s.unwrap_or("").to_string()).collect());
+        return Ok(strings
+            .iter()
+            .map(|s| s.unwrap_or("").to_string())
+            .collect());
     }
     if let Some(strings) = array.as_string_opt::<i64>() {
-        return Ok(strings.iter().map(|s| s.unwrap_or("").to_string()).collect());
+        return Ok(strings
+            .iter()
+            .map(|s| s.unwrap_or("").to_string())
+            .collect());
     }
     let formatter = ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())
         .map_err(|e| Error::input(format!("column '{name}' cannot be shown as text: {e}")))?;
@@ -438,7 +456,11 @@ mod tests {
     }
 
     fn plain(rows: &RunRows, i: usize) -> String {
-        rows.text(i).unwrap().iter().map(|p| p.text.as_str()).collect()
+        rows.text(i)
+            .unwrap()
+            .iter()
+            .map(|p| p.text.as_str())
+            .collect()
     }
 
     /// drop_columns: the texts come from the dataset the config names.
@@ -478,13 +500,20 @@ mod tests {
     #[test]
     fn unknown_text_field_is_an_error_naming_the_columns() {
         let err = load("bf16", false, Some("body")).err().unwrap().to_string();
-        assert!(err.contains("--text_field 'body'") && err.contains("text"), "{err}");
+        assert!(
+            err.contains("--text_field 'body'") && err.contains("text"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_store_without_config_has_numbered_rows_and_says_why() {
         let rows = load("partial_fp16", false, None).unwrap();
         assert!(rows.text(0).is_none());
-        assert!(rows.notes.iter().any(|n| n.contains("no config.yaml")), "{:?}", rows.notes);
+        assert!(
+            rows.notes.iter().any(|n| n.contains("no config.yaml")),
+            "{:?}",
+            rows.notes
+        );
     }
 }

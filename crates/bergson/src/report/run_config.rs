@@ -58,8 +58,8 @@ impl RunConfig {
         if !path.is_file() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let doc: Value = serde_saphyr::from_str(&text)
             .map_err(|e| format!("{}: not valid YAML: {e}", path.display()))?;
         let step = doc
@@ -155,7 +155,9 @@ mod tests {
 
     #[test]
     fn score_run_config_is_read() {
-        let cfg = RunConfig::read(&fixtures().join("runs/bf16")).unwrap().unwrap();
+        let cfg = RunConfig::read(&fixtures().join("runs/bf16"))
+            .unwrap()
+            .unwrap();
         assert_eq!(cfg.command, "score");
         let score = cfg.score.as_ref().unwrap();
         assert!(!score.higher_is_better);

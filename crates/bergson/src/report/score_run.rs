@@ -18,7 +18,9 @@ pub fn score_run_page(dir: &Path, opts: &ReportOptions) -> Result<Page> {
     let store = ScoreStore::open(dir)?;
     let mut notes = Vec::new();
     let cfg = RunConfig::read(dir).unwrap_or_else(|e| {
-        notes.push(format!("config.yaml unreadable, so texts and queries are unknown: {e}"));
+        notes.push(format!(
+            "config.yaml unreadable, so texts and queries are unknown: {e}"
+        ));
         None
     });
     let settings = cfg
@@ -53,7 +55,11 @@ pub fn score_run_page(dir: &Path, opts: &ReportOptions) -> Result<Page> {
                 }
                 None => (None, 0),
             };
-            let heat = match (store.attribute_tokens(), rows.tokens(item), rows.tokenizer()) {
+            let heat = match (
+                store.attribute_tokens(),
+                rows.tokens(item),
+                rows.tokenizer(),
+            ) {
                 (true, Some(ids), Some(tokenizer)) => {
                     let token_rows: Vec<Option<f32>> = store
                         .item_rows(item)
@@ -91,7 +97,10 @@ pub fn score_run_page(dir: &Path, opts: &ReportOptions) -> Result<Page> {
             .collect();
         let nan = scores.iter().flatten().filter(|s| s.is_nan()).count();
         if nan > 0 {
-            notes.push(format!("{}: {nan} NaN scores, left out of the ranking", label.heading));
+            notes.push(format!(
+                "{}: {nan} NaN scores, left out of the ranking",
+                label.heading
+            ));
         }
         sections.push(Section {
             heading: label.heading,
@@ -104,11 +113,16 @@ pub fn score_run_page(dir: &Path, opts: &ReportOptions) -> Result<Page> {
         });
     }
     if store.attribute_tokens() && rows.tokenizer().is_none() {
-        notes.push("per-token scores are summed per document; heat maps need the run's tokenizer".into());
+        notes.push(
+            "per-token scores are summed per document; heat maps need the run's tokenizer".into(),
+        );
     }
 
     let mut facts = vec![
-        ("Input".to_string(), format!("{} (bergson score)", dir.display())),
+        (
+            "Input".to_string(),
+            format!("{} (bergson score)", dir.display()),
+        ),
         (
             "Rows".into(),
             if store.attribute_tokens() {
@@ -140,7 +154,10 @@ pub fn score_run_page(dir: &Path, opts: &ReportOptions) -> Result<Page> {
     if let Some(cfg) = &cfg {
         let data = &cfg.index_cfg.data;
         facts.push(("Model".into(), cfg.index_cfg.model.clone()));
-        facts.push(("Dataset".into(), format!("{} (split {})", data.dataset, data.split)));
+        facts.push((
+            "Dataset".into(),
+            format!("{} (split {})", data.dataset, data.split),
+        ));
         if !settings.query_path.is_empty() {
             facts.push(("Query index".into(), settings.query_path.clone()));
         }
@@ -291,7 +308,14 @@ mod tests {
 
     #[test]
     fn ranking_follows_orientation_and_skips_missing() {
-        let scores = [Some(1.0), None, Some(3.0), Some(f64::NAN), Some(-2.0), Some(3.0)];
+        let scores = [
+            Some(1.0),
+            None,
+            Some(3.0),
+            Some(f64::NAN),
+            Some(-2.0),
+            Some(3.0),
+        ];
         let up: Vec<usize> = rank(&scores, true).iter().map(|r| r.0).collect();
         assert_eq!(up, [2, 5, 0, 4]);
         let down: Vec<usize> = rank(&scores, false).iter().map(|r| r.0).collect();
