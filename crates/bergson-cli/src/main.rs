@@ -7,6 +7,7 @@ mod demo;
 mod errors;
 mod logging;
 mod query;
+mod report;
 mod score;
 
 use std::process::ExitCode;
@@ -41,6 +42,9 @@ enum Command {
     /// The embedded demo: index a tiny model's training corpus and attribute held-out facts
     /// to the documents that planted them.
     Demo(demo::DemoArgs),
+    /// A self-contained HTML page of a score run or a `query --record` CSV: each query's top
+    /// and bottom training rows, per-token heat maps, score histograms.
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,10 @@ fn main() -> ExitCode {
             logging::init(args.runtime.quiet);
             errors::finish(demo::run(&args))
         }
+        Command::Report(args) => {
+            logging::init(args.quiet);
+            errors::finish(report::run(&args))
+        }
     }
 }
 
@@ -103,7 +111,8 @@ fn run_file_argument(args: &[String]) -> Option<(String, Vec<String>)> {
     let at = match args {
         [] => return None,
         [first, ..] if is_run_file(first) => 0,
-        [_, second, ..] if is_run_file(second) => 1,
+        // `report` takes a path, never a run file.
+        [first, second, ..] if first != "report" && is_run_file(second) => 1,
         _ => return None,
     };
     let rest = &args[at + 1..];

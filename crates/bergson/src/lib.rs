@@ -20,6 +20,7 @@ pub mod models;
 pub mod pickle;
 pub mod progress;
 pub mod query;
+pub mod report;
 pub mod score;
 pub mod setup;
 pub mod similarity;
