@@ -979,8 +979,18 @@ fn no_arguments() {
 #[test]
 fn a_python_bergson_command_we_lack() {
     let sb = Sandbox::new();
-    let out = sb.run(&["score", "run", "--query_path", "q"]);
-    assert_error(&out, &["`score`", "Python Bergson", "build, reduce, demo"]);
+    let out = sb.run(&["magic", "run"]);
+    assert_error(
+        &out,
+        &[
+            "`magic`",
+            "Python Bergson",
+            "build",
+            "score",
+            "query",
+            "report",
+        ],
+    );
     // A typo of one of ours still gets clap's suggestion.
     let out = sb.run(&["biuld"]);
     assert_error(&out, &["'biuld'", "'build'"]);

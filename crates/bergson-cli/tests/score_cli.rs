@@ -604,7 +604,10 @@ fn python_reads_our_score_stores() {
         assert_eq!(d["multi"].as_bool().unwrap(), cols > 1, "{name}: multi");
     }
     assert_eq!(described[1]["grid_shape"][0], 6, "tokens: to_grid docs");
-    assert!(described[0]["is_written"].as_bool().unwrap(), "plain: every cell written");
+    assert!(
+        described[0]["is_written"].as_bool().unwrap(),
+        "plain: every cell written"
+    );
     assert!(
         !described[3]["is_written"].as_bool().unwrap(),
         "mean: only score_0 written"

@@ -240,6 +240,7 @@ pub fn scan(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::single_range_in_vec_init)]
     use super::*;
     use crate::index::{GradientFile, IndexInfo};
 
