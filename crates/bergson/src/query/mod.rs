@@ -7,6 +7,7 @@
 //! index; the output is the same as answering them one by one.
 
 pub mod attributor;
+pub mod kernel;
 pub mod record;
 pub mod search;
 

@@ -1,21 +1,22 @@
 //! Exact search streamed from the memory-mapped index: the index is never loaded whole. Rows
-//! are read in blocks straight from the page cache (float32 blocks without a copy; float16 and
-//! bfloat16 blocks converted to float32 one cache-sized block at a time), each block meets
-//! every query in one GEMM, and a running top-k (and bottom-k) per query is merged chunk by
-//! chunk. With unit norm, each row's score is divided by the row's norm (cached next to the
-//! index, or computed in the same pass), which equals Bergson's normalising the rows first.
+//! are read once, in blocks, straight from the page cache (float32 blocks in place; float16 and
+//! bfloat16 blocks converted to float32 one cache-sized block at a time), each block meets every
+//! query in the [`super::kernel`] (one pass, every core on its own share of the rows), and each
+//! thread keeps a running top-k (and bottom-k) per query, merged at the end. With unit norm,
+//! each row's score is divided by the row's norm (cached next to the index, or computed in the
+//! same pass), which equals Bergson's normalising the rows first.
 
+use std::cmp::Ordering;
 use std::ops::Range;
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
+use super::kernel::{dot_block, QueryMatrix};
 use crate::index::GradientIndex;
 use crate::{Error, Result};
 
-/// Float32 bytes of one block: converted and multiplied while it is in cache.
-const BLOCK_BYTES: usize = 1 << 20;
-/// Blocks scored between merges of the running top-k.
-const BLOCKS_PER_CHUNK: usize = 16;
+/// Index bytes of one block (read, converted and scored while in cache).
+const BLOCK_BYTES: usize = 64 << 10;
 
 /// The best `k` rows per query: `scores` `[Q, k]` (float32) and `indices` `[Q, k]` (int64),
 /// best first.
@@ -56,53 +57,64 @@ pub struct ScanResult {
     pub norms: Option<Vec<f32>>,
 }
 
-/// A running best-k per query.
-struct Running {
+/// The best `k` `(score, row)` pairs seen for one query, kept loosely: candidates accumulate up
+/// to `2k` and are cut back to the best `k`, so each row costs one comparison with the current
+/// threshold.
+struct Best {
+    k: usize,
     largest: bool,
-    k: i64,
-    scores: Option<Tensor>,
-    indices: Option<Tensor>,
+    items: Vec<(f32, u64)>,
+    threshold: Option<(f32, u64)>,
 }
 
-impl Running {
-    fn new(k: i64, largest: bool) -> Self {
-        Running {
-            largest,
+impl Best {
+    fn new(k: usize, largest: bool) -> Self {
+        Best {
             k,
-            scores: None,
-            indices: None,
+            largest,
+            items: Vec::with_capacity(2 * k),
+            threshold: None,
         }
     }
 
-    /// Merges a chunk's scores `[Q, rows]` whose first row is `first`.
-    fn merge(&mut self, chunk: &Tensor, first: i64) -> Result<()> {
-        let rows = chunk.size()[1];
-        let (s, i) = chunk.f_topk(self.k.min(rows), 1, self.largest, false)?;
-        let i = i.f_add_scalar(first)?;
-        let (s, i) = match (self.scores.take(), self.indices.take()) {
-            (Some(rs), Some(ri)) => {
-                let s = Tensor::f_cat(&[rs, s], 1)?;
-                let i = Tensor::f_cat(&[ri, i], 1)?;
-                let (best, at) = s.f_topk(self.k.min(s.size()[1]), 1, self.largest, false)?;
-                (best, i.f_gather(1, &at, false)?)
-            }
-            _ => (s, i),
+    /// Whether `a` ranks before `b`: a better score, then the lower row.
+    fn before(largest: bool, a: &(f32, u64), b: &(f32, u64)) -> Ordering {
+        let by_score = if largest {
+            b.0.total_cmp(&a.0)
+        } else {
+            a.0.total_cmp(&b.0)
         };
-        self.scores = Some(s);
-        self.indices = Some(i);
-        Ok(())
+        by_score.then(a.1.cmp(&b.1))
     }
 
-    fn finish(self) -> Result<Hits> {
-        let (s, i) = match (self.scores, self.indices) {
-            (Some(s), Some(i)) => (s, i),
-            _ => return Err(Error::internal("search over an empty index")),
-        };
-        let (sorted, order) = s.f_sort(1, self.largest)?;
-        Ok(Hits {
-            scores: sorted,
-            indices: i.f_gather(1, &order, false)?,
-        })
+    fn push(&mut self, score: f32, row: u64) {
+        let item = (score, row);
+        if let Some(t) = &self.threshold {
+            if Self::before(self.largest, &item, t) != Ordering::Less {
+                return;
+            }
+        }
+        self.items.push(item);
+        if self.items.len() >= 2 * self.k {
+            self.cut();
+        }
+    }
+
+    /// Keeps the best `k`, best first.
+    fn cut(&mut self) {
+        let largest = self.largest;
+        self.items
+            .sort_unstable_by(|a, b| Self::before(largest, a, b));
+        self.items.truncate(self.k);
+        if self.items.len() == self.k {
+            self.threshold = self.items.last().copied();
+        }
+    }
+
+    fn merge(&mut self, other: Best) {
+        for (s, r) in other.items {
+            self.push(s, r);
+        }
     }
 }
 
@@ -118,10 +130,10 @@ pub fn scan(
     norms: RowNorms<'_>,
 ) -> Result<ScanResult> {
     let n = index.num_rows();
-    let row_len = index.row_len();
-    let kind = index.kind();
+    let d = index.row_len();
     let width: usize = columns.iter().map(Range::len).sum();
-    if queries.size() != [queries.size()[0], width as i64] {
+    let nq = queries.size()[0] as usize;
+    if queries.size() != [nq as i64, width as i64] {
         return Err(Error::internal(format!(
             "queries of shape {:?} for {width} index columns",
             queries.size()
@@ -138,103 +150,192 @@ pub fn scan(
             return Err(Error::internal("cached row norms do not match the index"));
         }
     }
-    let q_t = queries.f_to_kind(Kind::Float)?.f_tr()?.f_contiguous()?;
-    // Each selected block's rows of the transposed queries.
-    let mut q_blocks = Vec::with_capacity(columns.len());
-    let mut at = 0i64;
-    for c in columns {
-        q_blocks.push((c.clone(), q_t.f_narrow(0, at, c.len() as i64)?));
-        at += c.len() as i64;
+    // Full-width queries, zero outside the searched columns: a row's dot product with them is
+    // its score over those modules.
+    let selected = Vec::<f32>::try_from(
+        queries
+            .f_to_kind(Kind::Float)?
+            .f_contiguous()?
+            .f_reshape([-1])?,
+    )?;
+    let mut full = vec![0f32; nq * d];
+    for qi in 0..nq {
+        let mut at = 0;
+        for c in columns {
+            full[qi * d + c.start..qi * d + c.end]
+                .copy_from_slice(&selected[qi * width + at..qi * width + at + c.len()]);
+            at += c.len();
+        }
     }
-    let whole = columns.len() == 1 && columns[0] == (0..row_len);
-    let block_rows = (BLOCK_BYTES / (row_len * 4).max(1)).max(1);
-    let chunk_rows = block_rows * BLOCKS_PER_CHUNK;
-    let k = k.min(n) as i64;
-    let mut best = top.then(|| Running::new(k, true));
-    let mut worst = bottom.then(|| Running::new(k, false));
-    let compute_norms = matches!(norms, RowNorms::Compute);
-    let mut computed: Vec<f32> = if compute_norms {
-        Vec::with_capacity(n)
+    let q = QueryMatrix::new(&full, nq, d);
+    let k = k.min(n);
+    let compute = matches!(norms, RowNorms::Compute);
+    let given = match &norms {
+        RowNorms::Given(v) => Some(*v),
+        _ => None,
+    };
+    let unit = !matches!(norms, RowNorms::None);
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .min(n.div_ceil(1024).max(1));
+    let share = n.div_ceil(threads);
+    let mut computed = if compute { vec![0f32; n] } else { Vec::new() };
+    let mut norm_slices: Vec<&mut [f32]> = if compute {
+        computed.chunks_mut(share).collect()
+    } else {
+        (0..threads).map(|_| &mut [][..]).collect()
+    };
+    let results: Vec<Result<(Vec<Best>, Vec<Best>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = norm_slices
+            .iter_mut()
+            .enumerate()
+            .map(|(t, out_norms)| {
+                let range = t * share..((t + 1) * share).min(n);
+                let q = &q;
+                s.spawn(move || {
+                    scan_rows(index, q, range, k, (top, bottom), unit, given, out_norms)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::internal("a search thread panicked")))
+            })
+            .collect()
+    });
+    let mut best: Vec<Best> = (0..nq).map(|_| Best::new(k, true)).collect();
+    let mut worst: Vec<Best> = (0..nq).map(|_| Best::new(k, false)).collect();
+    for r in results {
+        let (b, w) = r?;
+        for (acc, part) in best.iter_mut().zip(b) {
+            acc.merge(part);
+        }
+        for (acc, part) in worst.iter_mut().zip(w) {
+            acc.merge(part);
+        }
+    }
+    Ok(ScanResult {
+        top: top.then(|| hits(best, k)).transpose()?,
+        bottom: bottom.then(|| hits(worst, k)).transpose()?,
+        norms: compute.then_some(computed),
+    })
+}
+
+/// Scores rows `range` and keeps each query's best and worst; with `unit`, divides scores by
+/// the `given` norms or by norms computed here into `out_norms` (indexed from `range.start`).
+#[allow(clippy::too_many_arguments)]
+fn scan_rows(
+    index: &GradientIndex,
+    q: &QueryMatrix,
+    range: Range<usize>,
+    k: usize,
+    (top, bottom): (bool, bool),
+    unit: bool,
+    given: Option<&[f32]>,
+    out_norms: &mut [f32],
+) -> Result<(Vec<Best>, Vec<Best>)> {
+    let d = q.dim();
+    let nq = q.count();
+    let kind = index.kind();
+    let block_rows = (BLOCK_BYTES / (d * 4).max(1)).max(4);
+    let mut best: Vec<Best> = if top {
+        (0..nq).map(|_| Best::new(k, true)).collect()
     } else {
         Vec::new()
     };
-    let mut chunk_start = 0;
-    while chunk_start < n {
+    let mut worst: Vec<Best> = if bottom {
+        (0..nq).map(|_| Best::new(k, false)).collect()
+    } else {
+        Vec::new()
+    };
+    let mut converted = Vec::<f32>::new();
+    let mut scores = vec![0f32; block_rows * nq];
+    let mut sq = vec![0f32; block_rows];
+    let mut start = range.start;
+    while start < range.end {
         crate::interrupt::check()?;
-        let chunk_end = (chunk_start + chunk_rows).min(n);
-        let mut parts = Vec::new();
-        let mut start = chunk_start;
-        while start < chunk_end {
-            let end = (start + block_rows).min(chunk_end);
-            let bytes = index.rows_bytes(start..end)?;
-            let rows = (end - start) as i64;
-            // SAFETY: `bytes` is a live slice of the memory map holding exactly
-            // `rows * row_len` elements of `kind`; the view is dropped before this iteration
-            // ends, and nothing writes through it.
-            let view = unsafe {
-                Tensor::f_from_blob(
-                    bytes.as_ptr(),
-                    &[rows, row_len as i64],
-                    &[row_len as i64, 1],
-                    kind,
-                    Device::Cpu,
-                )?
-            };
-            let block = if kind == Kind::Float {
-                view
-            } else {
-                view.f_to_kind(Kind::Float)?
-            };
-            let mut s = if whole {
-                block.f_matmul(&q_t)?
-            } else {
-                let mut acc: Option<Tensor> = None;
-                for (c, q) in &q_blocks {
-                    let part = block
-                        .f_narrow(1, c.start as i64, c.len() as i64)?
-                        .f_matmul(q)?;
-                    acc = Some(match acc {
-                        Some(mut a) => a.f_add_(&part)?,
-                        None => part,
-                    });
-                }
-                acc.ok_or_else(|| Error::internal("no columns to search"))?
-            };
-            let block_norms = match &norms {
-                RowNorms::None => None,
-                RowNorms::Given(v) => Some(Tensor::f_from_slice(&v[start..end])?),
-                RowNorms::Compute => {
-                    let nrm = block.f_square()?.f_sum_dim_intlist(
-                        [1i64].as_slice(),
-                        false,
-                        Kind::Float,
-                    )?;
-                    let nrm = nrm.f_sqrt()?;
-                    computed.extend(Vec::<f32>::try_from(&nrm)?);
-                    Some(nrm)
-                }
-            };
-            if let Some(nrm) = block_norms {
-                // A zero row scores 0 (Bergson maps the 0/0 of its normalised rows to 0).
-                s = s.f_div(&nrm.f_unsqueeze(1)?)?.f_nan_to_num(0.0, 0.0, 0.0)?;
+        let end = (start + block_rows).min(range.end);
+        let rows = end - start;
+        let bytes = index.rows_bytes(start..end)?;
+        let values: &[f32] = match kind {
+            Kind::Float => {
+                // SAFETY: the map is page-aligned and every row starts at a multiple of 4
+                // bytes, so the bytes are aligned float32 values; they are only read.
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, rows * d) }
             }
-            drop(block);
-            parts.push(s);
-            start = end;
+            Kind::Half | Kind::BFloat16 => {
+                converted.resize(rows * d, 0.0);
+                for (dst, src) in converted.iter_mut().zip(bytes.chunks_exact(2)) {
+                    let bits = u16::from_le_bytes([src[0], src[1]]);
+                    *dst = if kind == Kind::Half {
+                        half::f16::from_bits(bits).to_f32()
+                    } else {
+                        f32::from_bits((bits as u32) << 16)
+                    };
+                }
+                &converted
+            }
+            other => {
+                return Err(Error::input(format!(
+                    "cannot search an index of {other:?} values; rebuild it in float32, float16 or bfloat16"
+                )))
+            }
+        };
+        let out = &mut scores[..rows * nq];
+        let compute = unit && given.is_none();
+        dot_block(values, q, out, compute.then(|| &mut sq[..rows]));
+        for r in 0..rows {
+            let row = start + r;
+            let norm = if !unit {
+                1.0
+            } else if let Some(g) = given {
+                g[row]
+            } else {
+                let v = sq[r].sqrt();
+                out_norms[row - range.start] = v;
+                v
+            };
+            for j in 0..nq {
+                let raw = out[r * nq + j];
+                let mut s = if unit { raw / norm } else { raw };
+                if unit && !s.is_finite() {
+                    // Bergson maps the NaN/inf of its normalised zero rows to 0.
+                    s = 0.0;
+                }
+                if top {
+                    best[j].push(s, row as u64);
+                }
+                if bottom {
+                    worst[j].push(s, row as u64);
+                }
+            }
         }
-        let scores = Tensor::f_cat(&parts, 0)?.f_tr()?.f_contiguous()?;
-        if let Some(r) = &mut best {
-            r.merge(&scores, chunk_start as i64)?;
-        }
-        if let Some(r) = &mut worst {
-            r.merge(&scores, chunk_start as i64)?;
-        }
-        chunk_start = chunk_end;
+        start = end;
     }
-    Ok(ScanResult {
-        top: best.map(Running::finish).transpose()?,
-        bottom: worst.map(Running::finish).transpose()?,
-        norms: compute_norms.then_some(computed),
+    Ok((best, worst))
+}
+
+/// The `[Q, k]` hits of each query's kept rows, best first.
+fn hits(mut per_query: Vec<Best>, k: usize) -> Result<Hits> {
+    let nq = per_query.len() as i64;
+    let mut scores = Vec::with_capacity(per_query.len() * k);
+    let mut rows = Vec::with_capacity(per_query.len() * k);
+    for b in &mut per_query {
+        b.cut();
+        if b.items.len() != k {
+            return Err(Error::internal("search kept fewer rows than asked"));
+        }
+        for &(s, r) in &b.items {
+            scores.push(s);
+            rows.push(r as i64);
+        }
+    }
+    Ok(Hits {
+        scores: Tensor::f_from_slice(&scores)?.f_reshape([nq, k as i64])?,
+        indices: Tensor::f_from_slice(&rows)?.f_reshape([nq, k as i64])?,
     })
 }
 
@@ -243,6 +344,7 @@ mod tests {
     #![allow(clippy::single_range_in_vec_init)]
     use super::*;
     use crate::index::{GradientFile, IndexInfo};
+    use tch::Device;
 
     /// A float16 index of `rows` random rows in two blocks of widths 3 and 5.
     fn index(rows: usize, kind: Kind) -> (tempfile::TempDir, Tensor) {
