@@ -110,16 +110,19 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// Dot products of `R` rows starting at `rows` with the `QUERY_TILE` queries at `qs`.
+    /// Adds the dot products of columns `lo..hi` of `R` rows (starting at `rows`, `d` apart)
+    /// with the same columns of the `QUERY_TILE` queries at `qs` to `sums`.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const R: usize>(
         rows: *const f32,
         qs: *const f32,
         d: usize,
-    ) -> [[f32; QUERY_TILE]; R] {
+        (lo, hi): (usize, usize),
+        sums: &mut [[f32; QUERY_TILE]; R],
+    ) {
         let mut acc = [[_mm256_setzero_ps(); QUERY_TILE]; R];
-        let full = d / 8 * 8;
-        let mut k = 0;
+        let full = lo + (hi - lo) / 8 * 8;
+        let mut k = lo;
         while k < full {
             let mut x = [_mm256_setzero_ps(); R];
             for (r, xr) in x.iter_mut().enumerate() {
@@ -133,43 +136,58 @@ mod avx2 {
             }
             k += 8;
         }
-        let mut out = [[0f32; QUERY_TILE]; R];
         for r in 0..R {
             for j in 0..QUERY_TILE {
                 let mut s = hsum(acc[r][j]);
-                for t in full..d {
+                for t in full..hi {
                     s += *rows.add(r * d + t) * *qs.add(j * d + t);
                 }
-                out[r][j] = s;
+                sums[r][j] += s;
             }
         }
-        out
     }
+
+    /// Columns per pass over a tile of rows: the tile's slice of each row stays in L1 while
+    /// every query group meets it.
+    const COLUMN_CHUNK: usize = 512;
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_block(rows: &[f32], q: &QueryMatrix, out: &mut [f32]) {
         let d = q.dim;
         let n = rows.len() / d;
+        let groups = q.padded / QUERY_TILE;
+        let mut sums = vec![[[0f32; QUERY_TILE]; ROW_TILE]; groups];
         let mut r = 0;
         while r < n {
             let take = (n - r).min(ROW_TILE);
-            for g in (0..q.padded).step_by(QUERY_TILE) {
-                let qs = q.values.as_ptr().add(g * d);
-                let base = rows.as_ptr().add(r * d);
-                let mut put = |i: usize, vals: &[f32; QUERY_TILE]| {
-                    for (j, &v) in vals.iter().enumerate() {
-                        if g + j < q.count {
-                            out[(r + i) * q.count + g + j] = v;
+            let base = rows.as_ptr().add(r * d);
+            for s in sums.iter_mut() {
+                *s = [[0.0; QUERY_TILE]; ROW_TILE];
+            }
+            let mut lo = 0;
+            while lo < d {
+                let hi = (lo + COLUMN_CHUNK).min(d);
+                for (g, s) in sums.iter_mut().enumerate() {
+                    let qs = q.values.as_ptr().add(g * QUERY_TILE * d);
+                    if take == ROW_TILE {
+                        tile::<ROW_TILE>(base, qs, d, (lo, hi), s);
+                    } else {
+                        for i in 0..take {
+                            let mut one = [s[i]];
+                            tile::<1>(base.add(i * d), qs, d, (lo, hi), &mut one);
+                            s[i] = one[0];
                         }
                     }
-                };
-                if take == ROW_TILE {
-                    for (i, vals) in tile::<ROW_TILE>(base, qs, d).iter().enumerate() {
-                        put(i, vals);
-                    }
-                } else {
-                    for i in 0..take {
-                        put(i, &tile::<1>(base.add(i * d), qs, d)[0]);
+                }
+                lo = hi;
+            }
+            for (g, s) in sums.iter().enumerate() {
+                for (i, vals) in s.iter().enumerate().take(take) {
+                    for (j, &v) in vals.iter().enumerate() {
+                        let col = g * QUERY_TILE + j;
+                        if col < q.count {
+                            out[(r + i) * q.count + col] = v;
+                        }
                     }
                 }
             }
