@@ -1,6 +1,6 @@
-//! The build's data pipeline (Bergson's `setup_data_pipeline`): load the rows, tokenise them in
-//! the mode the columns select, add advantages, apply `max_tokens`, and keep the columns that
-//! `data.hf` will hold.
+//! The data pipeline every command shares (Bergson's `setup_data_pipeline`): load the rows,
+//! tokenise them in the mode the columns select, add advantages, apply `max_tokens`, and keep
+//! the columns that `data.hf` will hold.
 
 use std::sync::Arc;
 
