@@ -13,7 +13,7 @@ use crate::config::{DataConfig, IndexConfig};
 use crate::data::chunking::{chunk_documents, cpu_count, has_content, map_layout};
 use crate::data::columns::{
     add_column, column_names, conversation_column, drop_columns, float_column,
-    nullable_string_column, string_column, take_rows,
+    nullable_string_column, string_column, take_rows, text_column,
 };
 use crate::data::format_template::FormatTemplate;
 use crate::data::rewards::{advantages_from_column, advantages_from_rewards};
@@ -25,7 +25,8 @@ use crate::{Error, Result};
 #[derive(Debug)]
 pub struct PreparedData {
     /// The rows as `data.hf` will hold them (before `loss` is added): the original columns
-    /// unless `drop_columns`, then `input_ids`, `length`, `labels`, `advantage`.
+    /// unless `drop_columns`, then `input_ids` (not with `drop_columns`, which leaves it out of
+    /// `data.hf`), `length`, `labels`, `advantage`.
     pub table: RecordBatch,
     /// Token ids and labels per row.
     pub rows: Vec<TokenizedRow>,
@@ -113,17 +114,21 @@ pub fn prepare_data(
             table.column_by_name("labels").is_some(),
         )
     } else if !data.completion_column.is_empty() {
-        let prompts = string_column(&table, &data.prompt_column, "--prompt_column")?;
-        let completions = string_column(&table, &data.completion_column, "--completion_column")?;
-        let pairs: Vec<(&String, &String)> = prompts.iter().zip(&completions).collect();
+        let prompts = text_column(&table, &data.prompt_column, "--prompt_column")?;
+        let completions = text_column(&table, &data.completion_column, "--completion_column")?;
+        let pairs: Vec<(&str, &str)> = prompts
+            .values()
+            .into_iter()
+            .zip(completions.values())
+            .collect();
         (encoder.encode_prompt_completions(&pairs)?, true)
     } else if !data.conversation_column.is_empty() {
         let convos =
             conversation_column(&table, &data.conversation_column, "--conversation_column")?;
         (encoder.encode_conversations(&convos)?, true)
     } else {
-        let texts = string_column(&table, &data.prompt_column, "--prompt_column")?;
-        (encoder.encode_texts(&texts)?, false)
+        let texts = text_column(&table, &data.prompt_column, "--prompt_column")?;
+        (encoder.encode_texts(&texts.values())?, false)
     };
     if !data.truncation {
         warn_long(&rows, max_model_length, cfg.token_batch_size);
@@ -133,11 +138,14 @@ pub fn prepare_data(
     let source = table.clone();
     let mut table = table;
     if !pretokenized {
-        table = add_column(
-            &table,
-            "input_ids",
-            input_id_lists(rows.iter().map(|r| r.input_ids.as_slice())),
-        )?;
+        // data.hf leaves the ids out with --drop_columns, so the column is not made then.
+        if !cfg.drop_columns {
+            table = add_column(
+                &table,
+                "input_ids",
+                input_id_lists(rows.iter().map(|r| r.input_ids.as_slice()))?,
+            )?;
+        }
         table = add_column(
             &table,
             "length",
@@ -150,7 +158,7 @@ pub fn prepare_data(
                 .iter()
                 .map(|r| r.labels.as_deref().unwrap_or(&[]))
                 .collect();
-            table = add_column(&table, "labels", id_lists(labels.into_iter()))?;
+            table = add_column(&table, "labels", id_lists(labels.into_iter())?)?;
         }
     } else if table.column_by_name("length").is_none() {
         table = add_column(
@@ -319,11 +327,11 @@ fn chunked_data(
     let columns: Vec<(&str, ArrayRef)> = vec![
         (
             "input_ids",
-            input_id_lists(chunks.input_ids.iter().map(Vec::as_slice)),
+            input_id_lists(chunks.input_ids.iter().map(Vec::as_slice))?,
         ),
         (
             "doc_ids",
-            id_lists(chunks.doc_ids.iter().map(Vec::as_slice)),
+            id_lists(chunks.doc_ids.iter().map(Vec::as_slice))?,
         ),
         (
             "length",
@@ -469,28 +477,45 @@ fn int_lists(table: &RecordBatch, name: &str) -> Result<Vec<Vec<i64>>> {
 }
 
 /// A `list<int64>` column from rows of ids.
-fn id_lists<'a>(rows: impl Iterator<Item = &'a [i64]>) -> ArrayRef {
-    let (offsets, values) = flatten(rows);
-    list_column(offsets, Arc::new(Int64Array::from(values)), DataType::Int64)
+fn id_lists<'a>(rows: impl Iterator<Item = &'a [i64]>) -> Result<ArrayRef> {
+    let (offsets, values) = flatten(rows, |v| v)?;
+    Ok(list_column(
+        offsets,
+        Arc::new(Int64Array::from(values)),
+        DataType::Int64,
+    ))
 }
 
 /// A `list<int32>` column of token ids: `datasets` stores an inferred `input_ids` column as
 /// int32 (its optimised feature types), so `data.hf` keeps Bergson's type.
-fn input_id_lists<'a>(rows: impl Iterator<Item = &'a [i64]>) -> ArrayRef {
-    let (offsets, values) = flatten(rows);
+fn input_id_lists<'a>(rows: impl Iterator<Item = &'a [i64]>) -> Result<ArrayRef> {
     // Token ids are vocabulary indices, far below 2^31.
-    let values: Vec<i32> = values.into_iter().map(|v| v as i32).collect();
-    list_column(offsets, Arc::new(Int32Array::from(values)), DataType::Int32)
+    let (offsets, values) = flatten(rows, |v| v as i32)?;
+    Ok(list_column(
+        offsets,
+        Arc::new(Int32Array::from(values)),
+        DataType::Int32,
+    ))
 }
 
-fn flatten<'a>(rows: impl Iterator<Item = &'a [i64]>) -> (Vec<i32>, Vec<i64>) {
+/// The values of all rows, converted, and each row's end offset (i32, as Arrow's `list`).
+fn flatten<'a, T>(
+    rows: impl Iterator<Item = &'a [i64]>,
+    convert: impl Fn(i64) -> T,
+) -> Result<(Vec<i32>, Vec<T>)> {
     let mut offsets = vec![0i32];
     let mut values = Vec::new();
     for r in rows {
-        values.extend_from_slice(r);
-        offsets.push(values.len() as i32);
+        values.extend(r.iter().map(|&v| convert(v)));
+        let end = i32::try_from(values.len()).map_err(|_| {
+            Error::input(
+                "the dataset holds more than 2^31 tokens, more than one data.hf list column \
+                 holds; index it in parts (e.g. --split train[:50%] and train[50%:])",
+            )
+        })?;
+        offsets.push(end);
     }
-    (offsets, values)
+    Ok((offsets, values))
 }
 
 fn list_column(offsets: Vec<i32>, values: ArrayRef, item: DataType) -> ArrayRef {

@@ -31,6 +31,7 @@
 
 use super::chat_template::ChatTemplate;
 use super::ChatMessage;
+use crate::progress::Phase;
 use crate::{Error, Result};
 use serde_json::{Map, Value as Json};
 use std::borrow::Cow;
@@ -39,6 +40,9 @@ use std::sync::OnceLock;
 use tokenizers::{
     AddedToken, Encoding, PostProcessor, TruncationDirection, TruncationParams, TruncationStrategy,
 };
+
+/// Rows given to the tokenizers library at a time (see [`Encoder::encode_in_slices`]).
+const ENCODE_SLICE: usize = 2048;
 
 /// Bergson's `BIG_NUM` (`np.iinfo(np.int64).max`): the limit when none is known.
 pub const NO_LIMIT: i64 = i64::MAX;
@@ -350,21 +354,39 @@ impl Encoder<'_> {
         chat_row(&text, &self.encode(&text, false)?, messages)
     }
 
+    /// Encodes `texts` a slice at a time, converting each encoding with `convert` before the
+    /// next slice: the library's `Encoding`s (tokens, offsets, masks: ~100 bytes a token) never
+    /// pile up, each slice is tokenised in parallel, and Ctrl-C is polled between slices.
+    fn encode_in_slices<S: AsRef<str>, T>(
+        &self,
+        texts: &[S],
+        add_special_tokens: bool,
+        mut convert: impl FnMut(&Encoding) -> T,
+    ) -> Result<Vec<T>> {
+        let mut phase = Phase::new("tokenizing", "rows", Some(texts.len() as u64));
+        let mut out = Vec::with_capacity(texts.len());
+        for slice in texts.chunks(ENCODE_SLICE) {
+            crate::interrupt::check()?;
+            let slice = slice.iter().map(AsRef::as_ref).collect();
+            out.extend(
+                self.encode_many(slice, add_special_tokens)?
+                    .iter()
+                    .map(&mut convert),
+            );
+            phase.set(out.len() as u64);
+        }
+        Ok(out)
+    }
+
     /// Plain-text rows, tokenised in parallel.
     pub fn encode_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<TokenizedRow>> {
-        let texts = texts.iter().map(AsRef::as_ref).collect();
-        Ok(self
-            .encode_many(texts, true)?
-            .iter()
-            .map(plain_row)
-            .collect())
+        self.encode_in_slices(texts, true, plain_row)
     }
 
     /// Token ids of texts without the tokenizer's special tokens (Bergson's chunking),
     /// tokenised in parallel.
     pub fn encode_texts_plain<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<i64>>> {
-        let texts = texts.iter().map(AsRef::as_ref).collect();
-        Ok(self.encode_many(texts, false)?.iter().map(ids_of).collect())
+        self.encode_in_slices(texts, false, ids_of)
     }
 
     /// Prompt/completion rows; errors name the row (its index in `rows`).
@@ -384,20 +406,26 @@ impl Encoder<'_> {
         self.encode_chats(rows, "--conversation_column")
     }
 
+    /// Chat rows, a slice at a time as [`Self::encode_in_slices`]: rendered, tokenised in
+    /// parallel, labelled.
     fn encode_chats(&self, convos: &[Vec<ChatMessage>], flag: &str) -> Result<Vec<TokenizedRow>> {
-        let texts = convos
-            .iter()
-            .enumerate()
-            .map(|(i, c)| self.tok.render(c, flag).map_err(|e| in_row(i, e)))
-            .collect::<Result<Vec<String>>>()?;
-        let encodings = self.encode_many(texts.iter().map(String::as_str).collect(), false)?;
-        texts
-            .iter()
-            .zip(&encodings)
-            .zip(convos)
-            .enumerate()
-            .map(|(i, ((text, enc), convo))| chat_row(text, enc, convo).map_err(|e| in_row(i, e)))
-            .collect()
+        let mut phase = Phase::new("tokenizing", "rows", Some(convos.len() as u64));
+        let mut out = Vec::with_capacity(convos.len());
+        for slice in convos.chunks(ENCODE_SLICE) {
+            crate::interrupt::check()?;
+            let first = out.len();
+            let texts = slice
+                .iter()
+                .enumerate()
+                .map(|(i, c)| self.tok.render(c, flag).map_err(|e| in_row(first + i, e)))
+                .collect::<Result<Vec<String>>>()?;
+            let encodings = self.encode_many(texts.iter().map(String::as_str).collect(), false)?;
+            for (i, ((text, enc), convo)) in texts.iter().zip(&encodings).zip(slice).enumerate() {
+                out.push(chat_row(text, enc, convo).map_err(|e| in_row(first + i, e))?);
+            }
+            phase.set(out.len() as u64);
+        }
+        Ok(out)
     }
 }
 
