@@ -280,7 +280,9 @@ mod tests {
                 &DataType::Float64
             ]
         );
-        let a = batch.column(0).as_primitive::<arrow::datatypes::Float64Type>();
+        let a = batch
+            .column(0)
+            .as_primitive::<arrow::datatypes::Float64Type>();
         assert_eq!(a.value(n - 2), (n - 2) as f64);
         assert!(a.is_null(n - 1));
         assert_eq!(batch.column(1).as_string::<i64>().value(n - 1), "word");
