@@ -3,6 +3,7 @@
 //! the columns that `data.hf` will hold.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, Int64Array, ListArray};
 use arrow::buffer::OffsetBuffer;
@@ -77,7 +78,15 @@ pub fn prepare_data(
 ) -> Result<PreparedData> {
     let data = &cfg.data;
     check_data_config(data)?;
+    let clock = Instant::now();
     let table = load_dataset(&data.dataset, &data.split, data.subset.as_deref())?;
+    tracing::info!(
+        "read {} rows of {} in {:.2} s",
+        table.num_rows(),
+        data.dataset,
+        clock.elapsed().as_secs_f64()
+    );
+    let clock = Instant::now();
     let max_model_length = tokenizer.max_model_length(max_position_embeddings);
     if data.chunk_length > 0 {
         return chunked_data(
@@ -130,6 +139,12 @@ pub fn prepare_data(
         let texts = text_column(&table, &data.prompt_column, "--prompt_column")?;
         (encoder.encode_texts(&texts.values())?, false)
     };
+    tracing::info!(
+        "tokenised {} rows ({} tokens) in {:.2} s",
+        rows.len(),
+        rows.iter().map(TokenizedRow::len).sum::<usize>(),
+        clock.elapsed().as_secs_f64()
+    );
     if !data.truncation {
         warn_long(&rows, max_model_length, cfg.token_batch_size);
     }
