@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes a corpus of short English-like documents for the data-pipeline benchmark
-(docs/benchmarks.md, "Data pipeline at scale"): ROWS rows of 45-80 words (about 60-100
+(docs/benchmarks.md, "Data pipeline at scale"): ROWS rows of 13-22 words (about 60-100
 tokens with the fixture GPT-NeoX tokenizer), as JSON Lines and Parquet, with a fixed seed.
 
     /work/pyenv/bin/python scripts/make-corpus.py OUT_DIR 10000 100000 1000000
@@ -34,7 +34,7 @@ def word(rng: random.Random) -> str:
 
 
 def document(rng: random.Random) -> str:
-    words = [word(rng) for _ in range(rng.randint(45, 80))]
+    words = [word(rng) for _ in range(rng.randint(13, 22))]
     text = " ".join(words)
     return text[0].upper() + text[1:] + "."
 
