@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Times the data phase of `bergson build` (read, tokenise: from the pipeline's info log) and
+# its peak RSS (/usr/bin/time -v) on the corpus family of scripts/make-corpus.py. A tiny
+# --max_tokens keeps the model's share of the run negligible; every row is still read and
+# tokenised. Usage: scripts/bench-data.sh CORPUS_DIR [BERGSON_BINARY] [SIZES...]
+set -euo pipefail
+corpus=${1:?corpus directory}
+bin=${2:-target/release/bergson}
+shift $(( $# > 1 ? 2 : 1 ))
+sizes=${*:-10k 100k 1M}
+model=$(dirname "$0")/../tests/fixtures/models/gpt_neox
+runs=$(mktemp -d)
+trap 'rm -rf "$runs"' EXIT
+printf '| rows | format | read s | tokenise s | setup s | peak RSS MiB | tokens | s per M tokens |\n'
+printf '|---|---|---|---|---|---|---|---|\n'
+for size in $sizes; do
+  for format in jsonl parquet; do
+    log=$runs/log
+    RUST_LOG=bergson=info /usr/bin/time -v "$bin" build "$runs/run" --overwrite --quiet --profile \
+      --model "$model" --dataset "$corpus/corpus-$size.$format" --max_tokens 4096 >"$log" 2>&1 \
+      || { cat "$log"; exit 1; }
+    read_s=$(sed -n 's/.*INFO read .* in \([0-9.]*\) s/\1/p' "$log")
+    tok_line=$(grep 'INFO tokenised' "$log")
+    tok_s=$(sed -n 's/.* in \([0-9.]*\) s/\1/p' <<<"$tok_line")
+    tokens=$(sed -n 's/.*rows (\([0-9]*\) tokens).*/\1/p' <<<"$tok_line")
+    setup_s=$(sed -n 's/.*setup (data, model, projections) *\([0-9.]*\) s.*/\1/p' "$log")
+    rss_kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$log")
+    awk -v n="$size" -v f="$format" -v r="$read_s" -v t="$tok_s" -v s="$setup_s" \
+        -v m="$rss_kb" -v k="$tokens" 'BEGIN {
+      printf "| %s | %s | %.2f | %.2f | %.2f | %.0f | %d | %.2f |\n", n, f, r, t, s, m / 1024, k, (r + t) / (k / 1e6)
+    }'
+  done
+done
