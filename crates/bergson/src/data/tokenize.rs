@@ -330,20 +330,6 @@ impl Encoder<'_> {
             .map_err(|e| Error::input(format!("cannot tokenise a row: {e}")))
     }
 
-    fn encode_many(&self, texts: Vec<&str>, add_special_tokens: bool) -> Result<Vec<Encoding>> {
-        self.inner
-            .encode_batch_char_offsets(texts, add_special_tokens)
-            .map_err(|e| Error::input(format!("cannot tokenise rows: {e}")))
-    }
-
-    /// [`Self::encode_many`] without character offsets (same ids, less work): for rows whose
-    /// labels need no offsets.
-    fn encode_many_ids(&self, texts: Vec<&str>, add_special_tokens: bool) -> Result<Vec<Encoding>> {
-        self.inner
-            .encode_batch_fast(texts, add_special_tokens)
-            .map_err(|e| Error::input(format!("cannot tokenise rows: {e}")))
-    }
-
     /// A plain-text row (the tokenizer's special tokens added, no labels).
     pub fn encode_text(&self, text: &str) -> Result<TokenizedRow> {
         Ok(plain_row(&self.encode(text, true)?))
@@ -362,39 +348,36 @@ impl Encoder<'_> {
         chat_row(&text, &self.encode(&text, false)?, messages)
     }
 
-    /// Encodes `texts` (ids only) a slice at a time: each slice is tokenised in parallel, its
-    /// `Encoding`s (tokens, offsets, masks: ~100 bytes a token) reduced to flat ids before the
-    /// next, and Ctrl-C polled between slices.
-    fn encode_in_slices<S: AsRef<str>>(
+    /// Encodes `texts` (ids only) a slice at a time, each slice in parallel pieces
+    /// ([`encode_pieces`]), polling Ctrl-C between slices.
+    fn encode_in_slices<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],
         add_special_tokens: bool,
     ) -> Result<Vec<FlatRows>> {
-        let mut phase = Phase::new("tokenizing", "rows", Some(texts.len() as u64));
-        let mut slices = Vec::with_capacity(texts.len().div_ceil(ENCODE_SLICE));
-        let mut done = 0;
-        for slice in texts.chunks(ENCODE_SLICE) {
-            crate::interrupt::check()?;
-            let slice: Vec<&str> = slice.iter().map(AsRef::as_ref).collect();
+        encode_pieces(texts, |piece, first| {
             let mut flat = FlatRows::default();
-            for enc in self.encode_many_ids(slice, add_special_tokens)? {
+            for (i, text) in piece.iter().enumerate() {
+                let enc = self
+                    .inner
+                    .encode_fast(text.as_ref(), add_special_tokens)
+                    .map_err(|e| {
+                        in_row(first + i, Error::input(format!("cannot tokenise it: {e}")))
+                    })?;
                 flat.push(enc.get_ids(), None);
             }
-            done += flat.len();
-            slices.push(flat);
-            phase.set(done as u64);
-        }
-        Ok(slices)
+            Ok(flat)
+        })
     }
 
     /// Plain-text rows, tokenised in parallel.
-    pub fn encode_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<TokenizedRow>> {
+    pub fn encode_texts<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<TokenizedRow>> {
         Ok(FlatRows::into_rows(self.encode_in_slices(texts, true)?))
     }
 
     /// Token ids of texts without the tokenizer's special tokens (Bergson's chunking),
     /// tokenised in parallel.
-    pub fn encode_texts_plain<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<i64>>> {
+    pub fn encode_texts_plain<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Vec<i64>>> {
         Ok(FlatRows::into_rows(self.encode_in_slices(texts, false)?)
             .into_iter()
             .map(|row| row.input_ids)
@@ -418,36 +401,59 @@ impl Encoder<'_> {
         self.encode_chats(rows, "--conversation_column")
     }
 
-    /// Chat rows, a slice at a time as [`Self::encode_in_slices`]: rendered, tokenised in
-    /// parallel, labelled.
+    /// Chat rows, in parallel pieces as [`Self::encode_in_slices`]: rendered, tokenised,
+    /// labelled.
     fn encode_chats(&self, convos: &[Vec<ChatMessage>], flag: &str) -> Result<Vec<TokenizedRow>> {
-        let mut phase = Phase::new("tokenizing", "rows", Some(convos.len() as u64));
-        let mut slices = Vec::with_capacity(convos.len().div_ceil(ENCODE_SLICE));
-        let mut done = 0;
-        for slice in convos.chunks(ENCODE_SLICE) {
-            crate::interrupt::check()?;
-            let texts = slice
-                .iter()
-                .enumerate()
-                .map(|(i, c)| self.tok.render(c, flag).map_err(|e| in_row(done + i, e)))
-                .collect::<Result<Vec<String>>>()?;
-            let encodings = self.encode_many(texts.iter().map(String::as_str).collect(), false)?;
+        let pieces = encode_pieces(convos, |piece, first| {
             let mut flat = FlatRows::default();
             let mut labels = Vec::new();
-            for (i, ((text, enc), convo)) in texts.iter().zip(&encodings).zip(slice).enumerate() {
-                chat_labels(text, enc, convo, &mut labels).map_err(|e| in_row(done + i, e))?;
+            for (i, convo) in piece.iter().enumerate() {
+                let row = |e| in_row(first + i, e);
+                let text = self.tok.render(convo, flag).map_err(row)?;
+                let enc = self.encode(&text, false).map_err(row)?;
+                chat_labels(&text, &enc, convo, &mut labels).map_err(row)?;
                 flat.push(enc.get_ids(), Some(&labels));
             }
-            done += flat.len();
-            slices.push(flat);
-            phase.set(done as u64);
-        }
-        Ok(FlatRows::into_rows(slices))
+            Ok(flat)
+        })?;
+        Ok(FlatRows::into_rows(pieces))
     }
 }
 
-/// The token ids (and labels) of a slice of rows, end to end. Rows are held this way until
-/// every slice is tokenised, then split into [`TokenizedRow`]s: allocating each row's vectors
+/// Rows handed to one task of the tokenizers library's thread pool.
+const PIECE: usize = 128;
+
+/// Runs `encode(piece, index of its first row)` on every piece of `rows`, a slice of
+/// [`ENCODE_SLICE`] rows at a time, the pieces of a slice in parallel (unless
+/// `TOKENIZERS_PARALLELISM` is off), with progress and a Ctrl-C check between slices.
+/// Each piece is encoded start to finish on one thread, so the library's short-lived
+/// `Encoding`s (tokens, offsets, masks: ~100 bytes a token) are freed by the thread that
+/// made them. The first failing row's error is returned.
+fn encode_pieces<T: Sync>(
+    rows: &[T],
+    encode: impl Fn(&[T], usize) -> Result<FlatRows> + Sync,
+) -> Result<Vec<FlatRows>> {
+    use tokenizers::parallelism::MaybeParallelSlice;
+    let mut phase = Phase::new("tokenizing", "rows", Some(rows.len() as u64));
+    let mut pieces = Vec::with_capacity(rows.len().div_ceil(PIECE));
+    for (s, slice) in rows.chunks(ENCODE_SLICE).enumerate() {
+        crate::interrupt::check()?;
+        let first = s * ENCODE_SLICE;
+        let encoded: Vec<Result<FlatRows>> = slice
+            .maybe_par_chunks(PIECE)
+            .enumerate()
+            .map(|(p, piece)| encode(piece, first + p * PIECE))
+            .collect();
+        for piece in encoded {
+            pieces.push(piece?);
+        }
+        phase.set((first + slice.len()) as u64);
+    }
+    Ok(pieces)
+}
+
+/// The token ids (and labels) of a piece of rows, end to end. Rows are held this way until
+/// every row is tokenised, then split into [`TokenizedRow`]s: allocating each row's vectors
 /// in between the tokenizer's many short-lived allocations fragments the heap, and tokenising
 /// slowed down as the kept rows grew (1.9x the CPU time per row after 700k short rows).
 #[derive(Debug, Default)]
@@ -970,5 +976,42 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn many_rows_in_parallel_pieces_equal_one_at_a_time() {
+        // More rows than one slice, in pieces of several lengths, with a chat template set.
+        let mut tok = Tokenizer::from_dir(bpe_dir()).unwrap();
+        tok.set_chat_templates(ChatTemplates::Single(
+            "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}".into(),
+        ));
+        let enc = tok.encoder(Some(40)).unwrap();
+        let n = ENCODE_SLICE + 3 * PIECE + 5;
+        let texts: Vec<String> = (0..n)
+            .map(|i| format!("row {i}: {}", "tokens and words ".repeat(i % 9)))
+            .collect();
+        let one_at_a_time: Vec<TokenizedRow> =
+            texts.iter().map(|t| enc.encode_text(t).unwrap()).collect();
+        assert_eq!(enc.encode_texts(&texts).unwrap(), one_at_a_time);
+        let pairs: Vec<(&str, &str)> = texts.iter().map(|t| ("question", t.as_str())).collect();
+        let one_at_a_time: Vec<TokenizedRow> = pairs
+            .iter()
+            .map(|(p, c)| enc.encode_prompt_completion(p, c).unwrap())
+            .collect();
+        assert!(one_at_a_time.iter().any(|r| r.labels.as_ref().unwrap()[0] == -100));
+        assert_eq!(enc.encode_prompt_completions(&pairs).unwrap(), one_at_a_time);
+        // The first failing row is the one named, whichever thread meets it.
+        let mut convos: Vec<Vec<ChatMessage>> = pairs
+            .iter()
+            .map(|(p, c)| prompt_completion_convo(p, c))
+            .collect();
+        convos[n - 2][1].role = "assistant".into();
+        convos[n - 2][1].content = "\u{0}never rendered".into();
+        tok.set_chat_templates(ChatTemplates::Single(
+            "{% for m in messages %}{{ m.content | replace('\\x00', '') }}{% endfor %}".into(),
+        ));
+        let enc = tok.encoder(None).unwrap();
+        let err = enc.encode_conversations(&convos).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("row {}:", n - 2)), "{err}");
     }
 }
