@@ -435,7 +435,7 @@ fn encode_pieces<T: Sync>(
 ) -> Result<Vec<FlatRows>> {
     use tokenizers::parallelism::MaybeParallelSlice;
     let mut phase = Phase::new("tokenizing", "rows", Some(rows.len() as u64));
-    let mut pieces = Vec::with_capacity(rows.len().div_ceil(PIECE));
+    let mut slices = Vec::with_capacity(rows.len().div_ceil(ENCODE_SLICE));
     for (s, slice) in rows.chunks(ENCODE_SLICE).enumerate() {
         crate::interrupt::check()?;
         let first = s * ENCODE_SLICE;
@@ -444,12 +444,14 @@ fn encode_pieces<T: Sync>(
             .enumerate()
             .map(|(p, piece)| encode(piece, first + p * PIECE))
             .collect();
-        for piece in encoded {
-            pieces.push(piece?);
-        }
+        // Copied into one buffer of this thread: a buffer is best freed by the thread that
+        // made it (glibc keeps one heap per thread), and these are freed here, as the rows
+        // that replace them are made.
+        let encoded = encoded.into_iter().collect::<Result<Vec<_>>>()?;
+        slices.push(FlatRows::concat(&encoded));
         phase.set((first + slice.len()) as u64);
     }
-    Ok(pieces)
+    Ok(slices)
 }
 
 /// The token ids (and labels) of a piece of rows, end to end. Rows are held this way until
@@ -468,6 +470,23 @@ struct FlatRows {
 impl FlatRows {
     fn len(&self) -> usize {
         self.ends.len()
+    }
+
+    /// The rows of `parts`, in order, in buffers of their exact size.
+    fn concat(parts: &[FlatRows]) -> FlatRows {
+        let tokens = parts.iter().map(|p| p.ids.len()).sum();
+        let mut all = FlatRows {
+            ids: Vec::with_capacity(tokens),
+            labels: Vec::with_capacity(parts.iter().map(|p| p.labels.len()).sum()),
+            ends: Vec::with_capacity(parts.iter().map(FlatRows::len).sum()),
+        };
+        for part in parts {
+            let base = all.ids.len();
+            all.ids.extend_from_slice(&part.ids);
+            all.labels.extend_from_slice(&part.labels);
+            all.ends.extend(part.ends.iter().map(|&e| base + e));
+        }
+        all
     }
 
     fn push(&mut self, ids: &[u32], labels: Option<&[i32]>) {
@@ -998,8 +1017,13 @@ mod tests {
             .iter()
             .map(|(p, c)| enc.encode_prompt_completion(p, c).unwrap())
             .collect();
-        assert!(one_at_a_time.iter().any(|r| r.labels.as_ref().unwrap()[0] == -100));
-        assert_eq!(enc.encode_prompt_completions(&pairs).unwrap(), one_at_a_time);
+        assert!(one_at_a_time
+            .iter()
+            .any(|r| r.labels.as_ref().unwrap()[0] == -100));
+        assert_eq!(
+            enc.encode_prompt_completions(&pairs).unwrap(),
+            one_at_a_time
+        );
         // The first failing row is the one named, whichever thread meets it.
         let mut convos: Vec<Vec<ChatMessage>> = pairs
             .iter()
