@@ -1,7 +1,6 @@
 //! `bergson build`: the whole pipeline from a [`BuildConfig`] to a finished index directory,
 //! with Bergson 2.5.1's files and layouts (see `docs/index-format.md`).
 
-mod dataset;
 mod rows;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +13,7 @@ use arrow::record_batch::RecordBatch;
 use md5::{Digest, Md5};
 use tch::{Device, Kind};
 
-pub use dataset::{prepare_data, PreparedData};
+pub use crate::data::pipeline::{prepare_data, PreparedData};
 
 use crate::collect::{BatchTimings, CollectConfig, Collection, Documents};
 use crate::config::run_file::{config_yaml, Step};

@@ -35,8 +35,49 @@ pub fn column<'a>(batch: &'a RecordBatch, name: &str, flag: &str) -> Result<&'a 
 
 /// Every value of a text column; a null or a non-string column is an error naming the row.
 pub fn string_column(batch: &RecordBatch, name: &str, flag: &str) -> Result<Vec<String>> {
+    Ok(text_column(batch, name, flag)?
+        .values()
+        .into_iter()
+        .map(str::to_string)
+        .collect())
+}
+
+/// A text column with a string in every row, read in place (a corpus's text is not copied).
+#[derive(Debug, Clone)]
+pub struct TextColumn {
+    array: ArrayRef,
+}
+
+impl TextColumn {
+    /// The strings, in row order.
+    pub fn values(&self) -> Vec<&str> {
+        // Nulls were refused when the column was made.
+        fn all<'a>(it: impl Iterator<Item = Option<&'a str>>) -> Vec<&'a str> {
+            it.map(Option::unwrap_or_default).collect()
+        }
+        match self.array.data_type() {
+            DataType::Utf8 => all(self.array.as_string::<i32>().iter()),
+            DataType::LargeUtf8 => all(self.array.as_string::<i64>().iter()),
+            _ => all(self.array.as_string_view().iter()),
+        }
+    }
+}
+
+/// The text column `name`, as [`string_column`] checks it, without copying its strings.
+pub fn text_column(batch: &RecordBatch, name: &str, flag: &str) -> Result<TextColumn> {
     let array = column(batch, name, flag)?;
-    strings_of(array, &format!("column '{name}' ({flag})"), flag, batch)
+    let what = format!("column '{name}' ({flag})");
+    let array = text_array(array, &what, flag, batch)?;
+    if let Some(row) = array
+        .logical_nulls()
+        .and_then(|n| n.iter().position(|valid| !valid))
+    {
+        return Err(Error::input(format!(
+            "row {row} of {what} is null, but every row needs a string; fill in or drop the rows \
+             without one"
+        )));
+    }
+    Ok(TextColumn { array })
 }
 
 /// The strings of column `name` with nulls kept as `None` (for Bergson's chunking, which skips
@@ -66,32 +107,6 @@ fn text_array(array: &ArrayRef, what: &str, flag: &str, batch: &RecordBatch) -> 
             cast(array, &DataType::LargeUtf8).map_err(|_| not_text(array.data_type()))
         }
         other => Err(not_text(other)),
-    }
-}
-
-/// The strings of a string array (`string`, `large_string`, `string_view`, or dictionary of them).
-fn strings_of(
-    array: &ArrayRef,
-    what: &str,
-    flag: &str,
-    batch: &RecordBatch,
-) -> Result<Vec<String>> {
-    let array = text_array(array, what, flag, batch)?;
-    let null_at = |row: usize| {
-        Error::input(format!(
-            "row {row} of {what} is null, but every row needs a string; fill in or drop the rows \
-             without one"
-        ))
-    };
-    let collect = |iter: &mut dyn Iterator<Item = Option<&str>>| -> Result<Vec<String>> {
-        iter.enumerate()
-            .map(|(row, v)| v.map(str::to_string).ok_or_else(|| null_at(row)))
-            .collect()
-    };
-    match array.data_type() {
-        DataType::Utf8 => collect(&mut array.as_string::<i32>().iter()),
-        DataType::LargeUtf8 => collect(&mut array.as_string::<i64>().iter()),
-        _ => collect(&mut array.as_string_view().iter()),
     }
 }
 

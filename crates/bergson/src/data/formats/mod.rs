@@ -1,11 +1,15 @@
 //! Readers for single data files, one per format, each returning the whole file as one table.
+//! Every reader streams its file (time linear in its size), reports progress as a
+//! [`Phase`] and stops at a Ctrl-C ([`crate::interrupt`]) within one batch of rows.
 
 pub mod csv;
 pub mod json;
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
+use std::rc::Rc;
 
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
@@ -14,6 +18,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::error::IoContext;
+use crate::progress::Phase;
 use crate::{Error, Result};
 
 /// A data file format `datasets` reads by extension.
@@ -64,6 +69,9 @@ pub fn read_file(path: &Path, format: Format) -> Result<RecordBatch> {
     }
 }
 
+/// Rows per batch decoded from Parquet (between Ctrl-C checks).
+const PARQUET_BATCH_ROWS: usize = 16_384;
+
 /// Reads a Parquet file.
 pub fn read_parquet(path: &Path) -> Result<RecordBatch> {
     let bad = |e: &dyn std::fmt::Display| {
@@ -76,10 +84,14 @@ pub fn read_parquet(path: &Path) -> Result<RecordBatch> {
     let file = File::open(path).at_path(path)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(&e))?;
     let schema = builder.schema().clone();
-    let reader = builder.build().map_err(|e| bad(&e))?;
-    let batches = reader
-        .collect::<std::result::Result<Vec<_>, _>>()
+    let rows = builder.metadata().file_metadata().num_rows();
+    let reader = builder
+        .with_batch_size(PARQUET_BATCH_ROWS)
+        .build()
         .map_err(|e| bad(&e))?;
+    let mut phase = Phase::new("reading Parquet", "rows", u64::try_from(rows).ok());
+    let batches = read_batches(reader, |_, batch| phase.inc(batch.num_rows() as u64))
+        .map_err(|e| e.or_input(|e| bad(&e)))?;
     concat(path, &schema, &batches)
 }
 
@@ -98,26 +110,84 @@ pub fn read_arrow(path: &Path) -> Result<RecordBatch> {
         .map(|_| &magic == b"ARROW1")
         .unwrap_or(false);
     let file = File::open(path).at_path(path)?;
+    let size = file.metadata().at_path(path)?.len();
+    let mut phase = Phase::new("reading Arrow", "bytes", Some(size));
     let (schema, batches) = if is_file_format {
         let reader = FileReader::try_new(file, None).map_err(|e| bad(&e))?;
         let schema = reader.schema();
-        (
-            schema,
-            reader
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| bad(&e))?,
-        )
+        let per_batch = size / reader.num_batches().max(1) as u64;
+        let batches = read_batches(reader, |i, _| phase.set((i as u64 + 1) * per_batch));
+        (schema, batches)
     } else {
+        let (file, read) = Counted::new(file);
         let reader = StreamReader::try_new(BufReader::new(file), None).map_err(|e| bad(&e))?;
         let schema = reader.schema();
-        (
-            schema,
-            reader
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| bad(&e))?,
-        )
+        (schema, read_batches(reader, |_, _| phase.set(read.get())))
     };
+    let batches = batches.map_err(|e| e.or_input(|e| bad(&e)))?;
     concat(path, &schema, &batches)
+}
+
+/// A batch reader's failure: the reader's own error, or Ctrl-C.
+enum BatchError {
+    Arrow(arrow::error::ArrowError),
+    Interrupted,
+}
+
+impl BatchError {
+    /// The library error, with a reader error turned into the user's input error by `bad`.
+    fn or_input(self, bad: impl FnOnce(arrow::error::ArrowError) -> Error) -> Error {
+        match self {
+            BatchError::Arrow(e) => bad(e),
+            BatchError::Interrupted => Error::Interrupted,
+        }
+    }
+}
+
+/// Every batch of `reader`, calling `progress` after each and polling for Ctrl-C
+/// ([`crate::interrupt`]) before each.
+fn read_batches(
+    reader: impl Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>,
+    mut progress: impl FnMut(usize, &RecordBatch),
+) -> std::result::Result<Vec<RecordBatch>, BatchError> {
+    let mut batches = Vec::new();
+    for (i, batch) in reader.enumerate() {
+        if crate::interrupt::requested() {
+            return Err(BatchError::Interrupted);
+        }
+        let batch = batch.map_err(BatchError::Arrow)?;
+        progress(i, &batch);
+        batches.push(batch);
+    }
+    Ok(batches)
+}
+
+/// A reader that counts the bytes read through it, for progress in bytes.
+pub(crate) struct Counted<R> {
+    inner: R,
+    read: Rc<Cell<u64>>,
+}
+
+impl<R> Counted<R> {
+    /// `inner` counted, and the count.
+    pub(crate) fn new(inner: R) -> (Counted<R>, Rc<Cell<u64>>) {
+        let read = Rc::new(Cell::new(0));
+        (
+            Counted {
+                inner,
+                read: read.clone(),
+            },
+            read,
+        )
+    }
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
 }
 
 /// Concatenates a file's record batches into one table.

@@ -1,8 +1,9 @@
-//! The build's data pipeline (Bergson's `setup_data_pipeline`): load the rows, tokenise them in
-//! the mode the columns select, add advantages, apply `max_tokens`, and keep the columns that
-//! `data.hf` will hold.
+//! The data pipeline every command shares (Bergson's `setup_data_pipeline`): load the rows,
+//! tokenise them in the mode the columns select, add advantages, apply `max_tokens`, and keep
+//! the columns that `data.hf` will hold.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, Int64Array, ListArray};
 use arrow::buffer::OffsetBuffer;
@@ -13,7 +14,7 @@ use crate::config::{DataConfig, IndexConfig};
 use crate::data::chunking::{chunk_documents, cpu_count, has_content, map_layout};
 use crate::data::columns::{
     add_column, column_names, conversation_column, drop_columns, float_column,
-    nullable_string_column, string_column, take_rows,
+    nullable_string_column, string_column, take_rows, text_column,
 };
 use crate::data::format_template::FormatTemplate;
 use crate::data::rewards::{advantages_from_column, advantages_from_rewards};
@@ -25,7 +26,8 @@ use crate::{Error, Result};
 #[derive(Debug)]
 pub struct PreparedData {
     /// The rows as `data.hf` will hold them (before `loss` is added): the original columns
-    /// unless `drop_columns`, then `input_ids`, `length`, `labels`, `advantage`.
+    /// unless `drop_columns`, then `input_ids` (not with `drop_columns`, which leaves it out of
+    /// `data.hf`), `length`, `labels`, `advantage`.
     pub table: RecordBatch,
     /// Token ids and labels per row.
     pub rows: Vec<TokenizedRow>,
@@ -76,7 +78,16 @@ pub fn prepare_data(
 ) -> Result<PreparedData> {
     let data = &cfg.data;
     check_data_config(data)?;
+    let (clock, cpu) = (Instant::now(), cpu_seconds());
     let table = load_dataset(&data.dataset, &data.split, data.subset.as_deref())?;
+    tracing::info!(
+        "read {} rows of {} in {:.2} s ({:.2} s CPU)",
+        table.num_rows(),
+        data.dataset,
+        clock.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu
+    );
+    let (clock, cpu) = (Instant::now(), cpu_seconds());
     let max_model_length = tokenizer.max_model_length(max_position_embeddings);
     if data.chunk_length > 0 {
         return chunked_data(
@@ -113,18 +124,29 @@ pub fn prepare_data(
             table.column_by_name("labels").is_some(),
         )
     } else if !data.completion_column.is_empty() {
-        let prompts = string_column(&table, &data.prompt_column, "--prompt_column")?;
-        let completions = string_column(&table, &data.completion_column, "--completion_column")?;
-        let pairs: Vec<(&String, &String)> = prompts.iter().zip(&completions).collect();
+        let prompts = text_column(&table, &data.prompt_column, "--prompt_column")?;
+        let completions = text_column(&table, &data.completion_column, "--completion_column")?;
+        let pairs: Vec<(&str, &str)> = prompts
+            .values()
+            .into_iter()
+            .zip(completions.values())
+            .collect();
         (encoder.encode_prompt_completions(&pairs)?, true)
     } else if !data.conversation_column.is_empty() {
         let convos =
             conversation_column(&table, &data.conversation_column, "--conversation_column")?;
         (encoder.encode_conversations(&convos)?, true)
     } else {
-        let texts = string_column(&table, &data.prompt_column, "--prompt_column")?;
-        (encoder.encode_texts(&texts)?, false)
+        let texts = text_column(&table, &data.prompt_column, "--prompt_column")?;
+        (encoder.encode_texts(&texts.values())?, false)
     };
+    tracing::info!(
+        "tokenised {} rows ({} tokens) in {:.2} s ({:.2} s CPU)",
+        rows.len(),
+        rows.iter().map(TokenizedRow::len).sum::<usize>(),
+        clock.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu
+    );
     if !data.truncation {
         warn_long(&rows, max_model_length, cfg.token_batch_size);
     }
@@ -133,11 +155,14 @@ pub fn prepare_data(
     let source = table.clone();
     let mut table = table;
     if !pretokenized {
-        table = add_column(
-            &table,
-            "input_ids",
-            input_id_lists(rows.iter().map(|r| r.input_ids.as_slice())),
-        )?;
+        // data.hf leaves the ids out with --drop_columns, so the column is not made then.
+        if !cfg.drop_columns {
+            table = add_column(
+                &table,
+                "input_ids",
+                input_id_lists(rows.iter().map(|r| r.input_ids.as_slice()))?,
+            )?;
+        }
         table = add_column(
             &table,
             "length",
@@ -150,7 +175,7 @@ pub fn prepare_data(
                 .iter()
                 .map(|r| r.labels.as_deref().unwrap_or(&[]))
                 .collect();
-            table = add_column(&table, "labels", id_lists(labels.into_iter()))?;
+            table = add_column(&table, "labels", id_lists(labels.into_iter())?)?;
         }
     } else if table.column_by_name("length").is_none() {
         table = add_column(
@@ -319,11 +344,11 @@ fn chunked_data(
     let columns: Vec<(&str, ArrayRef)> = vec![
         (
             "input_ids",
-            input_id_lists(chunks.input_ids.iter().map(Vec::as_slice)),
+            input_id_lists(chunks.input_ids.iter().map(Vec::as_slice))?,
         ),
         (
             "doc_ids",
-            id_lists(chunks.doc_ids.iter().map(Vec::as_slice)),
+            id_lists(chunks.doc_ids.iter().map(Vec::as_slice))?,
         ),
         (
             "length",
@@ -349,6 +374,18 @@ fn chunked_data(
         rows,
         advantages: None,
     })
+}
+
+/// CPU time of the process so far (all threads), for the phase timings logged above: on a
+/// shared machine it measures the work where wall time measures the neighbours too.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// Bergson's `DataConfig.__post_init__` checks, and options bergson-rs does not have yet.
@@ -469,28 +506,45 @@ fn int_lists(table: &RecordBatch, name: &str) -> Result<Vec<Vec<i64>>> {
 }
 
 /// A `list<int64>` column from rows of ids.
-fn id_lists<'a>(rows: impl Iterator<Item = &'a [i64]>) -> ArrayRef {
-    let (offsets, values) = flatten(rows);
-    list_column(offsets, Arc::new(Int64Array::from(values)), DataType::Int64)
+fn id_lists<'a>(rows: impl Iterator<Item = &'a [i64]>) -> Result<ArrayRef> {
+    let (offsets, values) = flatten(rows, |v| v)?;
+    Ok(list_column(
+        offsets,
+        Arc::new(Int64Array::from(values)),
+        DataType::Int64,
+    ))
 }
 
 /// A `list<int32>` column of token ids: `datasets` stores an inferred `input_ids` column as
 /// int32 (its optimised feature types), so `data.hf` keeps Bergson's type.
-fn input_id_lists<'a>(rows: impl Iterator<Item = &'a [i64]>) -> ArrayRef {
-    let (offsets, values) = flatten(rows);
+fn input_id_lists<'a>(rows: impl Iterator<Item = &'a [i64]>) -> Result<ArrayRef> {
     // Token ids are vocabulary indices, far below 2^31.
-    let values: Vec<i32> = values.into_iter().map(|v| v as i32).collect();
-    list_column(offsets, Arc::new(Int32Array::from(values)), DataType::Int32)
+    let (offsets, values) = flatten(rows, |v| v as i32)?;
+    Ok(list_column(
+        offsets,
+        Arc::new(Int32Array::from(values)),
+        DataType::Int32,
+    ))
 }
 
-fn flatten<'a>(rows: impl Iterator<Item = &'a [i64]>) -> (Vec<i32>, Vec<i64>) {
+/// The values of all rows, converted, and each row's end offset (i32, as Arrow's `list`).
+fn flatten<'a, T>(
+    rows: impl Iterator<Item = &'a [i64]>,
+    convert: impl Fn(i64) -> T,
+) -> Result<(Vec<i32>, Vec<T>)> {
     let mut offsets = vec![0i32];
     let mut values = Vec::new();
     for r in rows {
-        values.extend_from_slice(r);
-        offsets.push(values.len() as i32);
+        values.extend(r.iter().map(|&v| convert(v)));
+        let end = i32::try_from(values.len()).map_err(|_| {
+            Error::input(
+                "the dataset holds more than 2^31 tokens, more than one data.hf list column \
+                 holds; index it in parts (e.g. --split train[:50%] and train[50%:])",
+            )
+        })?;
+        offsets.push(end);
     }
-    (offsets, values)
+    Ok((offsets, values))
 }
 
 fn list_column(offsets: Vec<i32>, values: ArrayRef, item: DataType) -> ArrayRef {
