@@ -84,7 +84,13 @@ fn a_bad_factory_string_is_a_one_line_error() {
     let index = fixture_index("arch_gpt2");
     let path = index.path().to_str().unwrap();
     let out = query(
-        &["--index", path, "--faiss", "--index_factory", "IVF,Nonsense"],
+        &[
+            "--index",
+            path,
+            "--faiss",
+            "--index_factory",
+            "IVF,Nonsense",
+        ],
         "Hello there\n",
     );
     assert_one_line_error(&out, &["IVF,Nonsense", "factory"]);
@@ -112,9 +118,17 @@ fn a_flat_faiss_session_answers_as_the_exact_search() {
     let path = index.path().to_str().unwrap();
     let prompts = "The quick brown fox\nHello, world! How are you?\n";
     let exact = query(&["--index", path, "--top_k", "3"], prompts);
-    assert!(exact.status.success(), "{}", String::from_utf8_lossy(&exact.stderr));
+    assert!(
+        exact.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exact.stderr)
+    );
     let ann = query(&["--index", path, "--top_k", "3", "--faiss"], prompts);
-    assert!(ann.status.success(), "{}", String::from_utf8_lossy(&ann.stderr));
+    assert!(
+        ann.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ann.stderr)
+    );
     assert!(index.path().join("faiss_Flat_cosine/config.yaml").is_file());
     let (exact, ann) = (
         results(&String::from_utf8_lossy(&exact.stdout)),

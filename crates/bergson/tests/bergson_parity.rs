@@ -505,7 +505,6 @@ fn check_case(case: &Case, path_flags: &[String], tmp: &Path) -> Report {
     let opts = RunOptions {
         device: Device::Cpu,
         quiet: true,
-        ..RunOptions::default()
     };
     let result = run(&cfg, &opts);
     if let Some(theirs_err) = &case.error {

@@ -6,11 +6,11 @@
 //! `cargo test --workspace --features faiss --test query_faiss`); without it, one test checks
 //! that asking for FAISS names the fix.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bergson::config::FaissConfig;
 use bergson::index::{GradientFile, IndexInfo};
-use bergson::query::{Attributor, AttributorOptions, Hits};
+use bergson::query::{Attributor, AttributorOptions};
 use tch::{Device, Kind, Tensor};
 
 /// Writes a gradient index of `g` (`[rows, Σ widths]`) with modules of these widths.
@@ -32,19 +32,6 @@ fn write_index(dir: &Path, g: &Tensor, widths: &[(&str, usize)]) {
     .unwrap();
 }
 
-/// The queries `q` (`[Q, Σ widths]`) split into the modules' blocks.
-fn split(q: &Tensor, widths: &[(&str, usize)]) -> Vec<(String, Tensor)> {
-    let mut at = 0;
-    widths
-        .iter()
-        .map(|(n, w)| {
-            let block = q.narrow(1, at, *w as i64);
-            at += *w as i64;
-            (n.to_string(), block)
-        })
-        .collect()
-}
-
 fn open(dir: &Path, unit_norm: bool, faiss: Option<FaissConfig>) -> bergson::Result<Attributor> {
     Attributor::open(
         dir,
@@ -63,17 +50,16 @@ fn factory(index_factory: &str) -> FaissConfig {
     }
 }
 
-/// Each query's `(row, score)` hits.
-fn rows(h: &Hits, queries: usize) -> Vec<Vec<(i64, f32)>> {
-    (0..queries).map(|q| h.of_query(q).unwrap()).collect()
-}
-
 #[cfg(not(feature = "faiss"))]
 #[test]
 fn asking_for_faiss_without_the_feature_names_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let widths = [("a", 4)];
-    write_index(dir.path(), &Tensor::ones([3, 4], (Kind::Float, Device::Cpu)), &widths);
+    write_index(
+        dir.path(),
+        &Tensor::ones([3, 4], (Kind::Float, Device::Cpu)),
+        &widths,
+    );
     let err = match open(dir.path(), true, Some(factory("Flat"))) {
         Err(e) => e,
         Ok(_) => panic!("FAISS search opened in a build without the feature"),
@@ -91,6 +77,26 @@ fn asking_for_faiss_without_the_feature_names_the_fix() {
 mod with_faiss {
     use super::*;
     use bergson::query::ann::create::part_dir;
+    use bergson::query::Hits;
+    use std::path::PathBuf;
+
+    /// The queries `q` (`[Q, Σ widths]`) split into the modules' blocks.
+    fn split(q: &Tensor, widths: &[(&str, usize)]) -> Vec<(String, Tensor)> {
+        let mut at = 0;
+        widths
+            .iter()
+            .map(|(n, w)| {
+                let block = q.narrow(1, at, *w as i64);
+                at += *w as i64;
+                (n.to_string(), block)
+            })
+            .collect()
+    }
+
+    /// Each query's `(row, score)` hits.
+    fn rows(h: &Hits, queries: usize) -> Vec<Vec<(i64, f32)>> {
+        (0..queries).map(|q| h.of_query(q).unwrap()).collect()
+    }
 
     /// Gaussian rows around 16 well-separated centres (so IVF lists mean something), row 3 all
     /// zero; and 4 queries.
@@ -158,7 +164,11 @@ mod with_faiss {
             for unit_norm in [false, true] {
                 let exact = open(dir.path(), unit_norm, None).unwrap();
                 let ann = open(dir.path(), unit_norm, Some(factory("Flat"))).unwrap();
-                let name = if unit_norm { "faiss_Flat_cosine" } else { "faiss_Flat" };
+                let name = if unit_norm {
+                    "faiss_Flat_cosine"
+                } else {
+                    "faiss_Flat"
+                };
                 assert_eq!(ann.ann_index().unwrap().dir(), dir.path().join(name));
                 assert!(dir.path().join(name).join("0.faiss").is_file());
                 let (et, eb) = both(&exact, &q, 10);
@@ -177,9 +187,7 @@ mod with_faiss {
                     }
                 }
                 // All rows (k = None) ranks every row, the zero row included.
-                let all = ann
-                    .search(&split(&q, &WIDTHS), None, None, false)
-                    .unwrap();
+                let all = ann.search(&split(&q, &WIDTHS), None, None, false).unwrap();
                 let first = all.of_query(0).unwrap();
                 assert_eq!(first.len(), 600);
                 assert!(first.iter().all(|&(r, _)| r >= 0));
@@ -295,7 +303,9 @@ mod with_faiss {
         assert_eq!(rows(&both(&rebuilt, &q, 5).0, 4), rows(&t1, 4));
         // A directory without config.yaml is unfinished: named, not trusted, not deleted.
         std::fs::remove_file(faiss_dir.join("config.yaml")).unwrap();
-        let err = open(dir.path(), false, Some(factory("Flat"))).err().unwrap();
+        let err = open(dir.path(), false, Some(factory("Flat")))
+            .err()
+            .unwrap();
         assert!(err.is_user_error());
         assert!(err.to_string().contains("unfinished"), "{err}");
         assert!(shard.is_file());
@@ -339,7 +349,11 @@ mod with_faiss {
         let resumed = open(dir.path(), false, Some(cfg.clone())).unwrap();
         assert!(!part.exists());
         let kept = std::fs::metadata(faiss_dir.join("0.faiss")).unwrap();
-        assert_eq!(kept.modified().unwrap(), past, "the finished shard was rebuilt");
+        assert_eq!(
+            kept.modified().unwrap(),
+            past,
+            "the finished shard was rebuilt"
+        );
         assert_eq!(rows(&both(&resumed, &q, 5).0, 4), rows(&want, 4));
     }
 
@@ -377,7 +391,10 @@ mod with_faiss {
             .search(&split(&q, &WIDTHS), Some(3), Some(&only), false)
             .err()
             .unwrap();
-        assert!(err.is_user_error() && err.to_string().contains("modules"), "{err}");
+        assert!(
+            err.is_user_error() && err.to_string().contains("modules"),
+            "{err}"
+        );
     }
 
     // ---- Interop with Python Bergson 2.5.1 (faiss-cpu 1.15.1) ----
@@ -423,7 +440,8 @@ mod with_faiss {
 
     /// Bergson's answer for a case and direction: per query, `(row, score)`.
     fn py_hits(case: &serde_json::Value, direction: &str) -> Vec<Vec<(i64, f32)>> {
-        let idx: Vec<Vec<i64>> = serde_json::from_value(case[direction]["indices"].clone()).unwrap();
+        let idx: Vec<Vec<i64>> =
+            serde_json::from_value(case[direction]["indices"].clone()).unwrap();
         let sc: Vec<Vec<f32>> = serde_json::from_value(case[direction]["scores"].clone()).unwrap();
         idx.into_iter()
             .zip(sc)
@@ -465,7 +483,10 @@ mod with_faiss {
             for e in std::fs::read_dir(&dir).unwrap() {
                 let e = e.unwrap();
                 let theirs = fixture().join("index").join(rel).join(e.file_name());
-                assert_eq!(std::fs::read(e.path()).unwrap(), std::fs::read(theirs).unwrap());
+                assert_eq!(
+                    std::fs::read(e.path()).unwrap(),
+                    std::fs::read(theirs).unwrap()
+                );
             }
             let (top, bottom) = a.search_both(&q, Some(5), None, (true, true)).unwrap();
             assert_close(&rows(&top.unwrap(), 3), &py_hits(case, "top"), 1e-5);
@@ -515,10 +536,9 @@ mod with_faiss {
                     .join("\n")
             };
             assert_eq!(path_line(&ours_config), path_line(&theirs_config), "{name}");
-            assert!(ours_config.contains(&format!(
-                "\"gradients_path\": \"{}\"",
-                tmp.path().display()
-            )));
+            assert!(
+                ours_config.contains(&format!("\"gradients_path\": \"{}\"", tmp.path().display()))
+            );
             let (top, _) = a.search_both(&q, Some(5), None, (true, false)).unwrap();
             let top = rows(&top.unwrap(), 3);
             if name.starts_with("flat") {
@@ -531,7 +551,10 @@ mod with_faiss {
                     .zip(&theirs)
                     .map(|(o, t)| o.iter().filter(|h| t.iter().any(|x| x.0 == h.0)).count())
                     .sum::<usize>();
-                assert!(shared >= 12, "{shared} of 15 top rows shared with Bergson's build");
+                assert!(
+                    shared >= 12,
+                    "{shared} of 15 top rows shared with Bergson's build"
+                );
             }
         }
     }

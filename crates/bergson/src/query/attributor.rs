@@ -317,8 +317,10 @@ impl Attributor {
                 cfg
             }
             None => {
-                let mut c = IndexConfig::default();
-                c.include_bias = self.processor.settings.include_bias;
+                let c = IndexConfig {
+                    include_bias: self.processor.settings.include_bias,
+                    ..IndexConfig::default()
+                };
                 let mut cfg = CollectConfig::from_index_config(&c);
                 cfg.modules = self.modules();
                 cfg

@@ -49,13 +49,18 @@ pub fn create(index: &GradientIndex, dir: &Path, cfg: &FaissConfig, unit_norm: b
         return Err(Error::input("--batch_size must be at least 1"));
     }
     // A factory string FAISS cannot parse fails here, before anything is written.
-    drop(Faiss::from_factory(dim, &cfg.index_factory)?);
+    Faiss::from_factory(dim, &cfg.index_factory).map(|_| ())?;
     let sizes = shard_sizes(total, cfg.num_shards);
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let train_rows = cfg.max_train_examples.map_or(largest, |m| m.min(largest));
     check_memory(train_rows, dim)?;
 
-    let modules: Vec<String> = index.info.grad_sizes.iter().map(|(n, _)| n.clone()).collect();
+    let modules: Vec<String> = index
+        .info
+        .grad_sizes
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
     let part = part_dir(dir);
     let resumable = part.join(CONFIG_FILE).is_file()
         && read_config(&part).is_ok_and(|d| d.builds_like(cfg, unit_norm, &modules));
@@ -102,12 +107,19 @@ fn build_shard(
 ) -> Result<Faiss> {
     let dim = index.row_len();
     let mut shard = Faiss::from_factory(dim, &cfg.index_factory)?;
-    let train_end = rows.start + cfg.max_train_examples.map_or(rows.len(), |m| m.min(rows.len()));
+    let train_end = rows.start
+        + cfg
+            .max_train_examples
+            .map_or(rows.len(), |m| m.min(rows.len()));
     let batch = cfg.batch_size;
     let mut train = Vec::with_capacity((train_end - rows.start) * dim);
     for start in (rows.start..train_end).step_by(batch) {
         crate::interrupt::check()?;
-        train.extend(prepared_rows(index, start..(start + batch).min(train_end), unit_norm)?);
+        train.extend(prepared_rows(
+            index,
+            start..(start + batch).min(train_end),
+            unit_norm,
+        )?);
     }
     shard.train(&train)?;
     // The training rows are the shard's first rows: add them from memory, the rest from the

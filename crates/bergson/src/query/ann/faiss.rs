@@ -40,8 +40,11 @@ mod real {
 
     extern "C" {
         fn bergson_faiss_last_error() -> *const c_char;
-        fn bergson_faiss_index_factory(d: c_int, desc: *const c_char, out: *mut *mut c_void)
-            -> c_int;
+        fn bergson_faiss_index_factory(
+            d: c_int,
+            desc: *const c_char,
+            out: *mut *mut c_void,
+        ) -> c_int;
         fn bergson_faiss_free(index: *mut c_void);
         fn bergson_faiss_train(index: *mut c_void, n: i64, x: *const f32) -> c_int;
         fn bergson_faiss_add(index: *mut c_void, n: i64, x: *const f32) -> c_int;
@@ -90,9 +93,8 @@ mod real {
     }
 
     fn c_path(path: &Path) -> Result<CString> {
-        CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
-            Error::input(format!("{}: a path with a NUL byte", path.display()))
-        })
+        CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::input(format!("{}: a path with a NUL byte", path.display())))
     }
 
     /// A FAISS index (inner-product metric), freed on drop.
@@ -112,7 +114,10 @@ mod real {
                 Error::input(format!("--index_factory {factory:?} contains a NUL byte"))
             })?;
             let dim = c_int::try_from(dim).map_err(|_| {
-                Error::input(format!("FAISS indexes at most {} columns, not {dim}", c_int::MAX))
+                Error::input(format!(
+                    "FAISS indexes at most {} columns, not {dim}",
+                    c_int::MAX
+                ))
             })?;
             let mut out = std::ptr::null_mut();
             // SAFETY: `desc` is NUL-terminated and `out` is a valid place for the result.
@@ -183,7 +188,9 @@ mod real {
             let n = self.rows_of(x)?;
             // SAFETY: `x` holds `n * dim` floats and the index is uniquely borrowed.
             let status = unsafe { bergson_faiss_train(self.0.as_ptr(), n, x.as_ptr()) };
-            check(status, || format!("training the FAISS index on {n} rows failed"))
+            check(status, || {
+                format!("training the FAISS index on {n} rows failed")
+            })
         }
 
         /// Adds the rows of `x`; they get the next ids.
@@ -191,7 +198,9 @@ mod real {
             let n = self.rows_of(x)?;
             // SAFETY: `x` holds `n * dim` floats and the index is uniquely borrowed.
             let status = unsafe { bergson_faiss_add(self.0.as_ptr(), n, x.as_ptr()) };
-            check(status, || format!("adding {n} rows to the FAISS index failed"))
+            check(status, || {
+                format!("adding {n} rows to the FAISS index failed")
+            })
         }
 
         /// The best `k` rows per query of `queries` (row-major, `dim` columns per row):
@@ -220,7 +229,7 @@ mod real {
         /// Rows in `x`, which must be whole rows of `dim` columns.
         fn rows_of(&self, x: &[f32]) -> Result<i64> {
             let dim = self.dim().max(1);
-            if x.len() % dim != 0 {
+            if !x.len().is_multiple_of(dim) {
                 return Err(Error::internal(format!(
                     "{} values are not whole rows of {dim}",
                     x.len()

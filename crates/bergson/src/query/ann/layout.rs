@@ -134,7 +134,14 @@ mod tests {
     #[test]
     fn shard_files_are_numbered_faiss_files_in_numeric_order() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["10.faiss", "2.faiss", "0.faiss", "x.faiss", "1.faiss.tmp", ".faiss"] {
+        for name in [
+            "10.faiss",
+            "2.faiss",
+            "0.faiss",
+            "x.faiss",
+            "1.faiss.tmp",
+            ".faiss",
+        ] {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
         let names: Vec<String> = shard_files(dir.path())

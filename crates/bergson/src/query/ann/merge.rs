@@ -100,7 +100,10 @@ mod tests {
         assert_eq!(hits.of_query(0).unwrap(), want0);
         assert_eq!(hits.of_query(1).unwrap(), want1);
         let low = merge(
-            &[shard(&[0.9, 0.1], &[2, 0], 2, 0), shard(&[0.7, -0.2], &[1, 0], 2, 3)],
+            &[
+                shard(&[0.9, 0.1], &[2, 0], 2, 0),
+                shard(&[0.7, -0.2], &[1, 0], 2, 3),
+            ],
             1,
             2,
             true,
@@ -113,7 +116,12 @@ mod tests {
     #[test]
     fn missing_results_never_outrank_found_rows() {
         // One shard, a reverse search over an IVF index that found only two of four rows.
-        let s = shard(&[0.8, 0.3, MISSING_SCORE, MISSING_SCORE], &[1, 3, -1, -1], 4, 0);
+        let s = shard(
+            &[0.8, 0.3, MISSING_SCORE, MISSING_SCORE],
+            &[1, 3, -1, -1],
+            4,
+            0,
+        );
         let hits = merge(&[s], 1, 3, true).unwrap();
         assert_eq!(
             hits.of_query(0).unwrap(),

@@ -36,7 +36,11 @@ pub struct AnnIndex {
 impl AnnIndex {
     /// Opens `index`'s FAISS index for these settings
     /// (`<index>/faiss_<factory>[_cosine]`), building it first when it does not exist.
-    pub fn open_or_build(index: &GradientIndex, cfg: &FaissConfig, unit_norm: bool) -> Result<Self> {
+    pub fn open_or_build(
+        index: &GradientIndex,
+        cfg: &FaissConfig,
+        unit_norm: bool,
+    ) -> Result<Self> {
         faiss::available()?;
         let factory = cfg.index_factory.as_str();
         if factory.trim().is_empty() || factory.contains(['/', '\\', '\0']) {
@@ -45,9 +49,7 @@ impl AnnIndex {
                  IVF1024,SQfp16, PQ64)"
             )));
         }
-        let dir = index
-            .dir()
-            .join(layout::dir_name(factory, unit_norm));
+        let dir = index.dir().join(layout::dir_name(factory, unit_norm));
         if !dir.join(layout::CONFIG_FILE).is_file() {
             if dir.exists() {
                 return Err(Error::input(format!(
@@ -118,7 +120,12 @@ impl AnnIndex {
     /// Errors unless this FAISS index holds `index`'s rows (a rebuilt index replaces its
     /// directory, so a mismatch means files were moved or edited by hand).
     fn check_matches(&self, index: &GradientIndex) -> Result<()> {
-        let modules: Vec<String> = index.info.grad_sizes.iter().map(|(n, _)| n.clone()).collect();
+        let modules: Vec<String> = index
+            .info
+            .grad_sizes
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
         if self.ntotal != index.num_rows()
             || self.dim != index.row_len()
             || self.ordered_modules != modules
@@ -170,7 +177,7 @@ impl AnnIndex {
         k: usize,
         (top, bottom): (bool, bool),
     ) -> Result<(Option<Hits>, Option<Hits>)> {
-        if self.dim == 0 || queries.len() % self.dim != 0 {
+        if self.dim == 0 || !queries.len().is_multiple_of(self.dim) {
             return Err(Error::internal(format!(
                 "{} query values for an index of {} columns",
                 queries.len(),
@@ -178,9 +185,7 @@ impl AnnIndex {
             )));
         }
         let q = queries.len() / self.dim;
-        let top = top
-            .then(|| self.ranked(queries, q, k, false))
-            .transpose()?;
+        let top = top.then(|| self.ranked(queries, q, k, false)).transpose()?;
         let bottom = bottom
             .then(|| self.ranked(queries, q, k, true))
             .transpose()?;
