@@ -40,10 +40,6 @@ extern "C" {
 
 const char* bergson_faiss_last_error() { return last_error.c_str(); }
 
-int bergson_faiss_version() {
-    return FAISS_VERSION_MAJOR * 10000 + FAISS_VERSION_MINOR * 100 + FAISS_VERSION_PATCH;
-}
-
 int bergson_faiss_index_factory(int d, const char* description, void** out) {
     return guarded([&] {
         *out = faiss::index_factory(d, description, faiss::METRIC_INNER_PRODUCT);
