@@ -1,6 +1,8 @@
 //! Bakes libtorch's directory into every artefact's RUNPATH, so binaries, tests and benches run
 //! without LD_LIBRARY_PATH, and compiles the C++ shim over libtorch's own torch.save pickler
-//! (`csrc/pickle_shim.cpp`, used by `src/pickle`).
+//! (`csrc/pickle_shim.cpp`, used by `src/pickle`). With the `faiss` feature it also compiles
+//! `csrc/faiss_shim.cpp` (used by `src/query/ann`) and links FAISS (Debian's `libfaiss-dev`);
+//! the default build needs nothing beyond libtorch.
 
 fn main() {
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys must be a direct dependency");
@@ -33,4 +35,47 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/pickle_shim.cpp")
         .compile("bergson_pickle_shim");
+
+    if std::env::var_os("CARGO_FEATURE_FAISS").is_some() {
+        link_faiss();
+    }
+}
+
+/// Compiles the FAISS shim and links FAISS with its OpenMP, BLAS and LAPACK.
+/// `FAISS_INCLUDE_DIR` and `FAISS_LIB_DIR` point at another installation (default: Debian's
+/// `/usr/include` and `/usr/lib/x86_64-linux-gnu`, where `libfaiss-dev` puts `libfaiss.a`).
+fn link_faiss() {
+    println!("cargo:rerun-if-changed=csrc/faiss_shim.cpp");
+    println!("cargo:rerun-if-env-changed=FAISS_INCLUDE_DIR");
+    println!("cargo:rerun-if-env-changed=FAISS_LIB_DIR");
+    let include = std::env::var("FAISS_INCLUDE_DIR").unwrap_or_else(|_| "/usr/include".into());
+    let include = std::path::PathBuf::from(include);
+    assert!(
+        include.join("faiss/index_factory.h").is_file(),
+        "the `faiss` feature needs FAISS's headers, not found at {}/faiss: install them with \
+         `apt-get install libfaiss-dev` (or set FAISS_INCLUDE_DIR and FAISS_LIB_DIR), or build \
+         without `--features faiss`",
+        include.display()
+    );
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .flag("-std=c++17")
+        .flag("-fopenmp")
+        .file("csrc/faiss_shim.cpp")
+        .compile("bergson_faiss_shim");
+    if let Ok(dir) = std::env::var("FAISS_LIB_DIR") {
+        println!("cargo:rustc-link-search=native={dir}");
+    }
+    println!("cargo:rustc-link-lib=faiss");
+    println!("cargo:rustc-link-lib=gomp");
+    // libtorch_cpu exports the BLAS and LAPACK symbols it was built with (`sgemm_`, ...).
+    // Naming it before the reference BLAS keeps it first in the executable's load order, so
+    // every `sgemm_` call (libtorch's own and FAISS's) binds to libtorch's optimised one; the
+    // system's BLAS and LAPACK only supply what libtorch lacks (`ssyrk_`, `sgesvd_`, ...).
+    println!("cargo:rustc-link-lib=torch_cpu");
+    println!("cargo:rustc-link-lib=lapack");
+    println!("cargo:rustc-link-lib=blas");
 }

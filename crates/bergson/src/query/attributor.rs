@@ -5,6 +5,9 @@
 //!
 //! Unit norm follows Bergson: index rows are divided by their norm over all modules (a zero
 //! row scores 0), queries by their norm plus float32 epsilon.
+//!
+//! With [`AttributorOptions::faiss`], searches go to an approximate FAISS index built inside
+//! the gradient index on first use instead ([`super::ann`]).
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -13,6 +16,7 @@ use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
 
+use super::ann::AnnIndex;
 use super::search::{scan, Hits, RowNorms};
 use crate::collect::optimizer_state::read_normalizers;
 use crate::collect::pipeline::select_targets;
@@ -21,7 +25,7 @@ use crate::collect::{
     GradientProcessor, LossSpec,
 };
 use crate::config::run_file::load_subconfig;
-use crate::config::{IndexConfig, LossFn, LossReduction};
+use crate::config::{FaissConfig, IndexConfig, LossFn, LossReduction};
 use crate::data::tokenize::TokenizedRow;
 use crate::index::{row_norms, GradientIndex};
 use crate::models::CausalLm;
@@ -40,6 +44,9 @@ pub struct AttributorOptions {
     pub unit_norm: bool,
     /// Hessian to precondition with (not supported by bergson-rs yet).
     pub hessian_path: Option<String>,
+    /// Search an approximate FAISS index with these settings (Bergson's `faiss_cfg`), built
+    /// on first use; needs the `faiss` cargo feature. `None`: exact search.
+    pub faiss: Option<FaissConfig>,
 }
 
 impl Default for AttributorOptions {
@@ -48,6 +55,7 @@ impl Default for AttributorOptions {
             device: Device::Cpu,
             unit_norm: false,
             hessian_path: None,
+            faiss: None,
         }
     }
 }
@@ -60,6 +68,7 @@ pub struct Attributor {
     options: AttributorOptions,
     norms: OnceLock<Vec<f32>>,
     warned_k: AtomicBool,
+    ann: Option<AnnIndex>,
 }
 
 impl Attributor {
@@ -106,6 +115,11 @@ impl Attributor {
         let index_cfg = load_subconfig::<IndexConfig>(dir, "index_cfg")
             .ok()
             .flatten();
+        let ann = options
+            .faiss
+            .as_ref()
+            .map(|cfg| AnnIndex::open_or_build(&index, cfg, options.unit_norm))
+            .transpose()?;
         Ok(Attributor {
             index,
             processor,
@@ -113,12 +127,18 @@ impl Attributor {
             options,
             norms: OnceLock::new(),
             warned_k: AtomicBool::new(false),
+            ann,
         })
     }
 
     /// The index.
     pub fn index(&self) -> &GradientIndex {
         &self.index
+    }
+
+    /// The FAISS index searched instead of the exact search, when the options asked for one.
+    pub fn ann_index(&self) -> Option<&AnnIndex> {
+        self.ann.as_ref()
     }
 
     /// The index's build config (from its `config.yaml`), if it has one.
@@ -176,6 +196,17 @@ impl Attributor {
             Some(k) => k,
             None => n,
         };
+        if let Some(ann) = &self.ann {
+            if modules.is_some() {
+                return Err(Error::input(
+                    "a FAISS index scores all modules together and cannot search some of them; \
+                     search all modules, or without FAISS",
+                ));
+            }
+            let (q, _) = self.prepare_queries(queries, None)?;
+            let q = Vec::<f32>::try_from(q.f_contiguous()?.f_view([-1i64])?)?;
+            return ann.search(&q, k, (top, bottom));
+        }
         let (q, columns) = self.prepare_queries(queries, modules)?;
         let cached = if self.options.unit_norm {
             self.norms

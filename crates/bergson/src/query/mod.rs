@@ -6,6 +6,7 @@
 //! Prompts piped on standard input are read ahead and searched together, in one pass over the
 //! index; the output is the same as answering them one by one.
 
+pub mod ann;
 pub mod attributor;
 pub mod kernel;
 pub mod record;
@@ -42,12 +43,6 @@ pub fn run(
     interactive: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
-    if cfg.faiss {
-        return Err(Error::input(
-            "--faiss is not supported by bergson-rs yet; the default exact search streams the \
-             index from disk and needs no FAISS index (drop --faiss)",
-        ));
-    }
     if cfg.index.is_empty() {
         return Err(Error::input(
             "--index is required: the run path of a `bergson build` index to search",
@@ -60,6 +55,7 @@ pub fn run(
             device: opts.device,
             unit_norm: cfg.unit_norm,
             hessian_path: cfg.hessian_path.clone(),
+            faiss: cfg.faiss.then(|| cfg.faiss_cfg.clone()),
         },
     )?;
     let Some(mut icfg) = load_subconfig::<IndexConfig>(index_dir, "index_cfg")? else {
@@ -135,6 +131,11 @@ pub fn run(
                     writeln!(out, "\n{direction} {k} results for '{prompt}':")
                         .at_path("<stdout>")?;
                     for (i, (row, score)) in hits.of_query(q)?.into_iter().enumerate() {
+                        if row < 0 {
+                            // A FAISS index did not find this many rows (as Bergson prints).
+                            writeln!(out, "Found invalid result, skipping").at_path("<stdout>")?;
+                            continue;
+                        }
                         let text = texts.get(row as usize, attributor.index())?;
                         let shown: String = text.chars().take(SHOWN_CHARS).collect();
                         writeln!(out, "{shown}").at_path("<stdout>")?;
