@@ -67,7 +67,7 @@ fn dense(attr: &Attributor, q: &[(String, Tensor)], modules: &[String], unit: bo
             .square()
             .sum_dim_intlist([1i64].as_slice(), true, Kind::Double)
             .sqrt();
-        qcat = qcat / (qn + 1.1920928955078125e-07);
+        qcat /= qn + 1.1920928955078125e-07;
     }
     let mut scores = Tensor::zeros([q[0].1.size()[0], n as i64], (Kind::Double, Device::Cpu));
     for m in modules {

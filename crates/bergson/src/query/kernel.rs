@@ -95,6 +95,8 @@ fn portable_dot_block(rows: &[f32], q: &QueryMatrix, out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
+// Register tiles are indexed by position on purpose: the loops unroll into fixed registers.
+#[allow(clippy::needless_range_loop)]
 mod avx2 {
     use super::{QueryMatrix, QUERY_TILE, ROW_TILE};
     use std::arch::x86_64::*;

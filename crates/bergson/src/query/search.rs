@@ -343,7 +343,6 @@ fn hits(mut per_query: Vec<Best>, k: usize) -> Result<Hits> {
 // Column lists of one block are what `scan` takes here, not ranges to expand.
 #[allow(clippy::single_range_in_vec_init)]
 mod tests {
-    #![allow(clippy::single_range_in_vec_init)]
     use super::*;
     use crate::index::{GradientFile, IndexInfo};
     use tch::Device;
