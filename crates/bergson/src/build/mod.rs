@@ -78,7 +78,12 @@ pub struct BuildSummary {
 /// Where a build's time went (printed with `--profile`).
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
-    /// Loading and tokenising the data, loading the model, generating projection matrices.
+    /// Reading the dataset.
+    pub read: Duration,
+    /// Formatting and tokenising it, building the kept columns.
+    pub tokenize: Duration,
+    /// Everything else before the first batch: the tokenizer, the model, the projection
+    /// matrices, packing documents into batches, the run directory.
     pub setup: Duration,
     /// Per-batch compute, summed over batches.
     pub batches: BatchTimings,
@@ -92,7 +97,9 @@ impl std::fmt::Display for Profile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let b = &self.batches;
         let rows = [
-            ("setup (data, model, projections)", self.setup),
+            ("read data", self.read),
+            ("tokenize", self.tokenize),
+            ("setup (model, projections, packing)", self.setup),
             ("forward", b.forward),
             ("LM head + loss", b.loss),
             ("backward (autograd)", b.backward),
@@ -290,7 +297,11 @@ fn run_step(step: &Step, cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSu
     let mut last_sync = Instant::now();
     let mut batches_run = 0;
     let mut profile = Profile {
-        setup: start.elapsed(),
+        read: data.timings.read,
+        tokenize: data.timings.tokenize,
+        setup: start
+            .elapsed()
+            .saturating_sub(data.timings.read + data.timings.tokenize),
         ..Profile::default()
     };
     for (b, indices) in batches.iter().enumerate() {

@@ -33,6 +33,17 @@ pub struct PreparedData {
     pub rows: Vec<TokenizedRow>,
     /// Dr. GRPO advantages per row.
     pub advantages: Option<Vec<f64>>,
+    /// Where the preparation's time went.
+    pub timings: DataTimings,
+}
+
+/// Where the data pipeline's time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DataTimings {
+    /// Reading the dataset into a table.
+    pub read: std::time::Duration,
+    /// Formatting, tokenising and building the columns `data.hf` keeps.
+    pub tokenize: std::time::Duration,
 }
 
 impl PreparedData {
@@ -80,13 +91,32 @@ pub fn prepare_data(
     check_data_config(data)?;
     let (clock, cpu) = (Instant::now(), cpu_seconds());
     let table = load_dataset(&data.dataset, &data.split, data.subset.as_deref())?;
+    let read = clock.elapsed();
     tracing::info!(
         "read {} rows of {} in {:.2} s ({:.2} s CPU)",
         table.num_rows(),
         data.dataset,
-        clock.elapsed().as_secs_f64(),
+        read.as_secs_f64(),
         cpu_seconds() - cpu
     );
+    let clock = Instant::now();
+    let mut prepared = prepare_table(cfg, table, tokenizer, max_position_embeddings)?;
+    prepared.timings = DataTimings {
+        read,
+        tokenize: clock.elapsed(),
+    };
+    Ok(prepared)
+}
+
+/// Everything after reading: chunking or formatting, tokenising, rewards, `max_tokens`, and
+/// the columns `data.hf` keeps.
+fn prepare_table(
+    cfg: &IndexConfig,
+    table: RecordBatch,
+    tokenizer: &Tokenizer,
+    max_position_embeddings: Option<i64>,
+) -> Result<PreparedData> {
+    let data = &cfg.data;
     let (clock, cpu) = (Instant::now(), cpu_seconds());
     let max_model_length = tokenizer.max_model_length(max_position_embeddings);
     if data.chunk_length > 0 {
@@ -247,6 +277,7 @@ pub fn prepare_data(
         )));
     }
     Ok(PreparedData {
+        timings: DataTimings::default(),
         table,
         rows,
         advantages,
@@ -370,6 +401,7 @@ fn chunked_data(
         })
         .collect();
     Ok(PreparedData {
+        timings: DataTimings::default(),
         table,
         rows,
         advantages: None,
