@@ -586,12 +586,12 @@ fn python_reads_our_score_stores() {
         );
         assert_eq!(
             d["offsets"],
-            serde_json::to_value(&store.offsets).unwrap(),
+            serde_json::to_value(store.offsets()).unwrap(),
             "{name}: offsets"
         );
         assert_eq!(
             d["candidates"],
-            serde_json::to_value(&store.candidates).unwrap(),
+            serde_json::to_value(store.candidates()).unwrap(),
             "{name}: candidates"
         );
         // Loss-signed: negated, since these runs say higher is better.

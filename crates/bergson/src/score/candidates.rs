@@ -52,7 +52,7 @@ pub fn select_candidates(cfg: &CandidateConfig, num_rows: usize) -> Result<Vec<u
         )));
     }
     let store = ScoreStore::open(dir)?;
-    if store.offsets.is_some() {
+    if store.offsets().is_some() {
         return Err(Error::input(format!(
             "--scores {} holds per-token scores; candidates need per-document scores",
             cfg.scores
