@@ -1,4 +1,5 @@
-//! Running a command to completion and measuring it: wall time, peak RSS (`wait4`), stderr, and
+//! Running a command to completion and measuring it: wall time, CPU time (`wait4`), peak RSS
+//! (the child's sampled `VmHWM`), stderr, and
 //! the phase table `bergson build --profile` prints.
 
 use std::io::Read;
@@ -9,6 +10,9 @@ use std::time::Instant;
 pub struct Run {
     pub seconds: f64,
     pub peak_rss_mb: f64,
+    /// User plus system CPU seconds of the command (all its threads): the work done, which
+    /// other load on the machine changes far less than the wall time.
+    pub cpu_seconds: f64,
     /// What the command wrote on stderr (`--profile` output, warnings).
     pub stderr: String,
 }
@@ -29,11 +33,30 @@ pub fn run(cmd: &Command) -> Run {
         let _ = pipe.read_to_string(&mut text);
         text
     });
+    // Peak RSS from the child's own VmHWM, sampled: `wait4`'s ru_maxrss also counts the
+    // pages the child shared with this process between fork and exec, so a benchmark that
+    // holds a large corpus in memory would see it in every child.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak_kb = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(kb) = vm_hwm_kb(pid) {
+                    peak_kb = peak_kb.max(kb);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            peak_kb
+        })
+    };
     let mut status = 0;
     // SAFETY: plain wait4 on our own child; rusage is fully written by the kernel.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let seconds = start.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sampled_kb = sampler.join().unwrap_or(0);
     let stderr = reader.join().unwrap_or_default();
     if rc < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         panic!(
@@ -43,9 +66,26 @@ pub fn run(cmd: &Command) -> Run {
     }
     Run {
         seconds,
-        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+        // The sample when the child lived long enough to be seen (every real run does).
+        peak_rss_mb: if sampled_kb > 0 {
+            sampled_kb as f64 / 1024.0
+        } else {
+            usage.ru_maxrss as f64 / 1024.0
+        },
+        cpu_seconds: timeval_seconds(usage.ru_utime) + timeval_seconds(usage.ru_stime),
         stderr,
     }
+}
+
+/// `VmHWM` (peak resident set) of a live process, in KiB.
+fn vm_hwm_kb(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn timeval_seconds(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 + t.tv_usec as f64 * 1e-6
 }
 
 fn clone(cmd: &Command) -> Command {

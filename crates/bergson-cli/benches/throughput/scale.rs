@@ -62,6 +62,7 @@ struct Row {
     format: Format,
     tokens: usize,
     seconds: f64,
+    cpu_seconds: f64,
     peak_rss_mb: f64,
     phases: Vec<(String, f64)>,
 }
@@ -125,6 +126,7 @@ pub fn run_scale(opts: &Options) {
                 format,
                 tokens,
                 seconds: r.seconds,
+                cpu_seconds: r.cpu_seconds,
                 peak_rss_mb: r.peak_rss_mb,
                 phases,
             };
@@ -141,12 +143,13 @@ pub fn run_scale(opts: &Options) {
 
 fn summary(r: &Row) -> String {
     format!(
-        "{:>9} rows {:<7} {:>10} tokens  {:>8.2} s  {:>7.2} s per M tokens  peak RSS {:>6.0} MiB",
+        "{:>9} rows {:<7} {:>10} tokens  {:>8.2} s  {:>7.2} s per M tokens  {:>7.2} CPU s per M tokens  peak RSS {:>6.0} MiB",
         r.docs,
         r.format.extension(),
         r.tokens,
         r.seconds,
         per_million(r.seconds, r.tokens),
+        per_million(r.cpu_seconds, r.tokens),
         r.peak_rss_mb
     )
 }
@@ -162,10 +165,10 @@ fn print_table(rows: &[Row]) {
     let phases: Vec<&str> = first.phases.iter().map(|(n, _)| n.as_str()).collect();
     println!();
     println!(
-        "| rows | format | tokens | wall | s per M tokens | peak RSS | {} |",
+        "| rows | format | tokens | wall | s per M tokens | CPU s per M tokens | peak RSS | {} |",
         phases.join(" | ")
     );
-    println!("|{}", "---|".repeat(6 + phases.len()));
+    println!("|{}", "---|".repeat(7 + phases.len()));
     for r in rows {
         let cells: Vec<String> = phases
             .iter()
@@ -177,12 +180,13 @@ fn print_table(rows: &[Row]) {
             })
             .collect();
         println!(
-            "| {} | {} | {} | {:.2} s | {:.2} | {:.0} MiB | {} |",
+            "| {} | {} | {} | {:.2} s | {:.2} | {:.2} | {:.0} MiB | {} |",
             r.docs,
             r.format.extension(),
             r.tokens,
             r.seconds,
             per_million(r.seconds, r.tokens),
+            per_million(r.cpu_seconds, r.tokens),
             r.peak_rss_mb,
             cells.join(" | ")
         );
