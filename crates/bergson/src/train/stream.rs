@@ -313,6 +313,42 @@ mod tests {
     }
 
     #[test]
+    fn weights_of_another_shape_are_refused() {
+        let mut s = DataStream::new(
+            &rows(4),
+            None,
+            2,
+            1,
+            0,
+            WeightShape::PerDocument,
+            Device::Cpu,
+        )
+        .unwrap();
+        let e = s
+            .set_weights(Tensor::ones([5], (Kind::Double, Device::Cpu)))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("[5]") && e.to_string().contains("[4]"),
+            "{e}"
+        );
+        s.set_weights(Tensor::ones([4], (Kind::Double, Device::Cpu)))
+            .unwrap();
+        let s = DataStream::new(
+            &rows(3),
+            None,
+            2,
+            1,
+            0,
+            WeightShape::PerToken { seq_len: 4 },
+            Device::Cpu,
+        )
+        .unwrap();
+        // 3 examples + the padding's row, 4 columns; per-token weights are gathered by example.
+        assert_eq!(s.weights.size(), [4, 4]);
+        assert_eq!(s.batch(1).example_weight.size()[0], 2);
+    }
+
+    #[test]
     fn zero_batch_size_is_refused() {
         let e = DataStream::new(
             &rows(3),
