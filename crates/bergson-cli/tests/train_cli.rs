@@ -14,7 +14,14 @@ fn fixtures() -> PathBuf {
 fn train(dir: &Path, extra: &[&str]) -> Output {
     let model = fixtures().join("models/gpt_neox");
     let data = fixtures().join("bergson_train/train.jsonl");
-    let mut args: Vec<String> = vec!["train".into(), "run".into(), "--quiet".into()];
+    // One libtorch thread: fastest for the tiny model, and on a loaded CI machine.
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        "run".into(),
+        "--quiet".into(),
+        "--num_threads".into(),
+        "1".into(),
+    ];
     let model = model.display().to_string();
     let data = data.display().to_string();
     // Defaults that `extra` may override.

@@ -98,6 +98,8 @@ fn without_key_bias(
 
 #[test]
 fn training_matches_python_bergson() {
+    // Tiny models: one thread is fastest, and keeps the test fast on a loaded CI machine.
+    tch::set_num_threads(1);
     let cases: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixtures().join("bergson_train/cases.json")).unwrap(),
     )
