@@ -9,6 +9,7 @@ mod logging;
 mod query;
 mod report;
 mod score;
+mod train;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,10 @@ enum Command {
     /// Search an index interactively: prompts from standard input, their most and least
     /// similar training rows printed (and appended to a CSV with --record).
     Query(query::QueryArgs),
+    /// Train a model as Bergson's MAGIC trainer does (functional AdamW or SGD, data weights,
+    /// checkpoints for resuming and for metagradients).
+    #[command(allow_negative_numbers = true)]
+    Train(train::TrainArgs),
     /// The embedded demo: index a tiny model's training corpus and attribute held-out facts
     /// to the documents that planted them.
     Demo(demo::DemoArgs),
@@ -83,6 +88,10 @@ fn main() -> ExitCode {
         Command::Query(args) => {
             logging::init(args.runtime.quiet);
             errors::finish(query::run(args.config, &args.runtime))
+        }
+        Command::Train(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(train::run(args.config, &args.runtime))
         }
         Command::Demo(args) => {
             logging::init(args.runtime.quiet);

@@ -24,6 +24,7 @@ pub mod report;
 pub mod score;
 pub mod setup;
 pub mod similarity;
+pub mod train;
 pub mod units;
 
 pub use error::{Error, Result};

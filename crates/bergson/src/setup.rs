@@ -122,7 +122,8 @@ pub fn create_processor(icfg: &IndexConfig, model: &dyn CausalLm) -> Result<Grad
     Ok(processor)
 }
 
-fn resolve_precision(choice: PrecisionChoice, model_dir: &Path) -> Result<Precision> {
+/// The precision `choice` names, reading the checkpoint for `auto`.
+pub fn resolve_precision(choice: PrecisionChoice, model_dir: &Path) -> Result<Precision> {
     Ok(match choice {
         PrecisionChoice::Auto => auto_precision(model_dir)?,
         PrecisionChoice::Bf16 => Precision::Bf16,

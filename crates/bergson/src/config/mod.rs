@@ -8,6 +8,7 @@ mod flags;
 mod query;
 pub mod run_file;
 mod score;
+mod train;
 
 pub use build::{
     AttentionConfig, BuildConfig, DataConfig, DistributedConfig, IndexConfig, InversionConfig,
@@ -22,4 +23,8 @@ pub use query::{FaissConfig, QueryConfig};
 pub use score::{
     CandidateConfig, CandidateDirection, ScoreConfig, ScoreMode, ScorePrecision, ScoreRunConfig,
     TokenInfluence,
+};
+pub use train::{
+    LrScheduleConfig, LrSchedulerType, OptimizerKind, SaveMode, SaveOptimizerState,
+    TrainLossReduction, TrainingConfig,
 };

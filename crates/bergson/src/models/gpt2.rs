@@ -3,13 +3,11 @@
 
 use super::activation::Activation;
 use super::attention::{causal_attention, AttentionKernel};
-use super::checkpoint::Checkpoint;
 use super::config::ConfigJson;
-use super::loader::ParamLoader;
+use super::loader::{ParamLoader, TensorSource};
 use super::norm::LayerNorm;
 use super::{Architecture, CausalLm, Linear, LinearHook, Model, ModelInfo};
 use crate::Result;
-use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Base model attribute.
@@ -96,18 +94,22 @@ pub struct Gpt2 {
     lm_head: Linear,
 }
 
-/// Registry entry: parses config.json and loads the weights in `dir`.
-pub fn load(cfg: &ConfigJson, dir: &Path, kind: Kind, device: Device) -> Result<Box<dyn CausalLm>> {
+/// Registry entry: parses config.json and builds the model from `weights`.
+pub fn load(
+    cfg: &ConfigJson,
+    weights: &dyn TensorSource,
+    kind: Kind,
+    device: Device,
+) -> Result<Box<dyn CausalLm>> {
     let config = Gpt2Config::from_config(cfg)?;
-    let ckpt = Checkpoint::open(dir)?;
-    Ok(Box::new(Gpt2::load(config, &ckpt, kind, device)?))
+    Ok(Box::new(Gpt2::load(config, weights, kind, device)?))
 }
 
 impl Gpt2 {
     /// Builds the model in transformers' registration order.
     pub fn load(
         config: Gpt2Config,
-        ckpt: &Checkpoint,
+        ckpt: &dyn TensorSource,
         kind: Kind,
         device: Device,
     ) -> Result<Model<Self>> {
@@ -210,6 +212,7 @@ impl Architecture for Gpt2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn parse(text: &str) -> Result<Gpt2Config> {
         Gpt2Config::from_config(&ConfigJson::parse(text, Path::new("config.json")).unwrap())

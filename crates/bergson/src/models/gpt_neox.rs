@@ -3,14 +3,12 @@
 
 use super::activation::Activation;
 use super::attention::{causal_attention, AttentionKernel};
-use super::checkpoint::Checkpoint;
 use super::config::ConfigJson;
-use super::loader::ParamLoader;
+use super::loader::{ParamLoader, TensorSource};
 use super::norm::LayerNorm;
 use super::rotary::{apply_rotary, RopeConfig, RopeKeys, Rotary};
 use super::{Architecture, CausalLm, Linear, LinearHook, Model, ModelInfo};
 use crate::Result;
-use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Base model attribute.
@@ -108,18 +106,22 @@ pub struct GptNeoX {
     head_size: i64,
 }
 
-/// Registry entry: parses config.json and loads the weights in `dir`.
-pub fn load(cfg: &ConfigJson, dir: &Path, kind: Kind, device: Device) -> Result<Box<dyn CausalLm>> {
+/// Registry entry: parses config.json and builds the model from `weights`.
+pub fn load(
+    cfg: &ConfigJson,
+    weights: &dyn TensorSource,
+    kind: Kind,
+    device: Device,
+) -> Result<Box<dyn CausalLm>> {
     let config = GptNeoXConfig::from_config(cfg)?;
-    let ckpt = Checkpoint::open(dir)?;
-    Ok(Box::new(GptNeoX::load(config, &ckpt, kind, device)?))
+    Ok(Box::new(GptNeoX::load(config, weights, kind, device)?))
 }
 
 impl GptNeoX {
     /// Builds the model in transformers' registration order.
     pub fn load(
         config: GptNeoXConfig,
-        ckpt: &Checkpoint,
+        ckpt: &dyn TensorSource,
         kind: Kind,
         device: Device,
     ) -> Result<Model<Self>> {
@@ -279,6 +281,7 @@ impl Architecture for GptNeoX {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn parse(text: &str) -> Result<GptNeoXConfig> {
         GptNeoXConfig::from_config(&ConfigJson::parse(text, Path::new("config.json")).unwrap())

@@ -6,14 +6,12 @@
 
 use super::activation::Activation;
 use super::attention::{causal_attention, AttentionKernel};
-use super::checkpoint::Checkpoint;
 use super::config::ConfigJson;
-use super::loader::ParamLoader;
+use super::loader::{ParamLoader, TensorSource};
 use super::norm::RmsNorm;
 use super::rotary::{apply_rotary, RopeConfig, Rotary, LLAMA_ROPE_KEYS};
 use super::{Architecture, CausalLm, Linear, LinearHook, Model, ModelInfo};
 use crate::Result;
-use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Base model attribute of the whole family.
@@ -210,26 +208,30 @@ pub struct Decoder {
 }
 
 /// Registry entry for `llama`.
-pub fn load(cfg: &ConfigJson, dir: &Path, kind: Kind, device: Device) -> Result<Box<dyn CausalLm>> {
-    load_decoder(DecoderConfig::llama(cfg)?, dir, kind, device)
-}
-
-/// Loads the weights in `dir` as a decoder with settings `config`.
-pub fn load_decoder(
-    config: DecoderConfig,
-    dir: &Path,
+pub fn load(
+    cfg: &ConfigJson,
+    weights: &dyn TensorSource,
     kind: Kind,
     device: Device,
 ) -> Result<Box<dyn CausalLm>> {
-    let ckpt = Checkpoint::open(dir)?;
-    Ok(Box::new(Decoder::load(config, &ckpt, kind, device)?))
+    load_decoder(DecoderConfig::llama(cfg)?, weights, kind, device)
+}
+
+/// Builds a decoder with settings `config` from `weights`.
+pub fn load_decoder(
+    config: DecoderConfig,
+    weights: &dyn TensorSource,
+    kind: Kind,
+    device: Device,
+) -> Result<Box<dyn CausalLm>> {
+    Ok(Box::new(Decoder::load(config, weights, kind, device)?))
 }
 
 impl Decoder {
     /// Builds the model in transformers' registration order.
     pub fn load(
         config: DecoderConfig,
-        ckpt: &Checkpoint,
+        ckpt: &dyn TensorSource,
         kind: Kind,
         device: Device,
     ) -> Result<Model<Self>> {
@@ -395,6 +397,7 @@ impl Architecture for Decoder {
 mod tests {
     use super::*;
     use crate::models::rotary::RopeScaling;
+    use std::path::Path;
 
     fn cfg(text: &str) -> ConfigJson {
         ConfigJson::parse(text, Path::new("config.json")).unwrap()

@@ -7,11 +7,90 @@ use super::checkpoint::Checkpoint;
 use super::norm::{LayerNorm, RmsNorm};
 use super::{Linear, LinearInfo};
 use crate::{Error, Result};
+use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
-/// Loads parameters from a checkpoint in the order a model registers them.
+/// Where a model's tensors come from: a checkpoint on disk, or tensors someone already holds
+/// (a trainer's explicit parameters, see [`ExplicitParams`]).
+pub trait TensorSource {
+    /// True when the source has a tensor called `name`.
+    fn contains(&self, name: &str) -> bool;
+    /// The stored shape of `name`.
+    fn shape(&self, name: &str) -> Option<Vec<i64>>;
+    /// `name` as `kind` on `device`.
+    fn load(&self, name: &str, kind: Kind, device: Device) -> Result<Tensor>;
+    /// Where `name` lives, for messages (a file path, or "explicit parameters").
+    fn origin(&self, name: &str) -> String;
+}
+
+impl TensorSource for Checkpoint {
+    fn contains(&self, name: &str) -> bool {
+        Checkpoint::contains(self, name)
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        Checkpoint::shape(self, name).map(<[i64]>::to_vec)
+    }
+
+    fn load(&self, name: &str, kind: Kind, device: Device) -> Result<Tensor> {
+        Checkpoint::load(self, name, kind, device)
+    }
+
+    fn origin(&self, name: &str) -> String {
+        self.file_of(name).display().to_string()
+    }
+}
+
+/// Parameters held as tensors, by their full Hugging Face names in the stored layout
+/// ([`super::CausalLm::named_parameters`]). A model built from them uses these very tensors
+/// (no copy), so autograd sees every use: this is how a trainer runs a model on explicit
+/// parameters, as Python Bergson's MAGIC trainer swaps its parameters into the module.
+pub struct ExplicitParams {
+    tensors: HashMap<String, Tensor>,
+}
+
+impl ExplicitParams {
+    /// Wraps `(name, tensor)` pairs (shallow handles: the tensors are shared, not copied).
+    pub fn new<'t>(params: impl IntoIterator<Item = (&'t String, &'t Tensor)>) -> Self {
+        Self {
+            tensors: params
+                .into_iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect(),
+        }
+    }
+}
+
+impl TensorSource for ExplicitParams {
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        self.tensors.get(name).map(Tensor::size)
+    }
+
+    fn load(&self, name: &str, kind: Kind, device: Device) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::input(format!("explicit parameters lack '{name}'")))?;
+        // Same kind and device: the tensor itself, so gradients reach the caller's tensor.
+        if t.kind() == kind && t.device() == device {
+            Ok(t.shallow_clone())
+        } else {
+            Ok(t.f_to_device(device)?.f_to_kind(kind)?)
+        }
+    }
+
+    fn origin(&self, _name: &str) -> String {
+        "explicit parameters".to_string()
+    }
+}
+
+/// Loads parameters from a tensor source in the order a model registers them.
 pub struct ParamLoader<'a> {
-    ckpt: &'a Checkpoint,
+    ckpt: &'a dyn TensorSource,
     model_type: String,
     /// The base model attribute (`gpt_neox`, `transformer`, `model`).
     prefix: &'a str,
@@ -32,7 +111,7 @@ pub struct Loaded {
 impl<'a> ParamLoader<'a> {
     /// A loader casting to `kind` on `device`; `prefix` is the base model attribute.
     pub fn new(
-        ckpt: &'a Checkpoint,
+        ckpt: &'a dyn TensorSource,
         model_type: &str,
         prefix: &'a str,
         kind: Kind,
@@ -79,15 +158,15 @@ impl<'a> ParamLoader<'a> {
         let stored = self.stored_name(name).ok_or_else(|| {
             Error::input(format!(
                 "{}: tensor '{name}' is missing; the weights do not match config.json (model_type '{}'): re-download the checkpoint or fix config.json",
-                self.ckpt.file_of(name).display(),
+                self.ckpt.origin(name),
                 self.model_type
             ))
         })?;
-        let have = self.ckpt.shape(&stored).unwrap_or(&[]);
+        let have = self.ckpt.shape(&stored).unwrap_or_default();
         if have != shape {
             return Err(Error::input(format!(
                 "{}: tensor '{stored}' has shape {have:?} but config.json implies {shape:?}; the weights do not match config.json: re-download the checkpoint or fix config.json",
-                self.ckpt.file_of(&stored).display()
+                self.ckpt.origin(&stored)
             )));
         }
         self.ckpt.load(&stored, self.kind, self.device)

@@ -3,9 +3,9 @@
 
 use super::config::ConfigJson;
 use super::llama::{load_decoder, positive_window, DecoderConfig};
+use super::loader::TensorSource;
 use super::CausalLm;
 use crate::Result;
-use std::path::Path;
 use tch::{Device, Kind};
 
 /// Mistral's config.json as decoder settings.
@@ -22,13 +22,19 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
 }
 
 /// Registry entry for `mistral`.
-pub fn load(cfg: &ConfigJson, dir: &Path, kind: Kind, device: Device) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, dir, kind, device)
+pub fn load(
+    cfg: &ConfigJson,
+    weights: &dyn TensorSource,
+    kind: Kind,
+    device: Device,
+) -> Result<Box<dyn CausalLm>> {
+    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn parse(extra: &str) -> Result<DecoderConfig> {
         let text = format!(

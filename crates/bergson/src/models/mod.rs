@@ -276,8 +276,10 @@ impl<A: Architecture + 'static> CausalLm for Model<A> {
     }
 }
 
-/// Builds an architecture from its parsed config.json and the checkpoint directory.
-pub type LoadFn = fn(&ConfigJson, &Path, Kind, Device) -> Result<Box<dyn CausalLm>>;
+/// Builds an architecture from its parsed config.json and a source of weights (a checkpoint,
+/// or explicit parameters).
+pub type LoadFn =
+    fn(&ConfigJson, &dyn loader::TensorSource, Kind, Device) -> Result<Box<dyn CausalLm>>;
 
 /// The architectures we implement, by config.json `model_type`.
 pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
@@ -294,25 +296,80 @@ pub fn supported_model_types() -> Vec<&'static str> {
     ARCHITECTURES.iter().map(|(name, _)| *name).collect()
 }
 
+/// A model without its weights: the architecture and settings of a checkpoint, which builds
+/// the model on the checkpoint's weights ([`ModelSpec::load`]) or on parameters the caller
+/// holds ([`ModelSpec::build`], how the trainer runs a model on explicit parameters).
+#[derive(Clone)]
+pub struct ModelSpec {
+    cfg: ConfigJson,
+    load: LoadFn,
+    kind: Kind,
+    device: Device,
+}
+
+impl ModelSpec {
+    /// Reads config.json in `dir` and picks the architecture by its `model_type`.
+    pub fn from_dir(dir: &Path, precision: Precision, device: Device) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::input(format!(
+                "{}: not a directory; point --model at a checkpoint directory (config.json + safetensors) or a Hub id",
+                dir.display()
+            )));
+        }
+        let cfg = ConfigJson::from_file(&dir.join("config.json"))?;
+        let model_type = cfg.model_type()?;
+        let load = ARCHITECTURES.iter().find(|(name, _)| *name == model_type).map(|(_, f)| *f).ok_or_else(|| {
+            cfg.error(format!(
+                "model_type '{model_type}' is not supported (supported: {}); use a checkpoint of one of these architectures",
+                supported_model_types().join(", ")
+            ))
+        })?;
+        Ok(Self {
+            cfg,
+            load,
+            kind: precision.kind(),
+            device,
+        })
+    }
+
+    /// The model on the safetensors weights in `dir`.
+    pub fn load(&self, dir: &Path) -> Result<Box<dyn CausalLm>> {
+        let ckpt = checkpoint::Checkpoint::open(dir)?;
+        let _guard = tch::no_grad_guard();
+        (self.load)(&self.cfg, &ckpt, self.kind, self.device)
+    }
+
+    /// The model on `params` (full names, stored layout, as [`CausalLm::named_parameters`]
+    /// lists them), using those tensors themselves: gradients of its outputs reach `params`.
+    /// Cheap (no copy), so a trainer rebuilds the model on each step's parameters.
+    pub fn build<'t>(
+        &self,
+        params: impl IntoIterator<Item = (&'t String, &'t Tensor)>,
+    ) -> Result<Box<dyn CausalLm>> {
+        let source = loader::ExplicitParams::new(params);
+        (self.load)(&self.cfg, &source, self.kind, self.device)
+    }
+
+    /// The parsed config.json.
+    pub fn config(&self) -> &ConfigJson {
+        &self.cfg
+    }
+
+    /// The model dtype.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+}
+
 /// Loads the checkpoint in `dir` (config.json + `model.safetensors` or sharded safetensors) as
 /// `precision` on `device`, choosing the architecture by config.json's `model_type`.
 pub fn load_model(dir: &Path, precision: Precision, device: Device) -> Result<Box<dyn CausalLm>> {
-    if !dir.is_dir() {
-        return Err(Error::input(format!(
-            "{}: not a directory; point --model at a checkpoint directory (config.json + safetensors) or a Hub id",
-            dir.display()
-        )));
-    }
-    let cfg = ConfigJson::from_file(&dir.join("config.json"))?;
-    let model_type = cfg.model_type()?;
-    let load = ARCHITECTURES.iter().find(|(name, _)| *name == model_type).map(|(_, f)| *f).ok_or_else(|| {
-        cfg.error(format!(
-            "model_type '{model_type}' is not supported (supported: {}); use a checkpoint of one of these architectures",
-            supported_model_types().join(", ")
-        ))
-    })?;
-    let _guard = tch::no_grad_guard();
-    load(&cfg, dir, precision.kind(), device)
+    ModelSpec::from_dir(dir, precision, device)?.load(dir)
 }
 
 /// The precision a checkpoint was saved in, for `--precision auto` (transformers'

@@ -4,9 +4,9 @@
 
 use super::config::ConfigJson;
 use super::llama::{load_decoder, positive_window, qwen_sliding_windows, DecoderConfig};
+use super::loader::TensorSource;
 use super::CausalLm;
 use crate::Result;
-use std::path::Path;
 use tch::{Device, Kind};
 
 /// Qwen3's config.json as decoder settings.
@@ -28,13 +28,19 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
 }
 
 /// Registry entry for `qwen3`.
-pub fn load(cfg: &ConfigJson, dir: &Path, kind: Kind, device: Device) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, dir, kind, device)
+pub fn load(
+    cfg: &ConfigJson,
+    weights: &dyn TensorSource,
+    kind: Kind,
+    device: Device,
+) -> Result<Box<dyn CausalLm>> {
+    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const DIMS: &str = r#""vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048"#;

@@ -1,0 +1,162 @@
+//! `bergson train` at the command line: the run directory it writes, resuming an interrupted
+//! run to the same weights, and bad input ending with exit status 2 and one `error:` line.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bergson");
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn train(dir: &Path, extra: &[&str]) -> Output {
+    let model = fixtures().join("models/gpt_neox");
+    let data = fixtures().join("bergson_train/train.jsonl");
+    // One libtorch thread: fastest for the tiny model, and on a loaded CI machine.
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        "run".into(),
+        "--quiet".into(),
+        "--num_threads".into(),
+        "1".into(),
+    ];
+    let model = model.display().to_string();
+    let data = data.display().to_string();
+    // Defaults that `extra` may override.
+    for (flag, value) in [
+        ("--model", model.as_str()),
+        ("--dataset", data.as_str()),
+        ("--batch_size", "4"),
+        ("--lr", "1e-3"),
+    ] {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Command::new(BIN)
+        .args(&args)
+        .current_dir(dir)
+        .env("HF_HOME", dir.join("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run bergson")
+}
+
+/// Exit status 2, one `error:` line naming `needle`, nothing else.
+fn assert_input_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn model_weights(run: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut t = tch::Tensor::read_safetensors(run.join("model/model.safetensors")).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+#[test]
+fn writes_the_run_directory_and_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = train(
+        dir.path(),
+        &[
+            "--save_mode",
+            "all",
+            "--save_models",
+            "--save_optimizer_state",
+            "last",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 11 rows, batch 4: 3 steps (one padding row), checkpoints before each.
+    for f in [
+        "config.yaml",
+        "optimizer.pt",
+        "checkpoints/log_history.json",
+        "checkpoints/step_0.ckpt/state.json",
+        "checkpoints/step_2.ckpt/state.safetensors",
+        "model/model.safetensors",
+        "model/config.json",
+        "model/tokenizer.json",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    assert!(!run.join("checkpoints/step_3.ckpt").exists());
+    let yaml = fs::read_to_string(run.join("config.yaml")).unwrap();
+    assert!(
+        yaml.contains("train:") && yaml.contains("adam_beta1: 0.95"),
+        "{yaml}"
+    );
+    let full = model_weights(&run);
+
+    // Interrupted after step 1: only the checkpoints up to step_1 remain.
+    fs::remove_dir_all(run.join("checkpoints/step_2.ckpt")).unwrap();
+    fs::remove_dir_all(run.join("model")).unwrap();
+    // An unfinished checkpoint (no state.json) is removed, not loaded.
+    fs::create_dir_all(run.join("checkpoints/step_2.ckpt")).unwrap();
+    let out = train(
+        dir.path(),
+        &["--save_mode", "all", "--save_models", "--resume"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resumed = model_weights(&run);
+    assert_eq!(full.len(), resumed.len());
+    for ((n, a), (m, b)) in full.iter().zip(&resumed) {
+        assert_eq!(n, m);
+        assert_eq!(
+            (a - b).abs().max().double_value(&[]),
+            0.0,
+            "{n} differs after resuming"
+        );
+    }
+
+    // Resuming with other training settings is refused.
+    let out = train(
+        dir.path(),
+        &["--save_mode", "all", "--resume", "--seed", "3"],
+    );
+    assert_input_error(&out, "--seed was 42 and is now 3");
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_input_error(&train(dir.path(), &["--batch_size", "0"]), "--batch_size");
+    assert_input_error(&train(dir.path(), &["--optimizer", "muon"]), "muon");
+    assert_input_error(
+        &train(dir.path(), &["--save_mode", "interval"]),
+        "--save_interval",
+    );
+    assert_input_error(
+        &train(
+            dir.path(),
+            &["--optimizer", "sgd", "--save_optimizer_state", "last"],
+        ),
+        "adamw",
+    );
+    // A learning rate that blows the weights up: the NaN loss names its step.
+    let out = train(dir.path(), &["--lr", "1e30", "--overwrite"]);
+    assert_input_error(&out, "at step 1");
+    // An existing run directory without --overwrite or --resume.
+    let out = train(dir.path(), &[]);
+    assert_input_error(&out, "already exists");
+}

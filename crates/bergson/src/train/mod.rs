@@ -1,0 +1,21 @@
+//! Training on explicit parameters, as Python Bergson 2.5.1's MAGIC trainer does
+//! (`bergson/magic/`): the foundation of `bergson train` and of metagradients.
+//!
+//! One job per module: [`schedule`] (learning rates), [`optimizer`] (functional AdamW with
+//! `eps_root`, SGD), [`loss`] (the weighted causal-LM cross-entropy), [`stream`] (shuffled,
+//! padded batches and the data weights), [`trainer`] (functional steps, traced or not),
+//! [`checkpoint`] (what a run writes) and [`run`] (the `bergson train` pipeline).
+
+pub mod checkpoint;
+pub mod loss;
+pub mod optimizer;
+pub mod run;
+pub mod schedule;
+pub mod stream;
+pub mod trainer;
+
+pub use optimizer::{OptState, Optimizer};
+pub use run::{train, TrainSummary};
+pub use schedule::LrSchedule;
+pub use stream::{Batch, DataStream, WeightShape};
+pub use trainer::{StepSettings, Trainer, TrainerState};

@@ -1,0 +1,380 @@
+//! `bergson train`: Python Bergson 2.5.1's `run_magic` for a `TrainingConfig` (training only).
+//! Prepares the data as every command does, builds the stream, trains with the functional
+//! trainer, and writes the run directory:
+//!
+//! ```text
+//! <run_path>/config.yaml                       the run config (steps: [{train: ...}])
+//! <run_path>/checkpoints/log_history.json      learning rate per step
+//! <run_path>/checkpoints/step_{i}.ckpt/        trainer states on the --save_mode schedule
+//! <run_path>/optimizer.pt                      AdamW second moments (--save_optimizer_state)
+//! <run_path>/model/                            the trained model (--save_models)
+//! ```
+
+use super::checkpoint::{
+    checkpoint_dir, complete_checkpoints, load_state, next_save_index, save_optimizer_pt,
+    save_state, write_lr_history,
+};
+use super::optimizer::Optimizer;
+use super::schedule::LrSchedule;
+use super::stream::{DataStream, WeightShape};
+use super::trainer::{StepSettings, Trainer, TrainerState};
+use crate::config::{IndexConfig, OptimizerKind, SaveMode, SaveOptimizerState, TrainingConfig};
+use crate::data::pipeline::prepare_data;
+use crate::error::IoContext;
+use crate::models::ModelSpec;
+use crate::setup::load_tokenizer;
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
+
+/// What a training run produced.
+#[derive(Debug)]
+pub struct TrainSummary {
+    /// The run directory.
+    pub run_path: PathBuf,
+    /// Training loss of each step taken by this process (resumed runs: from the resume point).
+    pub losses: Vec<(usize, f64)>,
+    /// Steps in the run.
+    pub num_steps: usize,
+    /// The final trainer state.
+    pub state: TrainerState,
+    /// Parameter names, in the state's order.
+    pub names: Vec<String>,
+}
+
+/// Refuses settings bergson-rs does not implement, and impossible values.
+pub fn check_training_config(c: &TrainingConfig) -> Result<()> {
+    let unsupported = |flag: &str, why: &str| {
+        Err(Error::input(format!(
+            "{flag} is not supported by bergson train yet; {why}"
+        )))
+    };
+    if c.run_path.is_empty() {
+        return Err(Error::input(
+            "give the run directory: bergson train <run_path> ...",
+        ));
+    }
+    if c.batch_size == 0 {
+        return Err(Error::input("--batch_size must be at least 1"));
+    }
+    if c.num_epochs == 0 {
+        return Err(Error::input("--num_epochs must be at least 1"));
+    }
+    if c.grad_accum_steps == 0 {
+        return Err(Error::input("--grad_accum_steps must be at least 1"));
+    }
+    if c.save_mode == SaveMode::Interval && c.save_interval == 0 {
+        return Err(Error::input(
+            "--save_mode interval needs --save_interval of at least 1",
+        ));
+    }
+    if c.optimizer == OptimizerKind::Muon {
+        return unsupported("--optimizer muon", "use adamw or sgd");
+    }
+    if c.optimizer == OptimizerKind::Sgd && c.save_optimizer_state != SaveOptimizerState::None {
+        return Err(Error::input(
+            "--save_optimizer_state needs --optimizer adamw (SGD has no second moments)",
+        ));
+    }
+    if c.fsdp {
+        return unsupported("--fsdp", "run without it");
+    }
+    if !c.peft_init_kwargs.is_empty() {
+        return unsupported("--peft_init_kwargs", "train the full model");
+    }
+    if !c.model_kwargs.is_empty() || !c.moe_experts.is_empty() {
+        return unsupported("--model_kwargs / --moe_experts", "drop them");
+    }
+    if c.logit_scale != 1.0 {
+        return unsupported("--logit_scale", "drop it");
+    }
+    if c.distributed.nnode * c.distributed.nproc_per_node > 1 {
+        return unsupported(
+            "multi-process runs (--nnode/--nproc_per_node)",
+            "run one process",
+        );
+    }
+    for (flag, v) in [
+        ("--lr", c.lr_schedule.lr),
+        ("--adam_beta1", c.adam_beta1),
+        ("--adam_beta2", c.adam_beta2),
+        ("--eps_root", c.eps_root),
+        ("--adam_eps", c.adam_eps),
+        ("--weight_decay", c.weight_decay),
+    ] {
+        if !v.is_finite() {
+            return Err(Error::input(format!("{flag} {v} must be a finite number")));
+        }
+    }
+    Ok(())
+}
+
+/// The settings that fix the training trajectory; a checkpoint written under others cannot
+/// be resumed.
+fn trajectory(c: &TrainingConfig) -> serde_json::Value {
+    serde_json::json!({
+        "model": c.model,
+        "precision": c.precision.as_str(),
+        "dataset": c.data.dataset,
+        "split": c.data.split,
+        "batch_size": c.batch_size,
+        "num_epochs": c.num_epochs,
+        "seed": c.seed,
+        "lr": c.lr_schedule.lr,
+        "lr_scheduler_type": c.lr_schedule.lr_scheduler_type.as_str(),
+        "warmup_steps": c.lr_schedule.warmup_steps,
+        "optimizer": c.optimizer.as_str(),
+        "adam_beta1": c.adam_beta1,
+        "adam_beta2": c.adam_beta2,
+        "eps_root": c.eps_root,
+        "adam_eps": c.adam_eps,
+        "weight_decay": c.weight_decay,
+        "loss_reduction": c.loss_reduction.as_str(),
+        "max_grad_norm": c.max_grad_norm,
+        "grad_accum_steps": c.grad_accum_steps,
+    })
+}
+
+/// The data side of `c` as the shared pipeline takes it (no token budget: Bergson's trainer
+/// truncates, with `--truncation`, at the model's maximum length only).
+fn index_config(c: &TrainingConfig) -> IndexConfig {
+    IndexConfig {
+        run_path: c.run_path.clone(),
+        model: c.model.clone(),
+        precision: c.precision,
+        revision: c.revision.clone(),
+        data: c.data.clone(),
+        tokenizer: c.tokenizer.clone(),
+        drop_columns: c.drop_columns,
+        max_tokens: c.max_tokens,
+        token_batch_size: usize::MAX,
+        ..IndexConfig::default()
+    }
+}
+
+/// Prepares `<run_path>`: refuses an existing one unless `--overwrite` or `--resume`.
+fn prepare_run_dir(c: &TrainingConfig) -> Result<PathBuf> {
+    let run = PathBuf::from(&c.run_path);
+    if run.exists() && !c.resume {
+        if c.overwrite {
+            std::fs::remove_dir_all(&run).at_path(&run)?;
+        } else {
+            return Err(Error::input(format!(
+                "run path {} already exists; use --overwrite to replace it or --resume to continue it",
+                run.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(&run).at_path(&run)?;
+    Ok(run)
+}
+
+fn write_config(run: &Path, c: &TrainingConfig) -> Result<()> {
+    #[derive(serde::Serialize)]
+    struct Metadata {
+        bergson_version: &'static str,
+        bergson_rs_version: &'static str,
+        created: String,
+    }
+    #[derive(serde::Serialize)]
+    struct Doc<'a> {
+        steps: Vec<std::collections::BTreeMap<&'static str, &'a TrainingConfig>>,
+        metadata: Metadata,
+    }
+    let doc = Doc {
+        steps: vec![[("train", c)].into_iter().collect()],
+        metadata: Metadata {
+            bergson_version: crate::config::run_file::BERGSON_COMPAT_VERSION,
+            bergson_rs_version: env!("CARGO_PKG_VERSION"),
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+        },
+    };
+    let text = serde_saphyr::to_string(&doc)
+        .map_err(|e| Error::internal(format!("cannot write config.yaml: {e}")))?;
+    let path = run.join("config.yaml");
+    std::fs::write(&path, text).at_path(&path)
+}
+
+/// Runs `bergson train` with config `c` on `device`.
+pub fn train(c: &TrainingConfig, device: Device) -> Result<TrainSummary> {
+    check_training_config(c)?;
+    let icfg = index_config(c);
+    let (tokenizer, model_dir, max_positions) = load_tokenizer(&icfg)?;
+    let run = prepare_run_dir(c)?;
+    write_config(&run, c)?;
+    let prepared = prepare_data(&icfg, &tokenizer, max_positions)?;
+    let doc_ids = chunk_doc_ids(&prepared.table)?;
+    let stream = DataStream::new(
+        &prepared.rows,
+        doc_ids,
+        c.batch_size,
+        c.num_epochs,
+        c.seed,
+        WeightShape::PerDocument,
+        device,
+    )?;
+    let num_steps = stream.len();
+    let precision = crate::setup::resolve_precision(c.precision, &model_dir)?;
+    let spec = ModelSpec::from_dir(&model_dir, precision, device)?;
+    let model = spec.load(&model_dir)?;
+    let schedule = LrSchedule::new(&c.lr_schedule, num_steps);
+    let optimizer = Optimizer {
+        kind: c.optimizer,
+        beta1: c.adam_beta1,
+        beta2: c.adam_beta2,
+        eps: c.adam_eps,
+        eps_root: c.eps_root,
+        weight_decay: c.weight_decay,
+        schedule: schedule.clone(),
+    };
+    let settings = StepSettings {
+        reduction: c.loss_reduction,
+        max_grad_norm: c.max_grad_norm,
+        grad_accum_steps: c.grad_accum_steps,
+    };
+    let (trainer, mut state) = Trainer::new(spec, model.as_ref(), optimizer, settings)?;
+    drop(model);
+    let names = trainer.names().to_vec();
+    let checkpoints = run.join("checkpoints");
+    write_lr_history(&checkpoints, &schedule, num_steps)?;
+    let traj = trajectory(c);
+
+    let mut next_save = if c.save_mode == SaveMode::Final {
+        num_steps
+    } else {
+        0
+    };
+    if c.resume {
+        if let Some((_, dir)) = complete_checkpoints(&checkpoints)?.pop() {
+            state = load_state(&dir, &names, &state, &traj, device)?;
+            tracing::info!(
+                "resuming from {} (step {})",
+                dir.display(),
+                state.batch_index
+            );
+            while next_save < state.batch_index {
+                next_save = next_save_index(next_save, num_steps, c.save_mode, c.save_interval)?;
+            }
+        }
+    }
+    let tagged = (c.save_optimizer_state == SaveOptimizerState::All).then_some((
+        c.adam_beta1,
+        c.adam_beta2,
+        c.adam_eps,
+        c.eps_root,
+    ));
+    let save = |state: &TrainerState| -> Result<()> {
+        let dir = checkpoint_dir(&checkpoints, state.batch_index);
+        if tagged.is_some() {
+            save_optimizer_pt(&dir.join("optimizer.pt"), &names, state, tagged)?;
+        }
+        save_state(&checkpoints, &names, state, &traj)?;
+        Ok(())
+    };
+    let mut losses = Vec::new();
+    let mut phase = crate::progress::Phase::new(
+        "Training",
+        "steps",
+        Some((num_steps - state.batch_index.min(num_steps)) as u64),
+    );
+    let state = trainer.train(
+        state,
+        &stream,
+        |s| {
+            if s.batch_index == next_save {
+                save(s)?;
+                next_save = next_save_index(next_save, num_steps, c.save_mode, c.save_interval)?;
+            }
+            Ok(())
+        },
+        |i, loss| {
+            tracing::debug!("step {i}: loss {loss}");
+            losses.push((i, loss));
+            phase.inc(1);
+            Ok(())
+        },
+    )?;
+    drop(phase);
+    if matches!(c.save_mode, SaveMode::Interval | SaveMode::Final) && next_save == num_steps {
+        save(&state)?;
+    }
+    if c.save_optimizer_state != SaveOptimizerState::None {
+        let n = save_optimizer_pt(&run.join("optimizer.pt"), &names, &state, None)?;
+        tracing::info!(
+            "Saved {n} optimizer second moments to '{}'",
+            run.join("optimizer.pt").display()
+        );
+    }
+    if c.save_models {
+        save_hf_model(&model_dir, &run.join("model"), &names, &state.params)?;
+    }
+    Ok(TrainSummary {
+        run_path: run,
+        losses,
+        num_steps,
+        state,
+        names,
+    })
+}
+
+/// Per-token document ids of chunked data (the `doc_ids` column), if the data has them.
+fn chunk_doc_ids(table: &arrow::record_batch::RecordBatch) -> Result<Option<Vec<Vec<i64>>>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+    let Some(col) = table.column_by_name("doc_ids") else {
+        return Ok(None);
+    };
+    let list = col
+        .as_list_opt::<i32>()
+        .ok_or_else(|| Error::internal("the doc_ids column is not a list"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for i in 0..list.len() {
+        let v = list.value(i);
+        let ids = v
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| Error::internal("doc_ids are not int64"))?;
+        out.push(ids.values().to_vec());
+    }
+    Ok(Some(out))
+}
+
+/// Writes `params` as a Hugging Face checkpoint in `out`: `model.safetensors` under the names
+/// the source checkpoint used (GPT-NeoX's `embed_out.weight` for transformers' `lm_head`), and
+/// the source's config, generation config and tokenizer files.
+pub fn save_hf_model(source: &Path, out: &Path, names: &[String], params: &[Tensor]) -> Result<()> {
+    std::fs::create_dir_all(out).at_path(out)?;
+    let stored = crate::models::checkpoint::Checkpoint::open(source)?;
+    let tensors: Vec<(String, Tensor)> = names
+        .iter()
+        .zip(params)
+        .map(|(n, t)| {
+            let name = if !stored.contains(n)
+                && n == "lm_head.weight"
+                && stored.contains("embed_out.weight")
+            {
+                "embed_out.weight".to_string()
+            } else {
+                n.clone()
+            };
+            (name, t.detach().to_device(Device::Cpu).contiguous())
+        })
+        .collect();
+    Tensor::write_safetensors(&tensors, out.join("model.safetensors"))?;
+    for file in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "vocab.json",
+        "merges.txt",
+    ] {
+        let from = source.join(file);
+        if from.is_file() {
+            let to = out.join(file);
+            std::fs::copy(&from, &to).at_path(&to)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! The functional trainer of Python Bergson 2.5.1 (`magic/trainer.py`): a trainer state is the
+//! trainable parameters, the optimizer state and the batch index; a step maps one state to the
+//! next without changing it, running the model on the state's parameters (explicit
+//! parameters, [`ModelSpec::build`]). A traced step keeps the autograd graph of the update,
+//! gradients included (`create_graph`), so the next state can be differentiated with respect
+//! to this one and to the data weights: MAGIC's metagradient.
+
+use super::loss::weighted_causal_lm_ce;
+use super::optimizer::{OptState, Optimizer};
+use super::stream::{Batch, DataStream};
+use crate::config::TrainLossReduction;
+use crate::models::{CausalLm, ModelSpec};
+use crate::{Error, Result};
+use tch::{Kind, Tensor};
+
+/// The trainer's state after `batch_index` steps.
+#[derive(Debug)]
+pub struct TrainerState {
+    /// Trainable parameters, in [`Trainer::names`] order.
+    pub params: Vec<Tensor>,
+    /// Optimizer state.
+    pub opt: OptState,
+    /// Steps taken (the next batch to train on).
+    pub batch_index: usize,
+}
+
+impl TrainerState {
+    /// A copy without autograd history.
+    pub fn detach(&self) -> TrainerState {
+        TrainerState {
+            params: self.params.iter().map(Tensor::detach).collect(),
+            opt: self.opt.detach(),
+            batch_index: self.batch_index,
+        }
+    }
+
+    /// The parameters then the optimizer's floating-point state: what a traced step is
+    /// differentiable in (Bergson's `differentiable_tensors`).
+    pub fn differentiable_tensors(&self) -> Vec<&Tensor> {
+        self.params.iter().chain(self.opt.tensors()).collect()
+    }
+}
+
+/// How to take a step.
+#[derive(Debug, Clone)]
+pub struct StepSettings {
+    /// Reduction of the token losses.
+    pub reduction: TrainLossReduction,
+    /// Global-norm gradient clipping (`None` or 0: off).
+    pub max_grad_norm: Option<f64>,
+    /// Micro-batches per step.
+    pub grad_accum_steps: usize,
+}
+
+/// A model and an optimizer, trained functionally.
+pub struct Trainer {
+    spec: ModelSpec,
+    names: Vec<String>,
+    optimizer: Optimizer,
+    settings: StepSettings,
+}
+
+/// What one step reports besides the new state.
+#[derive(Debug, Clone, Copy)]
+pub struct StepOutput {
+    /// The batch's training loss (micro-batch losses combined as the full-batch loss).
+    pub loss: f64,
+}
+
+impl Trainer {
+    /// A trainer of `model` (built from `spec`) with `optimizer`; returns the initial state
+    /// (copies of the model's parameters, zero optimizer state).
+    pub fn new(
+        spec: ModelSpec,
+        model: &dyn CausalLm,
+        optimizer: Optimizer,
+        settings: StepSettings,
+    ) -> Result<(Self, TrainerState)> {
+        if settings.grad_accum_steps == 0 {
+            return Err(Error::input("--grad_accum_steps must be at least 1"));
+        }
+        let (names, params): (Vec<String>, Vec<Tensor>) = model
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().copy()))
+            .unzip();
+        let opt = optimizer.init(&params)?;
+        let state = TrainerState {
+            params,
+            opt,
+            batch_index: 0,
+        };
+        Ok((
+            Self {
+                spec,
+                names,
+                optimizer,
+                settings,
+            },
+            state,
+        ))
+    }
+
+    /// Parameter names (full Hugging Face names, `named_parameters()` order).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    /// The model on `params`, with the math attention kernel (it has a double backward, and
+    /// it is what Bergson's trainer runs: transformers' eager attention).
+    pub fn model_on(&self, params: &[Tensor]) -> Result<Box<dyn CausalLm>> {
+        let mut model = self.spec.build(self.names.iter().zip(params))?;
+        model.set_math_attention(true);
+        Ok(model)
+    }
+
+    /// One optimizer step on `batch` from `state`. With `trace`, the new state keeps its
+    /// autograd graph back to `state`'s tensors (which must require grad, or come from a
+    /// traced step) and to the data weights the batch was gathered from.
+    pub fn step(
+        &self,
+        state: &TrainerState,
+        batch: &Batch,
+        trace: bool,
+    ) -> Result<(TrainerState, StepOutput)> {
+        let params: Vec<Tensor> = if trace {
+            state.params.iter().map(Tensor::shallow_clone).collect()
+        } else {
+            state
+                .params
+                .iter()
+                .map(|p| p.detach().set_requires_grad(true))
+                .collect()
+        };
+        let (grads, loss) = self.gradients(&params, batch, trace)?;
+        if !loss.is_finite() {
+            return Err(Error::input(format!(
+                "the training loss is {loss} at step {}; lower --lr, set --max_grad_norm, or use --precision fp32",
+                state.batch_index
+            )));
+        }
+        let _guard = (!trace).then(tch::no_grad_guard);
+        let grads = self.clip(grads);
+        let params: Vec<Tensor> = if trace {
+            params
+        } else {
+            params.iter().map(Tensor::detach).collect()
+        };
+        let (params, opt) = self.optimizer.update(&params, &grads, &state.opt);
+        Ok((
+            TrainerState {
+                params,
+                opt,
+                batch_index: state.batch_index + 1,
+            },
+            StepOutput { loss },
+        ))
+    }
+
+    /// The full-batch gradient as a sum over micro-batches, each loss scaled by its share of
+    /// the batch's supervised tokens (Bergson's `accumulate_grads`), and the loss.
+    fn gradients(
+        &self,
+        params: &[Tensor],
+        batch: &Batch,
+        trace: bool,
+    ) -> Result<(Vec<Tensor>, f64)> {
+        let model = self.model_on(params)?;
+        let total = batch.loss_denom();
+        let b = batch.len();
+        let n = (self.settings.grad_accum_steps as i64).clamp(1, b.max(1));
+        let inputs: Vec<&Tensor> = params.iter().collect();
+        let mut grads: Option<Vec<Tensor>> = None;
+        let mut loss = 0.0;
+        let mut start = 0;
+        for i in 0..n {
+            let size = b / n + i64::from(i < b % n);
+            let micro = batch.rows(start, size);
+            start += size;
+            crate::interrupt::check()?;
+            let logits = model.forward(&micro.input_ids);
+            let micro_loss = weighted_causal_lm_ce(
+                &logits,
+                &micro.labels,
+                Some(&micro.example_weight),
+                &micro.shift_loss_mask,
+                self.settings.reduction,
+            );
+            let coef = micro.loss_denom() / total;
+            loss += micro_loss.double_value(&[]) * coef;
+            let g = Tensor::f_run_backward(&[micro_loss * coef], &inputs, trace, trace)?;
+            grads = Some(match grads {
+                None => g,
+                Some(acc) => acc.iter().zip(&g).map(|(a, g)| a + g).collect(),
+            });
+        }
+        let grads = grads.ok_or_else(|| Error::internal("a training batch without rows"))?;
+        Ok((grads, loss))
+    }
+
+    /// Global-norm clipping: `g · min(1, max_norm / (‖g‖ + 1e-6))`.
+    fn clip(&self, grads: Vec<Tensor>) -> Vec<Tensor> {
+        let Some(max_norm) = self.settings.max_grad_norm.filter(|&m| m > 0.0) else {
+            return grads;
+        };
+        let sq = grads
+            .iter()
+            .map(|g| g.square().sum(g.kind()))
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(|| Tensor::from(0.0));
+        // `max / x` is `x.reciprocal() * max` in PyTorch (`Tensor.__rtruediv__`).
+        let coef = ((sq.sqrt() + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
+        grads.iter().map(|g| g * &coef).collect()
+    }
+
+    /// Trains from `state` to the end of `data`, calling `on_step(state_before, loss)` after
+    /// each step (for checkpoints and logs) and `before_step(state)` before it.
+    pub fn train(
+        &self,
+        mut state: TrainerState,
+        data: &DataStream,
+        mut before_step: impl FnMut(&TrainerState) -> Result<()>,
+        mut on_step: impl FnMut(usize, f64) -> Result<()>,
+    ) -> Result<TrainerState> {
+        while state.batch_index < data.len() {
+            before_step(&state)?;
+            let i = state.batch_index;
+            let (next, out) = self.step(&state, &data.batch(i), false)?;
+            state = next;
+            on_step(i, out.loss)?;
+        }
+        Ok(state)
+    }
+
+    /// The model dtype.
+    pub fn kind(&self) -> Kind {
+        self.spec.kind()
+    }
+}
