@@ -6,6 +6,7 @@ mod build;
 mod demo;
 mod errors;
 mod logging;
+mod mix;
 mod query;
 mod report;
 mod score;
@@ -39,6 +40,10 @@ enum Command {
     /// Search an index interactively: prompts from standard input, their most and least
     /// similar training rows printed (and appended to a CSV with --record).
     Query(query::QueryArgs),
+    /// Mix a query and an index autocorrelation Hessian into one (TrackStar's mixing):
+    /// H = λ·H_query + (1 − λ)·H_index, λ chosen by --target_downweight_components.
+    #[command(allow_negative_numbers = true)]
+    Mix(mix::MixArgs),
     /// The embedded demo: index a tiny model's training corpus and attribute held-out facts
     /// to the documents that planted them.
     Demo(demo::DemoArgs),
@@ -83,6 +88,10 @@ fn main() -> ExitCode {
         Command::Query(args) => {
             logging::init(args.runtime.quiet);
             errors::finish(query::run(args.config, &args.runtime))
+        }
+        Command::Mix(args) => {
+            logging::init(args.quiet);
+            errors::finish(mix::run(&args))
         }
         Command::Demo(args) => {
             logging::init(args.runtime.quiet);

@@ -17,6 +17,7 @@ pub mod hessians;
 pub mod hub;
 pub mod index;
 pub mod interrupt;
+pub mod mix;
 pub mod models;
 pub mod pickle;
 pub mod progress;

@@ -324,6 +324,29 @@ pub fn check_projection(path: &Path, ours: &ProjectionSettings) -> Result<()> {
     ours.check_saved(path, "The Hessian")
 }
 
+/// Refuses a factored Hessian for projected gradients (its factors act on full gradients), as
+/// Bergson's score does; `projection_dim` is the run's.
+pub fn check_factored_unprojected(
+    path: &Path,
+    projection_dim: usize,
+    unit_normalize: bool,
+) -> Result<()> {
+    if projection_dim == 0 || !hessian_store::is_factored(path) {
+        return Ok(());
+    }
+    let why = if unit_normalize {
+        " (two-sided H^-1/2 preconditioning with unit norm needs full index gradients)"
+    } else {
+        ""
+    };
+    Err(Error::input(format!(
+        "the factored (K-FAC/EK-FAC) Hessian at {} needs --projection_dim 0, but this run \
+         projects to {projection_dim}{why}; rebuild the indexes with --projection_dim 0, or use a \
+         dense (autocorrelation) Hessian",
+        path.display()
+    )))
+}
+
 /// The model a Hessian directory was fitted on, from its `config.yaml`.
 pub fn fitted_model(path: &Path) -> Option<String> {
     crate::config::run_file::load_subconfig::<crate::config::IndexConfig>(path, "index_cfg")
