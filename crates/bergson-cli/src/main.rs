@@ -6,6 +6,7 @@ mod build;
 mod demo;
 mod errors;
 mod logging;
+mod mix;
 mod query;
 mod report;
 mod score;
@@ -44,6 +45,10 @@ enum Command {
     /// checkpoints for resuming and for metagradients).
     #[command(allow_negative_numbers = true)]
     Train(train::TrainArgs),
+    /// Mix a query and an index autocorrelation Hessian into one (TrackStar's mixing):
+    /// H = λ·H_query + (1 − λ)·H_index, λ chosen by --target_downweight_components.
+    #[command(allow_negative_numbers = true)]
+    Mix(mix::MixArgs),
     /// The embedded demo: index a tiny model's training corpus and attribute held-out facts
     /// to the documents that planted them.
     Demo(demo::DemoArgs),
@@ -92,6 +97,10 @@ fn main() -> ExitCode {
         Command::Train(args) => {
             logging::init(args.runtime.quiet);
             errors::finish(train::run(args.config, &args.runtime))
+        }
+        Command::Mix(args) => {
+            logging::init(args.quiet);
+            errors::finish(mix::run(&args))
         }
         Command::Demo(args) => {
             logging::init(args.runtime.quiet);

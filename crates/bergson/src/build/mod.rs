@@ -20,6 +20,7 @@ use crate::config::run_file::{config_yaml, Step};
 use crate::config::{Aggregation, BuildConfig};
 use crate::data::columns::{add_column, drop_columns};
 use crate::error::IoContext;
+use crate::hessians::preconditioner;
 use crate::index::hf_dataset::write_hf_dataset;
 use crate::index::reader::write_offsets;
 use crate::index::{GradientFile, IndexInfo};
@@ -191,6 +192,28 @@ fn run_step(step: &Step, cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSu
         &CollectConfig::from_index_config(icfg),
     )?;
 
+    // Stored rows preconditioned (recorded in the saved preprocess_cfg, so a score run
+    // does not apply the Hessian to them again).
+    let pcfg = &cfg.preprocess_cfg;
+    let stored_row_preconditioner = match &pcfg.hessian_path {
+        None => None,
+        Some(h) => {
+            let h = Path::new(h);
+            let p = preconditioner::Preconditioner::load(
+                h,
+                &pcfg.inversion_cfg,
+                preconditioner::power_for(pcfg.unit_normalize),
+                pcfg.ev_correction,
+                Device::Cpu,
+            )?;
+            p.check_fits(
+                &collection.grad_sizes(),
+                h,
+                preconditioner::fitted_model(h).as_deref(),
+            )?;
+            Some(p)
+        }
+    };
     let aggregation = cfg.preprocess_cfg.aggregation;
     if icfg.attribute_tokens && aggregation != Aggregation::None {
         return Err(Error::input(
@@ -250,7 +273,8 @@ fn run_step(step: &Step, cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSu
         aggregation,
         offsets,
         row_len,
-    )?;
+    )?
+    .with_preconditioner(stored_row_preconditioner);
 
     // Resume from the journal of an interrupted run.
     let batches = collection.batches();
@@ -391,10 +415,17 @@ fn run_step(step: &Step, cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSu
 /// Refuses Bergson options bergson-rs does not implement, and impossible values, up front.
 fn check_supported(cfg: &BuildConfig) -> Result<()> {
     setup::check_index_config(&cfg.index_cfg)?;
-    if cfg.preprocess_cfg.hessian_path.is_some() {
-        return Err(Error::input(
-            "--hessian_path is not supported by bergson-rs yet; precondition at query time",
-        ));
+    let pcfg = &cfg.preprocess_cfg;
+    if let Some(h) = &pcfg.hessian_path {
+        preconditioner::check_factored_unprojected(
+            Path::new(h),
+            cfg.index_cfg.projection_dim,
+            pcfg.unit_normalize,
+        )?;
+        preconditioner::check_projection(
+            Path::new(h),
+            &crate::collect::ProjectionSettings::from_index_config(&cfg.index_cfg),
+        )?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Where each batch's rows go (Bergson's `Builder`): unit-normalised if asked, then written at
-//! each document's rows of gradients.bin, or summed into one float32 row with `--aggregation`.
+//! Where each batch's rows go (Bergson's `Builder`): preconditioned with `--hessian_path`
+//! (`H^-1`, or `H^-1/2` with unit norm), unit-normalised if asked, then written at each
+//! document's rows of gradients.bin, or summed into one float32 row with `--aggregation`.
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::collect::BatchOutput;
 use crate::config::Aggregation;
 use crate::error::IoContext;
+use crate::hessians::preconditioner::Preconditioner;
 use crate::index::gradient_file::tensor_bytes;
 use crate::index::GradientFile;
 use crate::{Error, Result};
@@ -24,6 +26,8 @@ pub struct RowSink {
     offsets: Option<Vec<i64>>,
     /// Sum of all rows (float32), with aggregation.
     accumulator: Option<Tensor>,
+    /// Applied to each batch's module blocks first.
+    preconditioner: Option<Preconditioner>,
 }
 
 impl RowSink {
@@ -48,12 +52,26 @@ impl RowSink {
             aggregation,
             offsets,
             accumulator,
+            preconditioner: None,
         })
+    }
+
+    /// Preconditions every batch with `p` before anything else.
+    pub fn with_preconditioner(mut self, p: Option<Preconditioner>) -> Self {
+        self.preconditioner = p;
+        self
     }
 
     /// Writes one batch.
     pub fn write(&mut self, batch: &BatchOutput) -> Result<()> {
-        let mut grads = batch.gradients.concat()?;
+        let mut grads = match &self.preconditioner {
+            None => batch.gradients.concat()?,
+            Some(p) => {
+                let blocks = p.apply(&batch.gradients.blocks)?;
+                let parts: Vec<&Tensor> = blocks.iter().map(|(_, t)| t).collect();
+                Tensor::f_cat(&parts, 1)?
+            }
+        };
         if self.unit_normalize {
             let inv = grads
                 .f_pow_tensor_scalar(2)?

@@ -755,6 +755,11 @@ impl OuterProduct {
 pub struct BlockGradient(OuterProduct);
 
 impl BlockGradient {
+    /// Already formed gradients `[rows, size]` (e.g. after preconditioning).
+    pub fn formed(p: Tensor) -> BlockGradient {
+        BlockGradient(OuterProduct::formed(p))
+    }
+
     /// Rows (documents or tokens).
     pub fn rows(&self) -> i64 {
         self.0.rows()

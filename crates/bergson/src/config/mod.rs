@@ -5,6 +5,7 @@
 mod build;
 mod enums;
 mod flags;
+mod mix;
 mod query;
 pub mod run_file;
 mod score;
@@ -19,6 +20,7 @@ pub use enums::{
     ProjectionTarget, ProjectionType,
 };
 pub use flags::{clap_default, parse_bool};
+pub use mix::MixConfig;
 pub use query::{FaissConfig, QueryConfig};
 pub use score::{
     CandidateConfig, CandidateDirection, ScoreConfig, ScoreMode, ScorePrecision, ScoreRunConfig,

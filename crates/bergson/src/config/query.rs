@@ -50,7 +50,8 @@ pub struct QueryConfig {
     /// Cosine similarity: unit-normalise queries and index rows.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value = "true", default_missing_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub unit_norm: bool,
-    /// Hessian to precondition with (not supported by bergson-rs yet).
+    /// Hessian to precondition with: one-sided `H^-1` on the queries, or two-sided `H^-1/2`
+    /// with --unit_norm.
     #[arg(long)]
     pub hessian_path: Option<String>,
     /// Use EK-FAC corrected eigenvalues of a factored Hessian.

@@ -2,6 +2,7 @@
 //! memory-mapped readers, the resume journal and the `.part` life cycle.
 
 pub mod gradient_file;
+pub mod hessian_store;
 pub mod hf_dataset;
 pub mod info;
 pub mod journal;

@@ -6,6 +6,12 @@
 //! Unit norm follows Bergson: index rows are divided by their norm over all modules (a zero
 //! row scores 0), queries by their norm plus float32 epsilon.
 //!
+//! With [`AttributorOptions::hessian_path`], searches are preconditioned as in Bergson: without
+//! unit norm the queries get `H^-1` (one-sided; index rows untouched), with it both sides get
+//! `H^-1/2` before their norms (two-sided). The index is still streamed: `H^-1/2` is symmetric,
+//! so the preconditioned rows' dot products are the stored rows' with the queries multiplied
+//! once more, and the preconditioned rows' norms are computed in one pass and kept.
+//!
 //! With [`AttributorOptions::faiss`], searches go to an approximate FAISS index built inside
 //! the gradient index on first use instead ([`super::ann`]).
 
@@ -25,8 +31,9 @@ use crate::collect::{
     GradientProcessor, LossSpec,
 };
 use crate::config::run_file::load_subconfig;
-use crate::config::{FaissConfig, IndexConfig, LossFn, LossReduction};
+use crate::config::{FaissConfig, IndexConfig, InversionConfig, LossFn, LossReduction};
 use crate::data::tokenize::TokenizedRow;
+use crate::hessians::preconditioner::{self, Preconditioner};
 use crate::index::{row_norms, GradientIndex};
 use crate::models::CausalLm;
 use crate::{Error, Result};
@@ -42,8 +49,14 @@ pub struct AttributorOptions {
     /// Cosine similarity: unit-normalise queries and index rows (Bergson's `unit_norm`,
     /// default false in the library, true in `bergson query`).
     pub unit_norm: bool,
-    /// Hessian to precondition with (not supported by bergson-rs yet).
+    /// Hessian to precondition with (Bergson's `hessian_path`): a dense (autocorrelation)
+    /// processor or a factored (K-FAC/EK-FAC) directory. Without unit norm the queries get
+    /// `H^-1` (one-sided); with it both queries and index rows get `H^-1/2` (two-sided).
     pub hessian_path: Option<String>,
+    /// How the Hessian is inverted.
+    pub inversion_cfg: InversionConfig,
+    /// Use the EK-FAC corrected eigenvalues of a factored Hessian.
+    pub ev_correction: bool,
     /// Search an approximate FAISS index with these settings (Bergson's `faiss_cfg`), built
     /// on first use; needs the `faiss` cargo feature. `None`: exact search.
     pub faiss: Option<FaissConfig>,
@@ -55,6 +68,8 @@ impl Default for AttributorOptions {
             device: Device::Cpu,
             unit_norm: false,
             hessian_path: None,
+            inversion_cfg: InversionConfig::default(),
+            ev_correction: false,
             faiss: None,
         }
     }
@@ -69,15 +84,19 @@ pub struct Attributor {
     norms: OnceLock<Vec<f32>>,
     warned_k: AtomicBool,
     ann: Option<AnnIndex>,
+    preconditioner: Option<Preconditioner>,
+    /// Norms of the `H^-1/2`-preconditioned index rows (two-sided), computed on first search.
+    preconditioned_norms: OnceLock<Vec<f32>>,
 }
 
 impl Attributor {
     /// Opens the index at `path` (ours or one Python Bergson wrote).
     pub fn open(path: impl AsRef<Path>, options: AttributorOptions) -> Result<Self> {
         let dir = path.as_ref();
-        if options.hessian_path.is_some() {
+        if options.hessian_path.is_some() && options.faiss.is_some() {
             return Err(Error::input(
-                "--hessian_path is not supported by bergson-rs yet; search without preconditioning",
+                "--hessian_path with --faiss is not supported by bergson-rs yet; search exactly \
+                 (drop --faiss) to precondition",
             ));
         }
         if !dir.join("info.json").is_file() {
@@ -107,6 +126,31 @@ impl Attributor {
                 crate::collect::processor::PROJECTION_VERSION
             )));
         }
+        let preconditioner = match &options.hessian_path {
+            None => None,
+            Some(h) => {
+                let h = Path::new(h);
+                preconditioner::check_factored_unprojected(
+                    h,
+                    settings.projection_dim.unwrap_or(0),
+                    options.unit_norm,
+                )?;
+                preconditioner::check_projection(h, &settings)?;
+                let p = Preconditioner::load(
+                    h,
+                    &options.inversion_cfg,
+                    preconditioner::power_for(options.unit_norm),
+                    options.ev_correction,
+                    Device::Cpu,
+                )?;
+                p.check_fits(
+                    &index.info.grad_sizes,
+                    h,
+                    preconditioner::fitted_model(h).as_deref(),
+                )?;
+                Some(p)
+            }
+        };
         let mut processor = GradientProcessor::new(settings);
         let normalizers = dir.join("normalizers.pth");
         if normalizers.is_file() {
@@ -128,6 +172,8 @@ impl Attributor {
             norms: OnceLock::new(),
             warned_k: AtomicBool::new(false),
             ann,
+            preconditioner,
+            preconditioned_norms: OnceLock::new(),
         })
     }
 
@@ -208,6 +254,37 @@ impl Attributor {
             return ann.search(&q, k, (top, bottom));
         }
         let (q, columns) = self.prepare_queries(queries, modules)?;
+        if let (Some(p), true) = (&self.preconditioner, self.options.unit_norm) {
+            // Two-sided: score = (g H^-1/2)·q' / ‖g H^-1/2‖ = g·(q' H^-1/2) / ‖g H^-1/2‖ (H^-1/2
+            // is symmetric), so the stored rows are searched as they are with the queries
+            // multiplied once more and the preconditioned rows' norms.
+            let norms = match self.preconditioned_norms.get() {
+                Some(v) => v,
+                None => {
+                    let v = self.preconditioned_row_norms(p)?;
+                    let zero = v.iter().filter(|&&x| x == 0.0).count();
+                    if zero > 0 {
+                        tracing::warn!("{zero} of the index's {n} rows are zero after preconditioning; they score 0");
+                    }
+                    self.preconditioned_norms.get_or_init(|| v)
+                }
+            };
+            let all: Vec<Range<usize>> = self
+                .modules()
+                .iter()
+                .filter_map(|m| self.index.module_columns(m))
+                .collect();
+            let q = self.spread_and_precondition(&q, &columns, p)?;
+            let result = scan(
+                &self.index,
+                &q,
+                &all,
+                k,
+                (top, bottom),
+                RowNorms::Given(norms),
+            )?;
+            return Ok((result.top, result.bottom));
+        }
         let cached = if self.options.unit_norm {
             self.norms
                 .get()
@@ -239,8 +316,80 @@ impl Attributor {
         Ok((result.top, result.bottom))
     }
 
+    /// `[Q, row_len]` queries: `q` (over `columns`) placed at its columns, zero elsewhere, then
+    /// multiplied by `p` over every module (a joint Hessian mixes modules).
+    fn spread_and_precondition(
+        &self,
+        q: &Tensor,
+        columns: &[Range<usize>],
+        p: &Preconditioner,
+    ) -> Result<Tensor> {
+        let nq = q.size()[0];
+        let full = Tensor::f_zeros(
+            [nq, self.index.row_len() as i64],
+            (Kind::Float, Device::Cpu),
+        )?;
+        let mut at = 0i64;
+        for c in columns {
+            let w = c.len() as i64;
+            full.f_narrow(1, c.start as i64, w)?
+                .f_copy_(&q.f_narrow(1, at, w)?)?;
+            at += w;
+        }
+        let blocks = self.module_blocks(&full)?;
+        let out = p.apply(&blocks)?;
+        let parts: Vec<Tensor> = out
+            .iter()
+            .map(|(_, t)| t.f_to_kind(Kind::Float))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Tensor::f_cat(&parts, 1)?)
+    }
+
+    /// `(module, [rows, size])` views of full-width rows, in index order.
+    fn module_blocks(&self, rows: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        self.modules()
+            .into_iter()
+            .map(|m| {
+                let c = self
+                    .index
+                    .module_columns(&m)
+                    .ok_or_else(|| Error::internal(format!("module {m} has no columns")))?;
+                let t = rows.f_narrow(1, c.start as i64, c.len() as i64)?;
+                Ok((m, t))
+            })
+            .collect()
+    }
+
+    /// `‖g H^-1/2‖` over all modules for every index row, in float32 (Bergson preconditions the
+    /// loaded rows, then takes their norms without an epsilon).
+    fn preconditioned_row_norms(&self, p: &Preconditioner) -> Result<Vec<f32>> {
+        let n = self.num_rows();
+        let chunk = (4 << 20) / (self.index.row_len() * 4).max(1);
+        let chunk = chunk.clamp(1, 4096);
+        let mut norms = Vec::with_capacity(n);
+        let mut start = 0;
+        while start < n {
+            crate::interrupt::check()?;
+            let end = (start + chunk).min(n);
+            let rows = self.index.rows(start..end)?.f_to_kind(Kind::Float)?;
+            let out = p.apply(&self.module_blocks(&rows)?)?;
+            let mut sq = Tensor::f_zeros([(end - start) as i64], (Kind::Float, Device::Cpu))?;
+            for (_, t) in &out {
+                sq = sq.f_add(&t.f_to_kind(Kind::Float)?.f_square()?.f_sum_dim_intlist(
+                    [1i64].as_slice(),
+                    false,
+                    Kind::Float,
+                )?)?;
+            }
+            norms.extend(Vec::<f32>::try_from(sq.f_sqrt()?)?);
+            start = end;
+        }
+        Ok(norms)
+    }
+
     /// The queries as one float32 `[Q, Σ sizes]` matrix over the searched modules (in index
-    /// order), unit-normalised over all modules when asked, and those modules' column ranges.
+    /// order), preconditioned (`H^-1` one-sided, `H^-1/2` two-sided) and unit-normalised over
+    /// all modules when asked, and those modules' column ranges.
     fn prepare_queries(
         &self,
         queries: &[(String, Tensor)],
@@ -282,6 +431,14 @@ impl Attributor {
         }
         if blocks.iter().any(|b| b.isnan().any().int64_value(&[]) != 0) {
             return Err(Error::input("NaN found in the query gradients"));
+        }
+        if let Some(p) = &self.preconditioner {
+            let named: Vec<(String, Tensor)> = ordered.iter().cloned().zip(blocks).collect();
+            blocks = p
+                .apply(&named)?
+                .into_iter()
+                .map(|(_, t)| t.f_to_kind(Kind::Float))
+                .collect::<std::result::Result<_, _>>()?;
         }
         if self.options.unit_norm {
             let all = Tensor::f_cat(&blocks, 1)?;

@@ -55,6 +55,8 @@ pub fn run(
             device: opts.device,
             unit_norm: cfg.unit_norm,
             hessian_path: cfg.hessian_path.clone(),
+            inversion_cfg: cfg.inversion_cfg.clone(),
+            ev_correction: cfg.ev_correction,
             faiss: cfg.faiss.then(|| cfg.faiss_cfg.clone()),
         },
     )?;

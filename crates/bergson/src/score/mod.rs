@@ -22,6 +22,9 @@ use crate::config::run_file::{config_yaml, Step};
 use crate::config::{Aggregation, ScoreMode, ScorePrecision, ScoreRunConfig, TokenInfluence};
 use crate::data::columns::{add_column, drop_columns, take_rows};
 use crate::error::IoContext;
+use crate::hessians::preconditioner::{
+    check_factored_unprojected, check_projection, fitted_model, power_for, Preconditioner,
+};
 use crate::index::hf_dataset::write_hf_dataset;
 use crate::index::journal::{Entry, Header, Journal, JOURNAL};
 use crate::index::reader::write_offsets;
@@ -68,10 +71,8 @@ impl std::fmt::Display for ScoreSummary {
 fn check_supported(cfg: &ScoreRunConfig) -> Result<()> {
     let (icfg, scfg, pcfg) = (&cfg.index_cfg, &cfg.score_cfg, &cfg.preprocess_cfg);
     setup::check_index_config(icfg)?;
-    if pcfg.hessian_path.is_some() {
-        return Err(Error::input(
-            "--hessian_path is not supported by bergson-rs yet; score without preconditioning",
-        ));
+    if let Some(h) = &pcfg.hessian_path {
+        check_factored_unprojected(Path::new(h), icfg.projection_dim, pcfg.unit_normalize)?;
     }
     if scfg.token_influence == TokenInfluence::Output {
         return Err(Error::input(
@@ -140,6 +141,29 @@ pub fn run(cfg: &ScoreRunConfig, opts: &RunOptions) -> Result<ScoreSummary> {
         scfg.modules.clone()
     };
     let query_pre = queries::saved_preprocess(&query_dir)?;
+    let preconditioner = match &pcfg.hessian_path {
+        None => None,
+        Some(h) => {
+            let h = Path::new(h);
+            check_projection(h, &settings)?;
+            let p = Preconditioner::load(
+                h,
+                &pcfg.inversion_cfg,
+                power_for(pcfg.unit_normalize),
+                pcfg.ev_correction,
+                opts.device,
+            )?;
+            p.check_fits(&query_index.info.grad_sizes, h, fitted_model(h).as_deref())?;
+            Some(p)
+        }
+    };
+    // The query index may have been preconditioned when it was built (its saved
+    // preprocess_cfg says so): H is then not applied to it again.
+    let query_preconditioner = preconditioner
+        .as_ref()
+        .filter(|_| query_pre.hessian_path.is_none());
+    // Two-sided (unit norm): the training gradients get H^-1/2 too, before their norms.
+    let index_transform = preconditioner.as_ref().filter(|_| pcfg.unit_normalize);
     let (unit, aggregation, normalize_aggregated) = queries::remaining_preprocess(pcfg, &query_pre);
     let num_queries_total = query_index.num_rows();
     if num_queries_total == 0 {
@@ -294,6 +318,7 @@ pub fn run(cfg: &ScoreRunConfig, opts: &RunOptions) -> Result<ScoreSummary> {
             &query_index,
             &modules,
             slice.clone(),
+            query_preconditioner,
             (unit, aggregation, normalize_aggregated),
             cfg,
             score_kind,
@@ -311,7 +336,7 @@ pub fn run(cfg: &ScoreRunConfig, opts: &RunOptions) -> Result<ScoreSummary> {
                 return Err(Error::Interrupted);
             }
             let out = collection.run_batch_blocks(docs, indices)?;
-            let scores = scorer.score(&out.blocks, save_kind)?;
+            let scores = scorer.score_transformed(&out.blocks, save_kind, index_transform)?;
             let rows: Vec<usize> = match &offsets {
                 None => out.indices.clone(),
                 Some(o) => out
@@ -368,17 +393,22 @@ pub fn run(cfg: &ScoreRunConfig, opts: &RunOptions) -> Result<ScoreSummary> {
     })
 }
 
-/// The scorer for one query slice: read, preprocess, transpose.
+/// The scorer for one query slice: read, precondition, preprocess, transpose.
+#[allow(clippy::too_many_arguments)]
 fn make_scorer(
     index: &crate::index::GradientIndex,
     modules: &[String],
     slice: Option<Range<usize>>,
+    preconditioner: Option<&Preconditioner>,
     (unit, aggregation, normalize_aggregated): (bool, Aggregation, bool),
     cfg: &ScoreRunConfig,
     kind: Kind,
     device: tch::Device,
 ) -> Result<Scorer> {
-    let q = queries::read_queries(index, modules, slice)?;
+    let mut q = queries::read_queries(index, modules, slice)?;
+    if let Some(p) = preconditioner {
+        q = p.apply(&q)?;
+    }
     let q = queries::normalize_and_aggregate(q, unit, aggregation, normalize_aggregated)?;
     Scorer::new(
         &q,

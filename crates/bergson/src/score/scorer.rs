@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::collect::BlockGradient;
 use crate::config::ScoreMode;
+use crate::hessians::preconditioner::Preconditioner;
 use crate::{Error, Result};
 
 /// The queries, ready to meet batches of training gradients.
@@ -64,6 +65,39 @@ impl Scorer {
     /// Scores `[rows, width]` (float32) of one batch's blocks. `save_kind` is the dtype the
     /// index would store (already formed blocks are rounded through it, as in Bergson).
     pub fn score(&self, blocks: &[(String, BlockGradient)], save_kind: Kind) -> Result<Tensor> {
+        self.score_transformed(blocks, save_kind, None)
+    }
+
+    /// [`score`](Self::score) with the training gradients first formed and multiplied by
+    /// `index_transform` (two-sided preconditioning: `H^-1/2` on the index side too, before
+    /// their norms are taken), as Bergson's `index_transform`.
+    pub fn score_transformed(
+        &self,
+        blocks: &[(String, BlockGradient)],
+        save_kind: Kind,
+        index_transform: Option<&Preconditioner>,
+    ) -> Result<Tensor> {
+        let transformed: Vec<(String, BlockGradient)>;
+        let blocks = match index_transform {
+            None => blocks,
+            Some(p) => {
+                let formed: Vec<(String, Tensor)> = blocks
+                    .iter()
+                    .map(|(n, b)| {
+                        Ok((
+                            n.clone(),
+                            b.for_scoring(self.kind, save_kind)?.materialize()?,
+                        ))
+                    })
+                    .collect::<Result<_>>()?;
+                transformed = p
+                    .apply(&formed)?
+                    .into_iter()
+                    .map(|(n, t)| Ok((n, BlockGradient::formed(t.f_to_kind(self.kind)?))))
+                    .collect::<Result<_>>()?;
+                &transformed
+            }
+        };
         let mut scores: Option<Tensor> = None;
         let mut sq_norm: Option<Tensor> = None;
         for (name, q_t) in &self.queries_t {
@@ -78,7 +112,11 @@ impl Scorer {
                          was built with, or restrict the query with --score_cfg.modules"
                     ))
                 })?;
-            let g = block.for_scoring(self.kind, save_kind)?;
+            // Transformed blocks are already formed in the score dtype.
+            let g = match index_transform {
+                Some(_) => BlockGradient::formed(block.materialize()?),
+                None => block.for_scoring(self.kind, save_kind)?,
+            };
             let part = g.dot(q_t)?.f_to_kind(Kind::Float)?;
             scores = Some(match scores {
                 Some(mut s) => s.f_add_(&part)?,
