@@ -61,7 +61,11 @@ fn assert_one_line_error(out: &Output, keys: &[&str]) {
     assert_eq!(errors.len(), 1, "want one error line, got: {stderr}");
     assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
     for k in keys {
-        assert!(errors[0].contains(k), "error line lacks {k:?}: {}", errors[0]);
+        assert!(
+            errors[0].contains(k),
+            "error line lacks {k:?}: {}",
+            errors[0]
+        );
     }
 }
 
@@ -87,7 +91,10 @@ fn a_truncated_index_is_refused() {
     let (_tmp, index) = index_copy("arch_gpt_neox");
     let grads = index.join("gradients.bin");
     let len = std::fs::metadata(&grads).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(&grads).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&grads)
+        .unwrap();
     f.set_len(len - 8).unwrap();
     drop(f);
     let record = index.parent().unwrap().join("record.csv");

@@ -13,6 +13,7 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod hessians;
 pub mod hub;
 pub mod index;
 pub mod interrupt;
