@@ -83,8 +83,8 @@ impl LabelSampler {
                 let vocab = cdf.size()[1];
                 let last = cdf.f_narrow(1, vocab - 1, 1)?;
                 let uc = u.f_narrow(0, start, len)?.f_unsqueeze(1)?.f_mul(&last)?;
-                Ok(cdf
-                    .f_searchsorted(&uc, false, true, "right", None::<&Tensor>)?
+                Ok(uc
+                    .f_searchsorted(&cdf, false, true, "right", None::<&Tensor>)?
                     .f_clamp_max(vocab - 1)?
                     .f_squeeze_dim(1)?)
             })?;
