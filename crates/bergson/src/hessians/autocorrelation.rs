@@ -62,7 +62,11 @@ pub fn fit(
     phase.finish();
     let mut hessians = Vec::with_capacity(keys.len());
     let mut eigen = Vec::with_capacity(keys.len());
-    for ((key, _), gram) in keys.into_iter().zip(grams) {
+    let mut fitted: Vec<((String, usize), Tensor)> = keys.into_iter().zip(grams).collect();
+    // Bergson's dicts are filled by its backward hooks: last module first, a split module's
+    // heads in order.
+    fitted = backward_hook_order(fitted, |((key, _), _)| key.as_str());
+    for ((key, _), gram) in fitted {
         let h = gram
             .f_div_scalar(num_rows.max(1) as f64)?
             .f_to_device(tch::Device::Cpu)?;
@@ -77,6 +81,26 @@ pub fn fit(
     })
 }
 
+/// `items` (in module order, a split module's heads `<module>.head_<h>` together) reordered as
+/// backward hooks see them: modules last to first, each module's heads in order.
+fn backward_hook_order<T>(items: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<T> {
+    let module = |k: &str| -> String {
+        match k.rsplit_once(".head_") {
+            Some((m, h)) if h.parse::<usize>().is_ok() => m.to_string(),
+            _ => k.to_string(),
+        }
+    };
+    let mut groups: Vec<(String, Vec<T>)> = Vec::new();
+    for item in items {
+        let m = module(key(&item));
+        match groups.last_mut() {
+            Some((last, group)) if *last == m => group.push(item),
+            _ => groups.push((m, vec![item])),
+        }
+    }
+    groups.into_iter().rev().flat_map(|(_, g)| g).collect()
+}
+
 /// Bergson's `process_autocorrelation._eigh`: float64 `eigh` of `H` as it is (no
 /// symmetrisation), returned in `H`'s dtype.
 fn eigh(h: &Tensor) -> Result<Eigen> {
@@ -85,4 +109,16 @@ fn eigh(h: &Tensor) -> Result<Eigen> {
         values: values.f_to_kind(h.kind())?.f_contiguous()?,
         vectors: vectors.f_to_kind(h.kind())?.f_contiguous()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_backward_hooks() {
+        let keys = ["a", "b.head_0", "b.head_1", "c"];
+        let got = backward_hook_order(keys.to_vec(), |k| k);
+        assert_eq!(got, ["c", "b.head_0", "b.head_1", "a"]);
+    }
 }
