@@ -52,6 +52,9 @@ pub struct HessianBatch {
     pub positions: i64,
     /// Per target (in target order); `None` for a module the forward pass did not run.
     pub modules: Vec<Option<ModuleBatch>>,
+    /// `∂loss/∂hidden` `[N, S, D]` at the final hidden states, when the fused head loss made it:
+    /// a later pass over the same batch can seed its backward with it and skip the LM head.
+    pub head_grad: Option<Tensor>,
 }
 
 /// Runs the model over batches for a set of target modules.
@@ -100,12 +103,15 @@ impl<'m> HessianCapture<'m> {
     }
 
     /// Forward and backward on the documents `indices` of `rows`. `sampler` draws the labels
-    /// (true Fisher); `None` uses the dataset's labels (empirical Fisher).
+    /// (true Fisher); `None` uses the dataset's labels (empirical Fisher). `head_grad`, an earlier
+    /// pass's [`HessianBatch::head_grad`] for the same batch, replaces the LM head and loss (the
+    /// same labels give the same gradient: the sampled ones are drawn reproducibly).
     pub fn run_batch(
         &self,
         rows: &[TokenizedRow],
         indices: &[usize],
         sampler: Option<&LabelSampler>,
+        head_grad: Option<&Tensor>,
     ) -> Result<HessianBatch> {
         let model = self.model;
         let device = model.device();
@@ -131,10 +137,18 @@ impl<'m> HessianCapture<'m> {
             captured: Vec::new(),
         };
         let hidden = model.hidden_with(&x, &mut hook);
-        if let Some(sampler) = sampler {
-            y = sampler.sample(self.head(), &hidden, &y, indices)?;
-        }
-        let seed = self.loss_seed(&hidden, &y)?;
+        let (seed, head_grad) = match head_grad {
+            Some(grad) => {
+                let grad = grad.f_to_device(device)?;
+                (hidden.f_mul(&grad)?.f_sum(hidden.kind())?, None)
+            }
+            None => {
+                if let Some(sampler) = sampler {
+                    y = sampler.sample(self.head(), &hidden, &y, indices)?;
+                }
+                self.loss_seed(&hidden, &y)?
+            }
+        };
         let outputs: Vec<&Tensor> = hook.captured.iter().map(|c| &c.2).collect();
         let grads = Tensor::f_run_backward(&[&seed], &outputs, false, false)?;
         let mut modules: Vec<Option<ModuleBatch>> = (0..self.num_targets).map(|_| None).collect();
@@ -147,12 +161,14 @@ impl<'m> HessianCapture<'m> {
             mask,
             positions,
             modules,
+            head_grad,
         })
     }
 
     /// The scalar whose gradient is the batch's: `Σ_n loss_n / sqrt(denom_n)` (mean) or
-    /// `Σ_n loss_n` (sum), `loss_n` the document's summed token loss.
-    fn loss_seed(&self, hidden: &Tensor, y: &Tensor) -> Result<Tensor> {
+    /// `Σ_n loss_n` (sum), `loss_n` the document's summed token loss; and its gradient at the
+    /// hidden states when the fused loss formed it.
+    fn loss_seed(&self, hidden: &Tensor, y: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let kind = hidden.kind();
         let s = y.size()[1];
         let targets = y.f_narrow(1, 1, s - 1)?;
@@ -179,7 +195,7 @@ impl<'m> HessianCapture<'m> {
             // The head and loss fused: the seed is hidden · ∂loss/∂hidden, so the logits never
             // enter the graph (the same gradient as the unfused loss below).
             let (_, grad) = fused_head_loss(self.head(), hidden, y, &spec, weight.as_ref())?;
-            return Ok(hidden.f_mul(&grad)?.f_sum(kind)?);
+            return Ok((hidden.f_mul(&grad)?.f_sum(kind)?, Some(grad)));
         }
         let logits = self.head().forward(hidden).f_narrow(1, 0, s - 1)?;
         let tok = token_losses(&spec, &logits, &targets)?;
@@ -187,7 +203,7 @@ impl<'m> HessianCapture<'m> {
         if let Some(w) = &weight {
             losses = losses.f_mul(w)?;
         }
-        Ok(losses.f_sum(losses.kind())?)
+        Ok((losses.f_sum(losses.kind())?, None))
     }
 }
 

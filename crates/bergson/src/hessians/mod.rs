@@ -172,6 +172,9 @@ pub fn partition_modules(targets: Vec<Target>, n: usize) -> Vec<Vec<Target>> {
         .collect()
 }
 
+/// Most bytes of final-hidden-state gradients kept between EK-FAC's two passes.
+const HEAD_GRAD_CACHE_BYTES: usize = 2 << 30;
+
 /// The stores of a factored fit, gathered over module groups.
 #[derive(Default)]
 struct Stores {
@@ -228,6 +231,10 @@ fn fit_factored(
         let capture = HessianCapture::new(model, &group, loss)?;
         let mut factors = FactorAccumulator::new(hcfg.method, &group, kind, device)?;
         let mut positions = 0i64;
+        // EK-FAC's second pass sees the same losses: keep each batch's gradient at the final
+        // hidden states (on the CPU, up to HEAD_GRAD_CACHE_BYTES) and skip the LM head there.
+        let mut head_grads: Vec<Option<tch::Tensor>> = Vec::with_capacity(batches.len());
+        let mut cached_bytes = 0usize;
         let mut phase = Phase::new(
             "fitting Hessian factors",
             "batches",
@@ -235,9 +242,22 @@ fn fit_factored(
         );
         for batch in &batches {
             interrupt::check()?;
-            let b = capture.run_batch(rows, batch, sampler.as_ref())?;
+            let b = capture.run_batch(rows, batch, sampler.as_ref(), None)?;
             positions += b.positions;
             factors.add(&b)?;
+            let grad = match &b.head_grad {
+                Some(g) if hcfg.ev_correction => {
+                    let bytes = g.numel() * g.kind().elt_size_in_bytes();
+                    (cached_bytes + bytes <= HEAD_GRAD_CACHE_BYTES)
+                        .then(|| {
+                            cached_bytes += bytes;
+                            g.f_to_device(tch::Device::Cpu)
+                        })
+                        .transpose()?
+                }
+                _ => None,
+            };
+            head_grads.push(grad);
             phase.inc(1);
         }
         phase.finish();
@@ -256,18 +276,23 @@ fn fit_factored(
             let eg = eigen::eigh_mean(&name, &s, positions, kind)?;
             let (grid, fa, fg) =
                 eigen::uncorrected(&eg.values, &ea.values, positions, num_documents)?;
-            stores.eigenvalue.push((name.clone(), grid));
-            stores.factor_eig_a.push((name.clone(), fa));
-            stores.factor_eig_g.push((name.clone(), fg));
+            // Finished stores wait on the CPU, so that only the factors of the module being
+            // decomposed and the eigenvectors the correction pass needs stay on the device.
+            let cpu = |t: &tch::Tensor| t.f_to_device(tch::Device::Cpu);
+            stores.eigenvalue.push((name.clone(), cpu(&grid)?));
+            stores.factor_eig_a.push((name.clone(), cpu(&fa)?));
+            stores.factor_eig_g.push((name.clone(), cpu(&fg)?));
             stores
                 .eigen_activation
-                .push((name.clone(), ea.vectors.shallow_clone()));
+                .push((name.clone(), cpu(&ea.vectors)?));
             stores
                 .eigen_gradient
-                .push((name.clone(), eg.vectors.shallow_clone()));
-            stores.activation.push((name.clone(), a));
-            stores.gradient.push((name.clone(), s));
-            bases.push((name, target.collect_bias, ea.vectors, eg.vectors));
+                .push((name.clone(), cpu(&eg.vectors)?));
+            stores.activation.push((name.clone(), cpu(&a)?));
+            stores.gradient.push((name.clone(), cpu(&s)?));
+            if hcfg.ev_correction {
+                bases.push((name, target.collect_bias, ea.vectors, eg.vectors));
+            }
         }
 
         if hcfg.ev_correction {
@@ -277,9 +302,9 @@ fn fit_factored(
                 "batches",
                 Some(batches.len() as u64),
             );
-            for batch in &batches {
+            for (batch, grad) in batches.iter().zip(&head_grads) {
                 interrupt::check()?;
-                let b = capture.run_batch(rows, batch, sampler.as_ref())?;
+                let b = capture.run_batch(rows, batch, sampler.as_ref(), grad.as_ref())?;
                 correction.add(&b)?;
                 phase.inc(1);
             }
