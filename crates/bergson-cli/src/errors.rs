@@ -85,6 +85,7 @@ pub fn clap_error(e: clap::Error, subcommand: Option<&str>) -> ExitCode {
     let first = match e.kind() {
         ErrorKind::ValueValidation => invalid_number(&e).unwrap_or(first),
         ErrorKind::InvalidValue => with_choices(&e, first),
+        ErrorKind::MissingRequiredArgument => missing_arguments(&e).unwrap_or(first),
         _ => first,
     };
     eprintln!("{}", one_line(&first));
@@ -133,6 +134,18 @@ fn listed_commands(text: &str) -> Vec<String> {
 fn context_string(e: &clap::Error, kind: ContextKind) -> Option<String> {
     match e.get(kind)? {
         ContextValue::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A required flag left out (`bergson hessian` without `--method`): clap lists the flags on
+/// the lines after its message; named on the error line instead.
+fn missing_arguments(e: &clap::Error) -> Option<String> {
+    match e.get(ContextKind::InvalidArg)? {
+        ContextValue::Strings(args) if !args.is_empty() => Some(format!(
+            "error: required flag(s) not given: {}",
+            args.join(", ")
+        )),
         _ => None,
     }
 }

@@ -5,6 +5,7 @@
 mod build;
 mod demo;
 mod errors;
+mod hessian;
 mod logging;
 mod mix;
 mod query;
@@ -38,6 +39,10 @@ enum Command {
     /// computed on the fly.
     #[command(allow_negative_numbers = true)]
     Score(score::ScoreArgs),
+    /// Fit a Hessian approximation (K-FAC, EK-FAC, TK-FAC, Shampoo or a dense autocorrelation)
+    /// of the model's loss over a dataset.
+    #[command(allow_negative_numbers = true)]
+    Hessian(hessian::HessianArgs),
     /// Search an index interactively: prompts from standard input, their most and least
     /// similar training rows printed (and appended to a CSV with --record).
     Query(query::QueryArgs),
@@ -89,6 +94,10 @@ fn main() -> ExitCode {
         Command::Score(args) => {
             logging::init(args.runtime.quiet);
             errors::finish(score::run(args.config, &args.runtime))
+        }
+        Command::Hessian(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(hessian::run(args.config, &args.runtime))
         }
         Command::Query(args) => {
             logging::init(args.runtime.quiet);
@@ -173,6 +182,7 @@ fn run_file(path: &str, runtime: &RuntimeArgs) -> anyhow::Result<()> {
             Step::Build(cfg) => build::run(*cfg, runtime, false)?,
             Step::Reduce(cfg) => build::run(*cfg, runtime, true)?,
             Step::Score(cfg) => score::run(*cfg, runtime)?,
+            Step::Hessian(cfg) => hessian::run(*cfg, runtime)?,
         }
     }
     Ok(())

@@ -133,3 +133,43 @@ choice! {
         Int8 = "int8",
     } default Fp32
 }
+
+choice! {
+    /// How `bergson hessian` approximates the Hessian (`--method`).
+    HessianMethod {
+        /// Kronecker-factored curvature: input and output-gradient covariances per module.
+        Kfac = "kfac",
+        /// Trace-scaled K-FAC: each factor weighted by the other's trace, batch by batch.
+        Tkfac = "tkfac",
+        /// Shampoo: Gram matrices of each batch's summed weight gradient.
+        Shampoo = "shampoo",
+        /// Dense Gram of the (projected) per-example gradients (TrackStar, TRAK).
+        Autocorrelation = "autocorrelation",
+    } default Kfac
+}
+
+choice! {
+    /// Dtype the Hessian factors accumulate and are stored in (`--hessian_dtype`).
+    HessianDtype {
+        /// bfloat16.
+        Bf16 = "bf16",
+        /// float16.
+        Fp16 = "fp16",
+        /// float32 (Bergson's default).
+        Fp32 = "fp32",
+        /// float64.
+        Fp64 = "fp64",
+    } default Fp32
+}
+
+impl HessianDtype {
+    /// The libtorch kind.
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            HessianDtype::Bf16 => tch::Kind::BFloat16,
+            HessianDtype::Fp16 => tch::Kind::Half,
+            HessianDtype::Fp32 => tch::Kind::Float,
+            HessianDtype::Fp64 => tch::Kind::Double,
+        }
+    }
+}

@@ -5,6 +5,7 @@
 mod build;
 mod enums;
 mod flags;
+mod hessian;
 mod mix;
 mod query;
 pub mod run_file;
@@ -16,10 +17,11 @@ pub use build::{
     PreprocessConfig,
 };
 pub use enums::{
-    Aggregation, Inversion, LossFn, LossReduction, PrecisionChoice, ProjectionScale,
-    ProjectionTarget, ProjectionType,
+    Aggregation, HessianDtype, HessianMethod, Inversion, LossFn, LossReduction, PrecisionChoice,
+    ProjectionScale, ProjectionTarget, ProjectionType,
 };
 pub use flags::{clap_default, parse_bool};
+pub use hessian::{HessianConfig, HessianRunConfig};
 pub use mix::MixConfig;
 pub use query::{FaissConfig, QueryConfig};
 pub use score::{

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{BuildConfig, ScoreRunConfig};
+use super::{BuildConfig, HessianRunConfig, ScoreRunConfig};
 use crate::error::IoContext;
 use crate::{Error, Result};
 
@@ -24,6 +24,8 @@ pub enum Step {
     Reduce(Box<BuildConfig>),
     /// `score: {score_cfg: ..., index_cfg: ..., preprocess_cfg: ...}`.
     Score(Box<ScoreRunConfig>),
+    /// `hessian: {hessian_cfg: ..., index_cfg: ...}`.
+    Hessian(Box<HessianRunConfig>),
 }
 
 impl Step {
@@ -33,6 +35,7 @@ impl Step {
             Step::Build(_) => "build",
             Step::Reduce(_) => "reduce",
             Step::Score(_) => "score",
+            Step::Hessian(_) => "hessian",
         }
     }
 
@@ -41,6 +44,7 @@ impl Step {
         match self {
             Step::Build(c) | Step::Reduce(c) => &c.index_cfg.run_path,
             Step::Score(c) => &c.index_cfg.run_path,
+            Step::Hessian(c) => &c.index_cfg.run_path,
         }
     }
 
@@ -51,6 +55,7 @@ impl Step {
         match &mut s {
             Step::Build(c) | Step::Reduce(c) => c.index_cfg.overwrite = false,
             Step::Score(c) => c.index_cfg.overwrite = false,
+            Step::Hessian(c) => c.index_cfg.overwrite = false,
         }
         s
     }
@@ -70,7 +75,6 @@ pub struct RunFile {
 pub const PYTHON_ONLY_COMMANDS: &[&str] = &[
     "approxunrolling",
     "ekfac",
-    "hessian",
     "lissa",
     "magic",
     "metasmoothness",
@@ -140,7 +144,7 @@ pub fn parse_run_file(text: &str) -> Result<RunFile> {
 }
 
 /// The commands a run file may hold.
-const RUN_FILE_COMMANDS: &str = "build, reduce, score";
+const RUN_FILE_COMMANDS: &str = "build, reduce, score, hessian";
 
 fn parse_step(name: &str, body: Value) -> Result<Step> {
     fn parse<T: DeserializeOwned>(name: &str, body: Value) -> Result<Box<T>> {
@@ -152,6 +156,7 @@ fn parse_step(name: &str, body: Value) -> Result<Step> {
         "build" => Ok(Step::Build(parse(name, body)?)),
         "reduce" => Ok(Step::Reduce(parse(name, body)?)),
         "score" => Ok(Step::Score(parse(name, body)?)),
+        "hessian" => Ok(Step::Hessian(parse(name, body)?)),
         "query" => Err(Error::input(
             "step `query` is interactive and cannot run from a run file; run `bergson query --index <run>`",
         )),
@@ -333,6 +338,7 @@ enum StepDoc<'a> {
     Build(&'a BuildConfig),
     Reduce(&'a BuildConfig),
     Score(&'a ScoreRunConfig),
+    Hessian(&'a HessianRunConfig),
 }
 
 #[derive(Serialize)]
@@ -357,6 +363,7 @@ pub fn config_yaml(step: &Step, created: chrono::DateTime<chrono::Utc>) -> Resul
         Step::Build(c) => StepDoc::Build(c),
         Step::Reduce(c) => StepDoc::Reduce(c),
         Step::Score(c) => StepDoc::Score(c),
+        Step::Hessian(c) => StepDoc::Hessian(c),
     };
     let doc = Doc {
         steps: vec![step],

@@ -1,6 +1,7 @@
 //! Run directories on disk: the one owner of their layout (Bergson's files), their writers,
 //! memory-mapped readers, the resume journal and the `.part` life cycle.
 
+pub mod factor_store;
 pub mod gradient_file;
 pub mod hessian_store;
 pub mod hf_dataset;
