@@ -5,11 +5,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bergson");
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{assert_one_line_error, copy_dir, repo_root as root, BIN};
 
 /// A scratch copy of a committed reference index (queries cache row norms beside it).
 fn index_copy(run: &str) -> (tempfile::TempDir, PathBuf) {
@@ -17,19 +15,6 @@ fn index_copy(run: &str) -> (tempfile::TempDir, PathBuf) {
     let dst = tmp.path().join(run);
     copy_dir(&root().join("tests/fixtures/bergson/runs").join(run), &dst);
     (tmp, dst)
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
 }
 
 fn query(index: &Path, extra: &[&str], stdin: &str) -> Output {
@@ -51,22 +36,6 @@ fn query(index: &Path, extra: &[&str], stdin: &str) -> Output {
         .write_all(stdin.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
-}
-
-/// Exit status 2 and one `error:` line on stderr containing every key.
-fn assert_one_line_error(out: &Output, keys: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
-    assert_eq!(errors.len(), 1, "want one error line, got: {stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
-    for k in keys {
-        assert!(
-            errors[0].contains(k),
-            "error line lacks {k:?}: {}",
-            errors[0]
-        );
-    }
 }
 
 #[test]

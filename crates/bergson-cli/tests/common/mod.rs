@@ -1,0 +1,88 @@
+//! Helpers shared by the CLI's integration tests: where the repository and its fixtures are,
+//! scratch copies of committed runs, the `bergson` binary, and the bad-input contract (exit
+//! status 2, one `error:` line, at most one hint, never a panic).
+//!
+//! Each test binary includes this with `mod common;` and uses what it needs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `bergson` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_bergson");
+
+/// The repository root (canonical).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// `tests/fixtures` of the repository.
+pub fn fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures")
+}
+
+/// A `bergson` command run from the repository root, never reaching the Hugging Face Hub.
+pub fn bergson() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(repo_root()).env("HF_HUB_OFFLINE", "1");
+    cmd
+}
+
+/// Recursively copies `src` to `dst` (created).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("create copy");
+    for entry in std::fs::read_dir(src).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let to = dst.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), to).expect("copy file");
+        }
+    }
+}
+
+/// Python with Bergson 2.5.1 from `BERGSON_PY`, for opt-in comparisons; `None` (and a line on
+/// stderr saying how to run them) when unset.
+pub fn bergson_py() -> Option<PathBuf> {
+    let py = std::env::var_os("BERGSON_PY").map(PathBuf::from);
+    if py.is_none() {
+        eprintln!(
+            "skipped: set BERGSON_PY to a Python with bergson 2.5.1 (e.g. /work/pyenv/bin/python)"
+        );
+    }
+    py
+}
+
+/// The bad-input contract: exit status 2, one `error: ` line (and at most one `hint:`/`tip:`
+/// line), no panic, backtrace or log noise, and every key in the message. Returns stderr.
+#[track_caller]
+pub fn assert_one_line_error(out: &Output, keys: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{stderr}");
+    assert_eq!(out.status.code(), Some(2), "exit status; stderr:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        matches!(lines.len(), 1 | 2),
+        "want one error line (+ one hint), got {} lines:\n{stderr}",
+        lines.len()
+    );
+    assert!(lines[0].starts_with("error: "), "first line: {}", lines[0]);
+    if let Some(second) = lines.get(1) {
+        assert!(
+            second.starts_with("hint: ") || second.starts_with("tip: "),
+            "second line is neither a hint nor a tip: {second}"
+        );
+    }
+    let lower = stderr.to_lowercase();
+    for bad in ["panicked", "backtrace", "thread '"] {
+        assert!(!lower.contains(bad), "stderr contains {bad:?}:\n{stderr}");
+    }
+    for key in keys {
+        assert!(stderr.contains(key), "stderr lacks {key:?}:\n{stderr}");
+    }
+    stderr
+}
