@@ -9,14 +9,8 @@ use std::process::{Command, Output};
 use bergson::index::factor_store::{self as store, read_store};
 use tch::Tensor;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bergson");
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .canonicalize()
-        .unwrap()
-}
+mod common;
+use common::{assert_one_line_error as assert_error, fixtures, BIN};
 
 /// `bergson hessian <run> --model gpt_neox --dataset text.jsonl` on two modules, plus `extra`.
 fn hessian(run: &Path, extra: &[&str]) -> Output {
@@ -41,26 +35,6 @@ fn hessian(run: &Path, extra: &[&str]) -> Output {
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .expect("run bergson")
-}
-
-/// Exit status 2, one `error:` line (and at most one hint), containing every key.
-#[track_caller]
-fn assert_error(out: &Output, keys: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    assert_eq!(out.status.code(), Some(2), "exit status; stderr:\n{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert!(matches!(lines.len(), 1 | 2), "{stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    if let Some(second) = lines.get(1) {
-        assert!(
-            second.starts_with("hint: ") || second.starts_with("tip: "),
-            "{stderr}"
-        );
-    }
-    for key in keys {
-        assert!(stderr.contains(key), "stderr lacks {key:?}:\n{stderr}");
-    }
 }
 
 #[track_caller]

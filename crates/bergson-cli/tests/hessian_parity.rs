@@ -30,14 +30,8 @@ use bergson::pickle::{load, Value};
 use serde_json::Value as Json;
 use tch::{Kind, Tensor};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bergson");
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repository root")
-}
+mod common;
+use common::{repo_root, BIN};
 
 fn refs_dir() -> PathBuf {
     repo_root().join("tests/fixtures/bergson_hessian")

@@ -23,15 +23,10 @@ use bergson::index::GradientIndex;
 use serde_json::Value as Json;
 use tch::Kind;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bergson");
-const RTOL: f64 = 1e-4;
+mod common;
+use common::{copy_dir, repo_root as root, BIN};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repository root")
-}
+const RTOL: f64 = 1e-4;
 
 fn refs() -> PathBuf {
     root().join("tests/fixtures/bergson_precond")
@@ -319,19 +314,6 @@ fn preconditioned_runs_match_python_bergson() {
     }
     assert!(ran > 0, "no step selected");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
 }
 
 /// A copy of the reference K-FAC Hessian in `tmp`, to damage.

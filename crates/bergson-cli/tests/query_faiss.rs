@@ -3,14 +3,10 @@
 //! string is a one-line error (exit 2).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bergson");
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::{assert_one_line_error, copy_dir, repo_root as root, BIN};
 
 /// Copies a Python Bergson fixture index (its config names repository-relative paths, so the
 /// binary runs from the repository root).
@@ -19,18 +15,6 @@ fn fixture_index(case: &str) -> tempfile::TempDir {
     let from = root().join("tests/fixtures/bergson/runs").join(case);
     copy_dir(&from, tmp.path());
     tmp
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// `bergson query --quiet <args>` from the repository root with `input` piped in.
@@ -54,19 +38,6 @@ fn query(args: &[&str], input: &str) -> Output {
         .write_all(input.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
-}
-
-/// Exit status 2 and one `error:` line on stderr holding every key.
-#[track_caller]
-fn assert_one_line_error(out: &Output, keys: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    for k in keys {
-        assert!(lines[0].contains(k), "{k:?} missing from {stderr}");
-    }
 }
 
 #[cfg(not(feature = "faiss"))]

@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::repo_root as repo;
 
 /// `bergson build <run> ...` on the gpt_neox fixture, many small batches, journal synced after
 /// every batch so kills land between durable checkpoints.

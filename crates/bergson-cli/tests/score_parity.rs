@@ -35,14 +35,8 @@ use bergson::index::GradientIndex;
 use serde_json::Value as Json;
 use tch::Kind;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bergson");
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repository root")
-}
+mod common;
+use common::{repo_root, BIN};
 
 fn refs_dir() -> PathBuf {
     repo_root().join("tests/fixtures/bergson_score")

@@ -2,14 +2,11 @@
 //! run to the same weights, and bad input ending with exit status 2 and one `error:` line.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bergson");
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+mod common;
+use common::{assert_one_line_error, fixtures, BIN};
 
 fn train(dir: &Path, extra: &[&str]) -> Output {
     let model = fixtures().join("models/gpt_neox");
@@ -47,15 +44,8 @@ fn train(dir: &Path, extra: &[&str]) -> Output {
 
 /// Exit status 2, one `error:` line naming `needle`, nothing else.
 fn assert_input_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr}");
-    assert!(
-        lines[0].starts_with("error: ") && lines[0].contains(needle),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let stderr = assert_one_line_error(out, &[needle]);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 }
 
 fn model_weights(run: &Path) -> Vec<(String, tch::Tensor)> {
