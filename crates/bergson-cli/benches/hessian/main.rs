@@ -89,7 +89,7 @@ fn main() -> ExitCode {
         ours.seconds, ours.peak_rss_mb
     );
     let mut ok = true;
-    match find_python() {
+    match measure::find_python() {
         None => println!("Python Bergson not found: set BERGSON_PY to compare."),
         Some(py) => {
             let theirs_run = root.join("python");
@@ -142,20 +142,4 @@ fn agree(ours: &Path, theirs: &Path) -> bool {
         if same_total { "equal" } else { "DIFFERS" }
     );
     worst <= AGREEMENT && same_total
-}
-
-fn find_python() -> Option<PathBuf> {
-    std::env::var_os("BERGSON_PY")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("python3")])
-        .find(|py| {
-            Command::new(py)
-                .args([
-                    "-c",
-                    "import bergson, importlib.metadata as m; assert m.version('bergson') == '2.5.1'",
-                ])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
 }

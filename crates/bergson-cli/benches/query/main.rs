@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     let keep = arg("--keep").map(PathBuf::from);
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    let python = find_python();
+    let python = measure::find_python();
     if python.is_none() {
         println!(
             "Python Bergson not found: set BERGSON_PY to compare; measuring bergson-rs alone."
@@ -513,21 +513,4 @@ fn score(dir: &Path, docs: usize, python: Option<&Path>) -> bool {
         if agree { "ok" } else { "MISMATCH" }
     );
     agree
-}
-
-/// A Python with bergson 2.5.1: `BERGSON_PY`, else `python3` if it imports bergson.
-fn find_python() -> Option<PathBuf> {
-    std::env::var_os("BERGSON_PY")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("python3")])
-        .find(|py| {
-            Command::new(py)
-                .args([
-                    "-c",
-                    "import bergson, importlib.metadata as m; assert m.version('bergson') == '2.5.1'",
-                ])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
 }

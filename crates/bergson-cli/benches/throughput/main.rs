@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         });
         return ExitCode::SUCCESS;
     }
-    let python = find_python();
+    let python = measure::find_python();
     if python.is_none() {
         println!("Python Bergson not found: set BERGSON_PY to a Python with `pip install bergson==2.5.1` (then `pip uninstall -y torchaudio`) to compare; measuring bergson-rs alone.");
     }
@@ -204,24 +204,6 @@ fn python_cmd(
         c.env("CUDA_VISIBLE_DEVICES", "");
     }
     c
-}
-
-/// A Python with bergson 2.5.1: `BERGSON_PY`, else `python3` if it imports bergson.
-fn find_python() -> Option<PathBuf> {
-    let candidates: Vec<PathBuf> = std::env::var_os("BERGSON_PY")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("python3")])
-        .collect();
-    candidates.into_iter().find(|py| {
-        Command::new(py)
-            .args([
-                "-c",
-                "import bergson, importlib.metadata as m; assert m.version('bergson') == '2.5.1'",
-            ])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
 }
 
 /// Max over rows of max|a - b| / max|b| between two indexes' gradients (same dtype and shape).

@@ -1,8 +1,10 @@
 //! Running a command to completion and measuring it: wall time, CPU time (`wait4`), peak RSS
 //! (the child's sampled `VmHWM`), stderr, and
-//! the phase table `bergson build --profile` prints.
+//! the phase table `bergson build --profile` prints; and finding the Python Bergson to compare
+//! with.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -122,4 +124,22 @@ pub fn num_cpus() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// A Python with bergson 2.5.1 to run side by side: `BERGSON_PY`, else `python3` if it imports
+/// bergson 2.5.1.
+pub fn find_python() -> Option<PathBuf> {
+    std::env::var_os("BERGSON_PY")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("python3")])
+        .find(|py| {
+            Command::new(py)
+                .args([
+                    "-c",
+                    "import bergson, importlib.metadata as m; assert m.version('bergson') == '2.5.1'",
+                ])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
 }
