@@ -91,6 +91,7 @@ fn hand_written_forward() -> bergson::Result<()> {
         name: name.into(),
         weight: Tensor::randn([out, inp], opts),
         bias: None,
+        adapter: None,
     };
     let net = TinyMlp {
         up: layer("up", 5, 3),

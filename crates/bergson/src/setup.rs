@@ -61,12 +61,6 @@ pub fn check_index_config(c: &IndexConfig) -> Result<()> {
             "run one process",
         );
     }
-    if c.loss_fn == crate::config::LossFn::Kl {
-        return unsupported(
-            "--loss_fn kl",
-            "it compares a PEFT adapter with its base model, and bergson-rs does not load adapters; use --loss_fn ce or log_odds",
-        );
-    }
     if !(0.0..=1.0).contains(&c.label_smoothing) {
         return Err(Error::input(format!(
             "--label_smoothing {} must be between 0 and 1",
@@ -80,19 +74,42 @@ pub fn check_index_config(c: &IndexConfig) -> Result<()> {
 /// positions (config.json).
 pub fn load_tokenizer(icfg: &IndexConfig) -> Result<(Tokenizer, PathBuf, Option<i64>)> {
     let model_dir = resolve_model_dir(&icfg.model, icfg.revision.as_deref())?;
+    let weights_dir = crate::models::weights_dir(&model_dir)?;
+    check_adapter_use(icfg, &model_dir)?;
     // Bergson loads the tokenizer without `--revision`: a hub model's tokenizer comes from its
     // default branch.
     let tokenizer_dir = if !icfg.tokenizer.is_empty() {
         resolve_tokenizer_dir(&icfg.tokenizer)?
     } else if icfg.revision.is_some() && !Path::new(&icfg.model).is_dir() {
         resolve_tokenizer_dir(&icfg.model)?
+    } else if !model_dir.join("tokenizer.json").is_file() && weights_dir != model_dir {
+        // An adapter saved without its tokenizer: the base model's (Python Bergson fails here).
+        weights_dir.clone()
     } else {
         model_dir.clone()
     };
     let tokenizer = Tokenizer::from_dir(&tokenizer_dir)?;
-    let model_config = ConfigJson::from_file(&model_dir.join("config.json"))?;
+    let model_config = ConfigJson::from_file(&weights_dir.join("config.json"))?;
     let max_positions = model_config.int(&["max_position_embeddings", "n_positions"])?;
     Ok((tokenizer, model_dir, max_positions))
+}
+
+/// `--loss_fn kl` needs a PEFT adapter (it compares the adapted model with its base), and the
+/// optimizer normalizers of an adapter's modules are not read yet.
+fn check_adapter_use(icfg: &IndexConfig, model_dir: &Path) -> Result<()> {
+    let adapter = crate::models::lora::is_adapter_dir(model_dir);
+    if icfg.loss_fn == crate::config::LossFn::Kl && !adapter {
+        return Err(Error::input(format!(
+            "--loss_fn kl compares a PEFT adapter with its base model, but --model {} is not an adapter directory (adapter_config.json); pass an adapter or use --loss_fn ce",
+            icfg.model
+        )));
+    }
+    if adapter && !icfg.optimizer_state.is_empty() {
+        return Err(Error::input(
+            "--optimizer_state with a PEFT adapter is not supported by bergson-rs yet; drop --optimizer_state or index without the adapter",
+        ));
+    }
+    Ok(())
 }
 
 /// The model of `model_dir` in the config's precision on `device`.

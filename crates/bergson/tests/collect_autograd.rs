@@ -71,7 +71,7 @@ struct Module {
 struct Grab(Vec<Module>);
 
 impl LinearHook for Grab {
-    fn linear(&mut self, layer: &Linear, x: &Tensor) -> Tensor {
+    fn module(&mut self, layer: &Linear, x: &Tensor) -> Tensor {
         if !self.0.iter().any(|m| m.name == layer.name) {
             self.0.push(Module {
                 name: layer.name.clone(),
@@ -79,7 +79,7 @@ impl LinearHook for Grab {
                 bias: layer.bias.as_ref().map(Tensor::shallow_clone),
             });
         }
-        layer.forward(x)
+        layer.forward_base(x)
     }
 }
 
@@ -132,7 +132,7 @@ fn single_loss(model: &dyn CausalLm, doc: usize, prompt: bool, reduction: LossRe
     let ids = Tensor::from_slice(DOCS[doc]).view([1, n]);
     let lab = Tensor::from_slice(&labels(doc, prompt)).view([1, n]);
     let logits = model.forward(&ids);
-    document_losses(&spec(reduction), &logits, &lab, None)
+    document_losses(&spec(reduction), &logits, &lab, None, None)
         .unwrap()
         .sum(model.kind())
 }
@@ -293,7 +293,7 @@ fn collect(model: &dyn CausalLm, v: &Variant) -> BatchGradients {
     let mask = collection_mask(&lengths, ids.size()[1] as usize).unwrap();
     let mut hook = collector.hook();
     let logits = model.forward_with(&ids, &mut hook);
-    let losses = document_losses(&spec(v.reduction), &logits, &labels, None).unwrap();
+    let losses = document_losses(&spec(v.reduction), &logits, &labels, None, None).unwrap();
     collector.backward(hook, &losses.sum(kind), &mask).unwrap()
 }
 
@@ -306,8 +306,8 @@ struct PositionProbe {
 }
 
 impl LinearHook for PositionProbe {
-    fn linear(&mut self, layer: &Linear, x: &Tensor) -> Tensor {
-        let y = layer.forward(x);
+    fn module(&mut self, layer: &Linear, x: &Tensor) -> Tensor {
+        let y = layer.forward_base(x);
         let opts = (x.kind(), x.device());
         let dw = Tensor::zeros(layer.weight.size(), opts).set_requires_grad(true);
         let db = layer
@@ -339,7 +339,7 @@ fn position_reference(
         deltas: Vec::new(),
     };
     let logits = model.forward_with(&ids, &mut probe);
-    document_losses(&spec(v.reduction), &logits, &lab, None)
+    document_losses(&spec(v.reduction), &logits, &lab, None, None)
         .unwrap()
         .sum(model.kind())
         .backward();

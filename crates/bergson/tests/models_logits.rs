@@ -198,10 +198,10 @@ impl LinearHook for Recorder {
         h
     }
 
-    fn linear(&mut self, layer: &Linear, x: &Tensor) -> Tensor {
+    fn module(&mut self, layer: &Linear, x: &Tensor) -> Tensor {
         self.names.push(layer.name.clone());
         self.in_features.push(*x.size().last().unwrap());
-        let y = layer.forward(x);
+        let y = layer.forward_base(x);
         if self.zero.as_deref() == Some(layer.name.as_str()) {
             return y.zeros_like();
         }

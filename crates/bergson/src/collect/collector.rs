@@ -903,8 +903,8 @@ impl LinearHook for CaptureHook<'_> {
         h.detach().set_requires_grad(true)
     }
 
-    fn linear(&mut self, layer: &Linear, x: &Tensor) -> Tensor {
-        let y = layer.forward(x);
+    fn module(&mut self, layer: &Linear, x: &Tensor) -> Tensor {
+        let y = layer.forward_base(x);
         if let Some(&t) = self.collector.by_name.get(&layer.name) {
             match self
                 .collector

@@ -213,17 +213,20 @@ mod tests {
                 name: "lm_head".into(),
                 weight: weight.shallow_clone(),
                 bias: None,
+                adapter: None,
             },
             Linear {
                 name: "lm_head".into(),
                 weight: weight.shallow_clone(),
                 bias: Some(Tensor::randn([v], opts)),
+                adapter: None,
             },
             // Logits spread over hundreds: exp without the running maximum would overflow.
             Linear {
                 name: "lm_head".into(),
                 weight: &weight * 100.0,
                 bias: None,
+                adapter: None,
             },
         ];
         let labels = Tensor::from_slice(&[
@@ -253,7 +256,7 @@ mod tests {
             };
             let hidden = Tensor::randn([n, s, d], opts).set_requires_grad(true);
             let a = with_adv.then_some(&adv);
-            let want = document_losses(&spec, &head.forward(&hidden), &labels, a).unwrap();
+            let want = document_losses(&spec, &head.forward(&hidden), &labels, a, None).unwrap();
             let want_grad =
                 Tensor::run_backward(&[want.sum(Kind::Double)], &[&hidden], false, false).remove(0);
             let labelled = 9; // non-ignored targets in `labels`

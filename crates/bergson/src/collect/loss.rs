@@ -54,24 +54,48 @@ pub fn token_losses(spec: &LossSpec, logits: &Tensor, labels: &Tensor) -> Result
             Ok(z_y.f_sub(&others)?.f_neg()?.f_mul(&valid)?)
         }
         LossFn::Kl => Err(Error::input(
-            "--loss_fn kl compares a PEFT adapter with its base model, and bergson-rs does not load adapters yet; use --loss_fn ce or log_odds",
+            "--loss_fn kl is a per-document loss of a PEFT adapter against its base model, not a per-token loss for Hessians; use --loss_fn ce",
         )),
     }
+}
+
+/// Per-token KL divergence `[N, S]` of the adapted model's next-token distribution from the
+/// base model's, `Σ_v p(v) (log p(v) − log p_ref(v))` in the logits' dtype (Bergson's `kl`
+/// branch of `fwd_bwd`), zero where `labels` are ignored.
+pub fn kl_token_losses(logits: &Tensor, reference: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let kind = logits.kind();
+    let ft = logits.f_log_softmax(-1, kind)?;
+    let base = reference.f_log_softmax(-1, kind)?;
+    let kl =
+        ft.f_exp()?
+            .f_mul(&ft.f_sub(&base)?)?
+            .f_sum_dim_intlist([-1i64].as_slice(), false, kind)?;
+    Ok(kl.f_mul(&labels.f_ne(IGNORE_INDEX)?)?)
 }
 
 /// Per-document losses `[N]` of a right-padded batch: token losses summed, divided by the number
 /// of labelled tokens for `mean`, times the advantage when given (Dr. GRPO). `logits` `[N, S, V]`,
 /// `labels` `[N, S]` (the labels of positions 1.. are the targets), `advantages` `[N]` float64.
+/// `reference` is the base model's logits, which `--loss_fn kl` compares with.
 pub fn document_losses(
     spec: &LossSpec,
     logits: &Tensor,
     labels: &Tensor,
     advantages: Option<&Tensor>,
+    reference: Option<&Tensor>,
 ) -> Result<Tensor> {
     let s = logits.size()[1];
     let logits = logits.f_narrow(1, 0, s - 1)?;
     let targets = labels.f_narrow(1, 1, s - 1)?;
-    let tok = token_losses(spec, &logits, &targets)?;
+    let tok = match (spec.loss_fn, reference) {
+        (LossFn::Kl, Some(reference)) => {
+            kl_token_losses(&logits, &reference.f_narrow(1, 0, s - 1)?, &targets)?
+        }
+        (LossFn::Kl, None) => {
+            return Err(Error::internal("the KL loss needs the base model's logits"))
+        }
+        _ => token_losses(spec, &logits, &targets)?,
+    };
     let mut losses = tok.f_sum_dim_intlist([1i64].as_slice(), false, tok.kind())?;
     if spec.reduction == LossReduction::Mean {
         let denom = targets.f_ne(IGNORE_INDEX)?.f_sum_dim_intlist(
@@ -109,7 +133,7 @@ mod tests {
             logit_scale: 1.0,
             upcast_logits: false,
         };
-        let got = document_losses(&spec, &logits, &labels, None).unwrap();
+        let got = document_losses(&spec, &logits, &labels, None, None).unwrap();
         assert!((got.double_value(&[0]) - want0).abs() < 1e-12);
         assert!((got.double_value(&[1]) - want1).abs() < 1e-12);
         let spec = LossSpec {
@@ -117,7 +141,7 @@ mod tests {
             ..spec
         };
         let adv = Tensor::from_slice(&[2.0f64, -1.0]);
-        let got = document_losses(&spec, &logits, &labels, Some(&adv)).unwrap();
+        let got = document_losses(&spec, &logits, &labels, Some(&adv), None).unwrap();
         assert!((got.double_value(&[0]) - 2.0 * want0 / 3.0).abs() < 1e-12);
         assert!((got.double_value(&[1]) + want1).abs() < 1e-12);
     }
@@ -133,7 +157,7 @@ mod tests {
             logit_scale: 1.0,
             upcast_logits: false,
         };
-        let got = document_losses(&spec, &logits, &labels, None)
+        let got = document_losses(&spec, &logits, &labels, None, None)
             .unwrap()
             .double_value(&[0]);
         let want = -(2.0f64 - (0.0f64.exp() + 1.0f64.exp()).ln());

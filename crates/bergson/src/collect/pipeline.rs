@@ -11,10 +11,10 @@ use super::head_loss::{fused_applies, fused_head_loss};
 use super::loss::{document_losses, LossSpec};
 use super::processor::GradientProcessor;
 use super::targets::{discover_targets, split_heads, Target};
-use crate::config::{AttentionConfig, IndexConfig};
+use crate::config::{AttentionConfig, IndexConfig, LossFn};
 use crate::data::batching::{allocate_batches, collection_mask, pad_batch};
 use crate::data::tokenize::TokenizedRow;
-use crate::models::{CausalLm, Linear};
+use crate::models::{BaseOnly, CausalLm, Linear};
 use crate::{Error, Result};
 
 /// What to collect, besides the model and the documents.
@@ -180,6 +180,7 @@ impl<'m> Collection<'m> {
                     .as_ref()
                     .map(|b| b.f_mul_scalar(scale))
                     .transpose()?,
+                adapter: None,
             })
         } else {
             None
@@ -293,7 +294,16 @@ impl<'m> Collection<'m> {
             if self.cfg.loss.logit_scale != 1.0 {
                 logits = logits.f_mul_scalar(self.cfg.loss.logit_scale)?;
             }
-            let losses = document_losses(&self.cfg.loss, &logits, &y, advantages.as_ref())?;
+            let reference = (self.cfg.loss.loss_fn == LossFn::Kl)
+                .then(|| base_logits(model, &x, self.cfg.loss.logit_scale))
+                .transpose()?;
+            let losses = document_losses(
+                &self.cfg.loss,
+                &logits,
+                &y,
+                advantages.as_ref(),
+                reference.as_ref(),
+            )?;
             let total = losses.f_sum(losses.kind())?;
             (losses, total)
         };
@@ -310,6 +320,17 @@ impl<'m> Collection<'m> {
         let positions = lengths.iter().map(|&l| l.saturating_sub(1)).sum();
         Ok((made, losses, positions, timings))
     }
+}
+
+/// The base model's logits, adapters off and no autograd (the reference of `--loss_fn kl`).
+fn base_logits(model: &dyn CausalLm, x: &Tensor, logit_scale: f64) -> Result<Tensor> {
+    let _guard = tch::no_grad_guard();
+    let logits = model.forward_with(x, &mut BaseOnly);
+    Ok(if logit_scale != 1.0 {
+        logits.f_mul_scalar(logit_scale)?
+    } else {
+        logits
+    })
 }
 
 /// The collected modules of `model` under `cfg`.

@@ -85,6 +85,7 @@ impl<'m> HessianCapture<'m> {
                     .as_ref()
                     .map(|b| b.f_mul_scalar(loss.logit_scale))
                     .transpose()?,
+                adapter: None,
             })
         } else {
             None
@@ -219,8 +220,8 @@ impl LinearHook for RawCapture<'_> {
         h.detach().set_requires_grad(true)
     }
 
-    fn linear(&mut self, layer: &Linear, x: &Tensor) -> Tensor {
-        let y = layer.forward(x);
+    fn module(&mut self, layer: &Linear, x: &Tensor) -> Tensor {
+        let y = layer.forward_base(x);
         if let Some(&t) = self.by_name.get(&layer.name) {
             self.captured.push((t, x.detach(), y.shallow_clone()));
         }

@@ -114,6 +114,7 @@ mod tests {
             name: "lm_head".into(),
             weight: Tensor::eye(v, (Kind::Float, Device::Cpu)),
             bias: None,
+            adapter: None,
         }
     }
 

@@ -79,6 +79,21 @@ impl Checkpoint {
         Ok(ckpt)
     }
 
+    /// Opens one safetensors file (a PEFT adapter's `adapter_model.safetensors`).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let mut ckpt = Checkpoint {
+            files: Vec::new(),
+            entries: HashMap::new(),
+        };
+        ckpt.add_file(path.to_path_buf())?;
+        Ok(ckpt)
+    }
+
+    /// Every tensor name, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
     fn add_file(&mut self, path: PathBuf) -> Result<()> {
         let file = File::open(&path).at_path(&path)?;
         // SAFETY: the map is read-only and checkpoint files are not modified while a model loads;

@@ -158,7 +158,7 @@ impl Gpt2 {
             ln_f,
             lm_head,
         };
-        Ok(Model::new(arch, info, p.finish(), kind, device))
+        Ok(Model::new(arch, info, p.finish()?, kind, device))
     }
 
     fn attention(

@@ -190,7 +190,7 @@ impl GptNeoX {
             rotary,
             head_size,
         };
-        Ok(Model::new(arch, info, p.finish(), kind, device))
+        Ok(Model::new(arch, info, p.finish()?, kind, device))
     }
 
     fn attention(

@@ -129,6 +129,9 @@ fn present(files: &[RemoteFile], names: &[&str]) -> Vec<RemoteFile> {
 
 /// A snapshot with config.json and all its safetensors weights.
 fn is_complete(dir: &Path) -> bool {
+    if super::lora::is_adapter_dir(dir) {
+        return dir.join(super::lora::ADAPTER_WEIGHTS).is_file();
+    }
     if !dir.join("config.json").is_file() {
         return false;
     }
@@ -169,7 +172,18 @@ fn download(
     let label = "downloading model";
     let mut wanted = present(&listing.files, &["config.json"]);
     if wanted.is_empty() {
-        return Err(Failure::FileNotFound("config.json".into()));
+        // A PEFT adapter repository: its settings and weights (the base model is resolved
+        // from adapter_config.json afterwards).
+        let adapter = [super::lora::ADAPTER_CONFIG, super::lora::ADAPTER_WEIGHTS];
+        let mut files = present(&listing.files, &adapter);
+        if files.len() < adapter.len() {
+            return Err(Failure::FileNotFound(
+                "config.json (or adapter_config.json + adapter_model.safetensors)".into(),
+            ));
+        }
+        files.extend(present(&listing.files, OPTIONAL_FILES));
+        repo.fetch(&files, Some(commit), "downloading adapter")?;
+        return Ok(repo.snapshot(commit));
     }
     wanted.extend(present(&listing.files, OPTIONAL_FILES));
     if let Some(index) = present(&listing.files, &[INDEX_FILE]).pop() {

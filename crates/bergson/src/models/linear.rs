@@ -1,8 +1,10 @@
 //! The Linear layer every model uses, and the hook that sees each one run.
 
+use super::lora::LoraAdapter;
 use tch::Tensor;
 
-/// A Linear (or GPT-2 Conv1D, stored transposed) layer: `y = x Wᵀ + b`, `W` is `[out, in]`.
+/// A Linear (or GPT-2 Conv1D, stored transposed) layer: `y = x Wᵀ + b`, `W` is `[out, in]`,
+/// plus `scaling · B(A(x))` when a LoRA adapter is attached.
 #[derive(Debug)]
 pub struct Linear {
     /// Module name relative to the base model.
@@ -11,11 +13,18 @@ pub struct Linear {
     pub weight: Tensor,
     /// Optional bias `[out]`.
     pub bias: Option<Tensor>,
+    /// The PEFT LoRA adapter of this layer, if any.
+    pub adapter: Option<Box<LoraAdapter>>,
 }
 
 impl Linear {
-    /// `x Wᵀ + b`, as `torch.nn.functional.linear`.
+    /// `x Wᵀ + b` with the adapter's term when there is one (peft's `lora.Linear.forward`).
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        NoHook.linear(self, x)
+    }
+
+    /// `x Wᵀ + b`, as `torch.nn.functional.linear`, ignoring any adapter.
+    pub fn forward_base(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, self.bias.as_ref())
     }
 
@@ -30,7 +39,9 @@ impl Linear {
     }
 }
 
-/// Sees the forward pass of a model: the embeddings entering the first layer and every Linear.
+/// Sees the forward pass of a model: the embeddings entering the first layer and every Linear
+/// module (with an adapter, its `lora_A` and `lora_B` are the modules; the frozen base layer is
+/// not one).
 pub trait LinearHook {
     /// Called once with the input embeddings `[N, S, D]` before the first layer; the returned
     /// tensor is used in their place (the gradient collector makes it require grad so that
@@ -39,9 +50,30 @@ pub trait LinearHook {
         h
     }
 
-    /// Runs `layer` on `x` (`[N, S, I]`) and returns its output.
+    /// Runs the module `layer` (never one with an adapter) on `x` (`[N, S, I]`) and returns its
+    /// output: where a hook captures inputs and output gradients.
+    fn module(&mut self, layer: &Linear, x: &Tensor) -> Tensor {
+        layer.forward_base(x)
+    }
+
+    /// Whether adapters take part (false: the base model alone, as peft's disabled adapters).
+    fn adapters_enabled(&self) -> bool {
+        true
+    }
+
+    /// Runs `layer` on `x`: the module itself, or for an adapted layer the frozen base plus
+    /// `scaling · B(A(x))` with `A` and `B` run as modules. Models call this; hooks override
+    /// [`LinearHook::module`].
     fn linear(&mut self, layer: &Linear, x: &Tensor) -> Tensor {
-        layer.forward(x)
+        match &layer.adapter {
+            Some(lora) if self.adapters_enabled() => {
+                let base = layer.forward_base(x);
+                let a = self.module(&lora.a, x);
+                let b = self.module(&lora.b, &a);
+                base + b * lora.scaling
+            }
+            _ => self.module(layer, x),
+        }
     }
 }
 
@@ -49,3 +81,12 @@ pub trait LinearHook {
 pub struct NoHook;
 
 impl LinearHook for NoHook {}
+
+/// The hook that runs the base model alone, adapters off (the reference of `--loss_fn kl`).
+pub struct BaseOnly;
+
+impl LinearHook for BaseOnly {
+    fn adapters_enabled(&self) -> bool {
+        false
+    }
+}

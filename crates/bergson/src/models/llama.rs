@@ -309,7 +309,7 @@ impl Decoder {
             lm_head,
             rotary,
         };
-        Ok(Model::new(arch, info, p.finish(), kind, device))
+        Ok(Model::new(arch, info, p.finish()?, kind, device))
     }
 
     fn attention(

@@ -4,10 +4,11 @@
 //! model in transformers' registration order therefore gives both lists in its order.
 
 use super::checkpoint::Checkpoint;
+use super::lora::{unused_modules, Adapter, LoraAdapter};
 use super::norm::{LayerNorm, RmsNorm};
 use super::{Linear, LinearInfo};
 use crate::{Error, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tch::{Device, Kind, Tensor};
 
 /// Where a model's tensors come from: a checkpoint on disk, or tensors someone already holds
@@ -21,6 +22,11 @@ pub trait TensorSource {
     fn load(&self, name: &str, kind: Kind, device: Device) -> Result<Tensor>;
     /// Where `name` lives, for messages (a file path, or "explicit parameters").
     fn origin(&self, name: &str) -> String;
+
+    /// The PEFT adapter applied over these weights, if any.
+    fn adapter(&self) -> Option<&Adapter> {
+        None
+    }
 }
 
 impl TensorSource for Checkpoint {
@@ -88,6 +94,36 @@ impl TensorSource for ExplicitParams {
     }
 }
 
+/// Base weights with a PEFT adapter applied over them.
+pub struct Adapted<'a> {
+    /// The base model's weights.
+    pub base: &'a dyn TensorSource,
+    /// The adapter.
+    pub adapter: &'a Adapter,
+}
+
+impl TensorSource for Adapted<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.base.contains(name)
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        self.base.shape(name)
+    }
+
+    fn load(&self, name: &str, kind: Kind, device: Device) -> Result<Tensor> {
+        self.base.load(name, kind, device)
+    }
+
+    fn origin(&self, name: &str) -> String {
+        self.base.origin(name)
+    }
+
+    fn adapter(&self) -> Option<&Adapter> {
+        Some(self.adapter)
+    }
+}
+
 /// Loads parameters from a tensor source in the order a model registers them.
 pub struct ParamLoader<'a> {
     ckpt: &'a dyn TensorSource,
@@ -98,6 +134,8 @@ pub struct ParamLoader<'a> {
     device: Device,
     params: Vec<(String, Tensor)>,
     linears: Vec<LinearInfo>,
+    /// Full names of the modules the adapter's weights were attached to.
+    adapted: HashSet<String>,
 }
 
 /// What a finished loader hands to the model.
@@ -125,6 +163,7 @@ impl<'a> ParamLoader<'a> {
             device,
             params: Vec::new(),
             linears: Vec::new(),
+            adapted: HashSet::new(),
         }
     }
 
@@ -199,16 +238,13 @@ impl<'a> ParamLoader<'a> {
         } else {
             None
         };
-        self.linears.push(LinearInfo {
-            name: module.to_string(),
-            in_features,
-            out_features,
-            has_bias: bias.is_some(),
-        });
+        let has_bias = bias.is_some();
+        let adapter = self.module_adapter(module, in_features, out_features, has_bias)?;
         Ok(Linear {
             name: module.to_string(),
             weight,
             bias,
+            adapter,
         })
     }
 
@@ -220,16 +256,12 @@ impl<'a> ParamLoader<'a> {
         let weight = stored.f_transpose(0, 1)?.f_contiguous()?;
         self.params.push((name, weight.tr()));
         let bias = self.base_param(&format!("{module}.bias"), &[out_features])?;
-        self.linears.push(LinearInfo {
-            name: module.to_string(),
-            in_features,
-            out_features,
-            has_bias: true,
-        });
+        let adapter = self.module_adapter(module, in_features, out_features, true)?;
         Ok(Linear {
             name: module.to_string(),
             weight,
             bias: Some(bias),
+            adapter,
         })
     }
 
@@ -258,6 +290,7 @@ impl<'a> ParamLoader<'a> {
             name: "lm_head".to_string(),
             weight,
             bias: None,
+            adapter: None,
         })
     }
 
@@ -274,11 +307,65 @@ impl<'a> ParamLoader<'a> {
         Ok(RmsNorm { weight, eps })
     }
 
-    /// The recorded parameters and Linear modules.
-    pub fn finish(self) -> Loaded {
-        Loaded {
+    /// Records the collectable modules of the base-model Linear `module` and returns its
+    /// adapter: without an adapter the Linear itself is the module; with one, only adapted
+    /// layers have modules (their `lora_A` and `lora_B`), as Bergson collects a PEFT model's
+    /// adapter modules only.
+    fn module_adapter(
+        &mut self,
+        module: &str,
+        in_features: i64,
+        out_features: i64,
+        has_bias: bool,
+    ) -> Result<Option<Box<LoraAdapter>>> {
+        let Some(adapter) = self.ckpt.adapter() else {
+            self.linears.push(LinearInfo {
+                name: module.to_string(),
+                in_features,
+                out_features,
+                has_bias,
+            });
+            return Ok(None);
+        };
+        let full = self.base_name(module);
+        let Some(lora) =
+            adapter.for_module(&full, in_features, out_features, self.kind, self.device)?
+        else {
+            return Ok(None);
+        };
+        for half in [&lora.a, &lora.b] {
+            self.linears.push(LinearInfo {
+                name: half.name.clone(),
+                in_features: half.in_features(),
+                out_features: half.out_features(),
+                has_bias: false,
+            });
+        }
+        self.adapted.insert(full);
+        Ok(Some(Box::new(lora)))
+    }
+
+    /// The recorded parameters and Linear modules; an adapter module that no Linear took is an
+    /// error (it targets an embedding, the LM head, or another model).
+    pub fn finish(self) -> Result<Loaded> {
+        if let Some(adapter) = self.ckpt.adapter() {
+            let unused = unused_modules(adapter, &self.adapted);
+            if !unused.is_empty() {
+                let more = match unused.len() {
+                    n if n > 3 => format!(" and {} more", n - 3),
+                    _ => String::new(),
+                };
+                return Err(Error::input(format!(
+                    "{}: the adapter has LoRA weights for {}{more}, which this {} model has no Linear layer of: it was made for another model, or adapts something other than a Linear layer; use an adapter of this base model",
+                    adapter.dir().display(),
+                    unused[..unused.len().min(3)].join(", "),
+                    self.model_type
+                )));
+            }
+        }
+        Ok(Loaded {
             params: self.params,
             linears: self.linears,
-        }
+        })
     }
 }

@@ -21,6 +21,7 @@ pub mod hub;
 pub mod linear;
 pub mod llama;
 pub mod loader;
+pub mod lora;
 pub mod mistral;
 pub mod norm;
 pub mod qwen2;
@@ -29,13 +30,14 @@ pub mod rotary;
 
 pub use attention::AttentionKernel;
 pub use hub::{resolve_model_dir, resolve_tokenizer_dir};
-pub use linear::{Linear, LinearHook, NoHook};
+pub use linear::{BaseOnly, Linear, LinearHook, NoHook};
 
 use crate::engine::Precision;
 use crate::{Error, Result};
 use config::ConfigJson;
 use loader::Loaded;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// One collectable Linear module, named relative to the base model as Bergson names it
@@ -305,11 +307,21 @@ pub struct ModelSpec {
     load: LoadFn,
     kind: Kind,
     device: Device,
+    /// A PEFT adapter over the base model, and the base model's directory.
+    adapter: Option<(Arc<lora::Adapter>, PathBuf)>,
 }
 
 impl ModelSpec {
-    /// Reads config.json in `dir` and picks the architecture by its `model_type`.
+    /// Reads config.json in `dir` and picks the architecture by its `model_type`. A PEFT
+    /// adapter directory (`adapter_config.json`) gives the base model it names, adapted.
     pub fn from_dir(dir: &Path, precision: Precision, device: Device) -> Result<Self> {
+        if lora::is_adapter_dir(dir) {
+            let adapter = lora::Adapter::open(dir)?;
+            let base = base_model_dir_of(&adapter)?;
+            let mut spec = Self::from_dir(&base, precision, device)?;
+            spec.adapter = Some((Arc::new(adapter), base));
+            return Ok(spec);
+        }
         if !dir.is_dir() {
             return Err(Error::input(format!(
                 "{}: not a directory; point --model at a checkpoint directory (config.json + safetensors) or a Hub id",
@@ -329,14 +341,33 @@ impl ModelSpec {
             load,
             kind: precision.kind(),
             device,
+            adapter: None,
         })
     }
 
-    /// The model on the safetensors weights in `dir`.
+    /// The model on the safetensors weights in `dir` (for an adapter, the base model's
+    /// weights with the adapter's).
     pub fn load(&self, dir: &Path) -> Result<Box<dyn CausalLm>> {
-        let ckpt = checkpoint::Checkpoint::open(dir)?;
         let _guard = tch::no_grad_guard();
-        (self.load)(&self.cfg, &ckpt, self.kind, self.device)
+        match &self.adapter {
+            Some((adapter, base)) => {
+                let ckpt = checkpoint::Checkpoint::open(base)?;
+                let source = loader::Adapted {
+                    base: &ckpt,
+                    adapter,
+                };
+                (self.load)(&self.cfg, &source, self.kind, self.device)
+            }
+            None => {
+                let ckpt = checkpoint::Checkpoint::open(dir)?;
+                (self.load)(&self.cfg, &ckpt, self.kind, self.device)
+            }
+        }
+    }
+
+    /// The PEFT adapter this model runs with, if any.
+    pub fn adapter(&self) -> Option<&lora::Adapter> {
+        self.adapter.as_ref().map(|(a, _)| a.as_ref())
     }
 
     /// The model on `params` (full names, stored layout, as [`CausalLm::named_parameters`]
@@ -347,7 +378,16 @@ impl ModelSpec {
         params: impl IntoIterator<Item = (&'t String, &'t Tensor)>,
     ) -> Result<Box<dyn CausalLm>> {
         let source = loader::ExplicitParams::new(params);
-        (self.load)(&self.cfg, &source, self.kind, self.device)
+        match &self.adapter {
+            Some((adapter, _)) => {
+                let source = loader::Adapted {
+                    base: &source,
+                    adapter,
+                };
+                (self.load)(&self.cfg, &source, self.kind, self.device)
+            }
+            None => (self.load)(&self.cfg, &source, self.kind, self.device),
+        }
     }
 
     /// The parsed config.json.
@@ -372,10 +412,43 @@ pub fn load_model(dir: &Path, precision: Precision, device: Device) -> Result<Bo
     ModelSpec::from_dir(dir, precision, device)?.load(dir)
 }
 
+/// The directory of the base model an adapter names (`base_model_name_or_path`): a directory
+/// relative to the working directory or a Hub id, as peft resolves it, else a directory
+/// relative to the adapter's own (an adapter shipped next to its base model).
+fn base_model_dir_of(adapter: &lora::Adapter) -> Result<PathBuf> {
+    let named = Path::new(&adapter.base_model);
+    let beside = adapter.dir().join(named);
+    let local = if named.is_relative() && !named.is_dir() && beside.is_dir() {
+        beside
+    } else {
+        named.to_path_buf()
+    };
+    if lora::is_adapter_dir(&local) {
+        return Err(Error::input(format!(
+            "{}: base_model_name_or_path '{}' is itself an adapter; point it at the base model",
+            adapter.dir().display(),
+            adapter.base_model
+        )));
+    }
+    hub::resolve_model_dir(&local.to_string_lossy(), adapter.base_revision.as_deref())
+}
+
+/// The directory holding the model weights and config.json of `dir`: `dir` itself, or the
+/// base model of the adapter in `dir`.
+pub fn weights_dir(dir: &Path) -> Result<PathBuf> {
+    if lora::is_adapter_dir(dir) {
+        base_model_dir_of(&lora::Adapter::open(dir)?)
+    } else {
+        Ok(dir.to_path_buf())
+    }
+}
+
 /// The precision a checkpoint was saved in, for `--precision auto` (transformers'
 /// `dtype="auto"`): config.json's `dtype` (transformers 5) or `torch_dtype` (older), else the
-/// dtype of the first floating-point tensor in the weights, else float32.
+/// dtype of the first floating-point tensor in the weights, else float32. For an adapter, the
+/// base model's.
 pub fn auto_precision(dir: &Path) -> Result<Precision> {
+    let dir = &weights_dir(dir)?;
     let cfg = ConfigJson::from_file(&dir.join("config.json"))?;
     if let Some(name) = cfg.str(&["dtype", "torch_dtype"])? {
         return match name.trim_start_matches("torch.") {

@@ -216,6 +216,12 @@ pub fn train(c: &TrainingConfig, device: Device) -> Result<TrainSummary> {
     let num_steps = stream.len();
     let precision = crate::setup::resolve_precision(c.precision, &model_dir)?;
     let spec = ModelSpec::from_dir(&model_dir, precision, device)?;
+    if spec.adapter().is_some() {
+        return Err(Error::input(format!(
+            "--model {} is a PEFT adapter; training adapters is not supported by bergson-rs yet: train the base model (or merge the adapter into it first)",
+            model_dir.display()
+        )));
+    }
     let model = spec.load(&model_dir)?;
     let schedule = LrSchedule::new(&c.lr_schedule, num_steps);
     let optimizer = Optimizer {
