@@ -313,6 +313,18 @@ fn weight_step(
     drop(model);
     let w: Vec<f64> = p.iter().map(|p| 1.0 - p).collect();
     let scale = weights::inverse_gram_scale(gram_path, &preprocess.inversion_cfg)?;
+    if !scale.is_finite() {
+        // Bergson 2.5.1 writes these scores without a word; say why they are not numbers.
+        tracing::warn!(
+            "the inverse of the Gram at {} is not finite: the Gram is singular (fewer \
+             documents with gradients than --projection_dim {}, or linearly dependent ones) and \
+             --damping_factor is {}, so the scores are NaN or infinite, as Bergson's are; pass \
+             --damping_factor > 0 or fit the Gram on more documents",
+            gram_path.display(),
+            icfg.projection_dim,
+            preprocess.inversion_cfg.damping_factor
+        );
+    }
 
     // The weights go to `.pending` first: once the weighted scores replace the originals, its
     // presence (with no `.weighted` left) says only the final rename remains.
