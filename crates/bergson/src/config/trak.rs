@@ -86,12 +86,19 @@ fn leak(s: String) -> &'static str {
     s.leak()
 }
 
-/// Adds [`DataConfig`]'s flags as `--<prefix>.<field>` (id the same).
-fn augment_prefixed_data(mut cmd: Command, prefix: &str) -> Command {
+/// Adds [`DataConfig`]'s flags as `--<prefix>.<field>` (id the same), listed under `heading`
+/// in the help in their declaration order.
+fn augment_prefixed_data(mut cmd: Command, prefix: &str, heading: &'static str) -> Command {
     let data = DataConfig::augment_args(Command::new("data"));
     for arg in data.get_arguments() {
         let name = leak(format!("{prefix}.{}", arg.get_id()));
-        cmd = cmd.arg(arg.clone().id(name).long(name));
+        cmd = cmd.arg(
+            arg.clone()
+                .id(name)
+                .long(name)
+                .help_heading(heading)
+                .display_order(None),
+        );
     }
     cmd
 }
@@ -116,6 +123,7 @@ fn prefixed_data(m: &ArgMatches, prefix: &str) -> Result<(DataConfig, bool), cla
     Ok((DataConfig::from_arg_matches(&matches)?, given))
 }
 
+const QUERY_HEADING: &str = "Query set";
 const QUERY_AGGREGATION: &str = "query.aggregation";
 const QUERY_PATH: &str = "path";
 const CHECKPOINTS: &str = "checkpoints";
@@ -125,21 +133,28 @@ const RESUME: &str = "resume";
 
 impl Args for TrakConfig {
     fn augment_args(cmd: Command) -> Command {
-        let cmd = augment_prefixed_data(cmd, "query")
+        let cmd = augment_prefixed_data(cmd, "query", QUERY_HEADING)
             .arg(
                 Arg::new(QUERY_AGGREGATION)
                     .long(QUERY_AGGREGATION)
                     .help("How the query gradients combine: one score column per query (none), or one target gradient (mean, sum)")
+                    .value_name("AGGREGATION")
                     .value_parser(clap::value_parser!(Aggregation))
-                    .default_value("none"),
+                    .default_value("none")
+                    .help_heading(QUERY_HEADING),
             )
             .arg(
                 Arg::new(QUERY_PATH)
                     .long(QUERY_PATH)
                     .help("An existing query index to use instead of building one from --query.*")
-                    .default_value(""),
+                    .default_value("")
+                    .help_heading(QUERY_HEADING),
             );
-        let cmd = augment_prefixed_data(cmd, "contrast");
+        let cmd = augment_prefixed_data(
+            cmd,
+            "contrast",
+            "Control set subtracted from the query (not supported by bergson-rs yet)",
+        );
         let cmd = PreprocessConfig::augment_args(cmd)
             .mut_arg("aggregation", |a| a.long("preprocess_cfg.aggregation"))
             .mut_arg("damping_factor", |a| a.default_value("0.0"));
@@ -148,12 +163,14 @@ impl Args for TrakConfig {
                 Arg::new(CHECKPOINTS)
                     .long(CHECKPOINTS)
                     .help("Independently trained checkpoints to ensemble (member i gets projection seed + i)")
+                    .value_name("CHECKPOINT")
                     .num_args(0..),
             )
             .arg(
                 Arg::new(STATS_SAMPLE_SIZE)
                     .long(STATS_SAMPLE_SIZE)
                     .help("Fit the Gram on the first N training documents (default: all)")
+                    .value_name("N")
                     .value_parser(clap::value_parser!(usize)),
             )
             .arg(
