@@ -6,7 +6,8 @@
 //! final `scores/` and for every ensemble member's (`checkpoint_<i>/`):
 //! * the scores: every column within 1e-4 of its max |value|, the same rows written;
 //! * `trak_weights.npy` (`1 - p_i`) within 1e-6 and `trak_scale.npy` within 1e-4 relative;
-//! * the joint Gram `train_hessian/hessians.pth` within 1e-4 of its max |entry|.
+//! * the joint Gram `train_hessian/hessians.pth` within 1e-4 of its max |entry|;
+//! * the run's `config.yaml` steps equal to Bergson's (paths aside).
 
 mod common;
 
@@ -165,6 +166,35 @@ fn check_member(case: &str, ours: &Path, theirs: &Path, gram: bool, failures: &m
     }
 }
 
+/// The `steps` of a run's config.yaml with `run` replaced by `<run>` and the repository
+/// prefix dropped from paths.
+fn config_steps(dir: &Path, run: &str) -> Json {
+    fn normalise(v: Json, run: &str, root: &str) -> Json {
+        match v {
+            Json::String(s) => {
+                let s = s.replace(run, "<run>");
+                Json::String(s.strip_prefix(root).unwrap_or(&s).to_string())
+            }
+            Json::Array(a) => Json::Array(a.into_iter().map(|v| normalise(v, run, root)).collect()),
+            Json::Object(o) => Json::Object(
+                o.into_iter()
+                    .map(|(k, v)| (k, normalise(v, run, root)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+    let text = std::fs::read_to_string(dir.join("config.yaml")).expect("config.yaml");
+    let doc: Json = serde_saphyr::from_str(&text).expect("config.yaml is YAML");
+    assert!(
+        doc["steps"][0]["trak"]["trak_cfg"].is_object(),
+        "{}: no trak step",
+        dir.display()
+    );
+    let root = format!("{}/", repo_root().display());
+    normalise(doc["steps"].clone(), run, &root)
+}
+
 #[test]
 fn trak_matches_bergson_2_5_1() {
     let (path_flags, cases) = manifest();
@@ -194,6 +224,13 @@ fn trak_matches_bergson_2_5_1() {
             continue;
         }
         let theirs = repo_root().join(&case.path);
+        let ours_config = config_steps(&ours, &ours.to_string_lossy());
+        if ours_config != config_steps(&theirs, &case.path) {
+            failures.push(format!(
+                "{}: config.yaml steps differ from Bergson's: {ours_config}",
+                case.name
+            ));
+        }
         if case.members == 0 {
             check_member(&case.name, &ours, &theirs, true, &mut failures);
         } else {
