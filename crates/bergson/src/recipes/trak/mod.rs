@@ -34,7 +34,7 @@ use crate::build::RunOptions;
 use crate::config::run_file::BERGSON_COMPAT_VERSION;
 use crate::config::{
     Aggregation, BuildConfig, HessianConfig, HessianMethod, HessianRunConfig, IndexConfig, LossFn,
-    ProjectionTarget, ScoreRunConfig, TrakRunConfig,
+    PreprocessConfig, ProjectionTarget, ScoreRunConfig, TrakConfig, TrakRunConfig,
 };
 use crate::data::pipeline::prepare_data;
 use crate::error::IoContext;
@@ -264,7 +264,7 @@ fn query_build_config(
     cfg: &TrakRunConfig,
     icfg: &IndexConfig,
     query_path: &str,
-    preprocess: &crate::config::PreprocessConfig,
+    preprocess: &PreprocessConfig,
 ) -> BuildConfig {
     let query = &cfg.trak_cfg.query;
     let mut index_cfg = icfg.clone();
@@ -287,10 +287,10 @@ fn query_build_config(
 /// unweighted scores (or, past the scores' rename, only the rename of the weights is left).
 fn weight_step(
     icfg: &IndexConfig,
-    tcfg: &crate::config::TrakConfig,
+    tcfg: &TrakConfig,
     scores_dir: &Path,
     gram_path: &Path,
-    preprocess: &crate::config::PreprocessConfig,
+    preprocess: &PreprocessConfig,
     member: bool,
     opts: &RunOptions,
 ) -> Result<()> {
