@@ -12,6 +12,7 @@ mod query;
 mod report;
 mod score;
 mod train;
+mod trak;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,10 @@ enum Command {
     /// checkpoints for resuming and for metagradients).
     #[command(allow_negative_numbers = true)]
     Train(train::TrainArgs),
+    /// TRAK: a global-projection log-odds Gram, the Gram-whitened query index, scores weighted
+    /// by 1 - p per document; averaged over --checkpoints.
+    #[command(allow_negative_numbers = true)]
+    Trak(Box<trak::TrakArgs>),
     /// Mix a query and an index autocorrelation Hessian into one (TrackStar's mixing):
     /// H = λ·H_query + (1 − λ)·H_index, λ chosen by --target_downweight_components.
     #[command(allow_negative_numbers = true)]
@@ -106,6 +111,10 @@ fn main() -> ExitCode {
         Command::Train(args) => {
             logging::init(args.runtime.quiet);
             errors::finish(train::run(args.config, &args.runtime))
+        }
+        Command::Trak(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(trak::run(args.config, &args.runtime))
         }
         Command::Mix(args) => {
             logging::init(args.quiet);

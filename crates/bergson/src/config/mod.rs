@@ -11,6 +11,7 @@ mod query;
 pub mod run_file;
 mod score;
 mod train;
+mod trak;
 
 pub use build::{
     AttentionConfig, BuildConfig, DataConfig, DistributedConfig, IndexConfig, InversionConfig,
@@ -32,3 +33,4 @@ pub use train::{
     LrScheduleConfig, LrSchedulerType, OptimizerKind, SaveMode, SaveOptimizerState,
     TrainLossReduction, TrainingConfig,
 };
+pub use trak::{QuerySetConfig, TrakConfig, TrakRunConfig};
