@@ -10,6 +10,7 @@ mod mix;
 mod query;
 pub mod run_file;
 mod score;
+mod trackstar;
 mod train;
 
 pub use build::{
@@ -27,6 +28,9 @@ pub use query::{FaissConfig, QueryConfig};
 pub use score::{
     CandidateConfig, CandidateDirection, ScoreConfig, ScoreMode, ScorePrecision, ScoreRunConfig,
     TokenInfluence,
+};
+pub use trackstar::{
+    QuerySetConfig, TrackstarConfig, TrackstarRunConfig, TRACKSTAR_PROJECTION_DIM,
 };
 pub use train::{
     LrScheduleConfig, LrSchedulerType, OptimizerKind, SaveMode, SaveOptimizerState,
