@@ -57,7 +57,8 @@ enum Command {
     Mix(mix::MixArgs),
     /// TrackStar (Chang et al. 2024): autocorrelation Hessians of the training and query data,
     /// mixed, a preconditioned query index, and the training data scored against it.
-    #[command(allow_negative_numbers = true)]
+    // As Bergson's argparse: a repeated flag's last value wins.
+    #[command(allow_negative_numbers = true, args_override_self = true)]
     Trackstar(Box<trackstar::TrackstarArgs>),
     /// The embedded demo: index a tiny model's training corpus and attribute held-out facts
     /// to the documents that planted them.
