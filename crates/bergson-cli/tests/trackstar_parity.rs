@@ -131,6 +131,28 @@ fn saved_config(run: &Path) -> TrackstarRunConfig {
     }
 }
 
+/// The reference run's path as Python recorded it (relative to the repository root).
+fn theirs_rel(case: &str) -> String {
+    format!("tests/fixtures/bergson_trackstar/runs/{case}")
+}
+
+/// A step's `config.yaml` without its metadata, with the run path replaced by `<run>`.
+fn config_value(dir: &Path, run: &Path) -> Json {
+    fn strip(v: &mut Json, run: &str) {
+        match v {
+            Json::String(s) if s.starts_with(run) => *s = s.replacen(run, "<run>", 1),
+            Json::Array(a) => a.iter_mut().for_each(|v| strip(v, run)),
+            Json::Object(m) => m.values_mut().for_each(|v| strip(v, run)),
+            _ => {}
+        }
+    }
+    let text = std::fs::read_to_string(dir.join("config.yaml")).expect("config.yaml");
+    let mut v: Json = serde_saphyr::from_str(&text).expect("YAML");
+    v.as_object_mut().unwrap().remove("metadata");
+    strip(&mut v, &run.to_string_lossy());
+    v
+}
+
 /// Runs `case` with our binary and compares each step with Python's run.
 fn check_case(case: &str, mixed: bool) {
     let tmp = tempfile::tempdir().unwrap();
@@ -172,6 +194,23 @@ fn check_case(case: &str, mixed: bool) {
     assert!(scores <= RTOL, "{case}/scores: off by {scores:e}");
     eprintln!("{case}: {}", report.join(", "));
 
+    for step in [
+        "",
+        "value_hessian",
+        "query_hessian",
+        "mixed_hessian",
+        "query",
+        "scores",
+    ] {
+        if !mixed && matches!(step, "query_hessian" | "mixed_hessian") {
+            continue;
+        }
+        let (x, y) = (
+            config_value(&ours.join(step), &ours),
+            config_value(&theirs.join(step), Path::new(&theirs_rel(case))),
+        );
+        assert_eq!(x, y, "{case}: {step}/config.yaml differs from Python's");
+    }
     let (mut a, mut b) = (saved_config(&ours), saved_config(&theirs));
     assert_eq!(a.trackstar_cfg, b.trackstar_cfg, "{case}: trackstar_cfg");
     a.index_cfg.run_path.clear();
