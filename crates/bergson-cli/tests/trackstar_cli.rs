@@ -216,3 +216,17 @@ fn interrupted_after_the_first_step_resumes_to_identical_scores() {
         "resumed scores differ"
     );
 }
+
+#[test]
+fn an_existing_query_index_is_scored_against_instead_of_building_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("first");
+    run_ok(&mut trackstar(&first, &[]));
+    let run = tmp.path().join("r");
+    let query = first.join("query");
+    let out = run_ok(&mut trackstar(&run, &["--path", query.to_str().unwrap()]));
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(summary.contains("query skipped"), "{summary}");
+    assert!(!run.join("query").exists(), "a query index was built");
+    assert_eq!(scores(&run), scores(&first));
+}

@@ -66,11 +66,18 @@ impl Args for QuerySetConfig {
         let data = DataConfig::augment_args(Command::new("data"));
         let mut cmd = cmd;
         for (arg, (_, prefixed)) in data.get_arguments().zip(query_data_ids()) {
-            cmd = cmd.arg(arg.clone().id(*prefixed).long(*prefixed));
+            // The display order is the main command's, not the scratch command's.
+            cmd = cmd.arg(
+                arg.clone()
+                    .id(*prefixed)
+                    .long(*prefixed)
+                    .display_order(None),
+            );
         }
         cmd.arg(
             Arg::new("query.aggregation")
                 .long("query.aggregation")
+                .value_name("AGGREGATION")
                 .help("How the query gradients combine: one score column per query (none), or one target gradient (mean, sum)")
                 .value_parser(EnumValueParser::<Aggregation>::new())
                 .default_value("none"),
@@ -78,6 +85,7 @@ impl Args for QuerySetConfig {
         .arg(
             Arg::new("query.path")
                 .long("path")
+                .value_name("PATH")
                 .help("An existing query index to score against instead of building one from the --query.* dataset")
                 .default_value(""),
         )

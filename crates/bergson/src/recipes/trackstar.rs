@@ -260,6 +260,21 @@ pub fn run(cfg: &TrackstarRunConfig, opts: &RunOptions) -> Result<TrackstarSumma
     setup::check_index_config(&cfg.index_cfg)?;
     let (icfg, tcfg) = (&cfg.index_cfg, &cfg.trackstar_cfg);
     let resume = tcfg.resume;
+    // As in Bergson, the recipe sets these itself; say so rather than ignore them silently.
+    if let Some(h) = &tcfg.preprocess_cfg.hessian_path {
+        tracing::warn!(
+            "--hessian_path {h} is ignored: trackstar preconditions with the Hessian it fits"
+        );
+    }
+    if !tcfg.score_cfg.query_path.is_empty() {
+        tracing::warn!(
+            "--query_path {} is ignored: trackstar scores against its own query index (use --path for an existing one)",
+            tcfg.score_cfg.query_path
+        );
+    }
+    if !tcfg.score_cfg.higher_is_better {
+        tracing::warn!("--higher_is_better false is ignored: TrackStar scores are influences (higher is more supportive)");
+    }
     let run_path = prepare_run_dir(cfg)?;
     let say = |line: &str| {
         if !opts.quiet {
