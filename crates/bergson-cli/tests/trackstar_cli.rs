@@ -230,3 +230,30 @@ fn an_existing_query_index_is_scored_against_instead_of_building_one() {
     assert!(!run.join("query").exists(), "a query index was built");
     assert_eq!(scores(&run), scores(&first));
 }
+
+#[test]
+fn a_run_file_with_a_trackstar_step_runs_the_recipe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let by_flags = tmp.path().join("flags");
+    run_ok(&mut trackstar(&by_flags, &["--mix_hessians", "false"]));
+    let by_file = tmp.path().join("file");
+    let data = "tests/fixtures/bergson_trackstar/data";
+    let yaml = format!(
+        "steps:\n- trackstar:\n    index_cfg:\n      run_path: {}\n      model: tests/fixtures/models/gpt_neox\n      projection_dim: 4\n      token_batch_size: 64\n      data:\n        dataset: {data}/train.jsonl\n    trackstar_cfg:\n      query:\n        dataset: {data}/queries.jsonl\n      target_downweight_components: 20\n      mix_hessians: false\n",
+        by_file.display()
+    );
+    let file = tmp.path().join("run.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = common::bergson()
+        .arg(&file)
+        .arg("--quiet")
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(scores(&by_file), scores(&by_flags));
+}

@@ -249,8 +249,12 @@ fn prepare_run_dir(cfg: &TrackstarRunConfig) -> Result<PathBuf> {
 
 /// Whether a step's output is reused: with `--resume`, a finished step directory (a
 /// half-written one is still `<step>.part`).
-fn reuse(path: &Path, resume: bool) -> bool {
-    resume && path.is_dir()
+fn reuse(path: &Path, resume: bool, quiet: bool) -> bool {
+    let done = resume && path.is_dir();
+    if done && !quiet {
+        eprintln!("  reusing the finished step at {}", path.display());
+    }
+    done
 }
 
 /// Runs `bergson trackstar`.
@@ -286,7 +290,7 @@ pub fn run(cfg: &TrackstarRunConfig, opts: &RunOptions) -> Result<TrackstarSumma
     // 1. The value Hessian, on the first stats_sample_size training examples.
     say("Step 1/5: computing the Hessian of the value (training) dataset");
     let value_hessian = run_path.join(VALUE_HESSIAN);
-    if reuse(&value_hessian, resume) {
+    if reuse(&value_hessian, resume, opts.quiet) {
         steps.push((VALUE_HESSIAN, StepOutcome::Reused));
     } else {
         hessians::run(&hessian_step(cfg, VALUE_HESSIAN, &icfg.data), opts)?;
@@ -304,7 +308,7 @@ pub fn run(cfg: &TrackstarRunConfig, opts: &RunOptions) -> Result<TrackstarSumma
     } else {
         say("Step 2/5: computing the Hessian of the query dataset");
         let query_hessian = run_path.join(QUERY_HESSIAN);
-        if reuse(&query_hessian, resume) {
+        if reuse(&query_hessian, resume, opts.quiet) {
             steps.push((QUERY_HESSIAN, StepOutcome::Reused));
         } else {
             hessians::run(&hessian_step(cfg, QUERY_HESSIAN, &tcfg.query.data), opts)?;
@@ -314,7 +318,7 @@ pub fn run(cfg: &TrackstarRunConfig, opts: &RunOptions) -> Result<TrackstarSumma
 
         say("Step 3/5: mixing the Hessians");
         let mixed = run_path.join(MIXED_HESSIAN);
-        if reuse(&mixed, resume) {
+        if reuse(&mixed, resume, opts.quiet) {
             steps.push((MIXED_HESSIAN, StepOutcome::Reused));
         } else {
             let mix_cfg = MixConfig {
@@ -347,7 +351,7 @@ pub fn run(cfg: &TrackstarRunConfig, opts: &RunOptions) -> Result<TrackstarSumma
         PathBuf::from(&tcfg.query.path)
     } else {
         let query_path = run_path.join(QUERY);
-        if reuse(&query_path, resume) {
+        if reuse(&query_path, resume, opts.quiet) {
             steps.push((QUERY, StepOutcome::Reused));
         } else {
             let mut index_cfg = icfg.clone();
@@ -374,7 +378,7 @@ pub fn run(cfg: &TrackstarRunConfig, opts: &RunOptions) -> Result<TrackstarSumma
     // 5. The training data scored against the query index.
     say("Step 5/5: scoring the value dataset");
     let scores_path = run_path.join(SCORES);
-    if reuse(&scores_path, resume) {
+    if reuse(&scores_path, resume, opts.quiet) {
         steps.push((SCORES, StepOutcome::Reused));
     } else {
         let mut score_cfg = tcfg.score_cfg.clone();
