@@ -21,7 +21,7 @@ use super::score::ScoreConfig;
 /// What to attribute to: the query dataset and how its gradients combine (Bergson's
 /// `QuerySetConfig`, a `DataConfig` with three more fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub struct QuerySetConfig {
     /// The query dataset (flags `--query.<field>`).
     #[serde(flatten)]
@@ -38,6 +38,35 @@ pub struct QuerySetConfig {
 impl Default for QuerySetConfig {
     fn default() -> Self {
         clap_default()
+    }
+}
+
+/// Reads Bergson's flat mapping strictly: the three query keys, and the rest a `DataConfig`
+/// (whose unknown keys are errors, as in every other config; serde's `flatten` would ignore
+/// them).
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for QuerySetConfig {
+    type Error = String;
+
+    fn try_from(mut map: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        fn take<T: serde::de::DeserializeOwned>(
+            map: &mut serde_json::Map<String, serde_json::Value>,
+            key: &str,
+        ) -> Result<Option<T>, String> {
+            map.remove(key)
+                .map(|v| serde_json::from_value(v).map_err(|e| format!("query.{key}: {e}")))
+                .transpose()
+        }
+        let aggregation = take::<Aggregation>(&mut map, "aggregation")?.unwrap_or_default();
+        let contrast = take::<Option<DataConfig>>(&mut map, "contrast")?.flatten();
+        let path = take::<String>(&mut map, "path")?.unwrap_or_default();
+        let data = serde_json::from_value(serde_json::Value::Object(map))
+            .map_err(|e| format!("query: {e}"))?;
+        Ok(QuerySetConfig {
+            data,
+            aggregation,
+            contrast,
+            path,
+        })
     }
 }
 
@@ -333,5 +362,14 @@ mod tests {
         assert!(text.contains("    aggregation: sum\n"), "{text}");
         let back: TrackstarRunConfig = serde_saphyr::from_str(&text).unwrap();
         assert_eq!(back, c);
+        // Missing keys take the defaults; unknown ones are errors, as in every config.
+        let q: QuerySetConfig = serde_saphyr::from_str("aggregation: mean\n").unwrap();
+        assert_eq!(q.aggregation, Aggregation::Mean);
+        assert_eq!(q.data, DataConfig::default());
+        let q: QuerySetConfig =
+            serde_saphyr::from_str("dataset: q.jsonl\ncontrast: null\n").unwrap();
+        assert_eq!((q.data.dataset.as_str(), q.contrast), ("q.jsonl", None));
+        let e = serde_saphyr::from_str::<QuerySetConfig>("datset: q.jsonl\n").unwrap_err();
+        assert!(e.to_string().contains("datset"), "{e}");
     }
 }
