@@ -118,7 +118,7 @@ fn rerun_and_resume_of_another_config_are_refused() {
     let out = trackstar(&run, &["--mix_hessians", "false"])
         .output()
         .unwrap();
-    common::assert_one_line_error(&out, &["already holds a trackstar run", "--resume"]);
+    common::assert_one_line_error(&out, &["already holds a run", "--resume"]);
     let out = trackstar(&run, &["--resume"]).output().unwrap();
     common::assert_one_line_error(&out, &["different config"]);
     assert_eq!(scores(&run), before, "refused runs leave the scores alone");

@@ -235,8 +235,9 @@ fn prepare_run_dir(cfg: &TrackstarRunConfig) -> Result<PathBuf> {
             }
         } else if !icfg.overwrite {
             return Err(Error::input(format!(
-                "run path {} already holds a trackstar run; pass --resume to reuse its finished \
-                 steps, --overwrite to redo them, or choose another path",
+                "run path {} already holds a run (its config.yaml); pass --resume to reuse the \
+                 finished steps of the same trackstar run, --overwrite to redo them, or choose \
+                 another path",
                 run_path.display()
             )));
         }
