@@ -11,6 +11,7 @@ mod mix;
 mod query;
 mod report;
 mod score;
+mod trackstar;
 mod train;
 mod trak;
 
@@ -59,6 +60,11 @@ enum Command {
     /// H = λ·H_query + (1 − λ)·H_index, λ chosen by --target_downweight_components.
     #[command(allow_negative_numbers = true)]
     Mix(mix::MixArgs),
+    /// TrackStar (Chang et al. 2024): autocorrelation Hessians of the training and query data,
+    /// mixed, a preconditioned query index, and the training data scored against it.
+    // As Bergson's argparse: a repeated flag's last value wins.
+    #[command(allow_negative_numbers = true, args_override_self = true)]
+    Trackstar(Box<trackstar::TrackstarArgs>),
     /// The embedded demo: index a tiny model's training corpus and attribute held-out facts
     /// to the documents that planted them.
     Demo(demo::DemoArgs),
@@ -119,6 +125,10 @@ fn main() -> ExitCode {
         Command::Mix(args) => {
             logging::init(args.quiet);
             errors::finish(mix::run(&args))
+        }
+        Command::Trackstar(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(trackstar::run(args.config, &args.runtime))
         }
         Command::Demo(args) => {
             logging::init(args.runtime.quiet);
@@ -192,6 +202,7 @@ fn run_file(path: &str, runtime: &RuntimeArgs) -> anyhow::Result<()> {
             Step::Reduce(cfg) => build::run(*cfg, runtime, true)?,
             Step::Score(cfg) => score::run(*cfg, runtime)?,
             Step::Hessian(cfg) => hessian::run(*cfg, runtime)?,
+            Step::Trackstar(cfg) => trackstar::run(*cfg, runtime)?,
         }
     }
     Ok(())

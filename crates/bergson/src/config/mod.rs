@@ -8,8 +8,10 @@ mod flags;
 mod hessian;
 mod mix;
 mod query;
+mod query_set;
 pub mod run_file;
 mod score;
+mod trackstar;
 mod train;
 mod trak;
 
@@ -25,12 +27,14 @@ pub use flags::{clap_default, parse_bool};
 pub use hessian::{HessianConfig, HessianRunConfig};
 pub use mix::MixConfig;
 pub use query::{FaissConfig, QueryConfig};
+pub use query_set::QuerySetConfig;
 pub use score::{
     CandidateConfig, CandidateDirection, ScoreConfig, ScoreMode, ScorePrecision, ScoreRunConfig,
     TokenInfluence,
 };
+pub use trackstar::{TrackstarConfig, TrackstarRunConfig, TRACKSTAR_PROJECTION_DIM};
 pub use train::{
     LrScheduleConfig, LrSchedulerType, OptimizerKind, SaveMode, SaveOptimizerState,
     TrainLossReduction, TrainingConfig,
 };
-pub use trak::{QuerySetConfig, TrakConfig, TrakRunConfig};
+pub use trak::{TrakConfig, TrakRunConfig};

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{BuildConfig, HessianRunConfig, ScoreRunConfig};
+use super::{BuildConfig, HessianRunConfig, ScoreRunConfig, TrackstarRunConfig};
 use crate::error::IoContext;
 use crate::{Error, Result};
 
@@ -26,6 +26,8 @@ pub enum Step {
     Score(Box<ScoreRunConfig>),
     /// `hessian: {hessian_cfg: ..., index_cfg: ...}`.
     Hessian(Box<HessianRunConfig>),
+    /// `trackstar: {index_cfg: ..., trackstar_cfg: ...}`: the whole TrackStar recipe.
+    Trackstar(Box<TrackstarRunConfig>),
 }
 
 impl Step {
@@ -36,6 +38,7 @@ impl Step {
             Step::Reduce(_) => "reduce",
             Step::Score(_) => "score",
             Step::Hessian(_) => "hessian",
+            Step::Trackstar(_) => "trackstar",
         }
     }
 
@@ -45,6 +48,7 @@ impl Step {
             Step::Build(c) | Step::Reduce(c) => &c.index_cfg.run_path,
             Step::Score(c) => &c.index_cfg.run_path,
             Step::Hessian(c) => &c.index_cfg.run_path,
+            Step::Trackstar(c) => &c.index_cfg.run_path,
         }
     }
 
@@ -56,6 +60,7 @@ impl Step {
             Step::Build(c) | Step::Reduce(c) => c.index_cfg.overwrite = false,
             Step::Score(c) => c.index_cfg.overwrite = false,
             Step::Hessian(c) => c.index_cfg.overwrite = false,
+            Step::Trackstar(c) => c.index_cfg.overwrite = false,
         }
         s
     }
@@ -80,7 +85,6 @@ pub const PYTHON_ONLY_COMMANDS: &[&str] = &[
     "metasmoothness",
     "mix",
     "recall",
-    "trackstar",
     "trak",
     "train",
     "test_model_configuration",
@@ -144,7 +148,7 @@ pub fn parse_run_file(text: &str) -> Result<RunFile> {
 }
 
 /// The commands a run file may hold.
-const RUN_FILE_COMMANDS: &str = "build, reduce, score, hessian";
+const RUN_FILE_COMMANDS: &str = "build, reduce, score, hessian, trackstar";
 
 fn parse_step(name: &str, body: Value) -> Result<Step> {
     fn parse<T: DeserializeOwned>(name: &str, body: Value) -> Result<Box<T>> {
@@ -157,6 +161,7 @@ fn parse_step(name: &str, body: Value) -> Result<Step> {
         "reduce" => Ok(Step::Reduce(parse(name, body)?)),
         "score" => Ok(Step::Score(parse(name, body)?)),
         "hessian" => Ok(Step::Hessian(parse(name, body)?)),
+        "trackstar" => Ok(Step::Trackstar(parse(name, body)?)),
         "query" => Err(Error::input(
             "step `query` is interactive and cannot run from a run file; run `bergson query --index <run>`",
         )),
@@ -339,6 +344,7 @@ enum StepDoc<'a> {
     Reduce(&'a BuildConfig),
     Score(&'a ScoreRunConfig),
     Hessian(&'a HessianRunConfig),
+    Trackstar(&'a TrackstarRunConfig),
 }
 
 #[derive(Serialize)]
@@ -364,6 +370,7 @@ pub fn config_yaml(step: &Step, created: chrono::DateTime<chrono::Utc>) -> Resul
         Step::Reduce(c) => StepDoc::Reduce(c),
         Step::Score(c) => StepDoc::Score(c),
         Step::Hessian(c) => StepDoc::Hessian(c),
+        Step::Trackstar(c) => StepDoc::Trackstar(c),
     };
     let doc = Doc {
         steps: vec![step],

@@ -7,30 +7,13 @@
 //! `--preprocess_cfg.aggregation`. The same spellings are accepted here. Two defaults differ
 //! from `build`'s: `--projection_dim` 16 and `--damping_factor` 0.0.
 
-use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
 use serde::Serialize;
 
-use super::build::{DataConfig, IndexConfig, PreprocessConfig};
-use super::enums::Aggregation;
+use super::build::{IndexConfig, PreprocessConfig};
 use super::flags::{clap_default, parse_bool};
+use super::query_set::{prefix_training_data, QuerySetConfig};
 use super::score::ScoreConfig;
-
-/// What to attribute to (Bergson's `QuerySetConfig`): the query dataset, how its gradients
-/// combine, or an existing query index.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct QuerySetConfig {
-    /// The query dataset.
-    #[serde(flatten)]
-    pub data: DataConfig,
-    /// One score column per query (`none`), or one target gradient (`mean`, `sum`).
-    pub aggregation: Aggregation,
-    /// A control dataset subtracted from the aggregated query (not supported by bergson-rs
-    /// yet).
-    pub contrast: Option<DataConfig>,
-    /// An existing query index to use instead of building one.
-    pub path: String,
-}
 
 /// The TRAK pipeline's settings (Bergson's `TrakConfig`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -73,59 +56,6 @@ impl Default for TrakRunConfig {
     }
 }
 
-/// The arg ids (field names) of [`DataConfig`].
-fn data_ids() -> Vec<String> {
-    DataConfig::augment_args(Command::new("data"))
-        .get_arguments()
-        .map(|a| a.get_id().to_string())
-        .collect()
-}
-
-/// A flag name for clap, which keeps `&'static str` names (a few bytes, once per parser).
-fn leak(s: String) -> &'static str {
-    s.leak()
-}
-
-/// Adds [`DataConfig`]'s flags as `--<prefix>.<field>` (id the same), listed under `heading`
-/// in the help in their declaration order.
-fn augment_prefixed_data(mut cmd: Command, prefix: &str, heading: &'static str) -> Command {
-    let data = DataConfig::augment_args(Command::new("data"));
-    for arg in data.get_arguments() {
-        let name = leak(format!("{prefix}.{}", arg.get_id()));
-        cmd = cmd.arg(
-            arg.clone()
-                .id(name)
-                .long(name)
-                .help_heading(heading)
-                .display_order(None),
-        );
-    }
-    cmd
-}
-
-/// The [`DataConfig`] given as `--<prefix>.<field>` flags, and whether any was given.
-fn prefixed_data(m: &ArgMatches, prefix: &str) -> Result<(DataConfig, bool), clap::Error> {
-    let mut argv: Vec<std::ffi::OsString> = Vec::new();
-    for id in data_ids() {
-        let pid = format!("{prefix}.{id}");
-        if m.value_source(&pid) != Some(ValueSource::CommandLine) {
-            continue;
-        }
-        for v in m.get_raw(&pid).into_iter().flatten() {
-            let mut flag = std::ffi::OsString::from(format!("--{id}="));
-            flag.push(v);
-            argv.push(flag);
-        }
-    }
-    let given = !argv.is_empty();
-    let matches = DataConfig::augment_args(Command::new("data").no_binary_name(true))
-        .try_get_matches_from(argv)?;
-    Ok((DataConfig::from_arg_matches(&matches)?, given))
-}
-
-const QUERY_HEADING: &str = "Query set";
-const QUERY_AGGREGATION: &str = "query.aggregation";
-const QUERY_PATH: &str = "path";
 const CHECKPOINTS: &str = "checkpoints";
 const STATS_SAMPLE_SIZE: &str = "stats_sample_size";
 const LOSS_BATCH_SIZE: &str = "loss_batch_size";
@@ -133,28 +63,7 @@ const RESUME: &str = "resume";
 
 impl Args for TrakConfig {
     fn augment_args(cmd: Command) -> Command {
-        let cmd = augment_prefixed_data(cmd, "query", QUERY_HEADING)
-            .arg(
-                Arg::new(QUERY_AGGREGATION)
-                    .long(QUERY_AGGREGATION)
-                    .help("How the query gradients combine: one score column per query (none), or one target gradient (mean, sum)")
-                    .value_name("AGGREGATION")
-                    .value_parser(clap::value_parser!(Aggregation))
-                    .default_value("none")
-                    .help_heading(QUERY_HEADING),
-            )
-            .arg(
-                Arg::new(QUERY_PATH)
-                    .long(QUERY_PATH)
-                    .help("An existing query index to use instead of building one from --query.*")
-                    .default_value("")
-                    .help_heading(QUERY_HEADING),
-            );
-        let cmd = augment_prefixed_data(
-            cmd,
-            "contrast",
-            "Control set subtracted from the query (not supported by bergson-rs yet)",
-        );
+        let cmd = QuerySetConfig::augment_args(cmd);
         let cmd = PreprocessConfig::augment_args(cmd)
             .mut_arg("aggregation", |a| a.long("preprocess_cfg.aggregation"))
             .mut_arg("damping_factor", |a| a.default_value("0.0"));
@@ -200,18 +109,8 @@ impl Args for TrakConfig {
 
 impl FromArgMatches for TrakConfig {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
-        let (query_data, _) = prefixed_data(m, "query")?;
-        let (contrast, contrast_given) = prefixed_data(m, "contrast")?;
         Ok(TrakConfig {
-            query: QuerySetConfig {
-                data: query_data,
-                aggregation: m
-                    .get_one::<Aggregation>(QUERY_AGGREGATION)
-                    .copied()
-                    .unwrap_or_default(),
-                contrast: contrast_given.then_some(contrast),
-                path: m.get_one::<String>(QUERY_PATH).cloned().unwrap_or_default(),
-            },
+            query: QuerySetConfig::from_arg_matches(m)?,
             preprocess_cfg: PreprocessConfig::from_arg_matches(m)?,
             score_cfg: ScoreConfig::from_arg_matches(m)?,
             checkpoints: m
@@ -233,10 +132,7 @@ impl FromArgMatches for TrakConfig {
 impl Args for TrakRunConfig {
     fn augment_args(cmd: Command) -> Command {
         let mut cmd = IndexConfig::augment_args(cmd);
-        for id in data_ids() {
-            let long = leak(format!("data.{id}"));
-            cmd = cmd.mut_arg(id, |a| a.long(long));
-        }
+        cmd = prefix_training_data(cmd);
         // TRAK scores random-projected gradients: Bergson's TrackstarIndexConfig default.
         cmd = cmd.mut_arg("projection_dim", |a| a.default_value("16"));
         TrakConfig::augment_args(cmd)
@@ -264,7 +160,7 @@ impl FromArgMatches for TrakRunConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Inversion, ProjectionTarget, ScorePrecision};
+    use crate::config::{Aggregation, DataConfig, Inversion, ProjectionTarget, ScorePrecision};
     use clap::Parser;
 
     #[derive(Parser)]

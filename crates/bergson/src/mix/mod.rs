@@ -131,6 +131,12 @@ pub fn run(cfg: &MixConfig) -> Result<MixSummary> {
             "mix needs --query_path, --index_path and --output_path",
         ));
     }
+    mix_into(cfg, Path::new(&cfg.output_path))
+}
+
+/// Mixes as [`run`] does, writing the files into `out` instead of `cfg.output_path` (which the
+/// saved config still names): the TrackStar recipe writes a `.part` directory and renames it.
+pub fn mix_into(cfg: &MixConfig, out: &Path) -> Result<MixSummary> {
     let query = read_autocorrelation(&cfg.query_path, "--query_path")?;
     let index = read_autocorrelation(&cfg.index_path, "--index_path")?;
     if let (Some(q), Some(i)) = (&query.settings, &index.settings) {
@@ -174,7 +180,7 @@ pub fn run(cfg: &MixConfig) -> Result<MixSummary> {
         })
         .collect::<Result<_>>()?;
 
-    let out = PathBuf::from(&cfg.output_path);
+    let out = out.to_path_buf();
     std::fs::create_dir_all(&out).at_path(&out)?;
     let path = out.join("config.yaml");
     std::fs::write(&path, config_yaml(cfg)?).at_path(&path)?;
