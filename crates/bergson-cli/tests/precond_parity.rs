@@ -18,13 +18,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use bergson::index::hessian_store::read_dense;
-use bergson::index::score_store::ScoreStore;
 use bergson::index::GradientIndex;
 use serde_json::Value as Json;
 use tch::Kind;
 
 mod common;
-use common::{copy_dir, repo_root as root, BIN};
+use common::{compare_score_stores, copy_dir, repo_root as root, BIN};
 
 const RTOL: f64 = 1e-4;
 
@@ -105,38 +104,6 @@ fn bergson(args: &[String], stdin: Option<&[u8]>) -> Output {
         }
     }
     child.wait_with_output().unwrap()
-}
-
-/// Max over columns of max |ours − theirs| / max |theirs| in the column.
-fn compare_scores(ours: &Path, theirs: &Path) -> Result<f64, String> {
-    let a = ScoreStore::open(ours).map_err(|e| e.to_string())?;
-    let b = ScoreStore::open(theirs).expect("reference score store");
-    if (a.num_rows(), a.num_scores()) != (b.num_rows(), b.num_scores()) {
-        return Err(format!(
-            "shape {}x{} vs {}x{}",
-            a.num_rows(),
-            a.num_scores(),
-            b.num_rows(),
-            b.num_scores()
-        ));
-    }
-    let mut worst = 0f64;
-    for c in 0..b.num_scores() {
-        let (x, y) = (a.column(c), b.column(c));
-        let scale = y
-            .iter()
-            .flatten()
-            .map(|v| v.abs() as f64)
-            .fold(1e-30, f64::max);
-        for (r, (p, q)) in x.iter().zip(&y).enumerate() {
-            match (p, q) {
-                (Some(p), Some(q)) => worst = worst.max((*p as f64 - *q as f64).abs() / scale),
-                (None, None) => {}
-                _ => return Err(format!("row {r} column {c}: written differs")),
-            }
-        }
-    }
-    Ok(worst)
 }
 
 /// Max over rows of max |ours − theirs| / max |theirs| in the row.
@@ -291,7 +258,7 @@ fn preconditioned_runs_match_python_bergson() {
         }
         let theirs = root().join(&step.path);
         let result = match step.kind.as_str() {
-            "score" => compare_scores(&out_dir, &theirs),
+            "score" => compare_score_stores(&out_dir, &theirs).map(|(worst, _)| worst),
             "build" | "query_index" => compare_rows(&out_dir, &theirs),
             "mix" => compare_hessians(&tmp.path().join(&name), &theirs).and_then(|e| {
                 if e < 1e-6 {

@@ -17,10 +17,11 @@ use std::path::Path;
 use bergson::config::run_file::{read_run_file, Step};
 use bergson::config::TrackstarRunConfig;
 use bergson::index::hessian_store::{read_dense, DenseHessian};
-use bergson::index::score_store::ScoreStore;
 use bergson::index::GradientIndex;
 use serde_json::Value as Json;
 use tch::Kind;
+
+use common::compare_score_stores;
 
 const RTOL: f64 = 1e-4;
 
@@ -91,39 +92,6 @@ fn compare_rows(ours: &Path, theirs: &Path) -> f64 {
     ((x - &y).abs() / scale).max().double_value(&[])
 }
 
-/// Max over columns of max |ours − theirs| / max |theirs| in the column.
-fn compare_scores(ours: &Path, theirs: &Path) -> f64 {
-    let a = ScoreStore::open(ours).expect("our scores");
-    let b = ScoreStore::open(theirs).expect("reference scores");
-    assert_eq!(
-        (a.num_rows(), a.num_scores()),
-        (b.num_rows(), b.num_scores()),
-        "score store shape"
-    );
-    let mut worst = 0f64;
-    let mut written = 0;
-    for c in 0..b.num_scores() {
-        let (x, y) = (a.column(c), b.column(c));
-        let scale = y
-            .iter()
-            .flatten()
-            .map(|v| v.abs() as f64)
-            .fold(1e-30, f64::max);
-        for (r, (p, q)) in x.iter().zip(&y).enumerate() {
-            match (p, q) {
-                (Some(p), Some(q)) => {
-                    written += 1;
-                    worst = worst.max((*p as f64 - *q as f64).abs() / scale)
-                }
-                (None, None) => {}
-                _ => panic!("row {r} column {c}: written by one side only"),
-            }
-        }
-    }
-    assert!(written > 0, "no scores compared");
-    worst
-}
-
 fn saved_config(run: &Path) -> TrackstarRunConfig {
     match read_run_file(run).expect("config.yaml").steps.as_slice() {
         [Step::Trackstar(c)] => (**c).clone(),
@@ -189,7 +157,9 @@ fn check_case(case: &str, mixed: bool) {
     let query = compare_rows(&ours.join("query"), &theirs.join("query"));
     report.push(format!("query {query:.2e}"));
     assert!(query <= RTOL, "{case}/query: rows off by {query:e}");
-    let scores = compare_scores(&ours.join("scores"), &theirs.join("scores"));
+    let (scores, written) =
+        compare_score_stores(&ours.join("scores"), &theirs.join("scores")).unwrap();
+    assert!(written > 0, "no scores compared");
     report.push(format!("scores {scores:.2e}"));
     assert!(scores <= RTOL, "{case}/scores: off by {scores:e}");
     eprintln!("{case}: {}", report.join(", "));

@@ -14,9 +14,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use bergson::index::hessian_store::read_dense;
-use bergson::index::score_store::ScoreStore;
 use bergson::recipes::trak::scores::read_npy;
-use common::{bergson, fixtures, repo_root};
+use common::{bergson, compare_score_stores, fixtures, repo_root};
 use serde_json::Value as Json;
 use tch::Kind;
 
@@ -74,38 +73,6 @@ fn absolute(args: &[String], path_flags: &[String]) -> Vec<String> {
     out
 }
 
-/// Max over columns of max |ours − theirs| / max |theirs| in the column.
-fn compare_scores(ours: &Path, theirs: &Path) -> Result<f64, String> {
-    let a = ScoreStore::open(ours).map_err(|e| e.to_string())?;
-    let b = ScoreStore::open(theirs).expect("reference score store");
-    if (a.num_rows(), a.num_scores()) != (b.num_rows(), b.num_scores()) {
-        return Err(format!(
-            "shape {}x{} vs {}x{}",
-            a.num_rows(),
-            a.num_scores(),
-            b.num_rows(),
-            b.num_scores()
-        ));
-    }
-    let mut worst = 0f64;
-    for c in 0..b.num_scores() {
-        let (x, y) = (a.column(c), b.column(c));
-        let scale = y
-            .iter()
-            .flatten()
-            .map(|v| v.abs() as f64)
-            .fold(1e-30, f64::max);
-        for (r, (p, q)) in x.iter().zip(&y).enumerate() {
-            match (p, q) {
-                (Some(p), Some(q)) => worst = worst.max((*p as f64 - *q as f64).abs() / scale),
-                (None, None) => {}
-                _ => return Err(format!("row {r} column {c}: written differs")),
-            }
-        }
-    }
-    Ok(worst)
-}
-
 /// Max |ours − theirs| / max |theirs| of two `.npy` files.
 fn compare_npy(ours: &Path, theirs: &Path) -> Result<f64, String> {
     let a = read_npy(ours).map_err(|e| e.to_string())?;
@@ -146,7 +113,11 @@ fn check_member(case: &str, ours: &Path, theirs: &Path, gram: bool, failures: &m
         Err(e) => failures.push(format!("{case} {what}: {e}")),
     };
     let (s, r) = (ours.join("scores"), theirs.join("scores"));
-    check("scores", compare_scores(&s, &r), RTOL);
+    check(
+        "scores",
+        compare_score_stores(&s, &r).map(|(worst, _)| worst),
+        RTOL,
+    );
     check(
         "trak_weights",
         compare_npy(&s.join("trak_weights.npy"), &r.join("trak_weights.npy")),

@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use bergson::index::score_store::ScoreStore;
+
 /// The `bergson` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_bergson");
 
@@ -85,4 +87,40 @@ pub fn assert_one_line_error(out: &Output, keys: &[&str]) -> String {
         assert!(stderr.contains(key), "stderr lacks {key:?}:\n{stderr}");
     }
     stderr
+}
+
+/// Compares two score stores: the largest |ours − theirs| / max |theirs| over each column, and
+/// how many entries both wrote; an error when their shapes or written entries differ.
+pub fn compare_score_stores(ours: &Path, theirs: &Path) -> Result<(f64, usize), String> {
+    let a = ScoreStore::open(ours).map_err(|e| e.to_string())?;
+    let b = ScoreStore::open(theirs).expect("reference score store");
+    if (a.num_rows(), a.num_scores()) != (b.num_rows(), b.num_scores()) {
+        return Err(format!(
+            "shape {}x{} vs {}x{}",
+            a.num_rows(),
+            a.num_scores(),
+            b.num_rows(),
+            b.num_scores()
+        ));
+    }
+    let (mut worst, mut written) = (0f64, 0usize);
+    for c in 0..b.num_scores() {
+        let (x, y) = (a.column(c), b.column(c));
+        let scale = y
+            .iter()
+            .flatten()
+            .map(|v| v.abs() as f64)
+            .fold(1e-30, f64::max);
+        for (r, (p, q)) in x.iter().zip(&y).enumerate() {
+            match (p, q) {
+                (Some(p), Some(q)) => {
+                    written += 1;
+                    worst = worst.max((*p as f64 - *q as f64).abs() / scale);
+                }
+                (None, None) => {}
+                _ => return Err(format!("row {r} column {c}: written by one side only")),
+            }
+        }
+    }
+    Ok((worst, written))
 }
