@@ -168,3 +168,110 @@ fn an_adapter_without_tokenizer_files_uses_its_base_models_tokenizer() {
     assert!(names.iter().all(|n| n.starts_with("model.model.layers.")
         && (n.ends_with(".lora_A.default") || n.ends_with(".lora_B.default"))));
 }
+
+/// A fresh adapter (`--peft_init_kwargs`) over the llama fixture: the adapter's modules only,
+/// reproducible from run to run (Python Bergson's fresh draw is not), zero `lora_A` gradients
+/// (`lora_B` starts at zero, as in peft) and `lora_B` gradients equal to `scaling · G Aᵀ`, where
+/// `G` is the base layer's full gradient from a build without the adapter.
+#[test]
+fn a_fresh_adapter_indexes_the_gradients_of_its_modules() {
+    let s = Scratch::new();
+    let llama = fixtures().join("models/llama").display().to_string();
+    let kwargs = "r=2,lora_alpha=6,target_modules=q_proj|v_proj";
+    let build = |run: &str, extra: &[&str]| {
+        let mut args = vec![
+            "build",
+            run,
+            "--model",
+            &llama,
+            "--dataset",
+            "data.jsonl",
+            "--projection_dim",
+            "0",
+            "--token_batch_size",
+            "64",
+        ];
+        args.extend_from_slice(extra);
+        let out = s.run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bergson::index::GradientIndex::open(&s.path(run)).unwrap()
+    };
+    let fresh = build("fresh", &["--peft_init_kwargs", kwargs]);
+    let again = build("again", &["--peft_init_kwargs", kwargs]);
+    assert_eq!(gradients(&s.path("fresh")), gradients(&s.path("again")));
+    drop(again);
+    let base = build("base", &[]);
+    let adapter = bergson::models::lora::Adapter::fresh(kwargs, "llama", 0).unwrap();
+    let rows = 0..fresh.num_rows();
+    let mut checked = 0;
+    for layer in 0..2 {
+        for proj in ["q_proj", "v_proj"] {
+            let module = format!("model.layers.{layer}.self_attn.{proj}");
+            let name = |half: &str| format!("model.{module}.lora_{half}.default");
+            let a_grads = fresh.module_rows(&name("A"), rows.clone()).unwrap();
+            assert_eq!(a_grads.abs().max().double_value(&[]), 0.0, "{module}");
+            let g = base
+                .module_rows(&format!("layers.{layer}.self_attn.{proj}"), rows.clone())
+                .unwrap();
+            let (n, out_in) = (g.size()[0], g.size()[1]);
+            let lora = adapter
+                .for_module(&module, 32, out_in / 32, tch::Kind::Float, tch::Device::Cpu)
+                .unwrap()
+                .unwrap();
+            let want = g.reshape([n, out_in / 32, 32]).matmul(&lora.a.weight.tr()) * lora.scaling;
+            let got = fresh.module_rows(&name("B"), rows.clone()).unwrap();
+            let err = (got.reshape(want.size()) - &want)
+                .abs()
+                .max()
+                .double_value(&[]);
+            let scale = want.abs().max().double_value(&[]);
+            assert!(
+                scale > 0.0 && err <= 1e-5 * scale,
+                "{module}: {err} of {scale}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 4);
+}
+
+#[test]
+fn bad_peft_init_kwargs_are_one_line() {
+    let s = Scratch::new();
+    let llama = fixtures().join("models/llama").display().to_string();
+    for (kwargs, needle) in [
+        ("r=2,target_modules=nothing_here", "match no Linear layer"),
+        ("r", "not key=value"),
+        ("r=2,fan_out=3", "fan_out"),
+        ("peft_type=IA3", "IA3"),
+    ] {
+        let out = s.run(&[
+            "build",
+            "run",
+            "--model",
+            &llama,
+            "--dataset",
+            "data.jsonl",
+            "--peft_init_kwargs",
+            kwargs,
+        ]);
+        assert_one_line_error(&out, &[needle]);
+    }
+    // A fresh adapter over an adapter.
+    let adapter = s.adapter().display().to_string();
+    let out = s.run(&[
+        "build",
+        "run",
+        "--model",
+        &adapter,
+        "--dataset",
+        "data.jsonl",
+        "--peft_init_kwargs",
+        "r=2",
+    ]);
+    assert_one_line_error(&out, &["already a PEFT adapter"]);
+}

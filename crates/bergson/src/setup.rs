@@ -37,9 +37,6 @@ pub fn check_index_config(c: &IndexConfig) -> Result<()> {
     if c.fsdp {
         return unsupported("--fsdp", "run without it");
     }
-    if !c.peft_init_kwargs.is_empty() {
-        return unsupported("--peft_init_kwargs", "index the base model");
-    }
     if !c.model_kwargs.is_empty() {
         return unsupported("--model_kwargs", "drop it");
     }
@@ -120,7 +117,13 @@ pub fn load_model(
 ) -> Result<Box<dyn CausalLm>> {
     crate::interrupt::check()?;
     let precision = resolve_precision(icfg.precision, model_dir)?;
-    let mut model = crate::models::load_model(model_dir, precision, device)?;
+    let mut model = if icfg.peft_init_kwargs.is_empty() {
+        crate::models::load_model(model_dir, precision, device)?
+    } else {
+        crate::models::ModelSpec::from_dir(model_dir, precision, device)?
+            .with_fresh_adapter(&icfg.peft_init_kwargs)?
+            .load(model_dir)?
+    };
     if icfg.force_math_sdp {
         model.set_math_attention(true);
     }

@@ -349,6 +349,12 @@ impl<'a> ParamLoader<'a> {
     /// error (it targets an embedding, the LM head, or another model).
     pub fn finish(self) -> Result<Loaded> {
         if let Some(adapter) = self.ckpt.adapter() {
+            if adapter.is_fresh() && self.adapted.is_empty() {
+                return Err(Error::input(format!(
+                    "--peft_init_kwargs: target_modules match no Linear layer of this {} model; name its modules (e.g. the last part of a name in `bergson build --help`'s --modules, or all-linear)",
+                    self.model_type
+                )));
+            }
             let unused = unused_modules(adapter, &self.adapted);
             if !unused.is_empty() {
                 let more = match unused.len() {
@@ -357,7 +363,7 @@ impl<'a> ParamLoader<'a> {
                 };
                 return Err(Error::input(format!(
                     "{}: the adapter has LoRA weights for {}{more}, which this {} model has no Linear layer of: it was made for another model, or adapts something other than a Linear layer; use an adapter of this base model",
-                    adapter.dir().display(),
+                    adapter.origin(),
                     unused[..unused.len().min(3)].join(", "),
                     self.model_type
                 )));

@@ -15,7 +15,7 @@ use crate::{Error, Result};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 /// The adapter's settings file.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -42,10 +42,57 @@ pub struct LoraAdapter {
     pub scaling: f64,
 }
 
+/// Where an adapter's weights come from.
+#[derive(Debug)]
+enum AdapterWeights {
+    /// `adapter_model.safetensors` of a saved adapter.
+    Saved(Checkpoint),
+    /// A fresh adapter (`--peft_init_kwargs`) on the modules `targets` selects: `lora_A` drawn
+    /// as peft initialises it, `lora_B` zero.
+    Fresh {
+        targets: TargetModules,
+        gaussian: bool,
+    },
+}
+
+/// peft's `target_modules`: a list of names (a module matches one as its whole name or its
+/// dotted suffix), a regular expression the whole name must match, or `all-linear`.
+#[derive(Debug)]
+enum TargetModules {
+    Names(Vec<String>),
+    Pattern(regex::Regex),
+    AllLinear,
+}
+
+impl TargetModules {
+    fn matches(&self, module: &str) -> bool {
+        match self {
+            TargetModules::Names(names) => names
+                .iter()
+                .any(|t| module == t || module.ends_with(&format!(".{t}"))),
+            TargetModules::Pattern(re) => re.is_match(module),
+            TargetModules::AllLinear => true,
+        }
+    }
+}
+
+/// peft's default LoRA targets per `model_type` (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
+fn default_targets(model_type: &str) -> Option<&'static [&'static str]> {
+    Some(match model_type {
+        "gpt2" => &["c_attn"],
+        "gpt_neox" => &["query_key_value"],
+        "llama" | "mistral" | "qwen2" | "qwen3" => &["q_proj", "v_proj"],
+        _ => return None,
+    })
+}
+
 /// A loaded adapter: its settings and weights, applied while a model is built.
 #[derive(Debug)]
 pub struct Adapter {
+    /// The adapter's directory (empty for a fresh adapter).
     dir: PathBuf,
+    /// How messages name the adapter.
+    origin: String,
     /// Where the base model is (`base_model_name_or_path`).
     pub base_model: String,
     /// The base model's revision, when the adapter names one.
@@ -54,8 +101,10 @@ pub struct Adapter {
     alpha: f64,
     rslora: bool,
     rank_pattern: Vec<(String, regex::Regex, i64)>,
+    /// Seed of a fresh adapter's draws.
+    seed: u64,
     alpha_pattern: Vec<(String, regex::Regex, f64)>,
-    weights: Checkpoint,
+    weights: AdapterWeights,
 }
 
 impl Adapter {
@@ -150,6 +199,7 @@ impl Adapter {
         let weights = Checkpoint::open_file(&weights_path)?;
         let adapter = Self {
             dir: dir.to_path_buf(),
+            origin: dir.join(ADAPTER_WEIGHTS).display().to_string(),
             base_model,
             base_revision: str_of("revision").map(str::to_string),
             r,
@@ -157,32 +207,119 @@ impl Adapter {
             rslora: cfg.get("use_rslora").and_then(Value::as_bool) == Some(true),
             rank_pattern,
             alpha_pattern,
-            weights,
+            weights: AdapterWeights::Saved(weights),
+            seed: 0,
         };
         adapter.check_keys()?;
         Ok(adapter)
     }
 
+    /// A fresh LoRA adapter over a `model_type` model from `--peft_init_kwargs` (`k=v,...`,
+    /// lists as `a|b`: Bergson's `simple_parse_kwargs_string` into peft's `LoraConfig`).
+    /// peft draws `lora_A` from torch's unseeded generator, so Python Bergson's fresh adapters
+    /// differ from run to run; here module `m`'s draw is seeded by `seed` and `m`'s name, so
+    /// a run is reproducible. `lora_B` starts at zero, as in peft, so `lora_A`'s gradients are
+    /// zero until the adapter is trained.
+    pub fn fresh(kwargs: &str, model_type: &str, seed: u64) -> Result<Self> {
+        let bad = |what: String| -> Error {
+            Error::input(format!(
+                "--peft_init_kwargs: {what}; give LoraConfig arguments as k=v,... (lists as a|b), e.g. r=8,lora_alpha=16,target_modules=q_proj|v_proj"
+            ))
+        };
+        let mut r = 8i64;
+        let mut alpha = 8.0f64;
+        let mut rslora = false;
+        let mut gaussian = false;
+        let mut targets = None;
+        for item in kwargs.split(',').filter(|i| !i.trim().is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or_else(|| bad(format!("'{item}' is not key=value")))?;
+            let number = |v: &str| -> Result<f64> {
+                v.parse::<f64>()
+                    .map_err(|_| bad(format!("{key}={v} is not a number")))
+            };
+            match key {
+                "peft_type" if value.eq_ignore_ascii_case("lora") => {}
+                "peft_type" => return Err(bad(format!("peft_type {value} is not supported (LORA only)"))),
+                "r" => r = number(value)? as i64,
+                "lora_alpha" => alpha = number(value)?,
+                "use_rslora" => rslora = value.eq_ignore_ascii_case("true"),
+                // Dropout is off in eval mode, where gradients are collected.
+                "lora_dropout" | "task_type" | "inference_mode" => {}
+                "init_lora_weights" => match value.to_ascii_lowercase().as_str() {
+                    "true" => gaussian = false,
+                    "gaussian" => gaussian = true,
+                    other => return Err(bad(format!("init_lora_weights={other} is not supported (true or gaussian)"))),
+                },
+                "target_modules" if value == "all-linear" => targets = Some(TargetModules::AllLinear),
+                "target_modules" if value.contains('|') => {
+                    targets = Some(TargetModules::Names(value.split('|').map(str::to_string).collect()))
+                }
+                "target_modules" => {
+                    // peft: a string is a regular expression the whole module name must match.
+                    let re = regex::Regex::new(&format!("^(?:{value})$"))
+                        .map_err(|e| bad(format!("target_modules '{value}' is not a regular expression ({e})")))?;
+                    targets = Some(TargetModules::Pattern(re));
+                }
+                other => return Err(bad(format!("{other} is not supported by bergson-rs (r, lora_alpha, target_modules, use_rslora, init_lora_weights, lora_dropout)"))),
+            }
+        }
+        if r <= 0 {
+            return Err(bad(format!("r={r} must be positive")));
+        }
+        let targets = match targets {
+            Some(t) => t,
+            None => TargetModules::Names(
+                default_targets(model_type)
+                    .ok_or_else(|| bad(format!("peft has no default target_modules for model_type {model_type}; set target_modules")))?
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            ),
+        };
+        Ok(Self {
+            dir: PathBuf::new(),
+            origin: "--peft_init_kwargs".into(),
+            base_model: String::new(),
+            base_revision: None,
+            r,
+            alpha,
+            rslora,
+            rank_pattern: Vec::new(),
+            alpha_pattern: Vec::new(),
+            weights: AdapterWeights::Fresh { targets, gaussian },
+            seed,
+        })
+    }
+
     /// Every key must be a Linear's `lora_A`/`lora_B` weight: peft's embedding or
     /// convolution adapters are refused by name.
     fn check_keys(&self) -> Result<()> {
-        for name in self.weights.names() {
+        let AdapterWeights::Saved(weights) = &self.weights else {
+            return Ok(());
+        };
+        for name in weights.names() {
             let ok = name.starts_with(KEY_PREFIX)
                 && (name.ends_with(".lora_A.weight") || name.ends_with(".lora_B.weight"));
             if !ok {
                 return Err(Error::input(format!(
                     "{}: tensor '{name}' is not a LoRA Linear weight (lora_A/lora_B); bergson-rs adapts Linear layers only",
-                    self.dir.join(ADAPTER_WEIGHTS).display()
+                    self.origin
                 )));
             }
         }
         Ok(())
     }
 
-    /// Full names (`model.layers.0.self_attn.q_proj`) of the adapted modules.
+    /// Full names (`model.layers.0.self_attn.q_proj`) of the modules a saved adapter adapts
+    /// (none for a fresh one, which adapts the modules its targets match).
     pub fn module_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .weights
+        let AdapterWeights::Saved(weights) = &self.weights else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = weights
             .names()
             .filter_map(|n| n.strip_prefix(KEY_PREFIX)?.strip_suffix(".lora_A.weight"))
             .map(str::to_string)
@@ -193,11 +330,7 @@ impl Adapter {
 
     /// `lora_alpha / r` for `module`, with peft's per-module patterns and rsLoRA.
     fn scaling(&self, module: &str) -> f64 {
-        let r = self
-            .rank_pattern
-            .iter()
-            .find(|(_, re, _)| re.is_match(module))
-            .map_or(self.r, |(_, _, r)| *r);
+        let r = self.rank(module);
         let alpha = self
             .alpha_pattern
             .iter()
@@ -220,40 +353,122 @@ impl Adapter {
         kind: Kind,
         device: Device,
     ) -> Result<Option<LoraAdapter>> {
+        let name = |half: &str| format!("model.{module}.lora_{half}.{ADAPTER_NAME}");
+        let linear = |half: &str, weight: Tensor| Linear {
+            name: name(half),
+            weight,
+            bias: None,
+            adapter: None,
+        };
+        let (a, b) = match &self.weights {
+            AdapterWeights::Saved(weights) => {
+                match self.saved_weights(
+                    weights,
+                    module,
+                    in_features,
+                    out_features,
+                    kind,
+                    device,
+                )? {
+                    Some(ab) => ab,
+                    None => return Ok(None),
+                }
+            }
+            AdapterWeights::Fresh { targets, gaussian } => {
+                if !targets.matches(module) {
+                    return Ok(None);
+                }
+                let r = self.rank(module);
+                (
+                    self.fresh_lora_a(module, r, in_features, *gaussian)?
+                        .f_to_kind(kind)?
+                        .f_to_device(device)?,
+                    Tensor::f_zeros([out_features, r], (kind, device))?,
+                )
+            }
+        };
+        Ok(Some(LoraAdapter {
+            a: linear("A", a),
+            b: linear("B", b),
+            scaling: self.scaling(module),
+        }))
+    }
+
+    /// `lora_A` and `lora_B` of `module` in a saved adapter, checked against the base layer.
+    fn saved_weights(
+        &self,
+        weights: &Checkpoint,
+        module: &str,
+        in_features: i64,
+        out_features: i64,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Option<(Tensor, Tensor)>> {
         let key = |half: &str| format!("{KEY_PREFIX}{module}.lora_{half}.weight");
         let (key_a, key_b) = (key("A"), key("B"));
-        if !self.weights.contains(&key_a) {
+        if !weights.contains(&key_a) {
             return Ok(None);
         }
-        let file = self.dir.join(ADAPTER_WEIGHTS);
-        let shape = |k: &str| self.weights.shape(k).map(<[i64]>::to_vec);
+        let shape = |k: &str| weights.shape(k).map(<[i64]>::to_vec);
         let (Some(sa), Some(sb)) = (shape(&key_a), shape(&key_b)) else {
             return Err(Error::input(format!(
                 "{}: '{key_a}' has no matching lora_B; re-save the adapter",
-                file.display()
+                self.origin
             )));
         };
         let r = sa.first().copied().unwrap_or(0);
         if sa != [r, in_features] || sb != [out_features, r] {
             return Err(Error::input(format!(
                 "{}: LoRA weights of '{module}' have shapes {sa:?} and {sb:?}, but the base layer is [{out_features}, {in_features}]; the adapter belongs to another base model",
-                file.display()
+                self.origin
             )));
         }
-        let name = |half: &str| format!("model.{module}.lora_{half}.{ADAPTER_NAME}");
-        let linear = |key: &str, half: &str| -> Result<Linear> {
-            Ok(Linear {
-                name: name(half),
-                weight: self.weights.load(key, kind, device)?,
-                bias: None,
-                adapter: None,
-            })
-        };
-        Ok(Some(LoraAdapter {
-            a: linear(&key_a, "A")?,
-            b: linear(&key_b, "B")?,
-            scaling: self.scaling(module),
-        }))
+        Ok(Some((
+            weights.load(&key_a, kind, device)?,
+            weights.load(&key_b, kind, device)?,
+        )))
+    }
+
+    /// A fresh `lora_A` `[r, in]` in float32 on the CPU: peft's `kaiming_uniform_(a=√5)`, i.e.
+    /// uniform in ±1/√in (or `N(0, 1/r)` for `init_lora_weights=gaussian`), seeded by the
+    /// adapter's seed and the module's name so any build of the model draws the same values.
+    fn fresh_lora_a(
+        &self,
+        module: &str,
+        r: i64,
+        in_features: i64,
+        gaussian: bool,
+    ) -> Result<Tensor> {
+        let mut seed = self.seed ^ 0x9e37_79b9_7f4a_7c15;
+        for byte in module.bytes() {
+            seed = (seed ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        tch::manual_seed((seed >> 1) as i64);
+        let opts = (Kind::Float, Device::Cpu);
+        Ok(if gaussian {
+            Tensor::f_randn([r, in_features], opts)? / (r as f64).sqrt()
+        } else {
+            let bound = 1.0 / (in_features as f64).sqrt();
+            Tensor::f_rand([r, in_features], opts)? * (2.0 * bound) - bound
+        })
+    }
+
+    /// The rank of `module`, with peft's per-module pattern.
+    fn rank(&self, module: &str) -> i64 {
+        self.rank_pattern
+            .iter()
+            .find(|(_, re, _)| re.is_match(module))
+            .map_or(self.r, |(_, _, r)| *r)
+    }
+
+    /// Whether this is a fresh adapter (`--peft_init_kwargs`).
+    pub fn is_fresh(&self) -> bool {
+        matches!(self.weights, AdapterWeights::Fresh { .. })
+    }
+
+    /// How messages name the adapter (its weights file, or `--peft_init_kwargs`).
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// The adapter's directory.

@@ -307,8 +307,9 @@ pub struct ModelSpec {
     load: LoadFn,
     kind: Kind,
     device: Device,
-    /// A PEFT adapter over the base model, and the base model's directory.
-    adapter: Option<(Arc<lora::Adapter>, PathBuf)>,
+    /// A PEFT adapter over the base model, and the base model's directory (a fresh adapter's
+    /// base is the directory the model is loaded from).
+    adapter: Option<(Arc<lora::Adapter>, Option<PathBuf>)>,
 }
 
 impl ModelSpec {
@@ -319,7 +320,7 @@ impl ModelSpec {
             let adapter = lora::Adapter::open(dir)?;
             let base = base_model_dir_of(&adapter)?;
             let mut spec = Self::from_dir(&base, precision, device)?;
-            spec.adapter = Some((Arc::new(adapter), base));
+            spec.adapter = Some((Arc::new(adapter), Some(base)));
             return Ok(spec);
         }
         if !dir.is_dir() {
@@ -351,7 +352,7 @@ impl ModelSpec {
         let _guard = tch::no_grad_guard();
         match &self.adapter {
             Some((adapter, base)) => {
-                let ckpt = checkpoint::Checkpoint::open(base)?;
+                let ckpt = checkpoint::Checkpoint::open(base.as_deref().unwrap_or(dir))?;
                 let source = loader::Adapted {
                     base: &ckpt,
                     adapter,
@@ -363,6 +364,20 @@ impl ModelSpec {
                 (self.load)(&self.cfg, &ckpt, self.kind, self.device)
             }
         }
+    }
+
+    /// This model with a fresh LoRA adapter from `--peft_init_kwargs` (see
+    /// [`lora::Adapter::fresh`]); refused over an adapter, as Bergson refuses it.
+    pub fn with_fresh_adapter(mut self, kwargs: &str) -> Result<Self> {
+        if let Some(adapter) = self.adapter() {
+            return Err(Error::input(format!(
+                "--peft_init_kwargs is set but the model is already a PEFT adapter ({}); drop one of them",
+                adapter.origin()
+            )));
+        }
+        let adapter = lora::Adapter::fresh(kwargs, &self.cfg.model_type()?, 0)?;
+        self.adapter = Some((Arc::new(adapter), None));
+        Ok(self)
     }
 
     /// The PEFT adapter this model runs with, if any.
