@@ -4,6 +4,7 @@
 
 mod build;
 mod demo;
+mod ekfac;
 mod errors;
 mod hessian;
 mod logging;
@@ -43,6 +44,10 @@ enum Command {
     /// of the model's loss over a dataset.
     #[command(allow_negative_numbers = true)]
     Hessian(hessian::HessianArgs),
+    /// The EK-FAC influence pipeline end to end: query gradients, a factored Hessian fit, its
+    /// inverse applied to the query, and the training data scored against it.
+    #[command(allow_negative_numbers = true)]
+    Ekfac(Box<ekfac::EkfacArgs>),
     /// Search an index interactively: prompts from standard input, their most and least
     /// similar training rows printed (and appended to a CSV with --record).
     Query(query::QueryArgs),
@@ -98,6 +103,11 @@ fn main() -> ExitCode {
         Command::Hessian(args) => {
             logging::init(args.runtime.quiet);
             errors::finish(hessian::run(args.config, &args.runtime))
+        }
+        Command::Ekfac(args) => {
+            let args = *args;
+            logging::init(args.runtime.quiet);
+            errors::finish(ekfac::run(args.config, &args.runtime))
         }
         Command::Query(args) => {
             logging::init(args.runtime.quiet);

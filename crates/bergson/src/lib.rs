@@ -22,6 +22,7 @@ pub mod models;
 pub mod pickle;
 pub mod progress;
 pub mod query;
+pub mod recipes;
 pub mod report;
 pub mod score;
 pub mod setup;

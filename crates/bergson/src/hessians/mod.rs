@@ -17,6 +17,7 @@
 //! joint or factored), as build, reduce, score, query and the Attributor do with
 //! `--hessian_path`.
 
+pub mod apply;
 pub mod autocorrelation;
 pub mod capture;
 pub mod correction;
