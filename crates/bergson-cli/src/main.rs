@@ -7,6 +7,7 @@ mod demo;
 mod ekfac;
 mod errors;
 mod hessian;
+mod lissa;
 mod logging;
 mod mix;
 mod query;
@@ -48,6 +49,10 @@ enum Command {
     /// inverse applied to the query, and the training data scored against it.
     #[command(allow_negative_numbers = true)]
     Ekfac(Box<ekfac::EkfacArgs>),
+    /// LiSSA influence end to end: query gradients, their damped Gauss-Newton
+    /// inverse-Hessian-vector products estimated by LiSSA, and the training data scored.
+    #[command(allow_negative_numbers = true)]
+    Lissa(Box<lissa::LissaArgs>),
     /// Search an index interactively: prompts from standard input, their most and least
     /// similar training rows printed (and appended to a CSV with --record).
     Query(query::QueryArgs),
@@ -108,6 +113,11 @@ fn main() -> ExitCode {
             let args = *args;
             logging::init(args.runtime.quiet);
             errors::finish(ekfac::run(args.config, &args.runtime))
+        }
+        Command::Lissa(args) => {
+            let args = *args;
+            logging::init(args.runtime.quiet);
+            errors::finish(lissa::run(args.config, &args.runtime))
         }
         Command::Query(args) => {
             logging::init(args.runtime.quiet);

@@ -1,9 +1,10 @@
-//! `bergson ekfac` against Python Bergson 2.5.1's own pipeline runs
+//! `bergson ekfac` and `bergson lissa` against Python Bergson 2.5.1's own pipeline runs
 //! (tests/fixtures/scripts/make_ekfac_refs.py): each case of the manifest is rerun by our
 //! binary with the same flags, and must give
 //! * the preconditioned query (`<method>_query/`: `H^-1 G`, projected per module or globally
-//!   when the case projects): the same modules and widths, every row within 1e-4 of the row's
-//!   max |value|;
+//!   when the case projects; `lissa_query/`: the LiSSA estimates, whose random training
+//!   batches replay Bergson's seeded draws): the same modules and widths, every row within
+//!   1e-4 of the row's max |value|;
 //! * the scores (`scores/`): every column within 1e-4 of the column's max |value|;
 //! * a case Bergson refuses: exit status 2, one line on stderr, no scores.
 //!
@@ -27,6 +28,7 @@ fn refs() -> PathBuf {
 }
 
 struct Case {
+    command: String,
     path: String,
     args: Vec<String>,
     error: Option<String>,
@@ -47,6 +49,7 @@ fn manifest() -> (Vec<String>, Vec<Case>) {
         .expect("steps")
         .iter()
         .map(|s| Case {
+            command: s["command"].as_str().unwrap().to_string(),
             path: s["path"].as_str().unwrap().to_string(),
             args: strings(&s["args"]),
             error: s.get("error").and_then(Json::as_str).map(str::to_string),
@@ -129,10 +132,10 @@ fn compare_rows(ours: &Path, theirs: &Path) -> Result<f64, String> {
     Ok(((x - &y).abs() / scale).max().double_value(&[]))
 }
 
-/// Runs our `bergson ekfac` into `run` with case `case`'s flags plus `extra`.
-fn run_ekfac(run: &Path, case: &Case, path_flags: &[String], extra: &[&str]) -> Output {
+/// Runs our `bergson <command>` into `run` with case `case`'s command and flags plus `extra`.
+fn run_case(run: &Path, case: &Case, path_flags: &[String], extra: &[&str]) -> Output {
     common::bergson()
-        .arg("ekfac")
+        .arg(&case.command)
         .arg(run)
         .args(absolute(&case.args, path_flags))
         .args(["--num_threads", "1", "--quiet"])
@@ -175,7 +178,7 @@ fn check(name: &str) {
     let (path_flags, case) = case(name);
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join(name);
-    let out = run_ekfac(&run, &case, &path_flags, &[]);
+    let out = run_case(&run, &case, &path_flags, &[]);
     if let Some(theirs) = &case.error {
         eprintln!("Bergson refuses {name}: {theirs}");
         common::assert_one_line_error(&out, &[]);
@@ -230,7 +233,7 @@ fn resume_keeps_finished_steps_and_redoes_the_rest() {
     let (path_flags, case) = case("kfac_p4");
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let out = run_ekfac(&run, &case, &path_flags, &[]);
+    let out = run_case(&run, &case, &path_flags, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -240,12 +243,12 @@ fn resume_keeps_finished_steps_and_redoes_the_rest() {
     let modified = || std::fs::metadata(&fitted).unwrap().modified().unwrap();
     let before = modified();
     // A finished step is refused without --resume (or --overwrite), as by Bergson.
-    let again = run_ekfac(&run, &case, &path_flags, &[]);
+    let again = run_case(&run, &case, &path_flags, &[]);
     common::assert_one_line_error(&again, &["--resume", "query"]);
     // An interrupted pipeline: the preconditioned query and the scores are gone.
     std::fs::remove_dir_all(run.join("kfac_query")).unwrap();
     std::fs::remove_dir_all(run.join("scores")).unwrap();
-    let out = run_ekfac(&run, &case, &path_flags, &["--resume"]);
+    let out = run_case(&run, &case, &path_flags, &["--resume"]);
     assert!(
         out.status.success(),
         "{}",
@@ -253,4 +256,21 @@ fn resume_keeps_finished_steps_and_redoes_the_rest() {
     );
     assert_eq!(modified(), before, "the finished fit was redone");
     assert_eq!(compare_steps("kfac_p4 resumed", &run, &case), 2);
+}
+
+#[test]
+fn lissa_per_query() {
+    check("lissa");
+}
+
+#[test]
+fn lissa_mean_query_with_bias_and_mean_loss() {
+    check("lissa_mean_bias");
+}
+
+#[test]
+fn lissa_refuses_a_projection_as_bergson_does() {
+    let (_, c) = case("lissa_projected");
+    assert!(c.error.is_some(), "Bergson accepted it");
+    check("lissa_projected");
 }

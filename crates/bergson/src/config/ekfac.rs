@@ -131,8 +131,9 @@ fn preprocess_long(l: &str) -> String {
 }
 
 /// Adds the flags every Hessian recipe shares: `index_cfg` (with `--data.*`,
-/// `--index_cfg.precision`, `--index_cfg.modules`), `score_cfg` and `preprocess_cfg`.
-pub(crate) fn augment_recipe_args(cmd: Command) -> Command {
+/// `--index_cfg.precision`, `--index_cfg.modules`), `score_cfg` and `preprocess_cfg` (its long
+/// flags named by `preprocess_long`).
+pub(crate) fn augment_recipe_args(cmd: Command, preprocess_long: fn(&str) -> String) -> Command {
     let cmd = IndexConfig::augment_args(cmd)
         .mut_arg("precision", |a| a.long("index_cfg.precision"))
         .mut_arg("modules", |a| a.long("index_cfg.modules"));
@@ -172,7 +173,7 @@ pub(crate) fn resume_from_matches(m: &ArgMatches) -> bool {
 
 impl Args for EkfacRunConfig {
     fn augment_args(cmd: Command) -> Command {
-        let cmd = augment_recipe_args(cmd);
+        let cmd = augment_recipe_args(cmd, preprocess_long);
         let cmd = HessianConfig::augment_args(cmd)
             .mut_arg("ev_correction", |a| a.long("hessian_cfg.ev_correction"));
         let cmd = QuerySetConfig::augment(cmd);

@@ -7,6 +7,7 @@ mod ekfac;
 mod enums;
 mod flags;
 mod hessian;
+mod lissa;
 mod mix;
 mod query;
 mod query_set;
@@ -26,6 +27,7 @@ pub use enums::{
 };
 pub use flags::{clap_default, parse_bool};
 pub use hessian::{HessianConfig, HessianRunConfig};
+pub use lissa::{LissaConfig, LissaRunConfig};
 pub use mix::MixConfig;
 pub use query::{FaissConfig, QueryConfig};
 pub use query_set::QuerySetConfig;

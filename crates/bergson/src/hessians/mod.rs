@@ -23,8 +23,10 @@ pub mod capture;
 pub mod correction;
 pub mod covariance;
 pub mod eigen;
+pub mod gauss_newton;
 pub mod inversion;
 pub mod labels;
+pub mod lissa;
 pub mod preconditioner;
 
 use std::path::{Path, PathBuf};

@@ -3,5 +3,7 @@
 //! and resumable step by step.
 //!
 //! - [`ekfac`]: Hessian-preconditioned influence (K-FAC / EK-FAC factors applied to the query).
+//! - [`lissa`]: influence with LiSSA's stochastic damped Gauss-Newton inverse.
 
 pub mod ekfac;
+pub mod lissa;
