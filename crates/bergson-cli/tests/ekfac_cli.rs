@@ -111,6 +111,61 @@ fn a_missing_query_index_is_refused() {
 }
 
 #[test]
-fn astra_refinement_is_refused_until_supported() {
-    refused(&["--method", "kfac", "--num_steps", "2"], &["--num_steps"]);
+fn astra_needs_full_gradients_and_a_damped_inverse() {
+    refused(
+        &[
+            "--method",
+            "kfac",
+            "--num_steps",
+            "2",
+            "--projection_dim",
+            "4",
+        ],
+        &["ASTRA", "--projection_dim 4"],
+    );
+    refused(
+        &[
+            "--method",
+            "kfac",
+            "--num_steps",
+            "2",
+            "--hessian_pipeline_cfg.inversion_cfg.inversion",
+            "pseudoinverse",
+        ],
+        &["ASTRA", "pseudoinverse"],
+    );
+}
+
+/// `bergson lissa` with the fixture data plus `extra`, refused before anything runs.
+#[track_caller]
+fn lissa_refused(extra: &[&str], keys: &[&str]) {
+    let f = common::fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = common::bergson()
+        .arg("lissa")
+        .arg(&run)
+        .arg("--model")
+        .arg(f.join("models/gpt_neox"))
+        .arg("--data.dataset")
+        .arg(f.join("bergson/data/text.jsonl"))
+        .arg("--query.dataset")
+        .arg(f.join("bergson_score/data/queries.jsonl"))
+        .arg("--quiet")
+        .args(extra)
+        .output()
+        .expect("run bergson");
+    common::assert_one_line_error(&out, keys);
+    assert!(!run.join("query").exists(), "query built for {extra:?}");
+}
+
+#[test]
+fn lissa_refuses_what_bergson_refuses() {
+    lissa_refused(&["--unit_normalize"], &["--unit_normalize"]);
+    lissa_refused(&["--projection_dim", "4"], &["--projection_dim 4"]);
+    lissa_refused(&["--scale", "0"], &["--scale"]);
+    lissa_refused(&["--lissa_cfg.batch_size", "0"], &["batch_size"]);
+    lissa_refused(&["--loss_fn", "kl"], &["--loss_fn"]);
+    // `--batch_size` is spelled `--lissa_cfg.batch_size` or `--score_cfg.batch_size` here.
+    lissa_refused(&["--batch_size", "4"], &["--batch_size"]);
 }

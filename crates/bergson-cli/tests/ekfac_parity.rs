@@ -2,9 +2,9 @@
 //! (tests/fixtures/scripts/make_ekfac_refs.py): each case of the manifest is rerun by our
 //! binary with the same flags, and must give
 //! * the preconditioned query (`<method>_query/`: `H^-1 G`, projected per module or globally
-//!   when the case projects; `lissa_query/`: the LiSSA estimates, whose random training
-//!   batches replay Bergson's seeded draws): the same modules and widths, every row within
-//!   1e-4 of the row's max |value|;
+//!   when the case projects; `astra_query/`: its ASTRA refinement; `lissa_query/`: the LiSSA
+//!   estimates; the random training batches of both replay Bergson's seeded draws): the same
+//!   modules and widths, every row within 1e-4 of the row's max |value|;
 //! * the scores (`scores/`): every column within 1e-4 of the column's max |value|;
 //! * a case Bergson refuses: exit status 2, one line on stderr, no scores.
 //!
@@ -273,4 +273,14 @@ fn lissa_refuses_a_projection_as_bergson_does() {
     let (_, c) = case("lissa_projected");
     assert!(c.error.is_some(), "Bergson accepted it");
     check("lissa_projected");
+}
+
+#[test]
+fn astra_conjugate_gradients_on_ekfac() {
+    check("astra_cg");
+}
+
+#[test]
+fn astra_momentum_sgd_with_decay_on_kfac() {
+    check("astra_sgd");
 }

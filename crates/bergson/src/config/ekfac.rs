@@ -79,6 +79,16 @@ pub struct AstraConfig {
     pub seed: u64,
 }
 
+impl AstraConfig {
+    /// The solver's name (`sgd`, `cg`).
+    pub fn solver_name(&self) -> &'static str {
+        match self.solver {
+            AstraSolver::Sgd => "sgd",
+            AstraSolver::Cg => "cg",
+        }
+    }
+}
+
 impl Default for AstraConfig {
     fn default() -> Self {
         clap_default()

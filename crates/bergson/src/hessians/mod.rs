@@ -18,6 +18,7 @@
 //! `--hessian_path`.
 
 pub mod apply;
+pub mod astra;
 pub mod autocorrelation;
 pub mod capture;
 pub mod correction;

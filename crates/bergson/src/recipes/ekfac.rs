@@ -21,10 +21,14 @@ use crate::collect::ProjectionSettings;
 use crate::config::run_file::recipe_config_yaml;
 use crate::config::{
     Aggregation, BuildConfig, EkfacRunConfig, HessianMethod, HessianRunConfig, IndexConfig,
-    Inversion, PreprocessConfig, QuerySetConfig, ScoreRunConfig,
+    Inversion, LossFn, PreprocessConfig, QuerySetConfig, ScoreRunConfig,
 };
 use crate::error::IoContext;
-use crate::index::{GradientFile, GradientIndex};
+use crate::hessians::astra::Astra;
+use crate::hessians::gauss_newton::GaussNewtonProduct;
+use crate::hessians::preconditioner::Preconditioner;
+use crate::index::{hessian_store, GradientFile, GradientIndex};
+use crate::progress::Phase;
 use crate::{build, hessians, score, setup, Error, Result};
 
 /// What a finished pipeline did.
@@ -92,10 +96,7 @@ pub fn check_config(cfg: &EkfacRunConfig) -> Result<()> {
     }
     check_query_set(&pipe.query)?;
     if pipe.astra.num_steps > 0 {
-        return Err(Error::input(
-            "ASTRA refinement (--num_steps > 0) is not supported by bergson-rs yet; pass \
-             --num_steps 0",
-        ));
+        check_astra(cfg)?;
     }
     hessians::check_config(&HessianRunConfig {
         hessian_cfg: hcfg.clone(),
@@ -105,6 +106,39 @@ pub fn check_config(cfg: &EkfacRunConfig) -> Result<()> {
         },
     })?;
     setup::check_index_config(icfg)
+}
+
+/// Refuses ASTRA settings Bergson refuses.
+fn check_astra(cfg: &EkfacRunConfig) -> Result<()> {
+    let (icfg, astra) = (&cfg.index_cfg, &cfg.hessian_pipeline_cfg.astra);
+    if icfg.projection_dim > 0 {
+        return Err(Error::input(format!(
+            "ASTRA (--num_steps > 0) refines full query gradients, got --projection_dim {}; pass \
+             --projection_dim 0 or --num_steps 0",
+            icfg.projection_dim
+        )));
+    }
+    match cfg.hessian_pipeline_cfg.inversion_cfg.inversion {
+        Inversion::DampedInverse | Inversion::AbsoluteDampedInverse => {}
+        other => {
+            return Err(Error::input(format!(
+                "ASTRA (--num_steps > 0) needs --hessian_pipeline_cfg.inversion_cfg.inversion \
+                 damped_inverse or absolute_damped_inverse, got {other}"
+            )))
+        }
+    }
+    if icfg.loss_fn != LossFn::Ce {
+        return Err(Error::input(format!(
+            "ASTRA's Gauss-Newton products support --loss_fn ce only, got {}",
+            icfg.loss_fn
+        )));
+    }
+    if astra.batch_size == 0 || astra.micro_batch_size == 0 {
+        return Err(Error::input(
+            "--astra.batch_size and --micro_batch_size must be at least 1",
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a query set Bergson's `build_query` refuses.
@@ -244,6 +278,24 @@ fn subtract_control(query: &Path, control: &Path) -> Result<()> {
     file.sync()
 }
 
+/// A fresh, empty `<path>.part` for a step that writes its own files.
+pub(crate) fn fresh_part(path: &Path) -> Result<PathBuf> {
+    let part = PathBuf::from(format!("{}.part", path.display()));
+    if part.exists() {
+        std::fs::remove_dir_all(&part).at_path(&part)?;
+    }
+    std::fs::create_dir_all(&part).at_path(&part)?;
+    Ok(part)
+}
+
+/// Renames the finished `part` to `path`, replacing an earlier output.
+pub(crate) fn promote(part: &Path, path: &Path) -> Result<()> {
+    if path.exists() {
+        std::fs::remove_dir_all(path).at_path(path)?;
+    }
+    crate::index::run_dir::finish(part, path)
+}
+
 /// Step 3's output: `H^-1 G` written to `<path>.part` and renamed over `path`.
 fn apply_step(
     cfg: &EkfacRunConfig,
@@ -252,11 +304,7 @@ fn apply_step(
     path: &Path,
     opts: &RunOptions,
 ) -> Result<()> {
-    let part = PathBuf::from(format!("{}.part", path.display()));
-    if part.exists() {
-        std::fs::remove_dir_all(&part).at_path(&part)?;
-    }
-    std::fs::create_dir_all(&part).at_path(&part)?;
+    let part = fresh_part(path)?;
     let summary = hessians::apply::apply_inverse_to_index(
         hessian,
         query,
@@ -272,10 +320,111 @@ fn apply_step(
             summary.queries, summary.modules, summary.row_len
         );
     }
-    if path.exists() {
-        std::fs::remove_dir_all(path).at_path(path)?;
+    promote(&part, path)
+}
+
+/// ASTRA's step: the factored solutions at `init` refined ([`hessians::astra`]) and written
+/// to `<path>.part` in their layout, renamed to `path`.
+fn astra_step(
+    cfg: &EkfacRunConfig,
+    hessian: &Path,
+    query: &Path,
+    init: &Path,
+    path: &Path,
+    opts: &RunOptions,
+) -> Result<()> {
+    let (icfg, pipe) = (&cfg.index_cfg, &cfg.hessian_pipeline_cfg);
+    let inversion = &pipe.inversion_cfg;
+    let ev = cfg.hessian_cfg.ev_correction;
+    let device = opts.device;
+    let pre = Preconditioner::load(hessian, inversion, -1.0, ev, device)?;
+    // D per module: c·mean(Λ) (c for absolute damping), a float32 value as Bergson's.
+    let store = hessian_store::read_factored(hessian, ev, false)?;
+    let c = inversion.damping_factor as f32;
+    let damping_of = |lam: &tch::Tensor| -> f64 {
+        let mean = match inversion.inversion {
+            Inversion::AbsoluteDampedInverse => 1.0f32,
+            _ => lam.mean(tch::Kind::Float).double_value(&[]) as f32,
+        };
+        f64::from(c * mean)
+    };
+    let names: Vec<String> = pre.modules().into_iter().map(str::to_string).collect();
+    let damping: Vec<f64> = names
+        .iter()
+        .map(|n| {
+            store
+                .modules
+                .iter()
+                .find(|(m, _)| m == n)
+                .map(|(_, m)| damping_of(&m.lambdas))
+                .ok_or_else(|| Error::internal(format!("no eigenvalues for '{n}'")))
+        })
+        .collect::<Result<_>>()?;
+    drop(store);
+
+    let (queries, starts) = (GradientIndex::open(query)?, GradientIndex::open(init)?);
+    if starts
+        .info
+        .grad_sizes
+        .iter()
+        .map(|(n, _)| n)
+        .ne(names.iter())
+    {
+        return Err(Error::input(format!(
+            "{} does not hold the Hessian's modules in its order; rerun step 3 (drop --resume \
+             or remove it)",
+            init.display()
+        )));
     }
-    crate::index::run_dir::finish(&part, path)
+    let (tokenizer, model_dir, max_positions) = setup::load_tokenizer(icfg)?;
+    let data = build::prepare_data(icfg, &tokenizer, max_positions)?;
+    let mut model = setup::load_model(icfg, &model_dir, device)?;
+    // Double backward through attention needs the composite (math) kernel.
+    model.set_math_attention(true);
+    let product = GaussNewtonProduct::new(
+        &*model,
+        &data.rows,
+        &names,
+        icfg.include_bias,
+        pipe.astra.loss_reduction.unwrap_or(icfg.loss_reduction),
+        icfg.logit_scale,
+        pipe.astra.micro_batch_size,
+    )?;
+    let astra = Astra::new(&product, &pre, damping, &pipe.astra);
+
+    let part = fresh_part(path)?;
+    let num_rows = starts.num_rows();
+    let kind = starts.kind();
+    let file = GradientFile::create(&part, num_rows, starts.row_len(), kind, false)?;
+    let read = |index: &GradientIndex, row: usize| -> Result<Vec<tch::Tensor>> {
+        names
+            .iter()
+            .map(|n| {
+                Ok(index
+                    .module_rows(n, row..row + 1)?
+                    .f_to_kind(tch::Kind::Float)?
+                    .f_reshape([-1])?
+                    .f_to_device(device)?)
+            })
+            .collect()
+    };
+    let mut phase = Phase::new("ASTRA", "queries", Some(num_rows as u64));
+    for row in 0..num_rows {
+        let x = astra.refine(&read(&queries, row)?, read(&starts, row)?, row)?;
+        let out = tch::Tensor::f_cat(&x, 0)?
+            .f_unsqueeze(0)?
+            .f_to_device(tch::Device::Cpu)?
+            .f_to_kind(kind)?;
+        file.write_rows(row, &out)?;
+        phase.inc(1);
+    }
+    phase.finish();
+    file.sync()?;
+    starts.info.write(&part)?;
+    let from = init.join("processor_config.yaml");
+    let to = part.join("processor_config.yaml");
+    std::fs::copy(&from, &to).at_path(&from)?;
+    promote(&part, path)
 }
 
 /// Runs `bergson ekfac`.
@@ -356,6 +505,30 @@ pub fn run(cfg: &EkfacRunConfig, opts: &RunOptions) -> Result<EkfacSummary> {
             apply_step(cfg, &hessian_path, &query_path, &transformed, opts)
         })?;
     }
+
+    let transformed = if pipe.astra.num_steps > 0 {
+        let astra_path = run_path.join("astra_query");
+        let name = format!(
+            "step 3/4: refining with ASTRA ({} {} steps)",
+            pipe.astra.num_steps,
+            pipe.astra.solver_name()
+        );
+        if step_runs(&name, &astra_path, resume, overwrite, false, quiet)? {
+            timed("astra", &mut || {
+                astra_step(
+                    cfg,
+                    &hessian_path,
+                    &query_path,
+                    &transformed,
+                    &astra_path,
+                    opts,
+                )
+            })?;
+        }
+        astra_path
+    } else {
+        transformed
+    };
 
     let scores_path = run_path.join("scores");
     if step_runs(

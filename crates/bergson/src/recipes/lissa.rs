@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
-use super::ekfac::{build_query, check_query_set, save_recipe_config, step_runs};
+use super::ekfac::{
+    build_query, check_query_set, fresh_part, promote, save_recipe_config, step_runs,
+};
 use crate::build::{prepare_data, RunOptions};
 use crate::config::{IndexConfig, LissaRunConfig, LossFn, ScoreRunConfig};
 use crate::error::IoContext;
@@ -125,11 +127,7 @@ fn solve_step(cfg: &LissaRunConfig, query: &Path, path: &Path, opts: &RunOptions
             )));
         }
     }
-    let part = PathBuf::from(format!("{}.part", path.display()));
-    if part.exists() {
-        std::fs::remove_dir_all(&part).at_path(&part)?;
-    }
-    std::fs::create_dir_all(&part).at_path(&part)?;
+    let part = fresh_part(path)?;
     let num_queries = index.num_rows();
     let kind = index.kind();
     let file = GradientFile::create(&part, num_queries, index.row_len(), kind, false)?;
@@ -175,10 +173,7 @@ fn solve_step(cfg: &LissaRunConfig, query: &Path, path: &Path, opts: &RunOptions
     let from = query.join("processor_config.yaml");
     let to = part.join("processor_config.yaml");
     std::fs::copy(&from, &to).at_path(&from)?;
-    if path.exists() {
-        std::fs::remove_dir_all(path).at_path(path)?;
-    }
-    crate::index::run_dir::finish(&part, path)
+    promote(&part, path)
 }
 
 /// Runs `bergson lissa`.
