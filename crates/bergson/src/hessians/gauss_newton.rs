@@ -224,3 +224,87 @@ impl LinearHook for Perturbed<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Precision;
+    use crate::models::load_model;
+    use std::path::Path;
+
+    fn dot(a: &[Tensor], b: &[Tensor]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| {
+                x.to_kind(Kind::Double)
+                    .dot(&y.to_kind(Kind::Double))
+                    .double_value(&[])
+            })
+            .sum()
+    }
+
+    /// `G_B` is symmetric and positive semi-definite (`uᵀ G v = vᵀ G u`, `vᵀ G v ≥ 0`), linear
+    /// in `v`, and the same whichever micro-batches the batch is cut into; in float64 so that
+    /// rounding does not hide an error.
+    #[test]
+    fn product_is_a_symmetric_psd_linear_map_independent_of_micro_batches() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/gpt_neox");
+        let mut model = load_model(&dir, Precision::Fp64, tch::Device::Cpu).unwrap();
+        model.set_math_attention(true);
+        let rows: Vec<TokenizedRow> = [
+            vec![5i64, 17, 3, 99, 42],
+            vec![7, 8],
+            vec![1, 2, 3, 4, 5, 6, 7],
+        ]
+        .into_iter()
+        .map(|input_ids| TokenizedRow {
+            input_ids,
+            labels: None,
+        })
+        .collect();
+        let names: Vec<String> = model
+            .linear_modules()
+            .iter()
+            .take(2)
+            .map(|l| l.name.clone())
+            .collect();
+        let product = |micro: usize, reduction: LossReduction| {
+            GaussNewtonProduct::new(&*model, &rows, &names, true, reduction, 1.0, micro).unwrap()
+        };
+        tch::manual_seed(0);
+        let p = product(3, LossReduction::Sum);
+        let rand = || -> Vec<Tensor> {
+            p.modules()
+                .iter()
+                .map(|m| {
+                    Tensor::randn(
+                        [m.out_features * (m.in_features + i64::from(m.bias))],
+                        (Kind::Float, tch::Device::Cpu),
+                    )
+                })
+                .collect()
+        };
+        let (u, v) = (rand(), rand());
+        let batch = [0usize, 1, 2];
+        let gv = p.product(&v, &batch).unwrap();
+        let gu = p.product(&u, &batch).unwrap();
+        let (a, b) = (dot(&u, &gv), dot(&v, &gu));
+        assert!((a - b).abs() <= 1e-6 * a.abs().max(b.abs()), "{a} vs {b}");
+        assert!(dot(&v, &gv) > 0.0);
+        let twice: Vec<Tensor> = v.iter().map(|t| t * 2.0).collect();
+        let g2 = p.product(&twice, &batch).unwrap();
+        for (x, y) in g2.iter().zip(&gv) {
+            let err = (x - y * 2.0).abs().max().double_value(&[]);
+            assert!(err <= 1e-5 * y.abs().max().double_value(&[]), "{err}");
+        }
+        let one_by_one = product(1, LossReduction::Sum).product(&v, &batch).unwrap();
+        for (x, y) in one_by_one.iter().zip(&gv) {
+            let err = (x - y).abs().max().double_value(&[]);
+            assert!(err <= 1e-5 * y.abs().max().double_value(&[]), "{err}");
+        }
+        // Mean reduction divides each document's share by its labelled count: differs.
+        let mean = product(3, LossReduction::Mean).product(&v, &batch).unwrap();
+        assert!(dot(&v, &mean) < dot(&v, &gv));
+    }
+}
