@@ -284,3 +284,36 @@ fn astra_conjugate_gradients_on_ekfac() {
 fn astra_momentum_sgd_with_decay_on_kfac() {
     check("astra_sgd");
 }
+
+#[test]
+fn kfac_mean_query_minus_a_contrast_set() {
+    check("kfac_contrast");
+}
+
+#[test]
+fn an_existing_query_index_replaces_step_one() {
+    let (path_flags, case) = case("ekfac");
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("first");
+    let out = run_case(&first, &case, &path_flags, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let query = first.join("query");
+    let second = tmp.path().join("second");
+    let out = run_case(
+        &second,
+        &case,
+        &path_flags,
+        &["--path", query.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!second.join("query").exists(), "the query was built again");
+    assert_eq!(compare_steps("ekfac --path", &second, &case), 2);
+}
