@@ -4,8 +4,10 @@
 
 mod build;
 mod demo;
+mod ekfac;
 mod errors;
 mod hessian;
+mod lissa;
 mod logging;
 mod mix;
 mod query;
@@ -45,6 +47,14 @@ enum Command {
     /// of the model's loss over a dataset.
     #[command(allow_negative_numbers = true)]
     Hessian(hessian::HessianArgs),
+    /// The EK-FAC influence pipeline end to end: query gradients, a factored Hessian fit, its
+    /// inverse applied to the query, and the training data scored against it.
+    #[command(allow_negative_numbers = true)]
+    Ekfac(Box<ekfac::EkfacArgs>),
+    /// LiSSA influence end to end: query gradients, their damped Gauss-Newton
+    /// inverse-Hessian-vector products estimated by LiSSA, and the training data scored.
+    #[command(allow_negative_numbers = true)]
+    Lissa(Box<lissa::LissaArgs>),
     /// Search an index interactively: prompts from standard input, their most and least
     /// similar training rows printed (and appended to a CSV with --record).
     Query(query::QueryArgs),
@@ -109,6 +119,16 @@ fn main() -> ExitCode {
         Command::Hessian(args) => {
             logging::init(args.runtime.quiet);
             errors::finish(hessian::run(args.config, &args.runtime))
+        }
+        Command::Ekfac(args) => {
+            let args = *args;
+            logging::init(args.runtime.quiet);
+            errors::finish(ekfac::run(args.config, &args.runtime))
+        }
+        Command::Lissa(args) => {
+            let args = *args;
+            logging::init(args.runtime.quiet);
+            errors::finish(lissa::run(args.config, &args.runtime))
         }
         Command::Query(args) => {
             logging::init(args.runtime.quiet);

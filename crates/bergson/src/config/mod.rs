@@ -3,12 +3,15 @@
 //! 2.5.1's dataclasses, so run files move between the two tools.
 
 mod build;
+mod ekfac;
 mod enums;
 mod flags;
 mod hessian;
+mod lissa;
 mod mix;
 mod query;
 mod query_set;
+mod renamed;
 pub mod run_file;
 mod score;
 mod trackstar;
@@ -19,12 +22,14 @@ pub use build::{
     AttentionConfig, BuildConfig, DataConfig, DistributedConfig, IndexConfig, InversionConfig,
     PreprocessConfig,
 };
+pub use ekfac::{AstraConfig, AstraSolver, EkfacRunConfig, HessianPipelineConfig};
 pub use enums::{
     Aggregation, HessianDtype, HessianMethod, Inversion, LossFn, LossReduction, PrecisionChoice,
     ProjectionScale, ProjectionTarget, ProjectionType,
 };
 pub use flags::{clap_default, parse_bool};
 pub use hessian::{HessianConfig, HessianRunConfig};
+pub use lissa::{LissaConfig, LissaRunConfig};
 pub use mix::MixConfig;
 pub use query::{FaissConfig, QueryConfig};
 pub use query_set::QuerySetConfig;

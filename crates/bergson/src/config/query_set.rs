@@ -3,17 +3,14 @@
 //! the training data's flags are `--data.<field>`, the query's `--query.<field>` (and
 //! `--query.aggregation`, `--path`), its control set's `--contrast.<field>`.
 
-use std::ffi::OsString;
-use std::sync::OnceLock;
-
 use clap::builder::EnumValueParser;
-use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
 use super::build::DataConfig;
 use super::enums::Aggregation;
 use super::flags::clap_default;
+use super::renamed::{augment_renamed, from_renamed, prefix_longs};
 
 /// What to attribute to: the query dataset and how its gradients combine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,88 +65,17 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for QuerySetConfig {
 }
 
 const QUERY_HEADING: &str = "Query set";
-const CONTRAST_HEADING: &str = "Control set subtracted from the query (not supported yet)";
 const QUERY_AGGREGATION: &str = "query.aggregation";
 const QUERY_PATH: &str = "query.path";
 
-/// [`DataConfig`]'s argument ids, leaked once: clap (without its `string` feature) names
-/// arguments with `&'static str`.
-fn data_ids() -> &'static [&'static str] {
-    static IDS: OnceLock<Vec<&'static str>> = OnceLock::new();
-    IDS.get_or_init(|| {
-        DataConfig::augment_args(Command::new("data"))
-            .get_arguments()
-            .map(|a| &*a.get_id().as_str().to_owned().leak())
-            .collect()
-    })
-}
-
-/// `<prefix>.<id>` for every [`DataConfig`] id, leaked once per prefix (`data`, `query` or
-/// `contrast`).
-fn prefixed_ids(prefix: &'static str) -> &'static [&'static str] {
-    static DATA: OnceLock<Vec<&'static str>> = OnceLock::new();
-    static QUERY: OnceLock<Vec<&'static str>> = OnceLock::new();
-    static CONTRAST: OnceLock<Vec<&'static str>> = OnceLock::new();
-    let cell = match prefix {
-        "data" => &DATA,
-        "query" => &QUERY,
-        _ => &CONTRAST,
-    };
-    cell.get_or_init(|| {
-        data_ids()
-            .iter()
-            .map(|id| &*format!("{prefix}.{id}").leak())
-            .collect()
-    })
-}
-
 /// Renames the training data's flags (added by `IndexConfig`) to `--data.<field>`.
-pub(crate) fn prefix_training_data(mut cmd: Command) -> Command {
-    for (id, long) in data_ids().iter().zip(prefixed_ids("data")) {
-        cmd = cmd.mut_arg(*id, |a| a.long(*long));
-    }
-    cmd
-}
-
-/// Adds [`DataConfig`]'s flags as `--<prefix>.<field>` (id the same) under `heading`.
-fn augment_prefixed_data(mut cmd: Command, prefix: &'static str, heading: &'static str) -> Command {
-    let data = DataConfig::augment_args(Command::new("data"));
-    for (arg, name) in data.get_arguments().zip(prefixed_ids(prefix)) {
-        // The display order is the main command's, not the scratch command's.
-        cmd = cmd.arg(
-            arg.clone()
-                .id(*name)
-                .long(*name)
-                .help_heading(heading)
-                .display_order(None),
-        );
-    }
-    cmd
-}
-
-/// The [`DataConfig`] given as `--<prefix>.<field>` flags (DataConfig's defaults for the rest),
-/// and whether any was given.
-fn prefixed_data(m: &ArgMatches, prefix: &'static str) -> Result<(DataConfig, bool), clap::Error> {
-    let mut argv: Vec<OsString> = Vec::new();
-    for (id, pid) in data_ids().iter().zip(prefixed_ids(prefix)) {
-        if m.value_source(pid) != Some(ValueSource::CommandLine) {
-            continue;
-        }
-        for v in m.get_raw(pid).into_iter().flatten() {
-            let mut flag = OsString::from(format!("--{id}="));
-            flag.push(v);
-            argv.push(flag);
-        }
-    }
-    let given = !argv.is_empty();
-    let matches = DataConfig::augment_args(Command::new("data").no_binary_name(true))
-        .try_get_matches_from(argv)?;
-    Ok((DataConfig::from_arg_matches(&matches)?, given))
+pub(crate) fn prefix_training_data(cmd: Command) -> Command {
+    prefix_longs::<DataConfig>(cmd, "data.")
 }
 
 impl Args for QuerySetConfig {
     fn augment_args(cmd: Command) -> Command {
-        let cmd = augment_prefixed_data(cmd, "query", QUERY_HEADING)
+        let cmd = augment_renamed::<DataConfig>(cmd, "query", |l| format!("query.{l}"))
             .arg(
                 Arg::new(QUERY_AGGREGATION)
                     .long(QUERY_AGGREGATION)
@@ -167,7 +93,7 @@ impl Args for QuerySetConfig {
                     .default_value("")
                     .help_heading(QUERY_HEADING),
             );
-        augment_prefixed_data(cmd, "contrast", CONTRAST_HEADING)
+        augment_renamed::<DataConfig>(cmd, "contrast", |l| format!("contrast.{l}"))
     }
 
     fn augment_args_for_update(cmd: Command) -> Command {
@@ -177,8 +103,8 @@ impl Args for QuerySetConfig {
 
 impl FromArgMatches for QuerySetConfig {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
-        let (data, _) = prefixed_data(m, "query")?;
-        let (contrast, contrast_given) = prefixed_data(m, "contrast")?;
+        let (data, _) = from_renamed::<DataConfig>(m, "query")?;
+        let (contrast, contrast_given) = from_renamed::<DataConfig>(m, "contrast")?;
         Ok(QuerySetConfig {
             data,
             aggregation: m
@@ -211,6 +137,29 @@ mod tests {
         assert_eq!((q.data.dataset.as_str(), q.contrast), ("q.jsonl", None));
         let e = serde_saphyr::from_str::<QuerySetConfig>("datset: q.jsonl\n").unwrap_err();
         assert!(e.to_string().contains("datset"), "{e}");
+    }
+
+    #[test]
+    fn yaml_keeps_bergsons_layout_and_round_trips() {
+        let q = QuerySetConfig {
+            aggregation: Aggregation::Mean,
+            contrast: Some(DataConfig {
+                dataset: "c.jsonl".into(),
+                ..DataConfig::default()
+            }),
+            ..QuerySetConfig::default()
+        };
+        let text = serde_saphyr::to_string(&q).unwrap();
+        assert!(text.starts_with("dataset: NeelNanda/pile-10k\n"), "{text}");
+        let tail: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with(' '))
+            .rev()
+            .take(3)
+            .collect();
+        assert_eq!(tail, ["path: \"\"", "contrast:", "aggregation: mean"]);
+        let back: QuerySetConfig = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(back, q);
     }
 
     #[test]

@@ -384,6 +384,31 @@ pub fn config_yaml(step: &Step, created: chrono::DateTime<chrono::Utc>) -> Resul
         .map_err(|e| Error::internal(format!("cannot write config.yaml: {e}")))
 }
 
+/// The `config.yaml` text of a recipe run (`ekfac`, `lissa`, ...): `{steps: [{<command>:
+/// cfg}], metadata: ...}`, as [`config_yaml`] writes a one-step run. Recipes are not run-file
+/// steps yet; the file records how the run was made.
+pub fn recipe_config_yaml<T: Serialize>(
+    command: &str,
+    cfg: &T,
+    created: chrono::DateTime<chrono::Utc>,
+) -> Result<String> {
+    #[derive(Serialize)]
+    struct RecipeDoc<'a, T: Serialize> {
+        steps: Vec<std::collections::BTreeMap<&'a str, &'a T>>,
+        metadata: Metadata,
+    }
+    let doc = RecipeDoc {
+        steps: vec![std::iter::once((command, cfg)).collect()],
+        metadata: Metadata {
+            bergson_version: BERGSON_COMPAT_VERSION,
+            bergson_rs_version: env!("CARGO_PKG_VERSION"),
+            created: created.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+        },
+    };
+    serde_saphyr::to_string(&doc)
+        .map_err(|e| Error::internal(format!("cannot write config.yaml: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

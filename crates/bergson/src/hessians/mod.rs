@@ -17,13 +17,17 @@
 //! joint or factored), as build, reduce, score, query and the Attributor do with
 //! `--hessian_path`.
 
+pub mod apply;
+pub mod astra;
 pub mod autocorrelation;
 pub mod capture;
 pub mod correction;
 pub mod covariance;
 pub mod eigen;
+pub mod gauss_newton;
 pub mod inversion;
 pub mod labels;
+pub mod lissa;
 pub mod preconditioner;
 
 use std::path::{Path, PathBuf};

@@ -123,6 +123,18 @@ impl Preconditioner {
         }
     }
 
+    /// `(O, I)` of a factored module's gradient `[O, I]` (the bias column included in `I`);
+    /// `None` for a module the Hessian lacks or a dense Hessian.
+    pub fn factor_shape(&self, name: &str) -> Option<(i64, i64)> {
+        match self {
+            Preconditioner::Factored(m) => m
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, f)| (f.eigen_g.size()[0], f.eigen_a.size()[0])),
+            _ => None,
+        }
+    }
+
     /// The gradient width each covered module needs (`d`, or `O·I`).
     fn module_width(&self, name: &str) -> Option<i64> {
         match self {
