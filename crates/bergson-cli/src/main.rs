@@ -223,6 +223,10 @@ fn run_file(path: &str, runtime: &RuntimeArgs) -> anyhow::Result<()> {
             Step::Score(cfg) => score::run(*cfg, runtime)?,
             Step::Hessian(cfg) => hessian::run(*cfg, runtime)?,
             Step::Trackstar(cfg) => trackstar::run(*cfg, runtime)?,
+            Step::Trak(cfg) => trak::run(*cfg, runtime)?,
+            Step::Ekfac(cfg) => ekfac::run(*cfg, runtime)?,
+            Step::Lissa(cfg) => lissa::run(*cfg, runtime)?,
+            Step::Train(cfg) => train::run(*cfg, runtime)?,
         }
     }
     Ok(())

@@ -7,7 +7,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{BuildConfig, HessianRunConfig, ScoreRunConfig, TrackstarRunConfig};
+use super::{
+    BuildConfig, EkfacRunConfig, HessianRunConfig, LissaRunConfig, ScoreRunConfig,
+    TrackstarRunConfig, TrainingConfig, TrakRunConfig,
+};
 use crate::error::IoContext;
 use crate::{Error, Result};
 
@@ -28,6 +31,15 @@ pub enum Step {
     Hessian(Box<HessianRunConfig>),
     /// `trackstar: {index_cfg: ..., trackstar_cfg: ...}`: the whole TrackStar recipe.
     Trackstar(Box<TrackstarRunConfig>),
+    /// `trak: {index_cfg: ..., trak_cfg: ...}`: the whole TRAK recipe.
+    Trak(Box<TrakRunConfig>),
+    /// `ekfac: {index_cfg: ..., hessian_cfg: ..., hessian_pipeline_cfg: ...}`: the EK-FAC
+    /// influence recipe.
+    Ekfac(Box<EkfacRunConfig>),
+    /// `lissa: {...}`: the LiSSA influence recipe.
+    Lissa(Box<LissaRunConfig>),
+    /// `train: {...}`: a training run.
+    Train(Box<TrainingConfig>),
 }
 
 impl Step {
@@ -39,6 +51,10 @@ impl Step {
             Step::Score(_) => "score",
             Step::Hessian(_) => "hessian",
             Step::Trackstar(_) => "trackstar",
+            Step::Trak(_) => "trak",
+            Step::Ekfac(_) => "ekfac",
+            Step::Lissa(_) => "lissa",
+            Step::Train(_) => "train",
         }
     }
 
@@ -49,6 +65,10 @@ impl Step {
             Step::Score(c) => &c.index_cfg.run_path,
             Step::Hessian(c) => &c.index_cfg.run_path,
             Step::Trackstar(c) => &c.index_cfg.run_path,
+            Step::Trak(c) => &c.index_cfg.run_path,
+            Step::Ekfac(c) => &c.index_cfg.run_path,
+            Step::Lissa(c) => &c.index_cfg.run_path,
+            Step::Train(c) => &c.run_path,
         }
     }
 
@@ -61,6 +81,10 @@ impl Step {
             Step::Score(c) => c.index_cfg.overwrite = false,
             Step::Hessian(c) => c.index_cfg.overwrite = false,
             Step::Trackstar(c) => c.index_cfg.overwrite = false,
+            Step::Trak(c) => c.index_cfg.overwrite = false,
+            Step::Ekfac(c) => c.index_cfg.overwrite = false,
+            Step::Lissa(c) => c.index_cfg.overwrite = false,
+            Step::Train(c) => c.overwrite = false,
         }
         s
     }
@@ -79,15 +103,9 @@ pub struct RunFile {
 /// not run yet.
 pub const PYTHON_ONLY_COMMANDS: &[&str] = &[
     "approxunrolling",
-    "ekfac",
-    "lissa",
     "magic",
     "metasmoothness",
-    "mix",
     "recall",
-    "trak",
-    "train",
-    "test_model_configuration",
     "validate",
 ];
 
@@ -148,7 +166,8 @@ pub fn parse_run_file(text: &str) -> Result<RunFile> {
 }
 
 /// The commands a run file may hold.
-const RUN_FILE_COMMANDS: &str = "build, reduce, score, hessian, trackstar";
+const RUN_FILE_COMMANDS: &str =
+    "build, reduce, score, hessian, trackstar, trak, ekfac, lissa, train";
 
 fn parse_step(name: &str, body: Value) -> Result<Step> {
     fn parse<T: DeserializeOwned>(name: &str, body: Value) -> Result<Box<T>> {
@@ -162,6 +181,13 @@ fn parse_step(name: &str, body: Value) -> Result<Step> {
         "score" => Ok(Step::Score(parse(name, body)?)),
         "hessian" => Ok(Step::Hessian(parse(name, body)?)),
         "trackstar" => Ok(Step::Trackstar(parse(name, body)?)),
+        "trak" => Ok(Step::Trak(parse(name, body)?)),
+        "ekfac" => Ok(Step::Ekfac(parse(name, body)?)),
+        "lissa" => Ok(Step::Lissa(parse(name, body)?)),
+        "train" => Ok(Step::Train(parse(name, body)?)),
+        "mix" | "test_model_configuration" => Err(Error::input(format!(
+            "step `{name}` runs from the command line only (as in Bergson, whose run files hold index commands); run `bergson {name} ...`"
+        ))),
         "query" => Err(Error::input(
             "step `query` is interactive and cannot run from a run file; run `bergson query --index <run>`",
         )),
@@ -345,6 +371,10 @@ enum StepDoc<'a> {
     Score(&'a ScoreRunConfig),
     Hessian(&'a HessianRunConfig),
     Trackstar(&'a TrackstarRunConfig),
+    Trak(&'a TrakRunConfig),
+    Ekfac(&'a EkfacRunConfig),
+    Lissa(&'a LissaRunConfig),
+    Train(&'a TrainingConfig),
 }
 
 #[derive(Serialize)]
@@ -371,6 +401,10 @@ pub fn config_yaml(step: &Step, created: chrono::DateTime<chrono::Utc>) -> Resul
         Step::Score(c) => StepDoc::Score(c),
         Step::Hessian(c) => StepDoc::Hessian(c),
         Step::Trackstar(c) => StepDoc::Trackstar(c),
+        Step::Trak(c) => StepDoc::Trak(c),
+        Step::Ekfac(c) => StepDoc::Ekfac(c),
+        Step::Lissa(c) => StepDoc::Lissa(c),
+        Step::Train(c) => StepDoc::Train(c),
     };
     let doc = Doc {
         steps: vec![step],
@@ -412,6 +446,47 @@ pub fn recipe_config_yaml<T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `config.yaml` Python Bergson 2.5.1 wrote for each recipe run in the fixtures reads
+    /// as that recipe's step (so `bergson <run>/config.yaml` replays it), and writes back to the
+    /// same steps.
+    #[test]
+    fn python_recipe_run_files_read_as_their_steps() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        for (dir, command) in [
+            ("bergson_ekfac/runs/ekfac", "ekfac"),
+            ("bergson_ekfac/runs/astra_cg", "ekfac"),
+            ("bergson_ekfac/runs/lissa", "lissa"),
+            ("bergson_trak/runs/ensemble", "trak"),
+            ("bergson_trackstar/runs", "trackstar"),
+        ] {
+            let path = fixtures.join(dir);
+            let path = if path.join("config.yaml").is_file() {
+                path
+            } else {
+                // A recipe fixture directory holding several runs: its first one.
+                let mut runs: Vec<_> = std::fs::read_dir(&path)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.join("config.yaml").is_file())
+                    .collect();
+                runs.sort();
+                runs.remove(0)
+            };
+            let file = read_run_file(&path).unwrap_or_else(|e| panic!("{dir}: {e}"));
+            assert_eq!(file.steps.len(), 1, "{dir}");
+            let step = &file.steps[0];
+            assert_eq!(step.command(), command, "{dir}");
+            assert!(!step.run_path().is_empty(), "{dir}");
+            let text = config_yaml(step, chrono::Utc::now()).unwrap();
+            let back = parse_run_file(&text).unwrap();
+            assert_eq!(
+                back.steps, file.steps,
+                "{dir}: our config.yaml of the step differs"
+            );
+        }
+    }
 
     #[test]
     fn saved_config_round_trips() {

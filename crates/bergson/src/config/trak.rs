@@ -8,7 +8,7 @@
 //! from `build`'s: `--projection_dim` 16 and `--damping_factor` 0.0.
 
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::build::{IndexConfig, PreprocessConfig};
 use super::flags::{clap_default, parse_bool};
@@ -16,7 +16,8 @@ use super::query_set::{prefix_training_data, QuerySetConfig};
 use super::score::ScoreConfig;
 
 /// The TRAK pipeline's settings (Bergson's `TrakConfig`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrakConfig {
     /// The query set.
     pub query: QuerySetConfig,
@@ -36,7 +37,8 @@ pub struct TrakConfig {
 }
 
 /// The `bergson trak` command: Bergson's `Trak(index_cfg, trak_cfg)`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrakRunConfig {
     /// Model, training data and collection settings.
     pub index_cfg: IndexConfig,
