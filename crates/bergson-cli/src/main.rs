@@ -7,6 +7,7 @@ mod demo;
 mod errors;
 mod hessian;
 mod logging;
+mod magic;
 mod mix;
 mod query;
 mod report;
@@ -50,6 +51,10 @@ enum Command {
     /// checkpoints for resuming and for metagradients).
     #[command(allow_negative_numbers = true)]
     Train(train::TrainArgs),
+    /// MAGIC attribution: train with a weight on every document, then differentiate the
+    /// query loss through the whole training run (exact metagradients per document or token).
+    #[command(allow_negative_numbers = true)]
+    Magic(magic::MagicArgs),
     /// Mix a query and an index autocorrelation Hessian into one (TrackStar's mixing):
     /// H = λ·H_query + (1 − λ)·H_index, λ chosen by --target_downweight_components.
     #[command(allow_negative_numbers = true)]
@@ -64,7 +69,7 @@ enum Command {
 
 fn main() -> ExitCode {
     ignore_file_size_signal();
-    let argv: Vec<String> = std::env::args().collect();
+    let argv: Vec<String> = magic::python_flag_spellings(std::env::args().collect());
     if let Some((path, flags)) = run_file_argument(&argv[1..]) {
         let runtime = match RunFileCli::try_parse_from(&flags) {
             Ok(cli) => cli.runtime,
@@ -106,6 +111,10 @@ fn main() -> ExitCode {
         Command::Train(args) => {
             logging::init(args.runtime.quiet);
             errors::finish(train::run(args.config, &args.runtime))
+        }
+        Command::Magic(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(magic::run(args.config, &args.runtime))
         }
         Command::Mix(args) => {
             logging::init(args.quiet);

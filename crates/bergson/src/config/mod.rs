@@ -6,6 +6,7 @@ mod build;
 mod enums;
 mod flags;
 mod hessian;
+mod magic;
 mod mix;
 mod query;
 pub mod run_file;
@@ -22,6 +23,9 @@ pub use enums::{
 };
 pub use flags::{clap_default, parse_bool};
 pub use hessian::{HessianConfig, HessianRunConfig};
+pub use magic::{
+    ContrastConfig, MagicConfig, QueryAggregation, QuerySetConfig, ValidationMethod,
+};
 pub use mix::MixConfig;
 pub use query::{FaissConfig, QueryConfig};
 pub use score::{
