@@ -32,10 +32,10 @@ pub fn python_flag_spellings(argv: Vec<String>) -> Vec<String> {
 }
 
 /// Runs `bergson magic`.
-pub fn run(config: MagicConfig, runtime: &RuntimeArgs) -> anyhow::Result<()> {
+pub fn run(config: &MagicConfig, runtime: &RuntimeArgs) -> anyhow::Result<()> {
     let opts = run_options(runtime)?;
     install_interrupt_handler();
-    let summary = bergson::magic::magic(&config, opts.device)?;
+    let summary = bergson::magic::magic(config, opts.device)?;
     if !runtime.quiet {
         eprintln!(
             "trained {} steps and differentiated the query loss ({:.6}) through them: scores of shape {:?} in {}",

@@ -53,8 +53,9 @@ enum Command {
     Train(train::TrainArgs),
     /// MAGIC attribution: train with a weight on every document, then differentiate the
     /// query loss through the whole training run (exact metagradients per document or token).
-    #[command(allow_negative_numbers = true)]
-    Magic(magic::MagicArgs),
+    /// A flag given twice takes its last value, as in Bergson.
+    #[command(allow_negative_numbers = true, args_override_self = true)]
+    Magic(Box<magic::MagicArgs>),
     /// Mix a query and an index autocorrelation Hessian into one (TrackStar's mixing):
     /// H = λ·H_query + (1 − λ)·H_index, λ chosen by --target_downweight_components.
     #[command(allow_negative_numbers = true)]
@@ -114,7 +115,7 @@ fn main() -> ExitCode {
         }
         Command::Magic(args) => {
             logging::init(args.runtime.quiet);
-            errors::finish(magic::run(args.config, &args.runtime))
+            errors::finish(magic::run(&args.config, &args.runtime))
         }
         Command::Mix(args) => {
             logging::init(args.quiet);

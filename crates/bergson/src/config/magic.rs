@@ -69,7 +69,11 @@ magic_choice! {
 #[command(rename_all = "snake_case")]
 pub struct QuerySetConfig {
     /// Query dataset (default: Bergson's default dataset, NeelNanda/pile-10k).
-    #[arg(id = "query.dataset", long = "query.dataset", default_value = "NeelNanda/pile-10k")]
+    #[arg(
+        id = "query.dataset",
+        long = "query.dataset",
+        default_value = "NeelNanda/pile-10k"
+    )]
     pub dataset: String,
     /// Query split.
     #[arg(id = "query.split", long = "query.split", default_value = "train")]
@@ -126,7 +130,11 @@ pub struct QuerySetConfig {
     )]
     pub format_template: String,
     /// Extra dataset-loading arguments, `k=v,k=v`.
-    #[arg(id = "query.data_kwargs", long = "query.data_kwargs", default_value = "")]
+    #[arg(
+        id = "query.data_kwargs",
+        long = "query.data_kwargs",
+        default_value = ""
+    )]
     pub data_kwargs: String,
     /// When positive, chunk the query documents (not with `--aggregation none`).
     #[arg(
@@ -156,7 +164,11 @@ pub struct ContrastConfig {
     #[arg(id = "contrast.dataset", long = "contrast.dataset")]
     pub dataset: Option<String>,
     /// Contrast split.
-    #[arg(id = "contrast.split", long = "contrast.split", default_value = "train")]
+    #[arg(
+        id = "contrast.split",
+        long = "contrast.split",
+        default_value = "train"
+    )]
     pub split: String,
     /// Contrast dataset configuration name on the hub.
     #[arg(id = "contrast.subset", long = "contrast.subset")]

@@ -23,9 +23,7 @@ pub use enums::{
 };
 pub use flags::{clap_default, parse_bool};
 pub use hessian::{HessianConfig, HessianRunConfig};
-pub use magic::{
-    ContrastConfig, MagicConfig, QueryAggregation, QuerySetConfig, ValidationMethod,
-};
+pub use magic::{ContrastConfig, MagicConfig, QueryAggregation, QuerySetConfig, ValidationMethod};
 pub use mix::MixConfig;
 pub use query::{FaissConfig, QueryConfig};
 pub use score::{

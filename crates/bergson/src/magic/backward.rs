@@ -48,7 +48,12 @@ impl Adjoint {
     pub fn at_end(param_grads: Vec<Tensor>, state: &TrainerState, weights: &Tensor) -> Self {
         Adjoint {
             params: param_grads,
-            opt: state.opt.tensors().into_iter().map(Tensor::zeros_like).collect(),
+            opt: state
+                .opt
+                .tensors()
+                .into_iter()
+                .map(Tensor::zeros_like)
+                .collect(),
             weights: weights.detach().zeros_like(),
         }
     }
@@ -97,7 +102,11 @@ pub fn backward(
     };
     let mut expected = last as i64;
     let last = last as i64;
-    if let Some(file) = settings.state_file.as_ref().filter(|f| settings.resume && f.is_file()) {
+    if let Some(file) = settings
+        .state_file
+        .as_ref()
+        .filter(|f| settings.resume && f.is_file())
+    {
         let (saved, at) = load_adjoints(file, &adjoints)?;
         adjoints = saved;
         expected = at;
@@ -208,7 +217,10 @@ pub fn step_vjp(
                 like.zeros_like()
             }
         };
-        let w = grads.pop().map(|g| defined(g, &adj.weights)).unwrap_or_default();
+        let w = grads
+            .pop()
+            .map(|g| defined(g, &adj.weights))
+            .unwrap_or_default();
         let finite = w.isfinite().all().int64_value(&[]) != 0;
         if !finite {
             return Err(Error::input(format!(

@@ -54,6 +54,13 @@ pub struct MagicSummary {
 
 /// Refuses what `magic` cannot run, before anything is written.
 pub fn check_magic_config(c: &MagicConfig) -> Result<()> {
+    let world = c.train.distributed.nnode * c.train.distributed.nproc_per_node;
+    if world > 1 && !c.train.batch_size.is_multiple_of(world) {
+        return Err(Error::input(format!(
+            "--batch_size {} does not divide among {world} processes; use a multiple of {world}",
+            c.train.batch_size
+        )));
+    }
     match c.train.save_mode {
         SaveMode::Interval => {
             return Err(Error::input(
@@ -161,9 +168,14 @@ pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
             let sum = agg == QueryAggregation::Sum;
             let q = query_gradient(trainer, &state.params, &query_rows, batch_size, sum, device)?;
             let q = match &contrast_rows {
-                Some(rows) => {
-                    q.minus(&query_gradient(trainer, &state.params, rows, batch_size, sum, device)?)
-                }
+                Some(rows) => q.minus(&query_gradient(
+                    trainer,
+                    &state.params,
+                    rows,
+                    batch_size,
+                    sum,
+                    device,
+                )?),
                 None => q,
             };
             vec![q]
@@ -171,7 +183,15 @@ pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
     };
     let query_loss = match c.query.aggregation {
         QueryAggregation::None => {
-            query_gradient(trainer, &state.params, &query_rows, batch_size, false, device)?.loss
+            query_gradient(
+                trainer,
+                &state.params,
+                &query_rows,
+                batch_size,
+                false,
+                device,
+            )?
+            .loss
         }
         _ => targets[0].loss,
     };
@@ -214,7 +234,11 @@ pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
     let columns: Vec<Tensor> = adjoints
         .iter()
         .map(|a| {
-            let w = a.weights.detach().to_kind(tch::Kind::Float).to_device(Device::Cpu);
+            let w = a
+                .weights
+                .detach()
+                .to_kind(tch::Kind::Float)
+                .to_device(Device::Cpu);
             let n = w.size()[0] - i64::from(padded);
             w.narrow(0, 0, n)
         })

@@ -27,7 +27,12 @@ impl QueryGradient {
     /// `self - other` (the contrast set's gradient and loss subtracted).
     pub fn minus(self, other: &QueryGradient) -> QueryGradient {
         QueryGradient {
-            grads: self.grads.iter().zip(&other.grads).map(|(a, b)| a - b).collect(),
+            grads: self
+                .grads
+                .iter()
+                .zip(&other.grads)
+                .map(|(a, b)| a - b)
+                .collect(),
             loss: self.loss - other.loss,
         }
     }

@@ -45,7 +45,10 @@ pub fn write_token_scores(
             lengths.len()
         )));
     }
-    let counts: Vec<i64> = lengths.iter().map(|&l| l.saturating_sub(1) as i64).collect();
+    let counts: Vec<i64> = lengths
+        .iter()
+        .map(|&l| l.saturating_sub(1) as i64)
+        .collect();
     let mut offsets = vec![0i64; counts.len() + 1];
     for (i, c) in counts.iter().enumerate() {
         offsets[i + 1] = offsets[i] + c;
@@ -61,7 +64,8 @@ pub fn write_token_scores(
     );
     let width = doc_ids.iter().map(Vec::len).max().unwrap_or(0);
     publish(run, |dir| {
-        let mut w = ScoreWriter::create(dir, e as usize, total, q as usize, Kind::Float, true, false)?;
+        let mut w =
+            ScoreWriter::create(dir, e as usize, total, q as usize, Kind::Float, true, false)?;
         let rows: Vec<usize> = (0..total).collect();
         w.write(&rows, &flat, 0)?;
         w.sync()?;

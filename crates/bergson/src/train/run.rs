@@ -386,8 +386,7 @@ impl TrainingRun {
             },
         )?;
         drop(phase);
-        if matches!(c.save_mode, SaveMode::Interval | SaveMode::Final) && next_save == num_steps
-        {
+        if matches!(c.save_mode, SaveMode::Interval | SaveMode::Final) && next_save == num_steps {
             save(&state)?;
         }
         if c.save_optimizer_state != SaveOptimizerState::None {
@@ -396,7 +395,12 @@ impl TrainingRun {
             tracing::info!("Saved {n} optimizer second moments to '{}'", path.display());
         }
         if c.save_models {
-            save_hf_model(&self.model_dir, &self.run.join("model"), names, &state.params)?;
+            save_hf_model(
+                &self.model_dir,
+                &self.run.join("model"),
+                names,
+                &state.params,
+            )?;
         }
         Ok((state, losses))
     }
