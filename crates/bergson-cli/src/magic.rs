@@ -44,6 +44,10 @@ pub fn run(config: &MagicConfig, runtime: &RuntimeArgs) -> anyhow::Result<()> {
             summary.scores.size(),
             summary.scores_path.display()
         );
+        eprintln!(
+            "time: training {:.2} s, query {:.2} s, backward {:.2} s",
+            summary.train_seconds, summary.query_seconds, summary.backward_seconds
+        );
     }
     Ok(())
 }

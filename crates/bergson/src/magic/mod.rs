@@ -50,6 +50,12 @@ pub struct MagicSummary {
     /// The scores: `[num_docs, num_queries]`, or `[num_examples, seq_len, num_queries]` per
     /// token (padding trimmed).
     pub scores: Tensor,
+    /// Seconds spent training (forward phase, checkpoints included).
+    pub train_seconds: f64,
+    /// Seconds spent on the query gradients.
+    pub query_seconds: f64,
+    /// Seconds spent in the backward phase (recomputation included).
+    pub backward_seconds: f64,
 }
 
 /// Refuses what `magic` cannot run, before anything is written.
@@ -144,7 +150,10 @@ pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
         None => None,
     };
 
+    let clock = std::time::Instant::now();
     let (state, losses) = run.train(&c.train)?;
+    let train_seconds = clock.elapsed().as_secs_f64();
+    let clock = std::time::Instant::now();
     let trainer = &run.trainer;
     let batch_size = c.train.batch_size;
 
@@ -197,7 +206,10 @@ pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
     };
     tracing::info!("query loss at the trained state: {query_loss}");
 
+    let query_seconds = clock.elapsed().as_secs_f64();
+
     // Backward phase: every step, right to left, differentiable in the data weights.
+    let clock = std::time::Instant::now();
     let weights = run.stream.weights.detach().set_requires_grad(true);
     run.stream.set_weights(weights)?;
     let adjoints: Vec<Adjoint> = targets
@@ -228,6 +240,7 @@ pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
         &settings,
     )?;
     drop(state);
+    let backward_seconds = clock.elapsed().as_secs_f64();
 
     // Scores: the weights' metagradients, padding trimmed.
     let padded = run.stream.padding.num_rows > 0;
@@ -262,6 +275,9 @@ pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
         losses,
         query_loss,
         scores,
+        train_seconds,
+        query_seconds,
+        backward_seconds,
     })
 }
 
