@@ -53,6 +53,7 @@ fn a_run_writes_scores_config_and_history() {
     let info = std::fs::read_to_string(run.join("scores/info.json")).unwrap();
     assert!(info.contains("\"num_items\": 16"), "{info}");
     assert!(!run.join("scores.part").exists());
+    assert!(run.join("score_vs_step.png").is_file());
     // 16 documents, 2 steps; cleanup keeps the last checkpoint only.
     let left: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
         .unwrap()

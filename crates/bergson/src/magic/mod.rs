@@ -19,6 +19,7 @@
 //! ```
 
 pub mod backward;
+pub mod plot;
 pub mod query;
 pub mod scores;
 
@@ -268,6 +269,11 @@ pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
             scores::write_token_scores(&run.run, &scores, &lengths, &doc_ids)?
         }
     };
+    // The plot is a diagnostic: the scores are saved, so a failure only warns (as Bergson).
+    let levels = plot::per_step_level(&scores, batch_size);
+    if let Err(e) = plot::write_score_plot(&levels, &run.run.join("score_vs_step.png")) {
+        tracing::warn!("score plot failed ({e}); the scores are saved");
+    }
     Ok(MagicSummary {
         run_path: run.run.clone(),
         scores_path,
