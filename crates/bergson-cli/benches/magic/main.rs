@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! BERGSON_PY=/path/to/python cargo bench -p bergson-cli --bench magic              # both
-//! cargo bench -p bergson-cli --bench magic -- --steps 16,64 --no-python
+//! cargo bench -p bergson-cli --bench magic -- --steps 16,64 --no-python --extra "--eps_root 1e-8"
 //! ```
 //! The workload: a random GPT-NeoX (4 layers, hidden 128, intermediate 512, the fixture's
 //! vocabulary of 512: 0.92 M parameters, 11 MB of trainer state in fp32) trained on generated
@@ -40,6 +40,10 @@ fn main() {
         .split(',')
         .map(|s| s.parse().expect("--steps 16,64,..."))
         .collect();
+    // Extra `bergson magic` flags for both tools, e.g. `--extra "--eps_root 1e-8"`.
+    let extra: Vec<String> = arg("--extra")
+        .map(|e| e.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
     let python = (!args.iter().any(|a| a == "--no-python"))
         .then(find_python)
         .flatten();
@@ -97,6 +101,7 @@ fn main() {
                 ]
                 .map(String::from),
             );
+            v.extend(extra.iter().cloned());
             v
         };
         let ours_run = root.join(format!("ours_{n}"));
