@@ -9,6 +9,7 @@ mod errors;
 mod hessian;
 mod lissa;
 mod logging;
+mod magic;
 mod mix;
 mod query;
 mod report;
@@ -66,6 +67,11 @@ enum Command {
     /// by 1 - p per document; averaged over --checkpoints.
     #[command(allow_negative_numbers = true)]
     Trak(Box<trak::TrakArgs>),
+    /// MAGIC attribution: train with a weight on every document, then differentiate the
+    /// query loss through the whole training run (exact metagradients per document or token).
+    /// A flag given twice takes its last value, as in Bergson.
+    #[command(allow_negative_numbers = true, args_override_self = true)]
+    Magic(Box<magic::MagicArgs>),
     /// Mix a query and an index autocorrelation Hessian into one (TrackStar's mixing):
     /// H = λ·H_query + (1 − λ)·H_index, λ chosen by --target_downweight_components.
     #[command(allow_negative_numbers = true)]
@@ -85,7 +91,7 @@ enum Command {
 
 fn main() -> ExitCode {
     ignore_file_size_signal();
-    let argv: Vec<String> = std::env::args().collect();
+    let argv: Vec<String> = magic::python_flag_spellings(std::env::args().collect());
     if let Some((path, flags)) = run_file_argument(&argv[1..]) {
         let runtime = match RunFileCli::try_parse_from(&flags) {
             Ok(cli) => cli.runtime,
@@ -141,6 +147,10 @@ fn main() -> ExitCode {
         Command::Trak(args) => {
             logging::init(args.runtime.quiet);
             errors::finish(trak::run(args.config, &args.runtime))
+        }
+        Command::Magic(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(magic::run(&args.config, &args.runtime))
         }
         Command::Mix(args) => {
             logging::init(args.quiet);

@@ -955,11 +955,11 @@ fn no_arguments() {
 #[test]
 fn a_python_bergson_command_we_lack() {
     let sb = Sandbox::new();
-    let out = sb.run(&["magic", "run"]);
+    let out = sb.run(&["metasmoothness", "run"]);
     assert_error(
         &out,
         &[
-            "`magic`",
+            "`metasmoothness`",
             "Python Bergson",
             "build",
             "score",

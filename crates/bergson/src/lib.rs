@@ -17,6 +17,7 @@ pub mod hessians;
 pub mod hub;
 pub mod index;
 pub mod interrupt;
+pub mod magic;
 pub mod mix;
 pub mod models;
 pub mod pickle;

@@ -8,6 +8,7 @@ mod enums;
 mod flags;
 mod hessian;
 mod lissa;
+mod magic;
 mod mix;
 mod query;
 mod query_set;
@@ -30,6 +31,7 @@ pub use enums::{
 pub use flags::{clap_default, parse_bool};
 pub use hessian::{HessianConfig, HessianRunConfig};
 pub use lissa::{LissaConfig, LissaRunConfig};
+pub use magic::{MagicConfig, MagicQuerySet, ValidationMethod};
 pub use mix::MixConfig;
 pub use query::{FaissConfig, QueryConfig};
 pub use query_set::QuerySetConfig;

@@ -103,7 +103,6 @@ pub struct RunFile {
 /// not run yet.
 pub const PYTHON_ONLY_COMMANDS: &[&str] = &[
     "approxunrolling",
-    "magic",
     "metasmoothness",
     "recall",
     "validate",
@@ -185,8 +184,8 @@ fn parse_step(name: &str, body: Value) -> Result<Step> {
         "ekfac" => Ok(Step::Ekfac(parse(name, body)?)),
         "lissa" => Ok(Step::Lissa(parse(name, body)?)),
         "train" => Ok(Step::Train(parse(name, body)?)),
-        "mix" | "test_model_configuration" => Err(Error::input(format!(
-            "step `{name}` runs from the command line only (as in Bergson, whose run files hold index commands); run `bergson {name} ...`"
+        "magic" | "mix" | "test_model_configuration" => Err(Error::input(format!(
+            "step `{name}` runs from the command line only in bergson-rs; run `bergson {name} ...` with flags"
         ))),
         "query" => Err(Error::input(
             "step `query` is interactive and cannot run from a run file; run `bergson query --index <run>`",

@@ -15,7 +15,7 @@ pub mod stream;
 pub mod trainer;
 
 pub use optimizer::{OptState, Optimizer};
-pub use run::{train, TrainSummary};
+pub use run::{prepare_training, train, TrainSummary, TrainingRun, WeightChoice};
 pub use schedule::LrSchedule;
 pub use stream::{Batch, DataStream, WeightShape};
 pub use trainer::{StepSettings, Trainer, TrainerState};

@@ -137,7 +137,7 @@ fn trajectory(c: &TrainingConfig) -> serde_json::Value {
 
 /// The data side of `c` as the shared pipeline takes it (no token budget: Bergson's trainer
 /// truncates, with `--truncation`, at the model's maximum length only).
-fn index_config(c: &TrainingConfig) -> IndexConfig {
+pub(crate) fn index_config(c: &TrainingConfig) -> IndexConfig {
     IndexConfig {
         run_path: c.run_path.clone(),
         model: c.model.clone(),
@@ -169,7 +169,8 @@ fn prepare_run_dir(c: &TrainingConfig) -> Result<PathBuf> {
     Ok(run)
 }
 
-fn write_config(run: &Path, c: &TrainingConfig) -> Result<()> {
+/// Writes `<run>/config.yaml`: `steps: [{<command>: config}]` and who wrote it.
+pub fn write_run_config<T: serde::Serialize>(run: &Path, command: &str, c: &T) -> Result<()> {
     #[derive(serde::Serialize)]
     struct Metadata {
         bergson_version: &'static str,
@@ -177,12 +178,12 @@ fn write_config(run: &Path, c: &TrainingConfig) -> Result<()> {
         created: String,
     }
     #[derive(serde::Serialize)]
-    struct Doc<'a> {
-        steps: Vec<std::collections::BTreeMap<&'static str, &'a TrainingConfig>>,
+    struct Doc<'a, T: serde::Serialize> {
+        steps: Vec<std::collections::BTreeMap<&'a str, &'a T>>,
         metadata: Metadata,
     }
     let doc = Doc {
-        steps: vec![[("train", c)].into_iter().collect()],
+        steps: vec![[(command, c)].into_iter().collect()],
         metadata: Metadata {
             bergson_version: crate::config::run_file::BERGSON_COMPAT_VERSION,
             bergson_rs_version: env!("CARGO_PKG_VERSION"),
@@ -195,22 +196,80 @@ fn write_config(run: &Path, c: &TrainingConfig) -> Result<()> {
     std::fs::write(&path, text).at_path(&path)
 }
 
-/// Runs `bergson train` with config `c` on `device`.
-pub fn train(c: &TrainingConfig, device: Device) -> Result<TrainSummary> {
+/// A prepared training run: the trainer and its initial state, the data stream with its
+/// weights, and where the run writes.
+pub struct TrainingRun {
+    /// The functional trainer.
+    pub trainer: Trainer,
+    /// The initial state (zero optimizer state, the model's parameters).
+    pub initial: TrainerState,
+    /// The training stream (shuffled epochs, padded) and its data weights.
+    pub stream: DataStream,
+    /// The learning-rate schedule.
+    pub schedule: LrSchedule,
+    /// Parameter names, in the state's order.
+    pub names: Vec<String>,
+    /// The run directory.
+    pub run: PathBuf,
+    /// `<run>/checkpoints`.
+    pub checkpoints: PathBuf,
+    /// The settings that fix the trajectory (checkpoints of other settings are refused).
+    pub trajectory: serde_json::Value,
+    /// The model directory.
+    pub model_dir: PathBuf,
+    /// The tokenizer, for other data sets of the run (the query set).
+    pub tokenizer: crate::data::tokenize::Tokenizer,
+    /// The model's maximum length.
+    pub max_positions: Option<i64>,
+    /// The tokenised training rows, in dataset order.
+    pub rows: Vec<crate::data::tokenize::TokenizedRow>,
+    /// Per-token document ids of chunked data.
+    pub doc_ids: Option<Vec<Vec<i64>>>,
+}
+
+/// The data weights of a run: per document, or per token (`attribute_tokens`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightChoice {
+    /// One weight per document.
+    PerDocument,
+    /// One weight per (example, position), as wide as `--chunk_length` or the longest row.
+    PerToken,
+}
+
+/// Prepares a run of `c`: checks, the run directory (with `config.yaml` written by
+/// `write_config`), data, stream, model and trainer.
+pub fn prepare_training(
+    c: &TrainingConfig,
+    device: Device,
+    weights: WeightChoice,
+    write_config: impl FnOnce(&Path) -> Result<()>,
+) -> Result<TrainingRun> {
     check_training_config(c)?;
     let icfg = index_config(c);
     let (tokenizer, model_dir, max_positions) = load_tokenizer(&icfg)?;
     let run = prepare_run_dir(c)?;
-    write_config(&run, c)?;
+    write_config(&run)?;
     let prepared = prepare_data(&icfg, &tokenizer, max_positions)?;
     let doc_ids = chunk_doc_ids(&prepared.table)?;
+    let shape = match weights {
+        WeightChoice::PerDocument => WeightShape::PerDocument,
+        WeightChoice::PerToken => {
+            let longest = prepared.rows.iter().map(|r| r.len()).max().unwrap_or(0);
+            let seq_len = if c.data.chunk_length > 0 {
+                c.data.chunk_length
+            } else {
+                longest
+            };
+            WeightShape::PerToken { seq_len }
+        }
+    };
     let stream = DataStream::new(
         &prepared.rows,
-        doc_ids,
+        doc_ids.clone(),
         c.batch_size,
         c.num_epochs,
         c.seed,
-        WeightShape::PerDocument,
+        shape,
         device,
     )?;
     let num_steps = stream.len();
@@ -238,88 +297,133 @@ pub fn train(c: &TrainingConfig, device: Device) -> Result<TrainSummary> {
         max_grad_norm: c.max_grad_norm,
         grad_accum_steps: c.grad_accum_steps,
     };
-    let (trainer, mut state) = Trainer::new(spec, model.as_ref(), optimizer, settings)?;
+    let (trainer, initial) = Trainer::new(spec, model.as_ref(), optimizer, settings)?;
     drop(model);
     let names = trainer.names().to_vec();
     let checkpoints = run.join("checkpoints");
-    write_lr_history(&checkpoints, &schedule, num_steps)?;
-    let traj = trajectory(c);
-
-    let mut next_save = if c.save_mode == SaveMode::Final {
-        num_steps
-    } else {
-        0
-    };
-    if c.resume {
-        if let Some((_, dir)) = complete_checkpoints(&checkpoints)?.pop() {
-            state = load_state(&dir, &names, &state, &traj, device)?;
-            tracing::info!(
-                "resuming from {} (step {})",
-                dir.display(),
-                state.batch_index
-            );
-            while next_save < state.batch_index {
-                next_save = next_save_index(next_save, num_steps, c.save_mode, c.save_interval)?;
-            }
-        }
-    }
-    let tagged = (c.save_optimizer_state == SaveOptimizerState::All).then_some((
-        c.adam_beta1,
-        c.adam_beta2,
-        c.adam_eps,
-        c.eps_root,
-    ));
-    let save = |state: &TrainerState| -> Result<()> {
-        let dir = checkpoint_dir(&checkpoints, state.batch_index);
-        if tagged.is_some() {
-            save_optimizer_pt(&dir.join("optimizer.pt"), &names, state, tagged)?;
-        }
-        save_state(&checkpoints, &names, state, &traj)?;
-        Ok(())
-    };
-    let mut losses = Vec::new();
-    let mut phase = crate::progress::Phase::new(
-        "Training",
-        "steps",
-        Some((num_steps - state.batch_index.min(num_steps)) as u64),
-    );
-    let state = trainer.train(
-        state,
-        &stream,
-        |s| {
-            if s.batch_index == next_save {
-                save(s)?;
-                next_save = next_save_index(next_save, num_steps, c.save_mode, c.save_interval)?;
-            }
-            Ok(())
-        },
-        |i, loss| {
-            tracing::debug!("step {i}: loss {loss}");
-            losses.push((i, loss));
-            phase.inc(1);
-            Ok(())
-        },
-    )?;
-    drop(phase);
-    if matches!(c.save_mode, SaveMode::Interval | SaveMode::Final) && next_save == num_steps {
-        save(&state)?;
-    }
-    if c.save_optimizer_state != SaveOptimizerState::None {
-        let n = save_optimizer_pt(&run.join("optimizer.pt"), &names, &state, None)?;
-        tracing::info!(
-            "Saved {n} optimizer second moments to '{}'",
-            run.join("optimizer.pt").display()
-        );
-    }
-    if c.save_models {
-        save_hf_model(&model_dir, &run.join("model"), &names, &state.params)?;
-    }
-    Ok(TrainSummary {
-        run_path: run,
-        losses,
-        num_steps,
-        state,
+    Ok(TrainingRun {
+        trainer,
+        initial,
+        stream,
+        schedule,
         names,
+        checkpoints,
+        trajectory: trajectory(c),
+        run,
+        model_dir,
+        tokenizer,
+        max_positions,
+        rows: prepared.rows,
+        doc_ids,
+    })
+}
+
+impl TrainingRun {
+    /// Steps in the run.
+    pub fn num_steps(&self) -> usize {
+        self.stream.len()
+    }
+
+    /// Trains to the end (resuming from the newest checkpoint with `--resume`), writing the
+    /// checkpoints on `--save_mode`'s schedule, `log_history.json`, `optimizer.pt` and the
+    /// model as `c` asks. Returns the final state and the losses of the steps taken.
+    pub fn train(&self, c: &TrainingConfig) -> Result<(TrainerState, Vec<(usize, f64)>)> {
+        let (trainer, names, checkpoints) = (&self.trainer, &self.names, &self.checkpoints);
+        let num_steps = self.num_steps();
+        let device = self.stream.weights.device();
+        write_lr_history(checkpoints, &self.schedule, num_steps)?;
+        let traj = &self.trajectory;
+        let mut state = self.initial.detach();
+        let mut next_save = if c.save_mode == SaveMode::Final {
+            num_steps
+        } else {
+            0
+        };
+        if c.resume {
+            if let Some((_, dir)) = complete_checkpoints(checkpoints)?.pop() {
+                state = load_state(&dir, names, &state, traj, device)?;
+                tracing::info!(
+                    "resuming from {} (step {})",
+                    dir.display(),
+                    state.batch_index
+                );
+                while next_save < state.batch_index {
+                    next_save =
+                        next_save_index(next_save, num_steps, c.save_mode, c.save_interval)?;
+                }
+            }
+        }
+        let tagged = (c.save_optimizer_state == SaveOptimizerState::All).then_some((
+            c.adam_beta1,
+            c.adam_beta2,
+            c.adam_eps,
+            c.eps_root,
+        ));
+        let save = |state: &TrainerState| -> Result<()> {
+            let dir = checkpoint_dir(checkpoints, state.batch_index);
+            if tagged.is_some() {
+                save_optimizer_pt(&dir.join("optimizer.pt"), names, state, tagged)?;
+            }
+            save_state(checkpoints, names, state, traj)?;
+            Ok(())
+        };
+        let mut losses = Vec::new();
+        let mut phase = crate::progress::Phase::new(
+            "Training",
+            "steps",
+            Some((num_steps - state.batch_index.min(num_steps)) as u64),
+        );
+        let state = trainer.train(
+            state,
+            &self.stream,
+            |s| {
+                if s.batch_index == next_save {
+                    save(s)?;
+                    next_save =
+                        next_save_index(next_save, num_steps, c.save_mode, c.save_interval)?;
+                }
+                Ok(())
+            },
+            |i, loss| {
+                tracing::debug!("step {i}: loss {loss}");
+                losses.push((i, loss));
+                phase.inc(1);
+                Ok(())
+            },
+        )?;
+        drop(phase);
+        if matches!(c.save_mode, SaveMode::Interval | SaveMode::Final) && next_save == num_steps {
+            save(&state)?;
+        }
+        if c.save_optimizer_state != SaveOptimizerState::None {
+            let path = self.run.join("optimizer.pt");
+            let n = save_optimizer_pt(&path, names, &state, None)?;
+            tracing::info!("Saved {n} optimizer second moments to '{}'", path.display());
+        }
+        if c.save_models {
+            save_hf_model(
+                &self.model_dir,
+                &self.run.join("model"),
+                names,
+                &state.params,
+            )?;
+        }
+        Ok((state, losses))
+    }
+}
+
+/// Runs `bergson train` with config `c` on `device`.
+pub fn train(c: &TrainingConfig, device: Device) -> Result<TrainSummary> {
+    let run = prepare_training(c, device, WeightChoice::PerDocument, |dir| {
+        write_run_config(dir, "train", c)
+    })?;
+    let (state, losses) = run.train(c)?;
+    Ok(TrainSummary {
+        run_path: run.run.clone(),
+        losses,
+        num_steps: run.num_steps(),
+        state,
+        names: run.names.clone(),
     })
 }
 

@@ -76,6 +76,34 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// The batch with the rows of zero weight taken out of the loss (labels -100, no
+    /// supervised position) and its weights dropped (Bergson's `mask_padded_rows`): how a
+    /// query batch is scored. Returns it with its supervised token count.
+    pub fn without_padded_rows(&self) -> (Batch, i64) {
+        let b = self.len();
+        let live = self
+            .example_weight
+            .ne(0.0)
+            .reshape([b, -1])
+            .any_dim(1, false)
+            .unsqueeze(1);
+        let labels = self.labels.masked_fill(&live.logical_not(), IGNORE_INDEX);
+        let shift_loss_mask = self.shift_loss_mask.logical_and(&live);
+        let n = shift_loss_mask.sum(Kind::Int64).int64_value(&[]);
+        let example_weight = Tensor::ones([b], (Kind::Float, self.input_ids.device()));
+        (
+            Batch {
+                input_ids: self.input_ids.shallow_clone(),
+                labels,
+                shift_loss_mask,
+                example_weight,
+            },
+            n,
+        )
+    }
+}
+
 /// The shape of the data weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightShape {
@@ -154,10 +182,55 @@ impl DataStream {
                 stream_rows.push(base[i].clone());
             }
         }
+        Ok(Self::from_rows(
+            stream_rows,
+            base.len(),
+            num_docs,
+            batch_size,
+            shape,
+            device,
+        ))
+    }
+
+    /// The rows in dataset order, one document each, padded like [`DataStream::new`]: how
+    /// Bergson streams a query set.
+    pub fn in_order(rows: &[TokenizedRow], batch_size: usize, device: Device) -> Result<Self> {
+        if batch_size == 0 {
+            return Err(Error::input("--batch_size must be at least 1"));
+        }
+        let max_len = rows.iter().map(TokenizedRow::len).max().unwrap_or(0);
+        let stream_rows = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| StreamRow {
+                input_ids: r.input_ids.clone(),
+                labels: r.labels.clone().unwrap_or_else(|| r.input_ids.clone()),
+                doc_ids: vec![i as i64; max_len],
+                example_id: i as i64,
+            })
+            .collect();
+        Ok(Self::from_rows(
+            stream_rows,
+            rows.len(),
+            rows.len(),
+            batch_size,
+            WeightShape::PerDocument,
+            device,
+        ))
+    }
+
+    /// Pads `stream_rows` to whole batches and makes the weights.
+    fn from_rows(
+        mut stream_rows: Vec<StreamRow>,
+        num_examples: usize,
+        mut num_docs: usize,
+        batch_size: usize,
+        shape: WeightShape,
+        device: Device,
+    ) -> Self {
         let remainder = stream_rows.len() % batch_size;
         let mut padding = Padding::default();
-        let num_examples = base.len();
-        if remainder != 0 {
+        if remainder != 0 && !stream_rows.is_empty() {
             let pad = batch_size - remainder;
             let mut last = stream_rows[stream_rows.len() - 1].clone();
             last.doc_ids = vec![num_docs as i64; last.doc_ids.len()];
@@ -166,7 +239,7 @@ impl DataStream {
             stream_rows.extend(std::iter::repeat_n(last, pad));
             padding.num_rows = pad;
             tracing::info!(
-                "Train: padded {pad}/{} examples (weight=0) to fill last batch",
+                "padded {pad}/{} examples (weight=0) to fill the last batch",
                 stream_rows.len()
             );
         }
@@ -188,14 +261,14 @@ impl DataStream {
                 w
             }
         };
-        Ok(Self {
+        Self {
             rows: stream_rows,
             batch_size,
             device,
             weights,
             padding,
             num_docs,
-        })
+        }
     }
 
     /// Replaces the weights (same shape), e.g. by a float64 copy that requires grad.

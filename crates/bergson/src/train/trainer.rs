@@ -106,6 +106,11 @@ impl Trainer {
         &self.names
     }
 
+    /// The reduction of the token losses.
+    pub fn reduction(&self) -> TrainLossReduction {
+        self.settings.reduction
+    }
+
     /// The optimizer.
     pub fn optimizer(&self) -> &Optimizer {
         &self.optimizer

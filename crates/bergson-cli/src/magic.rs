@@ -1,0 +1,53 @@
+//! `bergson magic`.
+
+use bergson::config::MagicConfig;
+use clap::Args;
+
+use crate::build::{install_interrupt_handler, run_options, RuntimeArgs};
+
+/// Flags of `bergson magic`: Bergson's `MagicConfig` plus how to run it.
+#[derive(Debug, Args)]
+pub struct MagicArgs {
+    /// The run's config (Bergson's flags).
+    #[command(flatten)]
+    pub config: MagicConfig,
+    /// How to run it.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// Bergson spells the training set's flags `--data.dataset`, `--data.split`, ... in `magic`
+/// (its parser prefixes them next to `--query.*`); ours are `--dataset`, `--split`, ...:
+/// both spellings are taken.
+pub fn python_flag_spellings(argv: Vec<String>) -> Vec<String> {
+    if argv.get(1).map(String::as_str) != Some("magic") {
+        return argv;
+    }
+    argv.into_iter()
+        .map(|a| match a.strip_prefix("--data.") {
+            Some(rest) => format!("--{rest}"),
+            None => a,
+        })
+        .collect()
+}
+
+/// Runs `bergson magic`.
+pub fn run(config: &MagicConfig, runtime: &RuntimeArgs) -> anyhow::Result<()> {
+    let opts = run_options(runtime)?;
+    install_interrupt_handler();
+    let summary = bergson::magic::magic(config, opts.device)?;
+    if !runtime.quiet {
+        eprintln!(
+            "trained {} steps and differentiated the query loss ({:.6}) through them: scores of shape {:?} in {}",
+            summary.num_steps,
+            summary.query_loss,
+            summary.scores.size(),
+            summary.scores_path.display()
+        );
+        eprintln!(
+            "time: training {:.2} s, query {:.2} s, backward {:.2} s",
+            summary.train_seconds, summary.query_seconds, summary.backward_seconds
+        );
+    }
+    Ok(())
+}
