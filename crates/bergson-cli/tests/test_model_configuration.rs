@@ -1,7 +1,9 @@
 //! `bergson test_model_configuration` on the tiny fixture models and a dozen short documents
-//! (tests/fixtures/test_model_configuration/docs.jsonl), fp32 on the CPU: gradients agree
+//! (tests/fixtures/bergson_test_model_configuration/data), fp32 on the CPU: gradients agree
 //! alone and padded (cosine ~1), the printed trials are the pairs the seed draws and their
-//! numbers match a direct computation with the library, a flagged run escalates and says so,
+//! numbers match a direct computation with the library and Python Bergson 2.5.1's report
+//! (`python_<model>_fp32_seed3.txt`, made by
+//! tests/fixtures/scripts/make_test_model_configuration_refs.py), a flagged run escalates and says so,
 //! a chat template that writes BOS twice is flagged, and bad input is a one-line error.
 
 use std::path::{Path, PathBuf};
@@ -21,8 +23,13 @@ use common::{assert_one_line_error, bergson, copy_dir, fixtures};
 const TRIALS: usize = 4;
 const SEED: i64 = 3;
 
+fn refs() -> PathBuf {
+    fixtures().join("bergson_test_model_configuration")
+}
+
+/// The documents: a directory with one JSONL file, as Python's `load_dataset` reads it too.
 fn docs() -> PathBuf {
-    fixtures().join("test_model_configuration/docs.jsonl")
+    refs().join("data")
 }
 
 fn run(model: &Path, extra: &[&str]) -> Output {
@@ -99,7 +106,11 @@ fn config(model: &Path) -> DiagnoseConfig {
 
 fn consistent_and_matches_library(name: &str) {
     let model = fixtures().join("models").join(name);
-    let stdout = stdout_of(&run(&model, &[]));
+    // Relative, as the Python report names it (both run from the repository root).
+    let stdout = stdout_of(&run(
+        Path::new(&format!("tests/fixtures/models/{name}")),
+        &[],
+    ));
     for section in [
         "Testing: equal-length batching (no padding)",
         "Testing: precision=fp32",
@@ -147,6 +158,42 @@ fn consistent_and_matches_library(name: &str) {
     let cross = bergson::diagnose::cosine(&ga, &gb);
     assert!(cross < 0.99, "different documents: cosine {cross}");
     assert_eq!(rows[0].trial, 0);
+
+    // Python Bergson's report on the same documents and seed: the same draws, the same
+    // numbers (losses are sums over up to ~100 tokens, so float32 rounding of the padded
+    // attention shows in the 5th decimal).
+    let python =
+        std::fs::read_to_string(refs().join(format!("python_{name}_fp32_seed3.txt"))).unwrap();
+    for section in [
+        "Testing: equal-length batching (no padding)",
+        "Testing: precision=fp32",
+    ] {
+        let ours = section_rows(&stdout, section);
+        let theirs = section_rows(&python, section);
+        assert_eq!(ours.len(), theirs.len(), "{section}");
+        for (o, p) in ours.iter().zip(&theirs) {
+            assert_eq!(
+                (o.trial, o.short, o.long),
+                (p.trial, p.short, p.long),
+                "{section}"
+            );
+            assert!((o.cos - p.cos).abs() < 1e-5, "{section}: {o:?} vs {p:?}");
+            assert!(
+                (o.loss_diff - p.loss_diff).abs() < 1e-3,
+                "{section}: {o:?} vs {p:?}"
+            );
+        }
+    }
+    let special = |s: &str| {
+        let start = s
+            .find("Special token check:")
+            .expect("special token section");
+        let end = s.find("\nLoading ").expect("loading line");
+        s[start..end].to_string()
+    };
+    assert_eq!(special(&stdout), special(&python));
+    let report = |s: &str| s[s.find("Report for").expect("report")..].to_string();
+    assert_eq!(report(&stdout), report(&python));
 }
 
 #[test]

@@ -93,7 +93,11 @@ pub fn check_special_tokens(tokenizer: &Tokenizer, model: &str) -> Result<Specia
         }
     };
     let head: String = rendered.chars().take(200).collect();
-    let _ = writeln!(t, "\n  Template string (first 200 chars):\n    {head:?}");
+    let _ = writeln!(
+        t,
+        "\n  Template string (first 200 chars):\n    {}",
+        py_repr(&head)
+    );
 
     let mut ok = true;
     if actual == expected {
@@ -145,7 +149,7 @@ pub fn check_special_tokens(tokenizer: &Tokenizer, model: &str) -> Result<Specia
                     .inner()
                     .decode(&[id as u32], false)
                     .unwrap_or_default();
-                let _ = writeln!(t, "      {label}[{first}] = {id} ({text:?})");
+                let _ = writeln!(t, "      {label}[{first}] = {id} ({})", py_repr(&text));
             }
         }
     }
@@ -168,10 +172,36 @@ fn py_opt(id: Option<u32>) -> String {
     id.map_or_else(|| "None".into(), |i| i.to_string())
 }
 
-/// Python's `repr` of an optional string (single quotes), near enough for a report.
+/// Python's `repr` of an optional string.
 fn py_repr_opt(s: &Option<String>) -> String {
-    match s {
-        Some(s) => format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
-        None => "None".into(),
+    s.as_deref().map_or_else(|| "None".into(), py_repr)
+}
+
+/// Python's `repr` of a string: single quotes unless it holds one and no double quote, with
+/// backslash escapes for the quote, backslash and control characters.
+fn py_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::from(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
     }
+    out.push(quote);
+    out
 }
