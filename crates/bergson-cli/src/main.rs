@@ -14,6 +14,7 @@ mod mix;
 mod query;
 mod report;
 mod score;
+mod test_model_configuration;
 mod trackstar;
 mod train;
 mod trak;
@@ -87,6 +88,10 @@ enum Command {
     /// A self-contained HTML page of a score run or a `query --record` CSV: each query's top
     /// and bottom training rows, per-token heat maps, score histograms.
     Report(report::ReportArgs),
+    /// Test gradient consistency across padding and batch composition, and the chat
+    /// template's special tokens; recommends --force_math_sdp / --precision fp32 when needed.
+    #[command(name = "test_model_configuration", allow_negative_numbers = true)]
+    TestModelConfiguration(Box<test_model_configuration::TestModelConfigurationArgs>),
 }
 
 fn main() -> ExitCode {
@@ -167,6 +172,10 @@ fn main() -> ExitCode {
         Command::Report(args) => {
             logging::init(args.quiet);
             errors::finish(report::run(&args))
+        }
+        Command::TestModelConfiguration(args) => {
+            logging::init(false);
+            errors::finish(test_model_configuration::run(&args))
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod build;
 pub mod collect;
 pub mod config;
 pub mod data;
+pub mod diagnose;
 pub mod engine;
 pub mod error;
 pub mod hessians;
