@@ -1,6 +1,7 @@
 //! Helpers shared by the CLI's integration tests: where the repository and its fixtures are,
 //! scratch copies of committed runs, the `bergson` binary, and the bad-input contract (exit
-//! status 2, one `error:` line, at most one hint, never a panic).
+//! status 2, one `error:` line, at most one hint, never a panic). Tests that need Python
+//! Bergson are `#[ignore]`d and read `BERGSON_PY` themselves.
 //!
 //! Each test binary includes this with `mod common;` and uses what it needs.
 #![allow(dead_code)]
@@ -45,18 +46,6 @@ pub fn copy_dir(src: &Path, dst: &Path) {
             std::fs::copy(entry.path(), to).expect("copy file");
         }
     }
-}
-
-/// Python with Bergson 2.5.1 from `BERGSON_PY`, for opt-in comparisons; `None` (and a line on
-/// stderr saying how to run them) when unset.
-pub fn bergson_py() -> Option<PathBuf> {
-    let py = std::env::var_os("BERGSON_PY").map(PathBuf::from);
-    if py.is_none() {
-        eprintln!(
-            "skipped: set BERGSON_PY to a Python with bergson 2.5.1 (e.g. /work/pyenv/bin/python)"
-        );
-    }
-    py
 }
 
 /// The bad-input contract: exit status 2, one `error: ` line (and at most one `hint:`/`tip:`

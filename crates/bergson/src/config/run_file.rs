@@ -101,12 +101,8 @@ pub struct RunFile {
 
 /// Python Bergson 2.5.1's commands (in a run file or on its command line) that bergson-rs does
 /// not run yet.
-pub const PYTHON_ONLY_COMMANDS: &[&str] = &[
-    "approxunrolling",
-    "metasmoothness",
-    "recall",
-    "validate",
-];
+pub const PYTHON_ONLY_COMMANDS: &[&str] =
+    &["approxunrolling", "metasmoothness", "recall", "validate"];
 
 /// Reads a run file (or a run directory holding `config.yaml`).
 pub fn read_run_file(path: &Path) -> Result<RunFile> {

@@ -37,18 +37,7 @@ pub struct LissaSummary {
 
 impl std::fmt::Display for LissaSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let total: f64 = self.timings.iter().map(|(_, s)| s).sum();
-        let steps: Vec<String> = self
-            .timings
-            .iter()
-            .map(|(n, s)| format!("{n} {s:.1} s"))
-            .collect();
-        write!(
-            f,
-            "scores saved at {} ({}; total {total:.1} s)",
-            self.scores_path.display(),
-            steps.join(", ")
-        )
+        super::write_summary(f, &self.scores_path, &self.timings)
     }
 }
 

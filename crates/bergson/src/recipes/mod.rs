@@ -12,3 +12,27 @@ pub mod ekfac;
 pub mod lissa;
 pub mod trackstar;
 pub mod trak;
+
+/// The closing line of a recipe run: where the scores are and the time of each step run
+/// (`(step, seconds)`; none when every step was resumed).
+fn write_summary(
+    f: &mut std::fmt::Formatter<'_>,
+    scores: &std::path::Path,
+    timings: &[(&'static str, f64)],
+) -> std::fmt::Result {
+    let total: f64 = timings.iter().map(|(_, s)| s).sum();
+    let steps: Vec<String> = timings
+        .iter()
+        .map(|(n, s)| format!("{n} {s:.1} s"))
+        .collect();
+    let steps = if steps.is_empty() {
+        "every step resumed".to_string()
+    } else {
+        steps.join(", ")
+    };
+    write!(
+        f,
+        "scores saved at {} ({steps}; total {total:.1} s)",
+        scores.display()
+    )
+}
