@@ -12,6 +12,7 @@ mod logging;
 mod magic;
 mod mix;
 mod query;
+mod recall;
 mod report;
 mod score;
 mod test_model_configuration;
@@ -88,6 +89,14 @@ enum Command {
     /// A self-contained HTML page of a score run or a `query --record` CSV: each query's top
     /// and bottom training rows, per-token heat maps, score histograms.
     Report(report::ReportArgs),
+    /// Judge a score store by synthetic factual recall: for each question about a synthetic
+    /// person, where its gold statements rank (MRR, Recall@k, strict Recall@k).
+    #[command(allow_negative_numbers = true)]
+    Recall(recall::RecallArgs),
+    /// Generate (or reuse) the synthetic-facts statements and questions datasets that
+    /// `recall` evaluates, to train, build and score on first.
+    #[command(name = "recall_generate", allow_negative_numbers = true)]
+    RecallGenerate(recall::RecallGenerateArgs),
     /// Test gradient consistency across padding and batch composition, and the chat
     /// template's special tokens; recommends --force_math_sdp / --precision fp32 when needed.
     #[command(name = "test_model_configuration", allow_negative_numbers = true)]
@@ -172,6 +181,14 @@ fn main() -> ExitCode {
         Command::Report(args) => {
             logging::init(args.quiet);
             errors::finish(report::run(&args))
+        }
+        Command::Recall(args) => {
+            logging::init(args.quiet);
+            errors::finish(recall::run(&args))
+        }
+        Command::RecallGenerate(args) => {
+            logging::init(args.quiet);
+            errors::finish(recall::generate(&args))
         }
         Command::TestModelConfiguration(args) => {
             logging::init(false);

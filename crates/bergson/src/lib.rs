@@ -24,6 +24,7 @@ pub mod models;
 pub mod pickle;
 pub mod progress;
 pub mod query;
+pub mod recall;
 pub mod recipes;
 pub mod report;
 pub mod score;

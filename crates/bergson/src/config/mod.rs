@@ -12,6 +12,7 @@ mod magic;
 mod mix;
 mod query;
 mod query_set;
+mod recall;
 mod renamed;
 pub mod run_file;
 mod score;
@@ -35,6 +36,7 @@ pub use magic::{MagicConfig, MagicQuerySet, ValidationMethod};
 pub use mix::MixConfig;
 pub use query::{FaissConfig, QueryConfig};
 pub use query_set::QuerySetConfig;
+pub use recall::{RecallConfig, RecallDataConfig};
 pub use score::{
     CandidateConfig, CandidateDirection, ScoreConfig, ScoreMode, ScorePrecision, ScoreRunConfig,
     TokenInfluence,

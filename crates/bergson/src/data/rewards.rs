@@ -110,7 +110,7 @@ fn reduceat_means(codes: &[usize], values: &[f64], groups: usize) -> Vec<f64> {
 
 /// numpy's `pairwise_sum` for float64 (`loops_utils.h.src`): 8 accumulators in blocks of
 /// up to 128 values, halving (at multiples of 8) above that.
-fn pairwise_sum(a: &[f64]) -> f64 {
+pub(crate) fn pairwise_sum(a: &[f64]) -> f64 {
     let n = a.len();
     if n < 8 {
         a.iter().fold(-0.0, |acc, &x| acc + x)

@@ -136,7 +136,9 @@ pub fn hf_schema(schema: &Schema) -> Result<Schema> {
 pub fn write_hf_dataset(batch: &RecordBatch, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).at_path(dir)?;
     let schema = Arc::new(hf_schema(&batch.schema())?);
-    let batch = batch.clone().with_schema(schema.clone()).map_err(|e| {
+    // A fresh batch on the new schema: `with_schema` would refuse to drop metadata the table
+    // carried over from its source (say, the input dataset's own `huggingface` entry).
+    let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(|e| {
         Error::internal(format!(
             "cannot attach the datasets schema to the table ({e})"
         ))
@@ -352,5 +354,38 @@ mod tests {
             python_json(&json!("\u{7f}\u{1}"), None),
             r#""\u007f\u0001""#
         );
+    }
+
+    #[test]
+    fn a_table_read_back_with_its_metadata_writes_again_with_new_columns() {
+        // A build from a `save_to_disk` dataset writes the input's table (which carries the
+        // input's `huggingface` schema metadata) plus its own columns.
+        let dir = tempfile::tempdir().unwrap();
+        let text: arrow::array::ArrayRef =
+            Arc::new(arrow::array::StringArray::from(vec!["a", "b"]));
+        let first = RecordBatch::try_from_iter([("text", text)]).unwrap();
+        write_hf_dataset(&first, &dir.path().join("in")).unwrap();
+        let read = read_hf_dataset(&dir.path().join("in")).unwrap();
+        assert!(!read.schema().metadata().is_empty());
+        let length: arrow::array::ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![1, 2]));
+        let mut fields: Vec<Field> = read
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(
+            "length",
+            arrow::datatypes::DataType::Int64,
+            true,
+        ));
+        let mut columns = read.columns().to_vec();
+        columns.push(length);
+        let schema = Schema::new(fields).with_metadata(read.schema().metadata().clone());
+        let second = RecordBatch::try_new(Arc::new(schema), columns).unwrap();
+        write_hf_dataset(&second, &dir.path().join("out")).unwrap();
+        let back = read_hf_dataset(&dir.path().join("out")).unwrap();
+        assert_eq!(back.num_columns(), 2);
+        assert!(back.schema().metadata()[SCHEMA_METADATA_KEY].contains("length"));
     }
 }
