@@ -93,12 +93,6 @@ impl Attributor {
     /// Opens the index at `path` (ours or one Python Bergson wrote).
     pub fn open(path: impl AsRef<Path>, options: AttributorOptions) -> Result<Self> {
         let dir = path.as_ref();
-        if options.hessian_path.is_some() && options.faiss.is_some() {
-            return Err(Error::input(
-                "--hessian_path with --faiss is not supported by bergson-rs yet; search exactly \
-                 (drop --faiss) to precondition",
-            ));
-        }
         if !dir.join("info.json").is_file() {
             let shown = dir.display();
             let part = PathBuf::from(format!("{}.part", dir.display()));
@@ -162,7 +156,9 @@ impl Attributor {
         let ann = options
             .faiss
             .as_ref()
-            .map(|cfg| AnnIndex::open_or_build(&index, cfg, options.unit_norm))
+            .map(|cfg| {
+                AnnIndex::open_or_build(&index, cfg, options.unit_norm, preconditioner.as_ref())
+            })
             .transpose()?;
         Ok(Attributor {
             index,

@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 use super::faiss::Faiss;
 use super::layout::{config_text, read_config, shard_file, shard_sizes, CONFIG_FILE};
@@ -35,8 +35,30 @@ pub fn part_dir(dir: &Path) -> PathBuf {
     dir.with_file_name(name)
 }
 
-/// Builds the FAISS index of `index` at `dir` (which must not exist yet).
-pub fn create(index: &GradientIndex, dir: &Path, cfg: &FaissConfig, unit_norm: bool) -> Result<()> {
+/// A dense Hessian power the index rows are multiplied by before insertion (Bergson's
+/// `precondition_flat_grads` with the `DensePreconditioner`'s `h_inv`), and a stamp of it
+/// saved as `precondition.json` so a FAISS index built for one Hessian is never searched
+/// with another.
+pub struct RowPreconditioning<'a> {
+    /// `(module, H^p)`; modules it lacks are inserted unchanged. Empty for a joint Hessian,
+    /// whose rows Bergson inserts as they are.
+    pub h_inv: &'a [(String, Tensor)],
+    /// Identifies the Hessian power (see [`super::precondition_stamp`]).
+    pub stamp: String,
+}
+
+/// The file recording which Hessian power a preconditioned FAISS index was built with.
+pub const PRECONDITION_FILE: &str = "precondition.json";
+
+/// Builds the FAISS index of `index` at `dir` (which must not exist yet), its rows
+/// preconditioned after normalisation when `precondition` is given.
+pub fn create(
+    index: &GradientIndex,
+    dir: &Path,
+    cfg: &FaissConfig,
+    unit_norm: bool,
+    precondition: Option<&RowPreconditioning>,
+) -> Result<()> {
     let total = index.num_rows();
     let dim = index.row_len();
     if cfg.num_shards == 0 || cfg.num_shards > total {
@@ -62,14 +84,21 @@ pub fn create(index: &GradientIndex, dir: &Path, cfg: &FaissConfig, unit_norm: b
         .map(|(n, _)| n.clone())
         .collect();
     let part = part_dir(dir);
+    let stamp = precondition.map(|p| p.stamp.clone());
     let resumable = part.join(CONFIG_FILE).is_file()
-        && read_config(&part).is_ok_and(|d| d.builds_like(cfg, unit_norm, &modules));
+        && read_config(&part).is_ok_and(|d| d.builds_like(cfg, unit_norm, &modules))
+        && std::fs::read_to_string(part.join(PRECONDITION_FILE)).ok() == stamp;
     if part.exists() && !resumable {
         std::fs::remove_dir_all(&part).at_path(&part)?;
     }
     std::fs::create_dir_all(&part).at_path(&part)?;
     let config = config_text(cfg, index.dir(), unit_norm, &modules)?;
     std::fs::write(part.join(CONFIG_FILE), config).at_path(part.join(CONFIG_FILE))?;
+    if let Some(stamp) = &stamp {
+        let path = part.join(PRECONDITION_FILE);
+        std::fs::write(&path, stamp).at_path(&path)?;
+    }
+    let h_inv = precondition.map(|p| p.h_inv);
 
     tracing::info!(
         "building the FAISS index {} ({} shards of {} rows)",
@@ -82,7 +111,13 @@ pub fn create(index: &GradientIndex, dir: &Path, cfg: &FaissConfig, unit_norm: b
     for (i, &size) in sizes.iter().enumerate() {
         let path = shard_file(&part, i);
         if !path.is_file() {
-            let shard = build_shard(index, start..start + size, cfg, unit_norm, &mut phase)?;
+            let shard = build_shard(
+                index,
+                start..start + size,
+                cfg,
+                (unit_norm, h_inv),
+                &mut phase,
+            )?;
             let mut tmp = path.clone().into_os_string();
             tmp.push(".tmp");
             let tmp = PathBuf::from(tmp);
@@ -102,7 +137,7 @@ fn build_shard(
     index: &GradientIndex,
     rows: std::ops::Range<usize>,
     cfg: &FaissConfig,
-    unit_norm: bool,
+    (unit_norm, h_inv): (bool, Option<&[(String, Tensor)]>),
     phase: &mut Phase,
 ) -> Result<Faiss> {
     let dim = index.row_len();
@@ -119,6 +154,7 @@ fn build_shard(
             index,
             start..(start + batch).min(train_end),
             unit_norm,
+            h_inv,
         )?);
     }
     shard.train(&train)?;
@@ -133,23 +169,40 @@ fn build_shard(
     for start in (train_end..rows.end).step_by(batch) {
         crate::interrupt::check()?;
         let end = (start + batch).min(rows.end);
-        shard.add(&prepared_rows(index, start..end, unit_norm)?)?;
+        shard.add(&prepared_rows(index, start..end, unit_norm, h_inv)?)?;
         phase.inc((end - start) as u64);
     }
     Ok(shard)
 }
 
-/// Index rows `rows` as row-major float32, unit-normalised when asked. The norm is taken in
-/// the stored dtype, as Bergson normalises the memory-mapped rows before FAISS converts them.
+/// Index rows `rows` as row-major float32, unit-normalised when asked, then multiplied by each
+/// module's `H^p` in `h_inv`. Both happen in the stored dtype, as Bergson normalises and
+/// preconditions the memory-mapped rows (the product in `H^p`'s dtype, stored back) before
+/// FAISS converts them.
 pub fn prepared_rows(
     index: &GradientIndex,
     rows: std::ops::Range<usize>,
     unit_norm: bool,
+    h_inv: Option<&[(String, Tensor)]>,
 ) -> Result<Vec<f32>> {
     let mut t = index.rows(rows)?;
     if unit_norm {
         let norm = t.f_norm_scalaropt_dim(2, [1i64].as_slice(), true)?;
         t = t.f_div(&norm)?.f_nan_to_num(0.0, 0.0, 0.0)?;
+    }
+    if let Some(h_inv) = h_inv.filter(|h| !h.is_empty()) {
+        let stored = t.kind();
+        let mut blocks = Vec::new();
+        let mut col = 0i64;
+        for (name, width) in &index.info.grad_sizes {
+            let block = t.f_narrow(1, col, *width as i64)?;
+            col += *width as i64;
+            blocks.push(match h_inv.iter().find(|(n, _)| n == name) {
+                Some((_, h)) => block.f_to_kind(h.kind())?.f_matmul(h)?.f_to_kind(stored)?,
+                None => block,
+            });
+        }
+        t = Tensor::f_cat(&blocks, 1)?;
     }
     let t = t.f_to_kind(Kind::Float)?.f_contiguous()?;
     Ok(Vec::<f32>::try_from(t.f_view([-1i64])?)?)

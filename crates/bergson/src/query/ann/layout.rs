@@ -1,5 +1,6 @@
 //! Where a FAISS index lives and what describes it, as Bergson 2.5.1 lays it out: the
-//! directory `faiss_<factory, commas as underscores>[_cosine]` inside the gradient index,
+//! directory `faiss_<factory, commas as underscores>[_cosine][_precondition]` inside the
+//! gradient index,
 //! shards `0.faiss`, `1.faiss`, ... (sorted by number), and `config.yaml`, which holds JSON
 //! (`faiss_cfg`, `gradients_path`, `device`, `unit_norm`, `ordered_modules`) and is written
 //! last: an index directory without it is unfinished.
@@ -18,12 +19,14 @@ use crate::{Error, Result};
 pub const CONFIG_FILE: &str = "config.yaml";
 
 /// The FAISS index directory's name for a factory string (Bergson's
-/// `faiss_{factory.replace(',', '_')}` + `_cosine` with unit norm).
-pub fn dir_name(index_factory: &str, unit_norm: bool) -> String {
+/// `faiss_{factory.replace(',', '_')}` + `_cosine` with unit norm + `_precondition` when a
+/// Hessian preconditions the search).
+pub fn dir_name(index_factory: &str, unit_norm: bool, precondition: bool) -> String {
     format!(
-        "faiss_{}{}",
+        "faiss_{}{}{}",
         index_factory.replace(',', "_"),
-        if unit_norm { "_cosine" } else { "" }
+        if unit_norm { "_cosine" } else { "" },
+        if precondition { "_precondition" } else { "" }
     )
 }
 
@@ -124,8 +127,15 @@ mod tests {
 
     #[test]
     fn names_and_shards_follow_bergson() {
-        assert_eq!(dir_name("IVF1,SQfp16", true), "faiss_IVF1_SQfp16_cosine");
-        assert_eq!(dir_name("Flat", false), "faiss_Flat");
+        assert_eq!(
+            dir_name("IVF1,SQfp16", true, false),
+            "faiss_IVF1_SQfp16_cosine"
+        );
+        assert_eq!(dir_name("Flat", false, false), "faiss_Flat");
+        assert_eq!(
+            dir_name("Flat", true, true),
+            "faiss_Flat_cosine_precondition"
+        );
         assert_eq!(shard_sizes(10, 3), [3, 3, 4]);
         assert_eq!(shard_sizes(7, 1), [7]);
         assert_eq!(shard_sizes(5, 5), [1, 1, 1, 1, 1]);

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use self::faiss::Faiss;
 use self::merge::{merge, ShardResults};
 use crate::config::FaissConfig;
+use crate::hessians::preconditioner::Preconditioner;
 use crate::index::GradientIndex;
 use crate::query::search::Hits;
 use crate::{Error, Result};
@@ -35,11 +36,15 @@ pub struct AnnIndex {
 
 impl AnnIndex {
     /// Opens `index`'s FAISS index for these settings
-    /// (`<index>/faiss_<factory>[_cosine]`), building it first when it does not exist.
+    /// (`<index>/faiss_<factory>[_cosine][_precondition]`), building it first when it does not
+    /// exist. With a `preconditioner`, as Bergson 2.5.1: a dense per-module Hessian power
+    /// multiplies the rows before insertion (after normalisation), a joint one leaves them as
+    /// they are, a factored one is refused.
     pub fn open_or_build(
         index: &GradientIndex,
         cfg: &FaissConfig,
         unit_norm: bool,
+        preconditioner: Option<&Preconditioner>,
     ) -> Result<Self> {
         faiss::available()?;
         let factory = cfg.index_factory.as_str();
@@ -49,7 +54,25 @@ impl AnnIndex {
                  IVF1024,SQfp16, PQ64)"
             )));
         }
-        let dir = index.dir().join(layout::dir_name(factory, unit_norm));
+        let rows =
+            match preconditioner {
+                None => None,
+                Some(Preconditioner::Factored(_)) => return Err(Error::input(
+                    "FAISS search cannot be preconditioned by a factored (K-FAC/EK-FAC) Hessian, \
+                     as in Bergson; drop --faiss to search exactly, or use a dense \
+                     (autocorrelation) Hessian",
+                )),
+                Some(p) => Some(create::RowPreconditioning {
+                    h_inv: match p {
+                        Preconditioner::Dense(h) => h.as_slice(),
+                        _ => &[],
+                    },
+                    stamp: precondition_stamp(p)?,
+                }),
+            };
+        let dir = index
+            .dir()
+            .join(layout::dir_name(factory, unit_norm, rows.is_some()));
         if !dir.join(layout::CONFIG_FILE).is_file() {
             if dir.exists() {
                 return Err(Error::input(format!(
@@ -58,7 +81,20 @@ impl AnnIndex {
                     layout::CONFIG_FILE
                 )));
             }
-            create::create(index, &dir, cfg, unit_norm)?;
+            create::create(index, &dir, cfg, unit_norm, rows.as_ref())?;
+        }
+        if let Some(rows) = &rows {
+            // Bergson names the directory after the search settings only; the stamp keeps an
+            // index built for one Hessian from answering for another. (One Python built has no
+            // stamp and is taken as it is.)
+            let saved = std::fs::read_to_string(dir.join(create::PRECONDITION_FILE)).ok();
+            if saved.is_some_and(|s| s != rows.stamp) {
+                return Err(Error::input(format!(
+                    "the FAISS index {} was built for another Hessian or inversion; delete it to \
+                     rebuild it for this one",
+                    dir.display()
+                )));
+            }
         }
         let ann = Self::open(&dir, cfg.mmap_index, cfg.nprobe)?;
         ann.check_matches(index)?;
@@ -213,4 +249,35 @@ impl AnnIndex {
         }
         merge(&parts, q, k, reverse)
     }
+}
+
+/// An MD5 digest of a (non-factored) Hessian power: its module names and float32 values.
+pub fn precondition_stamp(p: &Preconditioner) -> Result<String> {
+    use md5::{Digest, Md5};
+    let mut digest = Md5::new();
+    let mut feed = |name: &str, t: &tch::Tensor| -> Result<()> {
+        digest.update(name.as_bytes());
+        let t = t.f_to_kind(tch::Kind::Float)?.f_contiguous()?;
+        let values = Vec::<f32>::try_from(t.f_view([-1i64])?)?;
+        for v in values {
+            digest.update(v.to_le_bytes());
+        }
+        Ok(())
+    };
+    match p {
+        Preconditioner::Dense(h) => {
+            for (name, t) in h {
+                feed(name, t)?;
+            }
+        }
+        Preconditioner::JointDense(t) => feed("joint", t)?,
+        Preconditioner::Factored(_) => {
+            return Err(Error::internal("a factored Hessian has no FAISS stamp"))
+        }
+    }
+    Ok(digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
