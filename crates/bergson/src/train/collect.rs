@@ -224,7 +224,16 @@ impl TrainingGradients {
         let key = if self.rows.accumulate { 0 } else { epoch };
         self.rows.store(key)?;
         let dir = self.rows.dir(key);
-        self.processor.save(&dir)?;
+        let on_cpu = GradientProcessor {
+            settings: self.processor.settings.clone(),
+            normalizers: self
+                .processor
+                .normalizers
+                .iter()
+                .map(|(name, n)| (name.clone(), n.to_device(Device::Cpu)))
+                .collect(),
+        };
+        on_cpu.save(&dir)?;
         if let Some(store) = self.rows.stores.get(&key) {
             store.sync()?;
         }

@@ -340,7 +340,7 @@ impl TrainingRun {
     pub fn train_collecting(
         &self,
         c: &TrainingConfig,
-        mut collect: Option<&mut TrainingGradients>,
+        collect: Option<&mut TrainingGradients>,
     ) -> Result<(TrainerState, Vec<(usize, f64)>)> {
         let (trainer, names, checkpoints) = (&self.trainer, &self.names, &self.checkpoints);
         let num_steps = self.num_steps();
@@ -400,7 +400,7 @@ impl TrainingRun {
             phase.inc(1);
             Ok(())
         };
-        let state = match collect.as_deref_mut() {
+        let state = match collect {
             None => trainer.train(state, &self.stream, &mut before_step, &mut on_step)?,
             Some(tap) => {
                 let mut state = state;
