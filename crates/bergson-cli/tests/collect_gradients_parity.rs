@@ -308,3 +308,79 @@ fn projection_dim_zero_stores_full_gradients() {
     );
     assert!(!plain.join("train").exists() && !plain.join("order.hf").exists());
 }
+
+/// A dataset size the batch size does not divide (12 rows, batches of 5, 2 epochs: the third
+/// step holds rows of both epochs, the last is padded): every row lands in its own epoch's
+/// index, the padding is not written, both epochs get their processor, and `order.hf` follows
+/// the stream with `epoch = floor(rows trained / 12)` after each step.
+#[test]
+fn steps_across_epochs_write_each_row_to_its_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let model = fixtures().join("models/gpt_neox").display().to_string();
+    let data = refs().join("train.jsonl").display().to_string();
+    let flags: Vec<String> = [
+        "--model",
+        &model,
+        "--dataset",
+        &data,
+        "--batch_size",
+        "5",
+        "--num_epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        "--collect_gradients",
+        "--projection_dim",
+        "2",
+        "--track_order",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = train(&run, &flags);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for epoch in ["epoch_0", "epoch_1"] {
+        let d = run.join("train").join(epoch);
+        let info = IndexInfo::read(&d).unwrap();
+        assert_eq!((info.num_grads, info.base_dtype.as_str()), (12, "float16"));
+        let r = rows(&d, &info);
+        let zero_rows = r
+            .abs()
+            .sum_dim_intlist([1i64].as_slice(), false, Kind::Double)
+            .eq(0.0);
+        assert_eq!(
+            zero_rows.sum(Kind::Int64).int64_value(&[]),
+            0,
+            "{epoch}: every row written"
+        );
+        for file in ["processor_config.yaml", "normalizers.pth", "hessians.pth"] {
+            assert!(d.join(file).exists(), "{epoch}/{file}");
+        }
+        let norms = read_normalizers(&d.join("normalizers.pth")).unwrap();
+        assert_eq!(norms.len(), 8, "{epoch}: a normalizer per module");
+    }
+    let order = read_hf_dataset(&run.join("order.hf")).unwrap();
+    let col = |name: &str| -> Vec<i64> {
+        let a = order.column_by_name(name).unwrap();
+        let a = a
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        a.values().to_vec()
+    };
+    let stream: Vec<i64> = bergson::data::nprandom::permutation(42, 12)
+        .into_iter()
+        .chain(bergson::data::nprandom::permutation(43, 12))
+        .map(|i| i as i64)
+        .collect();
+    assert_eq!(col("_idx"), stream, "every trained row, padding left out");
+    let steps: Vec<i64> = (0..24).map(|k| k / 5 + 1).collect();
+    assert_eq!(col("global_step"), steps);
+    let epochs: Vec<i64> = steps.iter().map(|&s| (s * 5).min(24) / 12).collect();
+    assert_eq!(col("epoch"), epochs);
+}
