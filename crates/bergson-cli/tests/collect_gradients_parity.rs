@@ -40,14 +40,17 @@ fn case_flags(case: &str) -> Vec<String> {
         "--collect_gradients".to_string(),
     ];
     for (key, value) in flags {
-        let value = match (key.as_str(), value) {
+        out.push(format!("--{key}"));
+        match (key.as_str(), value) {
             ("model", serde_json::Value::String(m)) => {
-                fixtures().join("models").join(m).display().to_string()
+                out.push(fixtures().join("models").join(m).display().to_string())
             }
-            (_, serde_json::Value::String(s)) => s,
-            (_, v) => v.to_string(),
-        };
-        out.extend([format!("--{key}"), value]);
+            (_, serde_json::Value::String(s)) => out.push(s),
+            (_, serde_json::Value::Array(items)) => {
+                out.extend(items.iter().map(|v| v.as_str().unwrap().to_string()))
+            }
+            (_, v) => out.push(v.to_string()),
+        }
     }
     out
 }
@@ -219,8 +222,17 @@ fn accumulated_float16_bias_rows_match_bergson() {
     check_case("llama_accumulate", 1e-3, &[], 0.0);
 }
 
-/// The flags without `--collect_gradients`, a dtype the callback refuses, and resuming a
-/// collecting run: exit status 2 and one error line.
+/// Attention modules split into per-head blocks (`--split_attention_modules`, the callback's
+/// `attention_cfgs`), each head normalised by its rows of the module's second moments. One
+/// epoch of three steps; the second step's rows are loose as in the neox case.
+#[test]
+fn head_blocks_match_bergson() {
+    let perm = bergson::data::nprandom::permutation(5, 12);
+    check_case("neox_heads", 1e-4, &perm[4..8], 3e-3);
+}
+
+/// The flags without `--collect_gradients`, a dtype the callback refuses, bad head splits, and
+/// resuming a collecting run: exit status 2 and one error line.
 #[test]
 fn bad_flags_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -248,9 +260,39 @@ fn bad_flags_are_refused() {
         &base(&["--collect_gradients", "--projection_dim", "-1"]),
     );
     assert_one_line_error(&out, &["--projection_dim"]);
+    // attention_cfgs naming no collected module, or a layout not covering its outputs.
+    let out = train(
+        &run,
+        &base(&[
+            "--collect_gradients",
+            "--split_attention_modules",
+            "lm_head",
+            "--num_heads",
+            "4",
+            "--head_size",
+            "8",
+        ]),
+    );
+    assert_one_line_error(&out, &["--split_attention_modules", "lm_head"]);
+    // The run directory exists by the time the model's modules are known.
+    std::fs::remove_dir_all(&run).unwrap();
+    let out = train(
+        &run,
+        &base(&[
+            "--collect_gradients",
+            "--split_attention_modules",
+            "layers.0.attention.dense",
+            "--num_heads",
+            "3",
+            "--head_size",
+            "8",
+        ]),
+    );
+    assert_one_line_error(&out, &["--num_heads", "32"]);
+    std::fs::remove_dir_all(&run).unwrap();
     let out = train(&run, &base(&["--collect_gradients", "--resume"]));
     assert_one_line_error(&out, &["--collect_gradients", "--resume"]);
-    assert!(!run.join("train").exists(), "nothing collected");
+    assert!(!run.exists(), "nothing written");
 }
 
 /// `--projection_dim 0` stores full gradients (the callback's `projection_dim or None`), and

@@ -6,6 +6,7 @@
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use super::build::AttentionConfig;
 use super::flags::{clap_default, parse_bool};
 
 /// `--dtype` of the gradient store: the numpy dtypes the callback accepts
@@ -83,6 +84,13 @@ pub struct CollectGradientsConfig {
     /// Record the training order as `<run_path>/order.hf` (`_idx`, `global_step`, `epoch`).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value = "false", default_missing_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, requires = "collect_gradients")]
     pub track_order: bool,
+    /// Modules whose gradients are split into per-head blocks (the callback's
+    /// `attention_cfgs`, with one head layout shared by all).
+    #[arg(long, num_args = 0.., requires = "collect_gradients")]
+    pub split_attention_modules: Vec<String>,
+    /// Head layout for `--split_attention_modules` (`--num_heads`, `--head_size`, `--head_dim`).
+    #[command(flatten)]
+    pub attention: AttentionConfig,
 }
 
 impl Default for CollectGradientsConfig {

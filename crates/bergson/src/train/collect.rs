@@ -34,8 +34,8 @@ use super::optimizer::OptState;
 use super::stream::DataStream;
 use super::trainer::{MicroBatchTap, StepOutput, Trainer, TrainerState};
 use crate::collect::{
-    discover_targets, BatchGradients, GradientCollector, GradientProcessor, Normalizer,
-    ProjectionSettings,
+    discover_targets, split_heads, BatchGradients, GradientCollector, GradientProcessor,
+    Normalizer, ProjectionSettings,
 };
 use crate::config::CollectGradientsConfig;
 use crate::error::IoContext;
@@ -104,7 +104,8 @@ impl TrainingGradients {
         num_examples: usize,
     ) -> Result<Self> {
         let model = trainer.model_on(&initial.params)?;
-        let targets = discover_targets(&model.linear_modules(), &[], None, cfg.include_bias)?;
+        let mut targets = discover_targets(&model.linear_modules(), &[], None, cfg.include_bias)?;
+        split_heads(&mut targets, &cfg.split_attention_modules, cfg.attention)?;
         let prefix = model.base_model_prefix().to_string();
         let transposed = model.model_type() == "gpt2";
         let kind = trainer.kind();
