@@ -426,3 +426,66 @@ fn steps_across_epochs_write_each_row_to_its_epoch() {
     let epochs: Vec<i64> = steps.iter().map(|&s| (s * 5).min(24) / 12).collect();
     assert_eq!(col("epoch"), epochs);
 }
+
+/// GPT-2's Conv1D weights are stored `[in, out]`: their normalizers are the AdamW second
+/// moments transposed to the collector's `[out, in]` (square ones too, as Bergson orients by
+/// module type), and the bias moments ride along. Unscaled, they equal `optimizer.pt` exactly.
+#[test]
+fn conv1d_normalizers_are_transposed_moments() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let model = fixtures().join("models/gpt2").display().to_string();
+    let data = refs().join("train.jsonl").display().to_string();
+    let flags: Vec<String> = [
+        "--model",
+        &model,
+        "--dataset",
+        &data,
+        "--batch_size",
+        "6",
+        "--collect_gradients",
+        "--scale_by_lr",
+        "false",
+        "--save_optimizer_state",
+        "last",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = train(&run, &flags);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let norms = read_normalizers(&run.join("train/epoch_0/normalizers.pth")).unwrap();
+    let opt = bergson::pickle::load(&run.join("optimizer.pt")).unwrap();
+    let moment = |param: &str| -> Tensor {
+        let entries = opt.get("state").and_then(|s| s.as_dict()).unwrap();
+        entries
+            .iter()
+            .map(|(_, e)| e)
+            .find(|e| e.get("param_name").and_then(|n| n.as_str()) == Some(param))
+            .and_then(|e| e.get("exp_avg_sq").and_then(|t| t.as_tensor()))
+            .unwrap_or_else(|| panic!("no moment for {param}"))
+            .shallow_clone()
+    };
+    assert_eq!(norms.len(), 8);
+    for (name, n) in &norms {
+        let bergson::collect::Normalizer::Adam {
+            weight_avg_sq,
+            bias_avg_sq,
+        } = n
+        else {
+            panic!("{name}: an Adam normalizer")
+        };
+        let w = moment(&format!("transformer.{name}.weight"));
+        assert_eq!(weight_avg_sq.size(), [w.size()[1], w.size()[0]], "{name}");
+        assert!(weight_avg_sq.equal(&w.tr()), "{name}: transposed moment");
+        let b = moment(&format!("transformer.{name}.bias"));
+        assert!(
+            bias_avg_sq.as_ref().unwrap().equal(&b),
+            "{name}: bias moment"
+        );
+    }
+}

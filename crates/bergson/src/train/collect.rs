@@ -279,7 +279,7 @@ impl TrainingGradients {
             let Some(w) = m.weight else { continue };
             let v = nu[w].detach();
             let oriented = if self.transposed {
-                v.f_tr()?
+                v.f_tr()?.f_contiguous()?
             } else {
                 v.shallow_clone()
             };
