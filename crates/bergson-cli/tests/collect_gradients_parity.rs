@@ -489,3 +489,46 @@ fn conv1d_normalizers_are_transposed_moments() {
         );
     }
 }
+
+/// Collecting does not change training: the same backward yields the parameter gradients, so
+/// the trained weights equal those of a run without `--collect_gradients`, bit for bit.
+#[test]
+fn collecting_leaves_training_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("models/gpt_neox").display().to_string();
+    let data = refs().join("train.jsonl").display().to_string();
+    let flags: Vec<String> = [
+        "--model",
+        &model,
+        "--dataset",
+        &data,
+        "--batch_size",
+        "4",
+        "--grad_accum_steps",
+        "2",
+        "--lr",
+        "3e-3",
+        "--save_models",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let weights = |run: &Path| {
+        let mut t = Tensor::read_safetensors(run.join("model/model.safetensors")).unwrap();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let plain = dir.path().join("plain");
+    assert!(train(&plain, &flags).status.success());
+    let collecting = dir.path().join("collecting");
+    let mut with = flags.clone();
+    with.push("--collect_gradients".into());
+    assert!(train(&collecting, &with).status.success());
+    assert!(collecting.join("train/epoch_0/gradients.bin").exists());
+    let (a, b) = (weights(&plain), weights(&collecting));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs");
+    }
+}
