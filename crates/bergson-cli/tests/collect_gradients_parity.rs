@@ -224,11 +224,13 @@ fn accumulated_float16_bias_rows_match_bergson() {
 
 /// Attention modules split into per-head blocks (`--split_attention_modules`, the callback's
 /// `attention_cfgs`), each head normalised by its rows of the module's second moments. One
-/// epoch of three steps; the second step's rows are loose as in the neox case.
+/// epoch of three steps; the second step's rows are loose as in the neox case, and the third
+/// step's, normalised by moments of only two steps, still amplify rounding (measured up to
+/// 8.7e-5 with one thread, 3.9e-5 with two), so the bound is 3e-4.
 #[test]
 fn head_blocks_match_bergson() {
     let perm = bergson::data::nprandom::permutation(5, 12);
-    check_case("neox_heads", 1e-4, &perm[4..8], 3e-3);
+    check_case("neox_heads", 3e-4, &perm[4..8], 3e-3);
 }
 
 /// The flags without `--collect_gradients`, a dtype the callback refuses, bad head splits, and
