@@ -156,7 +156,11 @@ fn main() -> ExitCode {
         }
         Command::Train(args) => {
             logging::init(args.runtime.quiet);
-            errors::finish(train::run(args.config, &args.runtime))
+            errors::finish(train::run_collecting(
+                args.config,
+                Some(&args.collect),
+                &args.runtime,
+            ))
         }
         Command::Trak(args) => {
             logging::init(args.runtime.quiet);

@@ -295,7 +295,42 @@ impl GradientCollector {
             collector: self,
             captured: Vec::new(),
             error: None,
+            keep_graph: false,
         }
+    }
+
+    /// The hook for a training forward pass, whose parameters require grad: the embeddings
+    /// stay in the graph (so the parameter gradients reach them) and the captured Linear
+    /// outputs are differentiated in the same backward as the parameters
+    /// ([`CaptureHook::outputs`], then [`gradients_from`](Self::gradients_from)).
+    pub fn training_hook(&self) -> CaptureHook<'_> {
+        CaptureHook {
+            keep_graph: true,
+            ..self.hook()
+        }
+    }
+
+    /// The batch's gradients from `output_grads`, the loss gradients of the hook's captured
+    /// Linear outputs (in [`CaptureHook::outputs`] order), computed by the caller's backward
+    /// pass (per-example rows only: no `attribute_tokens`).
+    pub fn gradients_from(
+        &self,
+        hook: CaptureHook<'_>,
+        output_grads: Vec<Tensor>,
+    ) -> Result<BatchGradients> {
+        if self.attribute_tokens {
+            return Err(Error::internal(
+                "gradients_from forms per-example rows; the collector is per token",
+            ));
+        }
+        let CaptureHook {
+            captured, error, ..
+        } = hook;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        let blocks = self.blocks_from_grads(&captured, output_grads, &Tensor::new())?;
+        self.finish_blocks(blocks)
     }
 
     /// Forward-hook processing of a module input `[N, S, I]` (Bergson's `forward_hook`):
@@ -336,6 +371,12 @@ impl GradientCollector {
         collection_mask: &Tensor,
     ) -> Result<(BatchGradients, std::time::Duration)> {
         let (blocks, autograd) = self.backward_blocks(hook, loss, collection_mask)?;
+        Ok((self.finish_blocks(blocks)?, autograd))
+    }
+
+    /// Forms, flattens and clamps each block's rows and moves them to the CPU in the save
+    /// dtype (Bergson's `_materialize_gradient`).
+    fn finish_blocks(&self, blocks: Vec<(String, BlockGradient)>) -> Result<BatchGradients> {
         let global = self.settings.global_dim().is_some();
         let blocks = blocks
             .into_iter()
@@ -354,7 +395,7 @@ impl GradientCollector {
                 ))
             })
             .collect::<Result<_>>()?;
-        Ok((BatchGradients { blocks }, autograd))
+        Ok(BatchGradients { blocks })
     }
 
     /// Runs the backward pass and returns each index column block's gradients as the vectors
@@ -378,6 +419,27 @@ impl GradientCollector {
         let autograd_start = std::time::Instant::now();
         let grads = Tensor::f_run_backward(&[loss], &outputs, false, false)?;
         let autograd = autograd_start.elapsed();
+        Ok((
+            self.blocks_from_grads(&captured, grads, collection_mask)?,
+            autograd,
+        ))
+    }
+
+    /// Each index column block's gradients from the captured Linear calls and their output
+    /// gradients `grads` (same order).
+    fn blocks_from_grads(
+        &self,
+        captured: &[Captured],
+        grads: Vec<Tensor>,
+        collection_mask: &Tensor,
+    ) -> Result<Vec<(String, BlockGradient)>> {
+        if grads.len() != captured.len() {
+            return Err(Error::internal(format!(
+                "{} output gradients for {} captured Linear calls",
+                grads.len(),
+                captured.len()
+            )));
+        }
         let mut rows: Vec<Option<BlockGradient>> = (0..self.blocks.len()).map(|_| None).collect();
         let mut global: Option<Tensor> = None;
         // Backward-hook order (last module first), which fixes the global sum's order.
@@ -409,7 +471,7 @@ impl GradientCollector {
         }
         if let Some(g) = global {
             let block = BlockGradient(OuterProduct::formed(g));
-            return Ok((vec![("gradients".into(), block)], autograd));
+            return Ok(vec![("gradients".into(), block)]);
         }
         let blocks = self
             .blocks
@@ -421,7 +483,7 @@ impl GradientCollector {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok((blocks, autograd))
+        Ok(blocks)
     }
 
     /// The dtype gradients are saved in.
@@ -895,10 +957,23 @@ pub struct CaptureHook<'c> {
     collector: &'c GradientCollector,
     captured: Vec<Captured>,
     error: Option<Error>,
+    /// Training: leave the embeddings in the parameters' graph.
+    keep_graph: bool,
+}
+
+impl CaptureHook<'_> {
+    /// The captured Linear outputs, in call order: what a training backward differentiates
+    /// besides the parameters.
+    pub fn outputs(&self) -> Vec<&Tensor> {
+        self.captured.iter().map(|c| &c.output).collect()
+    }
 }
 
 impl LinearHook for CaptureHook<'_> {
     fn embeddings(&mut self, h: Tensor) -> Tensor {
+        if self.keep_graph {
+            return h;
+        }
         // The only tensor requiring grad: autograd reaches every layer, no weight grads.
         h.detach().set_requires_grad(true)
     }

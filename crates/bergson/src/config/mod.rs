@@ -18,6 +18,7 @@ pub mod run_file;
 mod score;
 mod trackstar;
 mod train;
+mod train_collect;
 mod trak;
 
 pub use build::{
@@ -46,4 +47,5 @@ pub use train::{
     LrScheduleConfig, LrSchedulerType, OptimizerKind, SaveMode, SaveOptimizerState,
     TrainLossReduction, TrainingConfig,
 };
+pub use train_collect::{CollectGradientsConfig, GradientStoreDtype};
 pub use trak::{TrakConfig, TrakRunConfig};

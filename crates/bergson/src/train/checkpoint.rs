@@ -89,7 +89,8 @@ pub fn save_state(
     let mut tensors: Vec<(String, Tensor)> = names
         .iter()
         .zip(&state.params)
-        .map(|(n, t)| (n.clone(), t.detach()))
+        // GPT-2's Conv1D weights are transposed views (safetensors needs contiguous data).
+        .map(|(n, t)| (n.clone(), t.detach().contiguous()))
         .collect();
     let (prefixes, moments): (&[&str], Vec<&Tensor>) = match &state.opt {
         OptState::AdamW { .. } => (&["mu", "nu"], state.opt.tensors()),
@@ -99,7 +100,7 @@ pub fn save_state(
         let prefix = prefixes[i / names.len()];
         tensors.push((
             format!("opt_state/{prefix}.{}", names[i % names.len()]),
-            t.detach(),
+            t.detach().contiguous(),
         ));
     }
     let file = dir.join("state.safetensors");

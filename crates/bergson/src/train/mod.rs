@@ -4,9 +4,11 @@
 //! One job per module: [`schedule`] (learning rates), [`optimizer`] (functional AdamW with
 //! `eps_root`, SGD), [`loss`] (the weighted causal-LM cross-entropy), [`stream`] (shuffled,
 //! padded batches and the data weights), [`trainer`] (functional steps, traced or not),
+//! [`collect`] (training-time gradient collection, `--collect_gradients`),
 //! [`checkpoint`] (what a run writes) and [`run`] (the `bergson train` pipeline).
 
 pub mod checkpoint;
+pub mod collect;
 pub mod loss;
 pub mod optimizer;
 pub mod run;
@@ -14,8 +16,9 @@ pub mod schedule;
 pub mod stream;
 pub mod trainer;
 
+pub use collect::TrainingGradients;
 pub use optimizer::{OptState, Optimizer};
-pub use run::{prepare_training, train, TrainSummary, TrainingRun, WeightChoice};
+pub use run::{prepare_training, train, train_collecting, TrainSummary, TrainingRun, WeightChoice};
 pub use schedule::LrSchedule;
 pub use stream::{Batch, DataStream, WeightShape};
 pub use trainer::{StepSettings, Trainer, TrainerState};

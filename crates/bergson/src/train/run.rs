@@ -14,11 +14,15 @@ use super::checkpoint::{
     checkpoint_dir, complete_checkpoints, load_state, next_save_index, save_optimizer_pt,
     save_state, write_lr_history,
 };
+use super::collect::TrainingGradients;
 use super::optimizer::Optimizer;
 use super::schedule::LrSchedule;
 use super::stream::{DataStream, WeightShape};
 use super::trainer::{StepSettings, Trainer, TrainerState};
-use crate::config::{IndexConfig, OptimizerKind, SaveMode, SaveOptimizerState, TrainingConfig};
+use crate::config::{
+    CollectGradientsConfig, IndexConfig, OptimizerKind, SaveMode, SaveOptimizerState,
+    TrainingConfig,
+};
 use crate::data::pipeline::prepare_data;
 use crate::error::IoContext;
 use crate::models::ModelSpec;
@@ -328,6 +332,16 @@ impl TrainingRun {
     /// checkpoints on `--save_mode`'s schedule, `log_history.json`, `optimizer.pt` and the
     /// model as `c` asks. Returns the final state and the losses of the steps taken.
     pub fn train(&self, c: &TrainingConfig) -> Result<(TrainerState, Vec<(usize, f64)>)> {
+        self.train_collecting(c, None)
+    }
+
+    /// [`train`](Self::train), collecting the per-example training gradients with `collect`
+    /// (`--collect_gradients`) as the steps run.
+    pub fn train_collecting(
+        &self,
+        c: &TrainingConfig,
+        collect: Option<&mut TrainingGradients>,
+    ) -> Result<(TrainerState, Vec<(usize, f64)>)> {
         let (trainer, names, checkpoints) = (&self.trainer, &self.names, &self.checkpoints);
         let num_steps = self.num_steps();
         let device = self.stream.weights.device();
@@ -373,24 +387,34 @@ impl TrainingRun {
             "steps",
             Some((num_steps - state.batch_index.min(num_steps)) as u64),
         );
-        let state = trainer.train(
-            state,
-            &self.stream,
-            |s| {
-                if s.batch_index == next_save {
-                    save(s)?;
-                    next_save =
-                        next_save_index(next_save, num_steps, c.save_mode, c.save_interval)?;
+        let mut before_step = |s: &TrainerState| -> Result<()> {
+            if s.batch_index == next_save {
+                save(s)?;
+                next_save = next_save_index(next_save, num_steps, c.save_mode, c.save_interval)?;
+            }
+            Ok(())
+        };
+        let mut on_step = |i: usize, loss: f64| -> Result<()> {
+            tracing::debug!("step {i}: loss {loss}");
+            losses.push((i, loss));
+            phase.inc(1);
+            Ok(())
+        };
+        let state = match collect {
+            None => trainer.train(state, &self.stream, &mut before_step, &mut on_step)?,
+            Some(tap) => {
+                let mut state = state;
+                while state.batch_index < num_steps {
+                    before_step(&state)?;
+                    let i = state.batch_index;
+                    let (next, out) = tap.step(trainer, &state, &self.stream, i)?;
+                    state = next;
+                    on_step(i, out.loss)?;
                 }
-                Ok(())
-            },
-            |i, loss| {
-                tracing::debug!("step {i}: loss {loss}");
-                losses.push((i, loss));
-                phase.inc(1);
-                Ok(())
-            },
-        )?;
+                tap.finish()?;
+                state
+            }
+        };
         drop(phase);
         if matches!(c.save_mode, SaveMode::Interval | SaveMode::Final) && next_save == num_steps {
             save(&state)?;
@@ -414,10 +438,38 @@ impl TrainingRun {
 
 /// Runs `bergson train` with config `c` on `device`.
 pub fn train(c: &TrainingConfig, device: Device) -> Result<TrainSummary> {
+    train_collecting(c, None, device)
+}
+
+/// Runs `bergson train`, collecting the training gradients when `collect` asks for them
+/// (`--collect_gradients`: Bergson's `GradientCollectorCallback`, see [`super::collect`]).
+pub fn train_collecting(
+    c: &TrainingConfig,
+    collect: Option<&CollectGradientsConfig>,
+    device: Device,
+) -> Result<TrainSummary> {
+    let collect = collect.filter(|g| g.collect_gradients);
+    if collect.is_some() && c.resume {
+        return Err(Error::input(
+            "--collect_gradients with --resume is not supported: the gradients of the steps before the checkpoint would be missing; train from the start (--overwrite)",
+        ));
+    }
     let run = prepare_training(c, device, WeightChoice::PerDocument, |dir| {
         write_run_config(dir, "train", c)
     })?;
-    let (state, losses) = run.train(c)?;
+    let mut gradients = collect
+        .map(|g| {
+            TrainingGradients::new(
+                g,
+                &run.run,
+                &run.trainer,
+                &run.initial,
+                &run.stream,
+                run.rows.len(),
+            )
+        })
+        .transpose()?;
+    let (state, losses) = run.train_collecting(c, gradients.as_mut())?;
     Ok(TrainSummary {
         run_path: run.run.clone(),
         losses,

@@ -8,6 +8,7 @@
 use super::loss::weighted_causal_lm_ce;
 use super::optimizer::{OptState, Optimizer};
 use super::stream::{Batch, DataStream};
+use crate::collect::{BatchGradients, GradientCollector};
 use crate::config::TrainLossReduction;
 use crate::models::{CausalLm, ModelSpec};
 use crate::{Error, Result};
@@ -58,6 +59,15 @@ pub struct Trainer {
     names: Vec<String>,
     optimizer: Optimizer,
     settings: StepSettings,
+}
+
+/// Where a collecting step sends each micro-batch's per-example gradients.
+pub struct MicroBatchTap<'a> {
+    /// The collector the micro-batches' forward passes run through.
+    pub collector: &'a GradientCollector,
+    /// Called with the micro-batch's first row in the batch and its gradients (one row per
+    /// batch row, in order).
+    pub sink: &'a mut dyn FnMut(i64, BatchGradients) -> Result<()>,
 }
 
 /// What one step reports besides the new state.
@@ -142,7 +152,7 @@ impl Trainer {
                 .map(|p| p.detach().set_requires_grad(true))
                 .collect()
         };
-        let (grads, loss) = self.gradients(&params, batch, trace)?;
+        let (grads, loss) = self.gradients(&params, batch, trace, None)?;
         if !loss.is_finite() {
             return Err(Error::input(format!(
                 "the training loss is {loss} at step {}; lower --lr, set --max_grad_norm, or use --precision fp32",
@@ -167,13 +177,62 @@ impl Trainer {
         ))
     }
 
+    /// One untraced optimizer step on `batch` that also hands each micro-batch's per-example
+    /// gradients of its training loss (the loss the step differentiates, scaled as in the
+    /// step) to `tap`: the collector forms them from the same backward pass as the update.
+    pub fn step_collecting(
+        &self,
+        state: &TrainerState,
+        batch: &Batch,
+        tap: MicroBatchTap<'_>,
+    ) -> Result<(TrainerState, StepOutput)> {
+        let params: Vec<Tensor> = state
+            .params
+            .iter()
+            .map(|p| p.detach().set_requires_grad(true))
+            .collect();
+        let (grads, loss) = self.gradients(&params, batch, false, Some(tap))?;
+        self.finish_step(state, params, grads, loss)
+    }
+
+    /// Clipping and the optimizer update of an untraced step.
+    fn finish_step(
+        &self,
+        state: &TrainerState,
+        params: Vec<Tensor>,
+        grads: Vec<Tensor>,
+        loss: f64,
+    ) -> Result<(TrainerState, StepOutput)> {
+        if !loss.is_finite() {
+            return Err(Error::input(format!(
+                "the training loss is {loss} at step {}; lower --lr, set --max_grad_norm, or use --precision fp32",
+                state.batch_index
+            )));
+        }
+        let _guard = tch::no_grad_guard();
+        let grads = self.clip(grads);
+        let params: Vec<Tensor> = params.iter().map(Tensor::detach).collect();
+        let (params, opt) = self.optimizer.update(&params, &grads, &state.opt);
+        Ok((
+            TrainerState {
+                params,
+                opt,
+                batch_index: state.batch_index + 1,
+            },
+            StepOutput { loss },
+        ))
+    }
+
     /// The full-batch gradient as a sum over micro-batches, each loss scaled by its share of
-    /// the batch's supervised tokens (Bergson's `accumulate_grads`), and the loss.
+    /// the batch's supervised tokens (Bergson's `accumulate_grads`), and the loss. With a
+    /// `tap`, every micro-batch's captured Linear outputs are differentiated in the same
+    /// backward and their per-example gradients handed over.
     fn gradients(
         &self,
         params: &[Tensor],
         batch: &Batch,
         trace: bool,
+        mut tap: Option<MicroBatchTap<'_>>,
     ) -> Result<(Vec<Tensor>, f64)> {
         let model = self.model_on(params)?;
         let total = batch.loss_denom();
@@ -188,7 +247,11 @@ impl Trainer {
             let micro = batch.rows(start, size);
             start += size;
             crate::interrupt::check()?;
-            let logits = model.forward(&micro.input_ids);
+            let mut hook = tap.as_ref().map(|t| t.collector.training_hook());
+            let logits = match &mut hook {
+                Some(h) => model.forward_with(&micro.input_ids, h),
+                None => model.forward(&micro.input_ids),
+            };
             let micro_loss = weighted_causal_lm_ce(
                 &logits,
                 &micro.labels,
@@ -198,7 +261,19 @@ impl Trainer {
             );
             let coef = micro.loss_denom() / total;
             loss += micro_loss.double_value(&[]) * coef;
-            let g = Tensor::f_run_backward(&[micro_loss * coef], &inputs, trace, trace)?;
+            let scaled = micro_loss * coef;
+            let g = match (hook, &mut tap) {
+                (Some(hook), Some(tap)) => {
+                    let mut all = inputs.clone();
+                    all.extend(hook.outputs());
+                    let mut g = Tensor::f_run_backward(&[scaled], &all, false, false)?;
+                    let outputs = g.split_off(inputs.len());
+                    let rows = tap.collector.gradients_from(hook, outputs)?;
+                    (tap.sink)(start - size, rows)?;
+                    g
+                }
+                _ => Tensor::f_run_backward(&[scaled], &inputs, trace, trace)?,
+            };
             grads = Some(match grads {
                 None => g,
                 Some(acc) => acc.iter().zip(&g).map(|(a, g)| a + g).collect(),
