@@ -31,5 +31,6 @@ pub mod setup;
 pub mod similarity;
 pub mod train;
 pub mod units;
+pub mod validate;
 
 pub use error::{Error, Result};

@@ -18,6 +18,7 @@ mod score;
 mod trackstar;
 mod train;
 mod trak;
+mod validate;
 
 pub use build::{
     AttentionConfig, BuildConfig, DataConfig, DistributedConfig, IndexConfig, InversionConfig,
@@ -45,3 +46,4 @@ pub use train::{
     TrainLossReduction, TrainingConfig,
 };
 pub use trak::{TrakConfig, TrakRunConfig};
+pub use validate::{ControlsKind, FilterDirection, SubsetSource, ValidateConfig};
