@@ -195,7 +195,7 @@ pub fn run_lds(v: &mut Validation) -> Result<(Vec<PathBuf>, Vec<String>)> {
     let mut report = Vec::new();
     let mut rhos = Vec::new();
     let count = stop - c.start;
-    for q in 0..nq {
+    for (q, base) in baseline.iter().enumerate() {
         let d: Vec<f64> = results.values().map(|r| r.diffs[q]).collect();
         let s: Vec<f64> = results.values().map(|r| r.score_sums[q]).collect();
         let sp = spearman(&d, &s);
@@ -210,7 +210,7 @@ pub fn run_lds(v: &mut Validation) -> Result<(Vec<PathBuf>, Vec<String>)> {
             py_float(pe.statistic),
             py_float(pe.pvalue),
             count.to_string(),
-            py_float(baseline[q]),
+            py_float(*base),
         ];
         let mut ci = vec![
             py_float(sp.statistic),

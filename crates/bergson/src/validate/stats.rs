@@ -54,7 +54,7 @@ pub fn pearson_r(a: &[f64], b: &[f64]) -> f64 {
     if saa == 0.0 || sbb == 0.0 {
         return f64::NAN;
     }
-    (sab / (saa.sqrt() * sbb.sqrt())).clamp(-1.0, 1.0)
+    (sab / (saa * sbb).sqrt()).clamp(-1.0, 1.0)
 }
 
 /// The two-sided p-value of correlation `r` over `n` points (t-test, `n - 2` dof).
