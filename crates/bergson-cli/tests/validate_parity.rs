@@ -3,7 +3,8 @@
 //! tests/fixtures/bergson_validate/): the same subsets from the same seed, every retrain's
 //! loss change within 1e-4 of the largest one (the rest is float noise: Bergson's AdamW with
 //! `eps_root` 1e-17 amplifies rounding), the same correlations, and Bergson's CSV layout.
-//! Plus: the same numbers twice, a killed validation resumed, and the one-line errors.
+//! Plus: the same numbers twice, a killed validation resumed, slices, a bank of saved
+//! retrained models read back, and the one-line errors.
 
 mod common;
 
@@ -402,4 +403,38 @@ fn bad_input_is_one_line() {
         &run(&["--scores", &missing, "--overwrite"], false),
         &["not a score directory"],
     );
+}
+
+/// `--subsets bank` reads the models a retraining run saved (`--save_models`) and gives the
+/// same numbers without training; without `--paths` it is a one-line error.
+#[test]
+fn bank_reproduces_the_retraining_run() {
+    let name = "lds_multi_query";
+    let tmp = tempfile::tempdir().unwrap();
+    let bank = tmp.path().join("bank");
+    let out = run_validate(&bank, &["--save_models"], name);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(bank.join("retrained/base/model.safetensors").is_file());
+    let run = tmp.path().join("eval");
+    let bank_arg = bank.display().to_string();
+    let out = run_validate(&run, &["--subsets", "bank", "--paths", &bank_arg], name);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!run.join("checkpoints").exists(), "bank mode trained");
+    for f in ["validation.csv", "summary.csv"] {
+        assert_eq!(
+            std::fs::read_to_string(run.join(f)).unwrap(),
+            std::fs::read_to_string(bank.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let out = run_validate(&tmp.path().join("nopaths"), &["--subsets", "bank"], name);
+    assert_one_line_error(&out, &["--paths"]);
 }

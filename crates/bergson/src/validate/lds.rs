@@ -183,6 +183,33 @@ pub fn run_lds(v: &mut Validation) -> Result<(Vec<PathBuf>, Vec<String>)> {
     }
     drop(phase);
 
+    let out = write_lds_outputs(
+        &run,
+        &results,
+        &baseline,
+        multi,
+        &suffix,
+        stop - c.start,
+        c.train.seed,
+    )?;
+    journal.remove()?;
+    Ok(out)
+}
+
+/// Writes `validation{suffix}.csv`, `summary{suffix}.csv` and `bootstrap{suffix}.csv` of the
+/// subsets' `results` into `run`; returns them and the report. `count` is the summary's `N`.
+pub fn write_lds_outputs(
+    run: &std::path::Path,
+    results: &BTreeMap<usize, SubsetResult>,
+    baseline: &[f64],
+    multi: bool,
+    suffix: &str,
+    count: usize,
+    seed: u64,
+) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let head = header(multi);
+    let nq = baseline.len();
+    let csv_path = run.join(format!("validation{suffix}.csv"));
     let rows: Vec<Vec<String>> = results
         .iter()
         .flat_map(|(&i, r)| rows_of(i, r, multi))
@@ -194,13 +221,11 @@ pub fn run_lds(v: &mut Validation) -> Result<(Vec<PathBuf>, Vec<String>)> {
     let mut ci_rows = Vec::new();
     let mut report = Vec::new();
     let mut rhos = Vec::new();
-    let count = stop - c.start;
     for (q, base) in baseline.iter().enumerate() {
         let d: Vec<f64> = results.values().map(|r| r.diffs[q]).collect();
         let s: Vec<f64> = results.values().map(|r| r.score_sums[q]).collect();
         let sp = spearman(&d, &s);
         let pe = pearson(&d, &s);
-        let seed = c.train.seed;
         let sci = bootstrap_ci(&d, &s, spearman, BOOTSTRAP_RESAMPLES, seed);
         let pci = bootstrap_ci(&d, &s, pearson, BOOTSTRAP_RESAMPLES, seed);
         rhos.push(sp.statistic);
@@ -272,6 +297,5 @@ pub fn run_lds(v: &mut Validation) -> Result<(Vec<PathBuf>, Vec<String>)> {
     )?;
     let ci_path = run.join(format!("bootstrap{suffix}.csv"));
     write_atomic(&ci_path, csv_text(&ci_head, &ci_rows).as_bytes())?;
-    journal.remove()?;
     Ok((vec![csv_path, summary_path, ci_path], report))
 }

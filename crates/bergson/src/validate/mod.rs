@@ -25,9 +25,10 @@
 //! <run_path>/bootstrap.csv                  lds: 95% bootstrap intervals (bergson-rs only)
 //! <run_path>/filter_{direction}.csv         filter, + random_filter.csv, filter_summary.csv
 //! <run_path>/weight_step.csv                weight_step
-//! <run_path>/retrained/{base,subset_i}/     --save_models
+//! <run_path>/retrained/{base,subset_i}/     --save_models (what `--subsets bank` reads, [`bank`])
 //! ```
 
+pub mod bank;
 pub mod filter;
 pub mod journal;
 pub mod lds;
@@ -82,11 +83,6 @@ pub fn check_validate_config(c: &ValidateConfig) -> Result<()> {
     }
     match c.method {
         ValidationMethod::Lds => {
-            if c.subsets == SubsetSource::Bank {
-                return Err(Error::input(
-                    "--subsets bank (reading saved retrained models) is not supported by bergson-rs yet; use --subsets retrain",
-                ));
-            }
             if c.count() == Some(0) {
                 return Err(Error::input("--count must be at least 1"));
             }
@@ -279,34 +275,12 @@ impl Validation<'_> {
     }
 }
 
-/// The parameters of the model in `dir`, in the trainer's order (`--baseline_model`).
-fn load_baseline_params(
-    run: &TrainingRun,
-    c: &TrainingConfig,
-    dir: &Path,
-    device: Device,
-) -> Result<Vec<Tensor>> {
-    let precision = crate::setup::resolve_precision(c.precision, dir)?;
-    let spec = crate::models::ModelSpec::from_dir(dir, precision, device)?;
-    let model = spec.load(dir)?;
-    let mut named: std::collections::HashMap<String, Tensor> =
-        model.named_parameters().into_iter().collect();
-    run.names
-        .iter()
-        .map(|n| {
-            named.remove(n).map(|t| t.detach().copy()).ok_or_else(|| {
-                Error::input(format!(
-                    "--baseline_model {}: has no parameter {n}; it must be the same architecture as --model",
-                    dir.display()
-                ))
-            })
-        })
-        .collect()
-}
-
 /// Runs `bergson validate` with config `c` on `device`.
 pub fn validate(c: &ValidateConfig, device: Device) -> Result<ValidateSummary> {
     check_validate_config(c)?;
+    if c.method == ValidationMethod::Lds && c.subsets == SubsetSource::Bank {
+        return bank::run_bank(c, device);
+    }
     let scores = LossSignedScores::load(Path::new(&c.scores))?;
     let weights = if scores.seq_len.is_some() {
         WeightChoice::PerToken
@@ -350,7 +324,7 @@ pub fn validate(c: &ValidateConfig, device: Device) -> Result<ValidateSummary> {
         };
         run.train(&train_cfg)?.0.params
     } else {
-        load_baseline_params(&run, &c.train, Path::new(&c.baseline_model), device)?
+        bank::load_params(&run.names, &c.train, Path::new(&c.baseline_model), device)?
     };
     let base_weights = run.stream.weights.detach().to_kind(Kind::Float).copy();
     let mut v = Validation {
