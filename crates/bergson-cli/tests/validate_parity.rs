@@ -157,6 +157,12 @@ fn lds_multi_query_matches_bergson() {
     check_lds("lds_multi_query");
 }
 
+/// Per-token scores: the grid cells of Bergson's `Scores.to_grid` are the leave-out units.
+#[test]
+fn lds_tokens_matches_bergson() {
+    check_lds("lds_tokens");
+}
+
 #[test]
 fn filter_matches_bergson() {
     let name = "filter_proponents";

@@ -110,3 +110,50 @@ impl LossSignedScores {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fixture(rel: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(rel)
+    }
+
+    /// A `bergson score` run (`score_cfg.higher_is_better: true`) is negated; MAGIC scores (no
+    /// config beside them) are read as they are.
+    #[test]
+    fn scores_are_loss_signed() {
+        let dir = fixture("bergson_score/runs/llama");
+        let store = ScoreStore::open(&dir).unwrap();
+        let s = LossSignedScores::load(&dir).unwrap();
+        assert_eq!(s.num_queries, store.num_scores());
+        let mut written = 0;
+        for r in 0..store.num_rows() {
+            match store.score(r, 0) {
+                Some(v) => {
+                    written += 1;
+                    assert_eq!(s.row(r)[0], -v);
+                }
+                None => assert_eq!(s.row(r)[0], 0.0),
+            }
+        }
+        assert!(written > 0);
+        let dir = fixture("bergson_validate/lds_multi_query/scores");
+        let store = ScoreStore::open(&dir).unwrap();
+        let s = LossSignedScores::load(&dir).unwrap();
+        assert!(s.multi_query() && s.seq_len.is_none());
+        assert_eq!(s.row(3)[2], store.score(3, 2).unwrap());
+        let sums = s.sums(&[0, 3]);
+        let want = f64::from(store.score(0, 1).unwrap()) + f64::from(store.score(3, 1).unwrap());
+        assert_eq!(sums[1], want);
+    }
+
+    #[test]
+    fn missing_scores_are_an_input_error() {
+        let e = LossSignedScores::load(Path::new("/nonexistent/scores")).unwrap_err();
+        assert!(matches!(e, Error::Input(_)), "{e}");
+    }
+}
