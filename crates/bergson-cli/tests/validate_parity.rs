@@ -444,3 +444,45 @@ fn bank_reproduces_the_retraining_run() {
     let out = run_validate(&tmp.path().join("nopaths"), &["--subsets", "bank"], name);
     assert_one_line_error(&out, &["--paths"]);
 }
+
+/// `--controls bank`: the filter's random controls read from a bank. An LDS bank drawn with
+/// the filter's seed, count and size holds the same subsets as the controls retrained here
+/// (the same generator draws), so the outputs equal Bergson's retrained controls.
+#[test]
+fn filter_controls_from_a_bank() {
+    let name = "filter_proponents";
+    let tmp = tempfile::tempdir().unwrap();
+    let bank = tmp.path().join("bank");
+    let out = run_validate(&bank, &["--method", "lds", "--save_models"], name);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = tmp.path().join("run");
+    let bank_arg = bank.display().to_string();
+    let out = run_validate(&run, &["--controls", "bank", "--paths", &bank_arg], name);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exact = ["query", "subset", "n_removed", "random_n", "rank"];
+    let theirs = case_dir(name);
+    compare_csv(&run, &theirs, "random_filter.csv", 1e-4, &exact);
+    compare_csv(&run, &theirs, "filter_summary.csv", 1e-3, &exact);
+    // A bank of other subset sizes is refused.
+    let out = run_validate(
+        &tmp.path().join("bad"),
+        &[
+            "--controls",
+            "bank",
+            "--paths",
+            &bank_arg,
+            "--fraction",
+            "0.5",
+        ],
+        name,
+    );
+    assert_one_line_error(&out, &["set --fraction to match"]);
+}

@@ -48,6 +48,104 @@ pub fn load_params(
         .collect()
 }
 
+/// The query losses of every banked model averaged over `banks`: the baselines
+/// (`retrained/base`, zeros where a bank has none) and each of the first `n` subsets'
+/// (`retrained/subset_<i>`), `nq` per model, measured by `losses_of(model dir)`.
+pub fn average_bank_losses(
+    banks: &[PathBuf],
+    n: usize,
+    nq: usize,
+    mut losses_of: impl FnMut(&Path) -> Result<Vec<f64>>,
+) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
+    let mut baseline = vec![0.0; nq];
+    let mut per_subset = vec![vec![0.0; nq]; n];
+    let mut phase =
+        crate::progress::Phase::new("Evaluating bank", "models", Some((banks.len() * n) as u64));
+    let share = 1.0 / banks.len() as f64;
+    for bank in banks {
+        let root = bank.join("retrained");
+        let base = root.join("base");
+        if base.is_dir() {
+            for (b, l) in baseline.iter_mut().zip(losses_of(&base)?) {
+                *b += l * share;
+            }
+        }
+        for (i, acc) in per_subset.iter_mut().enumerate() {
+            let dir = root.join(format!("subset_{i}"));
+            if !dir.is_dir() {
+                return Err(Error::input(format!(
+                    "{} is missing; the bank lists {n} subsets but not all were retrained and saved",
+                    dir.display()
+                )));
+            }
+            for (a, l) in acc.iter_mut().zip(losses_of(&dir)?) {
+                *a += l * share;
+            }
+            phase.inc(1);
+        }
+    }
+    Ok((baseline, per_subset))
+}
+
+/// The subsets of the banks in `dirs` for random controls of `k` documents (Bergson's
+/// `load_and_validate_subsets_match`): every bank written with `--save_models` (it has
+/// `retrained/base`), all with the same `subsets.json`, of sizes within one of `k`, and
+/// written with this run's `model`, `subset_weight` and `exclude_zero_scores`.
+pub fn control_bank_subsets(
+    c: &ValidateConfig,
+    dirs: &[PathBuf],
+    k: usize,
+) -> Result<Vec<Vec<usize>>> {
+    let mut first: Option<Vec<Vec<usize>>> = None;
+    for d in dirs {
+        if !d.join("retrained").join("base").is_dir() {
+            return Err(Error::input(format!(
+                "retrain bank {} is not valid: no retrained/base (write banks with --save_models)",
+                d.display()
+            )));
+        }
+        let subsets = read_subsets(&d.join("subsets.json"))?;
+        if first.as_ref().is_some_and(|f| f != &subsets) {
+            return Err(Error::input(format!(
+                "bank {} doesn't match the others (different subsets.json)",
+                d.display()
+            )));
+        }
+        if subsets.iter().any(|s| s.len().abs_diff(k) > 1) {
+            let mut sizes: Vec<usize> = subsets.iter().map(Vec::len).collect();
+            sizes.sort_unstable();
+            sizes.dedup();
+            return Err(Error::input(format!(
+                "{} removes {sizes:?} docs per subset but the filter removes {k}; set --fraction to match",
+                d.display()
+            )));
+        }
+        let ours = [
+            ("model", serde_json::json!(c.train.model)),
+            ("subset_weight", serde_json::json!(c.subset_weight)),
+            (
+                "exclude_zero_scores",
+                serde_json::json!(c.exclude_zero_scores),
+            ),
+        ];
+        for (field, value) in ours {
+            let theirs = crate::config::run_file::load_subconfig::<serde_json::Value>(d, field)?;
+            if let Some(t) = theirs.filter(|t| {
+                t != &value && t.as_f64().zip(value.as_f64()).is_none_or(|(a, b)| a != b)
+            }) {
+                return Err(Error::input(format!(
+                    "{} was written with {field}={t} but this run uses {value}; the bank is not a comparable baseline",
+                    d.display()
+                )));
+            }
+        }
+        first = Some(subsets);
+    }
+    first.ok_or_else(|| {
+        Error::input("--controls bank needs --paths: run directories written with --save_models")
+    })
+}
+
 /// Runs the bank LDS.
 pub fn run_bank(c: &ValidateConfig, device: Device) -> Result<ValidateSummary> {
     if c.paths.is_empty() {
@@ -168,37 +266,7 @@ pub fn run_bank(c: &ValidateConfig, device: Device) -> Result<ValidateSummary> {
         Ok(vec![l])
     };
 
-    let mut baseline = vec![0.0; nq];
-    let mut per_subset = vec![vec![0.0; nq]; subsets.len()];
-    let mut phase = crate::progress::Phase::new(
-        "Evaluating bank",
-        "models",
-        Some((banks.len() * subsets.len()) as u64),
-    );
-    for bank in &banks {
-        let root = bank.join("retrained");
-        let base = root.join("base");
-        if base.is_dir() {
-            for (b, l) in baseline.iter_mut().zip(losses_of(&base)?) {
-                *b += l / banks.len() as f64;
-            }
-        }
-        for (i, acc) in per_subset.iter_mut().enumerate() {
-            let dir = root.join(format!("subset_{i}"));
-            if !dir.is_dir() {
-                return Err(Error::input(format!(
-                    "{} is missing; the bank lists {} subsets but not all were retrained and saved",
-                    dir.display(),
-                    subsets.len()
-                )));
-            }
-            for (a, l) in acc.iter_mut().zip(losses_of(&dir)?) {
-                *a += l / banks.len() as f64;
-            }
-            phase.inc(1);
-        }
-    }
-    drop(phase);
+    let (baseline, per_subset) = average_bank_losses(&banks, subsets.len(), nq, losses_of)?;
     let results: BTreeMap<usize, SubsetResult> = subsets
         .iter()
         .enumerate()

@@ -43,6 +43,13 @@ pub fn run_filter(v: &mut Validation) -> Result<(Vec<PathBuf>, Vec<String>)> {
         FilterDirection::Detractors => "filter-detractors",
     };
 
+    // A bank of controls is checked before any ranked retraining, as Bergson does.
+    let bank = if c.controls == ControlsKind::Bank {
+        Some(bank_subsets(v, k)?)
+    } else {
+        None
+    };
+
     let csv_path = run.join(format!("filter_{}.csv", c.direction.as_str()));
     let head = [
         "query",
@@ -100,6 +107,9 @@ pub fn run_filter(v: &mut Validation) -> Result<(Vec<PathBuf>, Vec<String>)> {
         return Ok((outputs, report));
     }
 
+    if let Some(subsets) = bank {
+        return bank_controls(v, k, subsets, changes, outputs, report);
+    }
     // Random controls: as many documents, drawn from the seed.
     let subsets = control_subsets(&valid, k, c.count().unwrap_or_default(), c.train.seed);
     let random_path = run.join("random_filter.csv");
@@ -149,8 +159,32 @@ pub fn run_filter(v: &mut Validation) -> Result<(Vec<PathBuf>, Vec<String>)> {
     journal.remove()?;
     outputs.push(random_path);
 
+    let random: Vec<Vec<f64>> = by_subset
+        .values()
+        .map(|b| b.iter().map(|r| r[5].parse().unwrap_or(f64::NAN)).collect())
+        .collect();
+    write_summary(&run, name, k, &changes, &random, &mut outputs, &mut report)?;
+    Ok((outputs, report))
+}
+
+/// Writes `filter_summary.csv`: the filter's loss change against the random removals'
+/// (`random[subset][query]`), per query.
+fn write_summary(
+    run: &std::path::Path,
+    name: &str,
+    k: usize,
+    changes: &[f64],
+    random: &[Vec<f64>],
+    outputs: &mut Vec<PathBuf>,
+    report: &mut Vec<String>,
+) -> Result<()> {
+    let nq = changes.len();
+    let n = random.len();
+    report.push(format!(
+        "Random baseline ({n} subsets of {k} docs): mean loss change {:.6}",
+        random.iter().flatten().sum::<f64>() / (n * nq).max(1) as f64
+    ));
     // The filter against the random removals, per query.
-    let n = subsets.len();
     let shead = [
         "query",
         "n_removed",
@@ -162,10 +196,7 @@ pub fn run_filter(v: &mut Validation) -> Result<(Vec<PathBuf>, Vec<String>)> {
     ];
     let mut srows = Vec::new();
     for q in 0..nq {
-        let col: Vec<f64> = by_subset
-            .values()
-            .map(|b| b[q][5].parse().unwrap_or(f64::NAN))
-            .collect();
+        let col: Vec<f64> = random.iter().map(|r| r[q]).collect();
         let mean = col.iter().sum::<f64>() / n.max(1) as f64;
         let sd = if n > 1 {
             (col.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
@@ -191,5 +222,80 @@ pub fn run_filter(v: &mut Validation) -> Result<(Vec<PathBuf>, Vec<String>)> {
     let summary_path = run.join("filter_summary.csv");
     write_atomic(&summary_path, csv_text(&shead, &srows).as_bytes())?;
     outputs.push(summary_path);
+    Ok(())
+}
+
+/// The control bank's subsets (`--controls bank`): its first `--count` (all without it).
+fn bank_subsets(v: &Validation, k: usize) -> Result<Vec<Vec<usize>>> {
+    let c = v.config;
+    let dirs: Vec<PathBuf> = c.paths.iter().map(PathBuf::from).collect();
+    let mut subsets = super::bank::control_bank_subsets(c, &dirs, k)?;
+    if let Some(n) = c.count() {
+        if n > subsets.len() {
+            return Err(crate::Error::input(format!(
+                "--count {n} exceeds the {} subsets of the control bank",
+                subsets.len()
+            )));
+        }
+        subsets.truncate(n);
+    }
+    if subsets.is_empty() {
+        return Err(crate::Error::input("the control bank contains no subsets"));
+    }
+    Ok(subsets)
+}
+
+/// The random controls read from the banks in `--paths` (`--controls bank`): their first
+/// `--count` subsets (all without it), each banked model's query losses averaged over the
+/// banks, against the banks' own baselines.
+fn bank_controls(
+    v: &mut Validation,
+    k: usize,
+    subsets: Vec<Vec<usize>>,
+    changes: Vec<f64>,
+    mut outputs: Vec<PathBuf>,
+    mut report: Vec<String>,
+) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let c = v.config;
+    let dirs: Vec<PathBuf> = c.paths.iter().map(PathBuf::from).collect();
+    let nq = v.num_queries();
+    let names = v.run.names.clone();
+    let device = v.device;
+    let (base, per_subset) = super::bank::average_bank_losses(&dirs, subsets.len(), nq, |dir| {
+        let params = super::bank::load_params(&names, &c.train, dir, device)?;
+        v.query_losses(&params)
+    })?;
+    let run = v.run_path().to_path_buf();
+    let rhead = [
+        "subset",
+        "query",
+        "n_removed",
+        "baseline_loss",
+        "filtered_loss",
+        "loss_change",
+    ];
+    let mut rows = Vec::new();
+    let mut random = Vec::new();
+    for (i, (subset, losses)) in subsets.iter().zip(&per_subset).enumerate() {
+        let mut row_changes = Vec::new();
+        for q in 0..nq {
+            let change = losses[q] - base[q];
+            row_changes.push(change);
+            rows.push(vec![
+                i.to_string(),
+                q.to_string(),
+                subset.len().to_string(),
+                py_float(base[q]),
+                py_float(losses[q]),
+                py_float(change),
+            ]);
+        }
+        random.push(row_changes);
+    }
+    let random_path = run.join("random_filter.csv");
+    write_atomic(&random_path, csv_text(&rhead, &rows).as_bytes())?;
+    outputs.push(random_path);
+    let name = format!("filter-{}", c.direction.as_str());
+    write_summary(&run, &name, k, &changes, &random, &mut outputs, &mut report)?;
     Ok((outputs, report))
 }

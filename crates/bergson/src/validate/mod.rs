@@ -107,9 +107,9 @@ pub fn check_validate_config(c: &ValidateConfig) -> Result<()> {
                     "--fraction {f}: the filter fraction must be in (0, 1]"
                 )));
             }
-            if c.controls == ControlsKind::Bank {
+            if c.controls == ControlsKind::Bank && c.paths.is_empty() {
                 return Err(Error::input(
-                    "--controls bank (random filters read from saved models) is not supported by bergson-rs yet; use --controls retrain or none",
+                    "--controls bank needs --paths: run directories written by validate with --save_models",
                 ));
             }
         }
@@ -144,7 +144,7 @@ pub struct Validation<'a> {
     pub baseline_per_doc: Vec<f64>,
     /// The stream's weights before any change (ones, zero for padding).
     base_weights: Tensor,
-    device: Device,
+    pub(crate) device: Device,
 }
 
 impl Validation<'_> {
