@@ -204,6 +204,49 @@ fn weight_step_matches_bergson() {
     );
 }
 
+/// Per-query weight steps (the step is the mean over the 3 score columns).
+#[test]
+fn weight_step_multi_query_matches_bergson() {
+    let name = "weight_step_multi";
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = run_validate(&run, &[], name);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    compare_csv(
+        &run,
+        &case_dir(name),
+        "weight_step.csv",
+        3e-4,
+        &["lr", "query"],
+    );
+}
+
+/// One aggregated query, its detractors removed, no controls (no random_filter.csv).
+#[test]
+fn filter_detractors_matches_bergson() {
+    let name = "filter_detractors";
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = run_validate(&run, &[], name);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    compare_csv(
+        &run,
+        &case_dir(name),
+        "filter_detractors.csv",
+        1e-4,
+        &["query", "n_removed"],
+    );
+    assert!(!run.join("random_filter.csv").exists() && !run.join("filter_summary.csv").exists());
+}
+
 /// The same seed gives the same subsets and numbers, byte for byte.
 #[test]
 fn same_seed_same_numbers() {
@@ -368,6 +411,15 @@ fn bad_input_is_one_line() {
             .unwrap()
     };
     assert_one_line_error(&run(&[], true), &["--scores"]);
+    let scores = case_dir("lds_partition")
+        .join("scores")
+        .display()
+        .to_string();
+    let out = bergson()
+        .args(["validate", "--scores", &scores])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, &["bergson validate <run_path>"]);
     assert_one_line_error(&run(&["--method", "nope"], false), &["nope"]);
     assert_one_line_error(
         &run(&["--start", "4", "--stop", "2"], false),

@@ -68,9 +68,9 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// The journal of `output`: with `resume`, the complete rows already in it (a torn last
-    /// line and anything after the header that does not have `header.len()` fields dropped);
-    /// otherwise a fresh one.
+    /// The journal of `output`: with `resume`, the complete rows already in it, or in
+    /// `output` itself when a finished run left no journal (a torn last line and any row
+    /// without `header.len()` fields dropped); otherwise a fresh one.
     pub fn open(
         output: &Path,
         header: &[&str],
@@ -80,8 +80,10 @@ impl Journal {
         name.push(".part");
         let path = output.with_file_name(name);
         let mut rows = Vec::new();
-        if resume && path.is_file() {
-            let text = std::fs::read_to_string(&path).at_path(&path)?;
+        // A finished run left no journal but its output, which holds the same rows.
+        let source = if path.is_file() { &path } else { output };
+        if resume && source.is_file() {
+            let text = std::fs::read_to_string(source).at_path(source)?;
             let mut lines: Vec<&str> = text.split("\r\n").collect();
             // The piece after the last line end is torn (or empty).
             lines.pop();
@@ -161,6 +163,11 @@ mod tests {
             std::fs::read_to_string(&part).unwrap(),
             "subset,diff,score_sum\r\n0,0.5,1.0\r\n"
         );
+        j.remove().unwrap();
+        // A finished output is resumed from as a journal.
+        std::fs::write(&out, "subset,diff,score_sum\r\n0,0.5,1.0\r\n3,0.25,2.0\r\n").unwrap();
+        let (j, rows) = Journal::open(&out, &header, true).unwrap();
+        assert_eq!(rows.len(), 2);
         j.remove().unwrap();
         // Without resume the journal starts over.
         let (_, rows) = Journal::open(&out, &header, false).unwrap();

@@ -63,6 +63,11 @@ pub struct ValidateSummary {
 
 /// Refuses what `validate` cannot run, before anything is written.
 pub fn check_validate_config(c: &ValidateConfig) -> Result<()> {
+    if c.train.run_path.is_empty() {
+        return Err(Error::input(
+            "give the run directory: bergson validate <run_path> --scores <dir> ...",
+        ));
+    }
     if c.scores.is_empty() {
         return Err(Error::input(
             "--scores is required: the score directory to validate (magic's <run>/scores, or a score run)",
