@@ -216,11 +216,13 @@ fn weight_step_multi_query_matches_bergson() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Bergson evaluates per-document losses in float32 (ulp 4.8e-7 at a loss of 6), a
+    // quarter of a thousandth of the largest change (2.9e-3) here.
     compare_csv(
         &run,
         &case_dir(name),
         "weight_step.csv",
-        3e-4,
+        5e-4,
         &["lr", "query"],
     );
 }
