@@ -176,17 +176,18 @@ impl Validation<'_> {
         }
     }
 
-    /// The flat indices into the stream's weights of score units `units` (a document id, or a
-    /// per-token grid cell `doc * seq_len + t`). Cells past a row's weight width are dropped.
-    fn weight_indices(&self, units: &[usize]) -> Vec<i64> {
+    /// Each of score units `units` (a document id, or a per-token grid cell
+    /// `doc * seq_len + t`) with its flat index into the stream's weights. Cells past a row's
+    /// weight width (none when the widths agree, as in Bergson) are dropped.
+    fn weight_cells(&self, units: &[usize]) -> Vec<(usize, i64)> {
         let size = self.base_weights.size();
         match (self.scores.seq_len, size.as_slice()) {
             (Some(s), [_, w]) => units
                 .iter()
                 .filter(|&&u| ((u % s) as i64) < *w)
-                .map(|&u| (u / s) as i64 * w + (u % s) as i64)
+                .map(|&u| (u, (u / s) as i64 * w + (u % s) as i64))
                 .collect(),
-            _ => units.iter().map(|&u| u as i64).collect(),
+            _ => units.iter().map(|&u| (u, u as i64)).collect(),
         }
     }
 
@@ -206,7 +207,7 @@ impl Validation<'_> {
     /// Retrains with the units `units` weighted `--subset_weight` (the rest 1).
     pub fn retrain_without(&mut self, units: &[usize]) -> Result<TrainerState> {
         let mut w = self.base_weights.copy().reshape([-1]);
-        let idx = self.weight_indices(units);
+        let idx: Vec<i64> = self.weight_cells(units).iter().map(|c| c.1).collect();
         if !idx.is_empty() {
             let idx = Tensor::from_slice(&idx).to(self.device);
             let _ = w.index_fill_(0, &idx, self.config.subset_weight);
@@ -218,15 +219,11 @@ impl Validation<'_> {
     pub fn retrain_stepped(&mut self, step: &[f64]) -> Result<TrainerState> {
         let mut w = self.base_weights.copy().reshape([-1]);
         let units: Vec<usize> = (0..step.len()).collect();
-        let idx = self.weight_indices(&units);
-        let kept: Vec<f64> = units
-            .iter()
-            .filter(|&&u| match self.scores.seq_len {
-                Some(s) => ((u % s) as i64) < *self.base_weights.size().last().unwrap_or(&0),
-                None => true,
-            })
-            .map(|&u| step[u])
-            .collect();
+        let (kept, idx): (Vec<f64>, Vec<i64>) = self
+            .weight_cells(&units)
+            .into_iter()
+            .map(|(u, i)| (step[u], i))
+            .unzip();
         if !idx.is_empty() {
             let idx = Tensor::from_slice(&idx).to(self.device);
             let delta = Tensor::from_slice(&kept).to_kind(w.kind()).to(self.device);
