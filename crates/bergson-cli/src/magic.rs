@@ -17,10 +17,11 @@ pub struct MagicArgs {
 }
 
 /// Bergson spells the training set's flags `--data.dataset`, `--data.split`, ... in `magic`
+/// and `validate`
 /// (its parser prefixes them next to `--query.*`); ours are `--dataset`, `--split`, ...:
 /// both spellings are taken.
 pub fn python_flag_spellings(argv: Vec<String>) -> Vec<String> {
-    if argv.get(1).map(String::as_str) != Some("magic") {
+    if !matches!(argv.get(1).map(String::as_str), Some("magic" | "validate")) {
         return argv;
     }
     argv.into_iter()

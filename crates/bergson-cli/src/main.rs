@@ -19,6 +19,7 @@ mod test_model_configuration;
 mod trackstar;
 mod train;
 mod trak;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -101,6 +102,11 @@ enum Command {
     /// template's special tokens; recommends --force_math_sdp / --precision fp32 when needed.
     #[command(name = "test_model_configuration", allow_negative_numbers = true)]
     TestModelConfiguration(Box<test_model_configuration::TestModelConfigurationArgs>),
+    /// Leave-k-out validation of attribution scores: retrain without subsets of the training
+    /// data and correlate the query loss change with the scores (LDS), filter the top
+    /// proponents, or step the data weights along the scores.
+    #[command(allow_negative_numbers = true, args_override_self = true)]
+    Validate(Box<validate::ValidateArgs>),
 }
 
 fn main() -> ExitCode {
@@ -193,6 +199,10 @@ fn main() -> ExitCode {
         Command::RecallGenerate(args) => {
             logging::init(args.quiet);
             errors::finish(recall::generate(&args))
+        }
+        Command::Validate(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(validate::run(&args.config, &args.runtime))
         }
         Command::TestModelConfiguration(args) => {
             logging::init(false);

@@ -32,5 +32,6 @@ pub mod setup;
 pub mod similarity;
 pub mod train;
 pub mod units;
+pub mod validate;
 
 pub use error::{Error, Result};

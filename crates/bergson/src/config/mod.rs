@@ -20,6 +20,7 @@ mod trackstar;
 mod train;
 mod train_collect;
 mod trak;
+mod validate;
 
 pub use build::{
     AttentionConfig, BuildConfig, DataConfig, DistributedConfig, IndexConfig, InversionConfig,
@@ -49,3 +50,4 @@ pub use train::{
 };
 pub use train_collect::{CollectGradientsConfig, GradientStoreDtype};
 pub use trak::{TrakConfig, TrakRunConfig};
+pub use validate::{ControlsKind, FilterDirection, SubsetSource, ValidateConfig};

@@ -47,6 +47,18 @@ impl PyRandom {
         rng
     }
 
+    /// The same Mersenne Twister seeded as PyTorch's CPU generator (`torch.Generator()
+    /// .manual_seed(seed)`: `init_genrand` with the seed's low 32 bits), whose 32-bit outputs
+    /// [`PyRandom::next_u32`] returns.
+    pub fn torch_seeded(seed: u64) -> Self {
+        let mut rng = PyRandom {
+            state: [0; N],
+            index: N,
+        };
+        rng.init_genrand(seed as u32);
+        rng
+    }
+
     fn init_genrand(&mut self, s: u32) {
         self.state[0] = s;
         for i in 1..N {

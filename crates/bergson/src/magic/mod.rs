@@ -113,13 +113,13 @@ pub fn check_magic_config(c: &MagicConfig) -> Result<()> {
 }
 
 /// Tokenises another data set of the run (the query or contrast set) as the training set.
-fn prepare_rows(
+pub(crate) fn prepare_rows(
     run: &TrainingRun,
-    c: &MagicConfig,
+    c: &crate::config::TrainingConfig,
     data: crate::config::DataConfig,
     what: &str,
 ) -> Result<Vec<TokenizedRow>> {
-    let mut icfg = index_config(&c.train);
+    let mut icfg = index_config(c);
     icfg.data = data;
     let prepared = prepare_data(&icfg, &run.tokenizer, run.max_positions).map_err(|e| match e {
         Error::Input(m) => Error::input(format!("the {what} set: {m}")),
@@ -140,14 +140,14 @@ pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
     let mut run = prepare_training(&c.train, device, weights, |dir| {
         write_run_config(dir, "magic", c)
     })?;
-    let query_rows = prepare_rows(&run, c, c.query.data.clone(), "query")?;
+    let query_rows = prepare_rows(&run, &c.train, c.query.data.clone(), "query")?;
     if query_rows.is_empty() {
         return Err(Error::input(
             "the query dataset has no rows; check --query.dataset and --query.split",
         ));
     }
     let contrast_rows = match c.query.contrast.clone() {
-        Some(d) => Some(prepare_rows(&run, c, d, "contrast")?),
+        Some(d) => Some(prepare_rows(&run, &c.train, d, "contrast")?),
         None => None,
     };
 

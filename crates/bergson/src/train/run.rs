@@ -157,7 +157,7 @@ pub(crate) fn index_config(c: &TrainingConfig) -> IndexConfig {
 }
 
 /// Prepares `<run_path>`: refuses an existing one unless `--overwrite` or `--resume`.
-fn prepare_run_dir(c: &TrainingConfig) -> Result<PathBuf> {
+pub(crate) fn prepare_run_dir(c: &TrainingConfig) -> Result<PathBuf> {
     let run = PathBuf::from(&c.run_path);
     if run.exists() && !c.resume {
         if c.overwrite {
