@@ -2,6 +2,7 @@
 //! saved `config.yaml` (serde). Field names, order, defaults and nesting follow Python Bergson
 //! 2.5.1's dataclasses, so run files move between the two tools.
 
+mod approx_unrolling;
 mod build;
 mod ekfac;
 mod enums;
@@ -19,6 +20,7 @@ mod trackstar;
 mod train;
 mod trak;
 
+pub use approx_unrolling::{ApproxUnrollingConfig, ApproxUnrollingRunConfig};
 pub use build::{
     AttentionConfig, BuildConfig, DataConfig, DistributedConfig, IndexConfig, InversionConfig,
     PreprocessConfig,

@@ -1,0 +1,503 @@
+//! `bergson approxunrolling`: SOURCE (Bae et al. 2024, "Training Data Attribution via
+//! Approximate Unrolled Differentiation"), as Bergson 2.5.1's `approx_unrolling_pipeline`.
+//!
+//! The training trajectory's checkpoints are split into `L` segments of equal count; within a
+//! segment the Hessian is taken as stationary (EK-FAC factors averaged over its checkpoints)
+//! and the segment's optimizer steps as one `ηK_l` (learning rate times steps,
+//! [`schedule`]). Each step is a sub-directory of the run path:
+//!
+//! 1. `segment_<l>/ckpt_<i>/<method>/`: each checkpoint's factor sums ([`factors`]);
+//! 2. `segment_<l>/<method>/`: the segment's pooled factors and eigenvectors;
+//! 3. `segment_<l>/ckpt_<i>/<method>/averaged_ev_correct_sharded/`: each checkpoint's
+//!    squared gradients in its segment's eigenbasis;
+//! 4. `segment_<l>/<method>/eigenvalue_correction_sharded/`: the segment's eigenvalues σ;
+//! 5. `query/`: the query gradients at the final checkpoint (unprojected; `--path` uses an
+//!    existing query index);
+//!    (Adam variant: `segment_<l>/preconditioner.safetensors`, [`adam`]);
+//! 6. phase 1, `segment_<l>/query_grad_backward/`: the query carried back through the later
+//!    segments, `q_{l-1} = F_backward(segment l) q_l`, `q_{L-1}` the query ([`apply`],
+//!    [`spectral`]);
+//! 7. phase 2, `segment_<l>/query_grad_segment/`: `F_segment(segment l) q_l`;
+//! 8. phase 3, `segment_<l>/scores_ckpt_<c>/`: the training data scored against phase 2's
+//!    query at each of the segment's checkpoints (`bergson score`, higher is better); `scores/`:
+//!    `−Σ_l mean_c` of them, saved lower-is-better as Bergson's.
+//!
+//! Steps 1 to 5 keep a finished output (a rerun after an interrupt continues) unless
+//! `--overwrite`; phases 1 to 3 are cheap next to them and always rerun, as in Bergson.
+
+pub mod adam;
+pub mod apply;
+pub mod factors;
+pub mod schedule;
+pub mod spectral;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tch::{Kind, Tensor};
+
+use crate::build::RunOptions;
+use crate::config::{
+    ApproxUnrollingRunConfig, HessianMethod, HessianRunConfig, IndexConfig, PreprocessConfig,
+    ScoreConfig, ScoreRunConfig,
+};
+use crate::index::score_store::{ScoreStore, ScoreWriter};
+use crate::recipes::ekfac::{
+    build_query, check_query_set, fresh_part, promote, save_recipe_config,
+};
+use crate::{score, Error, Result};
+
+use apply::{apply_to_index, SegmentApply};
+use spectral::EigenFunction;
+
+/// What a finished pipeline did.
+#[derive(Debug, Clone)]
+pub struct ApproxUnrollingSummary {
+    /// The run directory.
+    pub run_path: PathBuf,
+    /// The summed scores.
+    pub scores_path: PathBuf,
+    /// Segments.
+    pub segments: usize,
+    /// Checkpoints.
+    pub checkpoints: usize,
+    /// `ηK` of each segment (momentum-scaled).
+    pub lr_times_steps: Vec<f64>,
+    /// `(step, seconds)` of the steps run.
+    pub timings: Vec<(&'static str, f64)>,
+}
+
+impl std::fmt::Display for ApproxUnrollingSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total: f64 = self.timings.iter().map(|(_, s)| s).sum();
+        write!(
+            f,
+            "SOURCE over {} checkpoints in {} segments (lr·steps {:?}) in {total:.1} s; scores \
+             saved at {}",
+            self.checkpoints,
+            self.segments,
+            self.lr_times_steps,
+            self.scores_path.display()
+        )
+    }
+}
+
+/// Refuses what Bergson refuses, before anything is written.
+pub fn check_config(cfg: &ApproxUnrollingRunConfig) -> Result<()> {
+    let s = &cfg.approx_unrolling_cfg;
+    let n = s.checkpoints.len();
+    if cfg.index_cfg.run_path.is_empty() {
+        return Err(Error::input(
+            "no run path given: `bergson approxunrolling <run_path> --method kfac \
+             --ev_correction true --checkpoints ... --data.dataset ... --query.dataset ...`",
+        ));
+    }
+    if n == 0 {
+        return Err(Error::input(
+            "no checkpoints given: pass --checkpoints with the training checkpoints in order",
+        ));
+    }
+    if s.segments < 1 {
+        return Err(Error::input(format!(
+            "--segments must be at least 1, got {}",
+            s.segments
+        )));
+    }
+    if !n.is_multiple_of(s.segments) {
+        return Err(Error::input(format!(
+            "--checkpoints ({n}) must be divisible by --segments ({}); got {:.3} per segment",
+            s.segments,
+            n as f64 / s.segments as f64
+        )));
+    }
+    if !cfg.hessian_cfg.ev_correction {
+        return Err(Error::input(
+            "SOURCE needs EK-FAC's eigenvalue correction: pass --ev_correction true",
+        ));
+    }
+    if cfg.hessian_cfg.method == HessianMethod::Autocorrelation {
+        return Err(Error::input(
+            "SOURCE needs a factored Hessian: pass --method kfac (or tkfac, shampoo)",
+        ));
+    }
+    if cfg.index_cfg.projection_dim != 0 {
+        return Err(Error::input(format!(
+            "SOURCE's EK-FAC factors act on full gradients; pass --projection_dim 0, got {}",
+            cfg.index_cfg.projection_dim
+        )));
+    }
+    for c in &s.checkpoints {
+        if !Path::new(c).is_dir() {
+            return Err(Error::input(format!(
+                "checkpoint {c} is not a directory; pass the training checkpoints (HF model \
+                 directories) to --checkpoints"
+            )));
+        }
+        if c.ends_with(".ckpt") {
+            return Err(Error::input(format!(
+                "checkpoint {c} is a trainer state, not a model: bergson-rs does not export \
+                 `bergson train` states yet; pass HF checkpoint directories"
+            )));
+        }
+        if s.use_adam_preconditioner {
+            let state = Path::new(c).join(adam::OPTIMIZER_STATE);
+            if !state.is_file() {
+                return Err(adam::missing_state(&state));
+            }
+        }
+    }
+    check_query_set(&s.query)
+}
+
+/// Whether a checkpoint's model stores its linear weights `[in, out]` (GPT-2's Conv1D).
+fn weights_transposed(checkpoint: &str) -> bool {
+    std::fs::read_to_string(Path::new(checkpoint).join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v.get("model_type")
+                .and_then(|m| m.as_str())
+                .map(|m| m == "gpt2")
+        })
+        .unwrap_or(false)
+}
+
+/// Runs a step unless its output exists (kept unless `overwrite`).
+fn step<F: FnMut() -> Result<()>>(
+    name: &str,
+    out: &Path,
+    overwrite: bool,
+    quiet: bool,
+    mut f: F,
+) -> Result<bool> {
+    if out.is_dir() && !overwrite {
+        if !quiet {
+            eprintln!("{name}: skipping, already complete at {}", out.display());
+        }
+        return Ok(false);
+    }
+    if !quiet {
+        eprintln!("{name}...");
+    }
+    f()?;
+    Ok(true)
+}
+
+/// Runs `bergson approxunrolling`.
+pub fn run(cfg: &ApproxUnrollingRunConfig, opts: &RunOptions) -> Result<ApproxUnrollingSummary> {
+    check_config(cfg)?;
+    let mut cfg = cfg.clone();
+    schedule::resolve(&mut cfg.approx_unrolling_cfg);
+    let s = &cfg.approx_unrolling_cfg;
+    let eta_k = schedule::lr_times_steps(s)?;
+    let icfg = &cfg.index_cfg;
+    let run_path = PathBuf::from(&icfg.run_path);
+    save_recipe_config("approxunrolling", &run_path, &cfg)?;
+    let (overwrite, quiet, device) = (icfg.overwrite, opts.quiet, opts.device);
+    let method = cfg.hessian_cfg.method.as_str();
+    let n_segments = s.segments;
+    let per_segment = s.checkpoints.len() / n_segments;
+    let segment_dir = |l: usize| run_path.join(format!("segment_{l}"));
+    let ckpt_dir = |c: usize| {
+        segment_dir(c / per_segment)
+            .join(format!("ckpt_{}", c % per_segment))
+            .join(method)
+    };
+    let segment_factors = |l: usize| segment_dir(l).join(method);
+    let hcfg = HessianRunConfig {
+        hessian_cfg: cfg.hessian_cfg.clone(),
+        index_cfg: icfg.clone(),
+    };
+    let mut timings = Vec::new();
+    let mut timed = |name: &'static str, start: Instant| {
+        timings.push((name, start.elapsed().as_secs_f64()));
+    };
+
+    let start = Instant::now();
+    for (c, ckpt) in s.checkpoints.iter().enumerate() {
+        let name = format!(
+            "step 1/8: fitting {method} factors at checkpoint {}/{} ({ckpt})",
+            c + 1,
+            s.checkpoints.len()
+        );
+        step(&name, &ckpt_dir(c), overwrite, quiet, || {
+            factors::fit_checkpoint_covariances(&hcfg, ckpt, &ckpt_dir(c), device)
+        })?;
+    }
+    timed("checkpoint factors", start);
+
+    let start = Instant::now();
+    for l in 0..n_segments {
+        let name = format!("step 2/8: pooling and eigendecomposing segment {l}'s factors");
+        let dirs: Vec<PathBuf> = (0..per_segment)
+            .map(|i| ckpt_dir(l * per_segment + i))
+            .collect();
+        step(&name, &segment_factors(l), overwrite, quiet, || {
+            factors::aggregate_segment_covariances(&dirs, &segment_factors(l))
+        })?;
+    }
+    timed("segment eigenvectors", start);
+
+    let start = Instant::now();
+    let lambdas_of = |c: usize| ckpt_dir(c).join(factors::CHECKPOINT_LAMBDAS);
+    for (c, ckpt) in s.checkpoints.iter().enumerate() {
+        let name = format!(
+            "step 3/8: EK-FAC eigenvalues at checkpoint {}/{} in its segment's eigenbasis",
+            c + 1,
+            s.checkpoints.len()
+        );
+        let seg = segment_factors(c / per_segment);
+        step(&name, &lambdas_of(c), overwrite, quiet, || {
+            factors::fit_checkpoint_lambdas(&hcfg, ckpt, &seg, &lambdas_of(c), device)
+        })?;
+    }
+    timed("checkpoint eigenvalues", start);
+
+    let start = Instant::now();
+    for l in 0..n_segments {
+        let name = format!("step 4/8: averaging segment {l}'s eigenvalues");
+        let dirs: Vec<PathBuf> = (0..per_segment)
+            .map(|i| lambdas_of(l * per_segment + i))
+            .collect();
+        let out = segment_factors(l).join(crate::index::factor_store::EIGENVALUE_CORRECTION);
+        step(&name, &out, overwrite, quiet, || {
+            factors::aggregate_segment_lambdas(&dirs, &out)
+        })?;
+    }
+    timed("segment eigenvalues", start);
+
+    let start = Instant::now();
+    let last = s.checkpoints.last().expect("checked non-empty").clone();
+    let query_path = if s.query.path.is_empty() {
+        let path = run_path.join("query");
+        let qcfg = IndexConfig {
+            model: last.clone(),
+            projection_dim: 0,
+            overwrite: true,
+            ..icfg.clone()
+        };
+        step(
+            "step 5/8: building the query gradients at the final checkpoint",
+            &path,
+            overwrite,
+            quiet,
+            || {
+                if path.exists() {
+                    std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                }
+                build_query(&qcfg, &s.query, &path, opts)
+            },
+        )?;
+        path
+    } else {
+        if !quiet {
+            eprintln!(
+                "step 5/8: using the existing query index at {}",
+                s.query.path
+            );
+        }
+        PathBuf::from(&s.query.path)
+    };
+    timed("query", start);
+
+    let segment_checkpoints: Vec<Vec<String>> = (0..n_segments)
+        .map(|l| s.checkpoints[l * per_segment..(l + 1) * per_segment].to_vec())
+        .collect();
+    let preconditioners = if s.use_adam_preconditioner {
+        if !quiet {
+            eprintln!("building the segments' Adam preconditioners...");
+        }
+        let dirs: Vec<PathBuf> = (0..n_segments).map(segment_factors).collect();
+        adam::build_segment_preconditioners(
+            &dirs,
+            &segment_checkpoints,
+            weights_transposed(&s.checkpoints[0]),
+        )?
+    } else {
+        Vec::new()
+    };
+    let adam_of = |l: usize| preconditioners.get(l).map(PathBuf::as_path);
+    let batch_size = s.inversion_cfg.apply_batch_size;
+
+    let start = Instant::now();
+    if !quiet {
+        eprintln!(
+            "step 6/8: phase 1, carrying the query back through the segments (F_backward)..."
+        );
+    }
+    let mut query_grads = vec![PathBuf::new(); n_segments];
+    query_grads[n_segments - 1] = query_path.clone();
+    for k in (1..n_segments).rev() {
+        let dst = segment_dir(k - 1).join("query_grad_backward");
+        let part = fresh_part(&dst)?;
+        let a = SegmentApply {
+            segment: &segment_factors(k),
+            eta_k: eta_k[k],
+            function: EigenFunction::Backward,
+            adam: adam_of(k),
+            inversion: None,
+            batch_size,
+        };
+        apply_to_index(&a, &query_grads[k], &part, device)?;
+        promote(&part, &dst)?;
+        query_grads[k - 1] = dst;
+    }
+    if !quiet {
+        eprintln!("step 7/8: phase 2, each segment's contribution (F_segment)...");
+    }
+    let mut segment_queries = Vec::with_capacity(n_segments);
+    for (l, src) in query_grads.iter().enumerate() {
+        let dst = segment_dir(l).join("query_grad_segment");
+        let part = fresh_part(&dst)?;
+        let adam = adam_of(l);
+        let a = SegmentApply {
+            segment: &segment_factors(l),
+            eta_k: eta_k[l],
+            function: EigenFunction::Segment,
+            adam,
+            inversion: adam.map(|_| &s.inversion_cfg),
+            batch_size,
+        };
+        apply_to_index(&a, src, &part, device)?;
+        promote(&part, &dst)?;
+        segment_queries.push(dst);
+    }
+    timed("phases 1-2", start);
+
+    let start = Instant::now();
+    let scores_path = run_path.join("scores");
+    score_segments(
+        &cfg,
+        &segment_queries,
+        &segment_checkpoints,
+        &scores_path,
+        opts,
+    )?;
+    timed("scores", start);
+    Ok(ApproxUnrollingSummary {
+        run_path,
+        scores_path,
+        segments: n_segments,
+        checkpoints: s.checkpoints.len(),
+        lr_times_steps: eta_k,
+        timings,
+    })
+}
+
+/// Phase 3: each segment's query scored at its checkpoints, negated (the scores are saved
+/// higher-is-better), averaged over the checkpoints and summed over the segments, in float32
+/// as Bergson's; written to `out` with a lower-is-better score config.
+fn score_segments(
+    cfg: &ApproxUnrollingRunConfig,
+    segment_queries: &[PathBuf],
+    segment_checkpoints: &[Vec<String>],
+    out: &Path,
+    opts: &RunOptions,
+) -> Result<()> {
+    let icfg = &cfg.index_cfg;
+    let s = &cfg.approx_unrolling_cfg;
+    let run_path = PathBuf::from(&icfg.run_path);
+    let quiet = opts.quiet;
+    let mut total: Option<Tensor> = None;
+    let mut first_dir = None;
+    for (l, (query, ckpts)) in segment_queries.iter().zip(segment_checkpoints).enumerate() {
+        let mut seg_total: Option<Tensor> = None;
+        for (c, ckpt) in ckpts.iter().enumerate() {
+            let dir = run_path
+                .join(format!("segment_{l}"))
+                .join(format!("scores_ckpt_{c}"));
+            if !quiet {
+                eprintln!(
+                    "step 8/8: phase 3, scoring the training data for segment {l} at checkpoint \
+                     {}/{}...",
+                    c + 1,
+                    ckpts.len()
+                );
+            }
+            for p in [
+                dir.clone(),
+                PathBuf::from(format!("{}.part", dir.display())),
+            ] {
+                if p.exists() {
+                    std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+                }
+            }
+            let scfg = ScoreRunConfig {
+                score_cfg: ScoreConfig {
+                    query_path: query.to_string_lossy().into_owned(),
+                    higher_is_better: true,
+                    query_batch_size: s.query_batch_size,
+                    ..ScoreConfig::default()
+                },
+                index_cfg: IndexConfig {
+                    model: ckpt.clone(),
+                    run_path: dir.to_string_lossy().into_owned(),
+                    projection_dim: 0,
+                    ..icfg.clone()
+                },
+                preprocess_cfg: PreprocessConfig::default(),
+            };
+            score::run(&scfg, opts)?;
+            let scores = read_scores(&dir)?.f_neg()?;
+            seg_total = Some(match seg_total {
+                None => scores,
+                Some(t) => t.f_add(&scores)?,
+            });
+            first_dir.get_or_insert(dir);
+        }
+        let seg = seg_total
+            .ok_or_else(|| Error::internal("a segment without checkpoints"))?
+            .f_div_scalar(ckpts.len() as f64)?;
+        total = Some(match total {
+            None => seg,
+            Some(t) => t.f_add(&seg)?,
+        });
+    }
+    let total = total.ok_or_else(|| Error::internal("no segments"))?;
+    let first = ScoreStore::open(first_dir.as_ref().expect("scored at least once"))?;
+    let part = fresh_part(out)?;
+    let (rows, cols) = total.size2()?;
+    let mut writer = ScoreWriter::create(
+        &part,
+        first.num_items(),
+        rows as usize,
+        cols as usize,
+        Kind::Float,
+        first.attribute_tokens(),
+        false,
+    )?;
+    let all: Vec<usize> = (0..rows as usize).collect();
+    writer.write(&all, &total, 0)?;
+    writer.sync()?;
+    if first.attribute_tokens() {
+        let from = first.dir().join("offsets.npy");
+        let to = part.join("offsets.npy");
+        std::fs::copy(&from, &to).map_err(|e| Error::io(&from, e))?;
+    }
+    let saved = ScoreRunConfig {
+        score_cfg: ScoreConfig {
+            higher_is_better: false,
+            ..ScoreConfig::default()
+        },
+        index_cfg: IndexConfig {
+            run_path: out.to_string_lossy().into_owned(),
+            ..icfg.clone()
+        },
+        preprocess_cfg: PreprocessConfig::default(),
+    };
+    save_recipe_config("score", &part, &saved)?;
+    promote(&part, out)
+}
+
+/// A score store's values `[rows, scores]` as float32 (unwritten entries 0).
+fn read_scores(dir: &Path) -> Result<Tensor> {
+    let store = ScoreStore::open(dir)?;
+    let (rows, cols) = (store.num_rows(), store.num_scores());
+    let mut values = vec![0f32; rows * cols];
+    for c in 0..cols {
+        for (r, v) in store.column(c).into_iter().enumerate() {
+            values[r * cols + c] = v.unwrap_or(0.0);
+        }
+    }
+    Ok(Tensor::f_from_slice(&values)?.f_reshape([rows as i64, cols as i64])?)
+}
