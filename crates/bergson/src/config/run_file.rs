@@ -460,6 +460,10 @@ mod tests {
             ("bergson_ekfac/runs/ekfac", "ekfac"),
             ("bergson_ekfac/runs/astra_cg", "ekfac"),
             ("bergson_ekfac/runs/lissa", "lissa"),
+            (
+                "bergson_approxunrolling/runs/source_adam",
+                "approxunrolling",
+            ),
             ("bergson_trak/runs/ensemble", "trak"),
             ("bergson_trackstar/runs", "trackstar"),
         ] {

@@ -27,6 +27,7 @@
 
 pub mod adam;
 pub mod apply;
+pub mod export;
 pub mod factors;
 pub mod schedule;
 pub mod spectral;
@@ -120,33 +121,28 @@ pub fn check_config(cfg: &ApproxUnrollingRunConfig) -> Result<()> {
             "SOURCE needs a factored Hessian: pass --method kfac (or tkfac, shampoo)",
         ));
     }
-    if cfg.index_cfg.projection_dim != 0 {
-        return Err(Error::input(format!(
-            "SOURCE's EK-FAC factors act on full gradients; pass --projection_dim 0, got {}",
-            cfg.index_cfg.projection_dim
-        )));
-    }
-    for c in &s.checkpoints {
-        if !Path::new(c).is_dir() {
+    check_query_set(&s.query)
+}
+
+/// Refuses a checkpoint that is not a model directory, or lacks the Adam variant's optimizer
+/// state (after [`export::ensure_exported`]).
+fn check_checkpoints(checkpoints: &[String], adam: bool) -> Result<()> {
+    for c in checkpoints {
+        if !Path::new(c).join("config.json").is_file() {
             return Err(Error::input(format!(
-                "checkpoint {c} is not a directory; pass the training checkpoints (HF model \
-                 directories) to --checkpoints"
+                "checkpoint {c} is not a model directory (no config.json); pass the training \
+                 checkpoints (HF model directories or `bergson train`'s step_<n>.ckpt) to \
+                 --checkpoints"
             )));
         }
-        if c.ends_with(".ckpt") {
-            return Err(Error::input(format!(
-                "checkpoint {c} is a trainer state, not a model: bergson-rs does not export \
-                 `bergson train` states yet; pass HF checkpoint directories"
-            )));
-        }
-        if s.use_adam_preconditioner {
+        if adam {
             let state = Path::new(c).join(adam::OPTIMIZER_STATE);
             if !state.is_file() {
                 return Err(adam::missing_state(&state));
             }
         }
     }
-    check_query_set(&s.query)
+    Ok(())
 }
 
 /// Whether a checkpoint's model stores its linear weights `[in, out]` (GPT-2's Conv1D).
@@ -186,13 +182,17 @@ fn step<F: FnMut() -> Result<()>>(
 /// Runs `bergson approxunrolling`.
 pub fn run(cfg: &ApproxUnrollingRunConfig, opts: &RunOptions) -> Result<ApproxUnrollingSummary> {
     check_config(cfg)?;
+    let run_path = PathBuf::from(&cfg.index_cfg.run_path);
+    // The config as given, before the training run fills it in (as Bergson saves it).
+    save_recipe_config("approxunrolling", &run_path, cfg)?;
     let mut cfg = cfg.clone();
-    schedule::resolve(&mut cfg.approx_unrolling_cfg);
+    let s = &mut cfg.approx_unrolling_cfg;
+    s.checkpoints = export::ensure_exported(&s.checkpoints)?;
+    check_checkpoints(&s.checkpoints, s.use_adam_preconditioner)?;
+    schedule::resolve(s);
     let s = &cfg.approx_unrolling_cfg;
     let eta_k = schedule::lr_times_steps(s)?;
     let icfg = &cfg.index_cfg;
-    let run_path = PathBuf::from(&icfg.run_path);
-    save_recipe_config("approxunrolling", &run_path, &cfg)?;
     let (overwrite, quiet, device) = (icfg.overwrite, opts.quiet, opts.device);
     let method = cfg.hessian_cfg.method.as_str();
     let n_segments = s.segments;
