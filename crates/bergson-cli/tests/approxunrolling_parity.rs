@@ -144,3 +144,8 @@ fn source_with_one_segment() {
 fn segments_not_dividing_the_checkpoints_are_refused() {
     check("segments_not_dividing");
 }
+
+#[test]
+fn source_per_token_scores_one_query_per_pass() {
+    check("source_tokens");
+}
