@@ -341,3 +341,49 @@ fn adamw_runs_take_the_preconditioned_variant_from_their_optimizer_states() {
     let s = bergson::index::score_store::ScoreStore::open(&a.join("scores")).unwrap();
     assert!(s.column(0).iter().flatten().any(|v| *v != 0.0));
 }
+
+/// HF Trainer's `optimizer.pt` (entries keyed by `named_parameters()` index, no `param_name`):
+/// the checkpoints' `optimizer_unnamed.pt` hold the same second moments that way, with which
+/// Bergson gives its `source_adam` scores (checked by make_approxunrolling_refs.py); so must
+/// we.
+#[test]
+fn unnamed_optimizer_states_map_by_parameter_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::copy(
+        refs().join("checkpoints/log_history.json"),
+        ck.join("log_history.json"),
+    )
+    .unwrap();
+    let copies: Vec<String> = checkpoints()
+        .iter()
+        .map(|c| {
+            let to = ck.join(Path::new(c).file_name().unwrap());
+            common::copy_dir(Path::new(c), &to);
+            std::fs::rename(to.join("optimizer_unnamed.pt"), to.join("optimizer.pt")).unwrap();
+            to.to_string_lossy().into_owned()
+        })
+        .collect();
+    let r = dir.path().join("r");
+    let out = run(
+        &r,
+        &copies,
+        &[
+            "--segments",
+            "2",
+            "--use_adam_preconditioner",
+            "true",
+            "--damping_factor",
+            "0.01",
+            "--quiet",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = score_error(&r.join("scores"), &refs().join("runs/source_adam/scores"));
+    assert!(err <= 1e-4, "{err:.2e}");
+}

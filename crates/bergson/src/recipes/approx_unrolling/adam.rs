@@ -4,9 +4,10 @@
 //! checkpoints, give `P = 1 / (sqrt(v̂ + eps_root) + eps)`, written per module in the
 //! gradients' `[out, in]` layout to `segment_<l>/preconditioner.safetensors`.
 //!
-//! Entries are matched to the factors' modules by `param_name` (what `bergson train
-//! --save_optimizer_state` writes), `<...>.<module>.weight`; an `optimizer.pt` without names
-//! (HF Trainer's) is refused.
+//! Entries are named by their `param_name` (what `bergson train --save_optimizer_state`
+//! writes), else by their index as Bergson's `optimizer_param_index_to_name` (one group:
+//! `named_parameters()` order; two: HF Trainer's decay / no-decay split), and matched to the
+//! factors' modules as `<...>.<module>.weight`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,17 +49,42 @@ fn adam_hparams(state: &Value, path: &Path) -> Result<(f64, f64, f64)> {
     Ok((beta2, eps, eps_root))
 }
 
+/// Maps an `optimizer.pt`'s state indices to parameter names (for entries without
+/// `param_name`).
+pub type IndexNames<'a> = dyn FnMut(&Value) -> Result<Vec<(i64, String)>> + 'a;
+
 /// Bias-corrected second moments by parameter name.
-fn bias_corrected(state: &Value, beta2: f64, path: &Path) -> Result<Vec<(String, Tensor)>> {
+fn bias_corrected(
+    state: &Value,
+    beta2: f64,
+    path: &Path,
+    index_names: &mut IndexNames,
+) -> Result<Vec<(String, Tensor)>> {
     let entries = state.get("state").and_then(Value::as_dict).unwrap_or(&[]);
+    let unnamed = entries.iter().any(|(_, e)| e.get("param_name").is_none());
+    let mapping = if unnamed {
+        index_names(state).map_err(|e| match e {
+            Error::Input(msg) => Error::input(format!("{}: {msg}", path.display())),
+            other => other,
+        })?
+    } else {
+        Vec::new()
+    };
     let mut out = Vec::with_capacity(entries.len());
     for (idx, entry) in entries {
-        let Some(name) = entry.get("param_name").and_then(Value::as_str) else {
-            return Err(Error::input(format!(
-                "{}: state entry {idx:?} has no param_name; SOURCE's Adam variant reads the \
-                 optimizer.pt that `bergson train --save_optimizer_state all` writes",
-                path.display()
-            )));
+        let by_index = || {
+            let i = idx.as_int()?;
+            mapping
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|(_, n)| n.as_str())
+        };
+        let Some(name) = entry
+            .get("param_name")
+            .and_then(Value::as_str)
+            .or_else(by_index)
+        else {
+            continue;
         };
         let step = match entry.get("step") {
             Some(Value::Tensor(t)) => t.f_double_value(&[])?,
@@ -90,11 +116,12 @@ fn bias_corrected(state: &Value, beta2: f64, path: &Path) -> Result<Vec<(String,
 
 /// Writes each segment's preconditioner under `run/segment_<l>/`; `segment_dirs[l]` holds the
 /// segment's factors (their `[out, in]` grids). `transposed` says the model stores weights as
-/// `[in, out]` (GPT-2's Conv1D).
+/// `[in, out]` (GPT-2's Conv1D); `index_names` names unnamed entries.
 pub fn build_segment_preconditioners(
     segment_dirs: &[PathBuf],
     segment_checkpoints: &[Vec<String>],
     transposed: bool,
+    index_names: &mut IndexNames,
 ) -> Result<Vec<PathBuf>> {
     let mut paths = Vec::with_capacity(segment_dirs.len());
     for (dir, ckpts) in segment_dirs.iter().zip(segment_checkpoints) {
@@ -108,7 +135,7 @@ pub fn build_segment_preconditioners(
             let state = pickle::load(&path)?;
             let (beta2, e, er) = adam_hparams(&state, &path)?;
             (eps, eps_root) = (e, er);
-            for (name, v) in bias_corrected(&state, beta2, &path)? {
+            for (name, v) in bias_corrected(&state, beta2, &path, index_names)? {
                 let sum = match sums.remove(&name) {
                     Some(s) => s.f_add(&v)?,
                     None => v,

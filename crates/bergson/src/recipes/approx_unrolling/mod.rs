@@ -308,10 +308,30 @@ pub fn run(cfg: &ApproxUnrollingRunConfig, opts: &RunOptions) -> Result<ApproxUn
             eprintln!("building the segments' Adam preconditioners...");
         }
         let dirs: Vec<PathBuf> = (0..n_segments).map(segment_factors).collect();
+        // Unnamed entries (HF Trainer's) are mapped through the first checkpoint's model,
+        // loaded on the CPU only when needed.
+        let reference = IndexConfig {
+            model: s.checkpoints[0].clone(),
+            ..icfg.clone()
+        };
+        let mut model: Option<Box<dyn crate::models::CausalLm>> = None;
+        let mut index_names = |state: &crate::pickle::Value| {
+            if model.is_none() {
+                let (_, dir, _) = crate::setup::load_tokenizer(&reference)?;
+                model = Some(crate::setup::load_model(
+                    &reference,
+                    &dir,
+                    tch::Device::Cpu,
+                )?);
+            }
+            let m = model.as_deref().expect("loaded above");
+            crate::collect::optimizer_state::index_to_name(m, state)
+        };
         adam::build_segment_preconditioners(
             &dirs,
             &segment_checkpoints,
             weights_transposed(&s.checkpoints[0]),
+            &mut index_names,
         )?
     } else {
         Vec::new()
