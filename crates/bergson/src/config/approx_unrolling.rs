@@ -108,6 +108,7 @@ fn source_args(cmd: Command) -> Command {
             SEGMENTS,
             "Segments of the trajectory; must divide the number of checkpoints",
         )
+        .value_name("N")
         .value_parser(clap::value_parser!(usize))
         .default_value("3"),
     )
@@ -116,11 +117,13 @@ fn source_args(cmd: Command) -> Command {
             LR,
             "Learning rate (Bergson's field; not used by the pipeline)",
         )
+        .value_name("LR")
         .value_parser(clap::value_parser!(f64))
         .default_value("1e-05"),
     )
     .arg(
         arg(LR_LIST, "Per-segment learning rate (with --step_size_list)")
+            .value_name("LR")
             .value_parser(clap::value_parser!(f64))
             .num_args(0..),
     )
@@ -129,6 +132,7 @@ fn source_args(cmd: Command) -> Command {
             STEP_SIZE_LIST,
             "Per-segment optimizer steps (with --lr_list)",
         )
+        .value_name("STEPS")
         .value_parser(clap::value_parser!(i64))
         .num_args(0..),
     )
@@ -137,6 +141,7 @@ fn source_args(cmd: Command) -> Command {
             MOMENTUM,
             "SGD heavy-ball momentum beta (default: from the training run, else 0)",
         )
+        .value_name("BETA")
         .value_parser(clap::value_parser!(f64)),
     )
     .arg(
@@ -156,6 +161,7 @@ fn source_args(cmd: Command) -> Command {
             QUERY_BATCH_SIZE,
             "Queries scored per pass over the training data",
         )
+        .value_name("N")
         .value_parser(clap::value_parser!(usize)),
     )
 }
