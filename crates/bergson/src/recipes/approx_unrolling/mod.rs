@@ -200,36 +200,42 @@ pub fn run(cfg: &ApproxUnrollingRunConfig, opts: &RunOptions) -> Result<ApproxUn
         index_cfg: icfg.clone(),
     };
     let mut timings = Vec::new();
-    let mut timed = |name: &'static str, start: Instant| {
-        timings.push((name, start.elapsed().as_secs_f64()));
+    // A stage's time is recorded when one of its steps ran (a resumed stage is absent).
+    let mut timed = |name: &'static str, start: Instant, ran: bool| {
+        if ran {
+            timings.push((name, start.elapsed().as_secs_f64()));
+        }
     };
 
     let start = Instant::now();
+    let mut ran = false;
     for (c, ckpt) in s.checkpoints.iter().enumerate() {
         let name = format!(
             "step 1/8: fitting {method} factors at checkpoint {}/{} ({ckpt})",
             c + 1,
             s.checkpoints.len()
         );
-        step(&name, &ckpt_dir(c), overwrite, quiet, || {
+        ran |= step(&name, &ckpt_dir(c), overwrite, quiet, || {
             factors::fit_checkpoint_covariances(&hcfg, ckpt, &ckpt_dir(c), device)
         })?;
     }
-    timed("checkpoint factors", start);
+    timed("checkpoint factors", start, ran);
 
     let start = Instant::now();
+    let mut ran = false;
     for l in 0..n_segments {
         let name = format!("step 2/8: pooling and eigendecomposing segment {l}'s factors");
         let dirs: Vec<PathBuf> = (0..per_segment)
             .map(|i| ckpt_dir(l * per_segment + i))
             .collect();
-        step(&name, &segment_factors(l), overwrite, quiet, || {
+        ran |= step(&name, &segment_factors(l), overwrite, quiet, || {
             factors::aggregate_segment_covariances(&dirs, &segment_factors(l))
         })?;
     }
-    timed("segment eigenvectors", start);
+    timed("segment eigenvectors", start, ran);
 
     let start = Instant::now();
+    let mut ran = false;
     let lambdas_of = |c: usize| ckpt_dir(c).join(factors::CHECKPOINT_LAMBDAS);
     for (c, ckpt) in s.checkpoints.iter().enumerate() {
         let name = format!(
@@ -238,26 +244,28 @@ pub fn run(cfg: &ApproxUnrollingRunConfig, opts: &RunOptions) -> Result<ApproxUn
             s.checkpoints.len()
         );
         let seg = segment_factors(c / per_segment);
-        step(&name, &lambdas_of(c), overwrite, quiet, || {
+        ran |= step(&name, &lambdas_of(c), overwrite, quiet, || {
             factors::fit_checkpoint_lambdas(&hcfg, ckpt, &seg, &lambdas_of(c), device)
         })?;
     }
-    timed("checkpoint eigenvalues", start);
+    timed("checkpoint eigenvalues", start, ran);
 
     let start = Instant::now();
+    let mut ran = false;
     for l in 0..n_segments {
         let name = format!("step 4/8: averaging segment {l}'s eigenvalues");
         let dirs: Vec<PathBuf> = (0..per_segment)
             .map(|i| lambdas_of(l * per_segment + i))
             .collect();
         let out = segment_factors(l).join(crate::index::factor_store::EIGENVALUE_CORRECTION);
-        step(&name, &out, overwrite, quiet, || {
+        ran |= step(&name, &out, overwrite, quiet, || {
             factors::aggregate_segment_lambdas(&dirs, &out)
         })?;
     }
-    timed("segment eigenvalues", start);
+    timed("segment eigenvalues", start, ran);
 
     let start = Instant::now();
+    let mut ran = false;
     let last = s.checkpoints.last().expect("checked non-empty").clone();
     let query_path = if s.query.path.is_empty() {
         let path = run_path.join("query");
@@ -267,7 +275,7 @@ pub fn run(cfg: &ApproxUnrollingRunConfig, opts: &RunOptions) -> Result<ApproxUn
             overwrite: true,
             ..icfg.clone()
         };
-        step(
+        ran |= step(
             "step 5/8: building the query gradients at the final checkpoint",
             &path,
             overwrite,
@@ -289,7 +297,7 @@ pub fn run(cfg: &ApproxUnrollingRunConfig, opts: &RunOptions) -> Result<ApproxUn
         }
         PathBuf::from(&s.query.path)
     };
-    timed("query", start);
+    timed("query", start, ran);
 
     let segment_checkpoints: Vec<Vec<String>> = (0..n_segments)
         .map(|l| s.checkpoints[l * per_segment..(l + 1) * per_segment].to_vec())
@@ -373,7 +381,7 @@ pub fn run(cfg: &ApproxUnrollingRunConfig, opts: &RunOptions) -> Result<ApproxUn
         promote(&part, &dst)?;
         segment_queries.push(dst);
     }
-    timed("phases 1-2", start);
+    timed("phases 1-2", start, true);
 
     let start = Instant::now();
     let scores_path = run_path.join("scores");
@@ -384,7 +392,7 @@ pub fn run(cfg: &ApproxUnrollingRunConfig, opts: &RunOptions) -> Result<ApproxUn
         &scores_path,
         opts,
     )?;
-    timed("scores", start);
+    timed("scores", start, true);
     Ok(ApproxUnrollingSummary {
         run_path,
         scores_path,
