@@ -30,6 +30,7 @@ use crate::hessians::labels::LabelSampler;
 use crate::index::factor_store::{self as store, read_store, write_store};
 use crate::pickle::{load_scalar_i64, save_scalar_i64};
 use crate::progress::Phase;
+use crate::recipes::ekfac::{fresh_part, promote};
 use crate::{interrupt, setup, Error, Result};
 
 /// Per-checkpoint lambda sums, beside their document count.
@@ -80,11 +81,6 @@ fn loss_of(icfg: &IndexConfig) -> HessianLoss {
     }
 }
 
-/// A fresh `<path>.part`.
-pub(super) fn fresh_part(path: &Path) -> Result<PathBuf> {
-    crate::recipes::ekfac::fresh_part(path)
-}
-
 /// Step 1 at one checkpoint: the factors' raw sums and positions into `out`.
 pub fn fit_checkpoint_covariances(
     cfg: &HessianRunConfig,
@@ -125,7 +121,7 @@ pub fn fit_checkpoint_covariances(
     write_store(&part, store::ACTIVATION, &factors.activation)?;
     write_store(&part, store::GRADIENT, &factors.gradient)?;
     store::write_total_processed(&part, positions)?;
-    crate::recipes::ekfac::promote(&part, out)
+    promote(&part, out)
 }
 
 /// `Σ_c tensors_c` by module, added in checkpoint order.
@@ -180,7 +176,7 @@ pub fn aggregate_segment_covariances(ckpt_dirs: &[PathBuf], out: &Path) -> Resul
     write_store(&part, store::EIGEN_ACTIVATION, &eigen_a)?;
     write_store(&part, store::EIGEN_GRADIENT, &eigen_g)?;
     store::write_total_processed(&part, total)?;
-    crate::recipes::ekfac::promote(&part, out)
+    promote(&part, out)
 }
 
 /// Step 3 at one checkpoint: the summed squared rotated gradients in the segment's eigenbasis
@@ -258,7 +254,7 @@ pub fn fit_checkpoint_lambdas(
     Tensor::write_safetensors(&cpu, &dir)
         .map_err(|e| Error::io(&dir, std::io::Error::other(e.to_string())))?;
     save_scalar_i64(&part.join(DOCUMENTS_PROCESSED), ck.rows.len() as i64)?;
-    crate::recipes::ekfac::promote(&part, out)
+    promote(&part, out)
 }
 
 /// Step 4 for one segment: the checkpoints' lambda sums (`ckpt_lambdas`, each a
@@ -292,5 +288,5 @@ pub fn aggregate_segment_lambdas(ckpt_lambdas: &[PathBuf], out: &Path) -> Result
     let path = part.join("shard_0.safetensors");
     Tensor::write_safetensors(&mean, &path)
         .map_err(|e| Error::io(&path, std::io::Error::other(e.to_string())))?;
-    crate::recipes::ekfac::promote(&part, out)
+    promote(&part, out)
 }
