@@ -2,6 +2,7 @@
 //! the library. Every error is one line on stderr (plus at most a one-line hint) and exit
 //! status 2 for the user's mistakes.
 
+mod approx_unrolling;
 mod build;
 mod demo;
 mod ekfac;
@@ -59,6 +60,11 @@ enum Command {
     /// inverse-Hessian-vector products estimated by LiSSA, and the training data scored.
     #[command(allow_negative_numbers = true)]
     Lissa(Box<lissa::LissaArgs>),
+    /// SOURCE (approximate unrolling) end to end: EK-FAC factors averaged over each segment
+    /// of the training checkpoints, the query carried back through the segments, and the
+    /// training data scored at every checkpoint.
+    #[command(name = "approxunrolling", allow_negative_numbers = true)]
+    ApproxUnrolling(Box<approx_unrolling::ApproxUnrollingArgs>),
     /// Search an index interactively: prompts from standard input, their most and least
     /// similar training rows printed (and appended to a CSV with --record).
     Query(query::QueryArgs),
@@ -155,6 +161,11 @@ fn main() -> ExitCode {
             let args = *args;
             logging::init(args.runtime.quiet);
             errors::finish(lissa::run(args.config, &args.runtime))
+        }
+        Command::ApproxUnrolling(args) => {
+            let args = *args;
+            logging::init(args.runtime.quiet);
+            errors::finish(approx_unrolling::run(args.config, &args.runtime))
         }
         Command::Query(args) => {
             logging::init(args.runtime.quiet);
@@ -276,6 +287,7 @@ fn run_file(path: &str, runtime: &RuntimeArgs) -> anyhow::Result<()> {
             Step::Trak(cfg) => trak::run(*cfg, runtime)?,
             Step::Ekfac(cfg) => ekfac::run(*cfg, runtime)?,
             Step::Lissa(cfg) => lissa::run(*cfg, runtime)?,
+            Step::ApproxUnrolling(cfg) => approx_unrolling::run(*cfg, runtime)?,
             Step::Train(cfg) => train::run(*cfg, runtime)?,
         }
     }

@@ -106,7 +106,7 @@ fn trainer_no_decay_name(name: &str) -> bool {
 
 /// State index → parameter name, as Bergson's `optimizer_param_index_to_name`: one group follows
 /// `named_parameters()`; two groups are HF Trainer's decay / no-decay split.
-fn index_to_name(model: &dyn CausalLm, state: &Value) -> Result<Vec<(i64, String)>> {
+pub(crate) fn index_to_name(model: &dyn CausalLm, state: &Value) -> Result<Vec<(i64, String)>> {
     let params = parameter_shapes(model);
     let groups = state
         .get("param_groups")

@@ -2,6 +2,7 @@
 //! saved `config.yaml` (serde). Field names, order, defaults and nesting follow Python Bergson
 //! 2.5.1's dataclasses, so run files move between the two tools.
 
+mod approx_unrolling;
 mod build;
 mod ekfac;
 mod enums;
@@ -22,6 +23,7 @@ mod train_collect;
 mod trak;
 mod validate;
 
+pub use approx_unrolling::{ApproxUnrollingConfig, ApproxUnrollingRunConfig};
 pub use build::{
     AttentionConfig, BuildConfig, DataConfig, DistributedConfig, IndexConfig, InversionConfig,
     PreprocessConfig,

@@ -8,8 +8,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    BuildConfig, EkfacRunConfig, HessianRunConfig, LissaRunConfig, ScoreRunConfig,
-    TrackstarRunConfig, TrainingConfig, TrakRunConfig,
+    ApproxUnrollingRunConfig, BuildConfig, EkfacRunConfig, HessianRunConfig, LissaRunConfig,
+    ScoreRunConfig, TrackstarRunConfig, TrainingConfig, TrakRunConfig,
 };
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -38,6 +38,9 @@ pub enum Step {
     Ekfac(Box<EkfacRunConfig>),
     /// `lissa: {...}`: the LiSSA influence recipe.
     Lissa(Box<LissaRunConfig>),
+    /// `approxunrolling: {index_cfg: ..., hessian_cfg: ..., approx_unrolling_cfg: ...}`: the
+    /// SOURCE recipe.
+    ApproxUnrolling(Box<ApproxUnrollingRunConfig>),
     /// `train: {...}`: a training run.
     Train(Box<TrainingConfig>),
 }
@@ -54,6 +57,7 @@ impl Step {
             Step::Trak(_) => "trak",
             Step::Ekfac(_) => "ekfac",
             Step::Lissa(_) => "lissa",
+            Step::ApproxUnrolling(_) => "approxunrolling",
             Step::Train(_) => "train",
         }
     }
@@ -68,6 +72,7 @@ impl Step {
             Step::Trak(c) => &c.index_cfg.run_path,
             Step::Ekfac(c) => &c.index_cfg.run_path,
             Step::Lissa(c) => &c.index_cfg.run_path,
+            Step::ApproxUnrolling(c) => &c.index_cfg.run_path,
             Step::Train(c) => &c.run_path,
         }
     }
@@ -84,6 +89,7 @@ impl Step {
             Step::Trak(c) => c.index_cfg.overwrite = false,
             Step::Ekfac(c) => c.index_cfg.overwrite = false,
             Step::Lissa(c) => c.index_cfg.overwrite = false,
+            Step::ApproxUnrolling(c) => c.index_cfg.overwrite = false,
             Step::Train(c) => c.overwrite = false,
         }
         s
@@ -101,7 +107,7 @@ pub struct RunFile {
 
 /// Python Bergson 2.5.1's commands (in a run file or on its command line) that bergson-rs does
 /// not run yet.
-pub const PYTHON_ONLY_COMMANDS: &[&str] = &["approxunrolling", "metasmoothness"];
+pub const PYTHON_ONLY_COMMANDS: &[&str] = &["metasmoothness"];
 
 /// Reads a run file (or a run directory holding `config.yaml`).
 pub fn read_run_file(path: &Path) -> Result<RunFile> {
@@ -161,7 +167,7 @@ pub fn parse_run_file(text: &str) -> Result<RunFile> {
 
 /// The commands a run file may hold.
 const RUN_FILE_COMMANDS: &str =
-    "build, reduce, score, hessian, trackstar, trak, ekfac, lissa, train";
+    "build, reduce, score, hessian, trackstar, trak, ekfac, lissa, approxunrolling, train";
 
 fn parse_step(name: &str, body: Value) -> Result<Step> {
     fn parse<T: DeserializeOwned>(name: &str, body: Value) -> Result<Box<T>> {
@@ -178,6 +184,7 @@ fn parse_step(name: &str, body: Value) -> Result<Step> {
         "trak" => Ok(Step::Trak(parse(name, body)?)),
         "ekfac" => Ok(Step::Ekfac(parse(name, body)?)),
         "lissa" => Ok(Step::Lissa(parse(name, body)?)),
+        "approxunrolling" => Ok(Step::ApproxUnrolling(parse(name, body)?)),
         "train" => Ok(Step::Train(parse(name, body)?)),
         "magic" | "mix" | "recall" | "test_model_configuration" | "validate" => Err(Error::input(format!(
             "step `{name}` runs from the command line only in bergson-rs; run `bergson {name} ...` with flags"
@@ -368,6 +375,7 @@ enum StepDoc<'a> {
     Trak(&'a TrakRunConfig),
     Ekfac(&'a EkfacRunConfig),
     Lissa(&'a LissaRunConfig),
+    Approxunrolling(&'a ApproxUnrollingRunConfig),
     Train(&'a TrainingConfig),
 }
 
@@ -398,6 +406,7 @@ pub fn config_yaml(step: &Step, created: chrono::DateTime<chrono::Utc>) -> Resul
         Step::Trak(c) => StepDoc::Trak(c),
         Step::Ekfac(c) => StepDoc::Ekfac(c),
         Step::Lissa(c) => StepDoc::Lissa(c),
+        Step::ApproxUnrolling(c) => StepDoc::Approxunrolling(c),
         Step::Train(c) => StepDoc::Train(c),
     };
     let doc = Doc {
@@ -451,6 +460,10 @@ mod tests {
             ("bergson_ekfac/runs/ekfac", "ekfac"),
             ("bergson_ekfac/runs/astra_cg", "ekfac"),
             ("bergson_ekfac/runs/lissa", "lissa"),
+            (
+                "bergson_approxunrolling/runs/source_adam",
+                "approxunrolling",
+            ),
             ("bergson_trak/runs/ensemble", "trak"),
             ("bergson_trackstar/runs", "trackstar"),
         ] {

@@ -271,6 +271,17 @@ impl Preconditioner {
 }
 
 impl FactoredInverse {
+    /// A factored operator from its eigenvectors (`Q_A` `[I, I]`, `Q_G` `[O, O]`, columns) and
+    /// a multiplier grid `[O, I]` the caller computed from the eigenvalues (SOURCE's spectral
+    /// functions, say), all on one device.
+    pub fn new(eigen_a: Tensor, eigen_g: Tensor, multiplier: Tensor) -> Self {
+        FactoredInverse {
+            eigen_a,
+            eigen_g,
+            multiplier,
+        }
+    }
+
     /// `Q_G (m ⊙ (Q_Gᵀ G Q_A)) Q_Aᵀ` for each row of `flat` `[n, O·I]`, in float32, returned
     /// in `flat`'s dtype and device; the products in Bergson's order.
     fn apply(&self, flat: &Tensor) -> Result<Tensor> {

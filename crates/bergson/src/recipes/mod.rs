@@ -2,12 +2,15 @@
 //! of the run path built by the library's own commands (`hessian`, `mix`, `build`, `score`),
 //! resumable step by step as Bergson 2.5.1's recipes are.
 //!
+//! - [`approx_unrolling`]: SOURCE (approximate unrolled differentiation over a training
+//!   trajectory's checkpoints, segment by segment).
 //! - [`ekfac`]: Hessian-preconditioned influence (K-FAC / EK-FAC factors applied to the query,
 //!   optionally refined by ASTRA).
 //! - [`lissa`]: influence with LiSSA's stochastic damped Gauss-Newton inverse.
 //! - [`trackstar`]: TrackStar (mixed autocorrelation Hessians, preconditioned cosine scores).
 //! - [`trak`]: TRAK (joint Gram, TRAK weights, checkpoint ensembles).
 
+pub mod approx_unrolling;
 pub mod ekfac;
 pub mod lissa;
 pub mod trackstar;
