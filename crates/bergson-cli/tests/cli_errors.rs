@@ -955,11 +955,11 @@ fn no_arguments() {
 #[test]
 fn a_python_bergson_command_we_lack() {
     let sb = Sandbox::new();
-    let out = sb.run(&["metasmoothness", "run"]);
+    let out = sb.run(&["recall", "run"]);
     assert_error(
         &out,
         &[
-            "`metasmoothness`",
+            "`recall`",
             "Python Bergson",
             "build",
             "score",

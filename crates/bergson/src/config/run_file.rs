@@ -101,8 +101,7 @@ pub struct RunFile {
 
 /// Python Bergson 2.5.1's commands (in a run file or on its command line) that bergson-rs does
 /// not run yet.
-pub const PYTHON_ONLY_COMMANDS: &[&str] =
-    &["approxunrolling", "metasmoothness", "recall", "validate"];
+pub const PYTHON_ONLY_COMMANDS: &[&str] = &["approxunrolling", "recall", "validate"];
 
 /// Reads a run file (or a run directory holding `config.yaml`).
 pub fn read_run_file(path: &Path) -> Result<RunFile> {
@@ -180,7 +179,7 @@ fn parse_step(name: &str, body: Value) -> Result<Step> {
         "ekfac" => Ok(Step::Ekfac(parse(name, body)?)),
         "lissa" => Ok(Step::Lissa(parse(name, body)?)),
         "train" => Ok(Step::Train(parse(name, body)?)),
-        "magic" | "mix" | "test_model_configuration" => Err(Error::input(format!(
+        "magic" | "metasmoothness" | "mix" | "test_model_configuration" => Err(Error::input(format!(
             "step `{name}` runs from the command line only in bergson-rs; run `bergson {name} ...` with flags"
         ))),
         "query" => Err(Error::input(
