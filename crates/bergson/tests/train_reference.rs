@@ -169,6 +169,7 @@ fn check_cases(dir: &str, count: usize) {
         // Muon steps biases with AdamW too.
         let adamw = cfg.optimizer != OptimizerKind::Sgd;
         let mut compared = 0;
+        let mut worst = 0.0f64;
         for (n, p) in summary.names.iter().zip(&summary.state.params) {
             let want = get(n).unwrap_or_else(|| panic!("{name}: {n} not in the reference"));
             let (p, want, start) = without_key_bias(n, adamw, p, want, &init[n]);
@@ -179,8 +180,10 @@ fn check_cases(dir: &str, count: usize) {
                 off <= 1e-4 * moved,
                 "{name}: {n} is {off:e} from Python's (training moved it {moved:e})"
             );
+            worst = worst.max(off / moved.max(f64::MIN_POSITIVE));
             compared += 1;
         }
+        eprintln!("{name}: parameters within {worst:.1e} of their movement");
         assert_eq!(compared, summary.names.len());
         if cfg.save_optimizer_state != SaveOptimizerState::None {
             let saved = bergson::pickle::load(&run.join("optimizer.pt")).unwrap();

@@ -90,11 +90,11 @@ mod tests {
         let t = Tensor::from_slice(&g.concat()).reshape([2, 3]);
         let got = orthogonalize(&t);
         let got_t = orthogonalize(&t.tr().contiguous());
-        for i in 0..2 {
-            for j in 0..3 {
-                let want = x[i][j];
-                assert!((got.double_value(&[i as i64, j as i64]) - want).abs() < 1e-14);
-                assert!((got_t.double_value(&[j as i64, i as i64]) - want).abs() < 1e-14);
+        for (i, row) in x.iter().enumerate() {
+            for (j, &want) in row.iter().enumerate() {
+                let (i, j) = (i as i64, j as i64);
+                assert!((got.double_value(&[i, j]) - want).abs() < 1e-14);
+                assert!((got_t.double_value(&[j, i]) - want).abs() < 1e-14);
             }
         }
         assert_eq!(got.kind(), Kind::Double);
