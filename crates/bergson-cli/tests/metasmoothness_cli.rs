@@ -126,4 +126,9 @@ fn bad_input_is_one_line_and_exit_2() {
     std::fs::create_dir_all(&run).unwrap();
     let out = metasmoothness(&run, &with(&[]));
     assert_one_line_error(&out, &["already exists", "--overwrite"]);
+    // A run file step: the command line only, as `magic`.
+    let file = tmp.path().join("ms.yaml");
+    std::fs::write(&file, "steps:\n  - metasmoothness:\n      fd_step: 0.2\n").unwrap();
+    let out = bergson().arg(&file).output().unwrap();
+    assert_one_line_error(&out, &["`metasmoothness`", "command line only"]);
 }

@@ -30,3 +30,42 @@ impl Default for MetasmoothnessConfig {
         clap_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Command, FromArgMatches};
+
+    /// Bergson 2.5.1's defaults (`fd_step` 0.1, `direction_seed` 0, the trainer's) and flags.
+    #[test]
+    fn defaults_and_flags_match_bergson() {
+        let c = MetasmoothnessConfig::default();
+        assert_eq!((c.fd_step, c.direction_seed), (0.1, 0));
+        assert_eq!(c.train, TrainingConfig::default());
+        let cmd = MetasmoothnessConfig::augment_args(Command::new("m").no_binary_name(true));
+        let m = cmd
+            .try_get_matches_from([
+                "run",
+                "--fd_step",
+                "0.5",
+                "--direction_seed",
+                "7",
+                "--lr",
+                "1e-3",
+            ])
+            .unwrap();
+        let c = MetasmoothnessConfig::from_arg_matches(&m).unwrap();
+        assert_eq!((c.fd_step, c.direction_seed), (0.5, 7));
+        assert_eq!(
+            (c.train.run_path.as_str(), c.train.lr_schedule.lr),
+            ("run", 1e-3)
+        );
+        // Saved flat, as Bergson's dataclass subclass.
+        let yaml = serde_saphyr::to_string(&c).unwrap();
+        assert!(
+            yaml.contains("fd_step: 0.5") && yaml.contains("direction_seed: 7"),
+            "{yaml}"
+        );
+        assert!(yaml.contains("\nbatch_size: 16"), "{yaml}");
+    }
+}
