@@ -55,7 +55,8 @@ pub struct MetasmoothnessSummary {
 
 /// The perturbation direction: `torch.randn(n, generator=torch.Generator().manual_seed(seed))`,
 /// float32, drawn from libtorch's CPU generator (the same Mersenne Twister and normal
-/// sampler as PyTorch's, so the same numbers).
+/// sampler as PyTorch's, so the same numbers). It reseeds libtorch's global CPU generator
+/// (tch exposes no separate generator); nothing else in a run draws from it.
 pub fn direction(seed: u64, n: i64) -> Tensor {
     tch::manual_seed(seed as i64);
     Tensor::randn([n], (Kind::Float, Device::Cpu))
