@@ -63,20 +63,6 @@ pub fn clap_error(e: clap::Error, subcommand: Option<&str>) -> ExitCode {
         }
         return ExitCode::from(2);
     }
-    if e.kind() == ErrorKind::InvalidSubcommand {
-        if let Some(name) = context_string(&e, ContextKind::InvalidSubcommand) {
-            if bergson::config::run_file::PYTHON_ONLY_COMMANDS.contains(&name.as_str()) {
-                eprintln!(
-                    "error: `{name}` is a Python Bergson command that bergson-rs does not have yet; \
-                     this version has: {}; use Python Bergson 2.5.1 for it (it reads bergson-rs \
-                     indexes)",
-                    our_commands().join(", ")
-                );
-                eprintln!("hint: `bergson --help` describes the commands");
-                return ExitCode::from(2);
-            }
-        }
-    }
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines
         .next()
@@ -95,14 +81,6 @@ pub fn clap_error(e: clap::Error, subcommand: Option<&str>) -> ExitCode {
         None => eprintln!("hint: {help} lists the flags and their values"),
     }
     ExitCode::from(2)
-}
-
-/// This binary's subcommands.
-fn our_commands() -> Vec<String> {
-    <crate::Cli as clap::CommandFactory>::command()
-        .get_subcommands()
-        .map(|c| c.get_name().to_string())
-        .collect()
 }
 
 /// The command a clap error is about (`bergson build`), from its usage line.

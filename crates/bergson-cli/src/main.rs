@@ -11,6 +11,7 @@ mod hessian;
 mod lissa;
 mod logging;
 mod magic;
+mod metasmoothness;
 mod mix;
 mod query;
 mod recall;
@@ -68,7 +69,7 @@ enum Command {
     /// Search an index interactively: prompts from standard input, their most and least
     /// similar training rows printed (and appended to a CSV with --record).
     Query(query::QueryArgs),
-    /// Train a model as Bergson's MAGIC trainer does (functional AdamW or SGD, data weights,
+    /// Train a model as Bergson's MAGIC trainer does (functional AdamW, SGD or Muon, data weights,
     /// checkpoints for resuming and for metagradients).
     #[command(allow_negative_numbers = true)]
     Train(train::TrainArgs),
@@ -81,6 +82,11 @@ enum Command {
     /// A flag given twice takes its last value, as in Bergson.
     #[command(allow_negative_numbers = true, args_override_self = true)]
     Magic(Box<magic::MagicArgs>),
+    /// Empirical metasmoothness (MAGIC paper, Def. 2) of a training setup: three trainings
+    /// with data weights 1 + k·h·v along a seeded random direction v, scored by how linearly
+    /// the final parameters move (near 1: metagradients predict retraining well).
+    #[command(allow_negative_numbers = true)]
+    Metasmoothness(Box<metasmoothness::MetasmoothnessArgs>),
     /// Mix a query and an index autocorrelation Hessian into one (TrackStar's mixing):
     /// H = λ·H_query + (1 − λ)·H_index, λ chosen by --target_downweight_components.
     #[command(allow_negative_numbers = true)]
@@ -186,6 +192,10 @@ fn main() -> ExitCode {
         Command::Magic(args) => {
             logging::init(args.runtime.quiet);
             errors::finish(magic::run(&args.config, &args.runtime))
+        }
+        Command::Metasmoothness(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(metasmoothness::run(&args.config, &args.runtime))
         }
         Command::Mix(args) => {
             logging::init(args.quiet);

@@ -128,10 +128,58 @@ fn writes_the_run_directory_and_resumes_to_the_same_weights() {
 }
 
 #[test]
+fn muon_checkpoints_resume_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let muon = ["--optimizer", "muon", "--save_mode", "all", "--save_models"];
+    let out = train(dir.path(), &muon);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The momentum buffers of the matrices and the AdamW moments of the vectors.
+    let state =
+        tch::Tensor::read_safetensors(run.join("checkpoints/step_2.ckpt/state.safetensors"))
+            .unwrap();
+    let has = |k: &str| state.iter().any(|(n, _)| n == k);
+    assert!(has(
+        "opt_state/trace.gpt_neox.layers.0.mlp.dense_h_to_4h.weight"
+    ));
+    assert!(has("opt_state/mu.gpt_neox.layers.0.mlp.dense_h_to_4h.bias"));
+    assert!(has("opt_state/nu.gpt_neox.final_layer_norm.weight"));
+    assert!(!has(
+        "opt_state/mu.gpt_neox.layers.0.mlp.dense_h_to_4h.weight"
+    ));
+    let full = model_weights(&run);
+    fs::remove_dir_all(run.join("checkpoints/step_2.ckpt")).unwrap();
+    fs::remove_dir_all(run.join("model")).unwrap();
+    let out = train(dir.path(), &[&muon[..], &["--resume"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for ((n, a), (_, b)) in full.iter().zip(&model_weights(&run)) {
+        assert_eq!((a - b).abs().max().double_value(&[]), 0.0, "{n} differs");
+    }
+}
+
+#[test]
 fn bad_input_is_one_line_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     assert_input_error(&train(dir.path(), &["--batch_size", "0"]), "--batch_size");
-    assert_input_error(&train(dir.path(), &["--optimizer", "muon"]), "muon");
+    assert_input_error(
+        &train(dir.path(), &["--optimizer", "muon", "--adam_beta1", "0"]),
+        "Nesterov momentum",
+    );
+    assert_input_error(
+        &train(
+            dir.path(),
+            &["--optimizer", "muon", "--save_optimizer_state", "last"],
+        ),
+        "adamw",
+    );
     assert_input_error(
         &train(dir.path(), &["--save_mode", "interval"]),
         "--save_interval",

@@ -3,11 +3,15 @@
 //! double backward through the unrolled, traced training, must match central differences of
 //! full retraining with each weight nudged up and down (relative error < 1e-6; measured
 //! 4e-9 to 6e-8). AdamW with Bergson's defaults (betas 0.95/0.975, eps 1e-8, eps_root 1e-17,
-//! weight decay 0.01).
+//! weight decay 0.01). The same through 8 Muon steps (Newton-Schulz on the weight matrices,
+//! AdamW on the rest), with the metagradient taken as `bergson magic` takes it: MAGIC's
+//! backward (`bergson::magic::backward`), one vector-Jacobian product per step carrying the
+//! adjoints of the parameters and of the momentum buffers and moments.
 
 use bergson::config::{LrScheduleConfig, LrSchedulerType, OptimizerKind, TrainLossReduction};
 use bergson::data::tokenize::TokenizedRow;
 use bergson::engine::Precision;
+use bergson::magic::backward::{backward, Adjoint, BackwardSettings, SavedState};
 use bergson::models::ModelSpec;
 use bergson::train::loss::weighted_causal_lm_ce;
 use bergson::train::{DataStream, LrSchedule, Optimizer, StepSettings, Trainer, WeightShape};
@@ -33,14 +37,15 @@ fn rows() -> Vec<TokenizedRow> {
 struct Setup {
     spec: ModelSpec,
     dir: std::path::PathBuf,
+    kind: OptimizerKind,
 }
 
 impl Setup {
-    fn new() -> Self {
+    fn new(kind: OptimizerKind) -> Self {
         let dir =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/gpt_neox");
         let spec = ModelSpec::from_dir(&dir, Precision::Fp64, Device::Cpu).unwrap();
-        Self { spec, dir }
+        Self { spec, dir, kind }
     }
 
     fn trainer(&self, num_steps: usize) -> (Trainer, bergson::train::TrainerState) {
@@ -54,7 +59,7 @@ impl Setup {
             num_steps,
         );
         let optimizer = Optimizer {
-            kind: OptimizerKind::Adamw,
+            kind: self.kind,
             beta1: 0.95,
             beta2: 0.975,
             eps: ADAM_EPS,
@@ -125,7 +130,7 @@ impl Setup {
 fn metagradient_through_adamw_matches_retraining() {
     // Tiny models: one thread is fastest, and keeps the test fast on a loaded CI machine.
     tch::set_num_threads(1);
-    let setup = Setup::new();
+    let setup = Setup::new(OptimizerKind::Adamw);
     let ones = Tensor::ones([8], (Kind::Double, Device::Cpu));
 
     // Analytic: unroll 8 traced steps and backpropagate the query loss to the weights.
@@ -143,6 +148,49 @@ fn metagradient_through_adamw_matches_retraining() {
     let loss = setup.query_loss(&trainer, &state.params);
     let metagrad = Tensor::run_backward(&[loss], &[&weights], false, false).remove(0);
 
+    check_against_retraining(&setup, &metagrad);
+}
+
+#[test]
+fn metagradient_through_muon_matches_retraining() {
+    tch::set_num_threads(1);
+    let setup = Setup::new(OptimizerKind::Muon);
+    let ones = Tensor::ones([8], (Kind::Double, Device::Cpu));
+    let (trainer, initial) = setup.trainer(STEPS);
+    let stream = setup.stream(ones.copy().set_requires_grad(true));
+    let mut states = vec![initial];
+    for i in 0..STEPS {
+        let next = trainer.step(&states[i], &stream.batch(i), false).unwrap().0;
+        states.push(next);
+    }
+    // MAGIC's backward from the query gradient at the final state, every state kept.
+    let last = &states[STEPS];
+    let leaves: Vec<Tensor> = (last.params.iter())
+        .map(|p| p.detach().set_requires_grad(true))
+        .collect();
+    let loss = setup.query_loss(&trainer, &leaves);
+    let grads = Tensor::run_backward(&[loss], &leaves, false, false);
+    let end = Adjoint::at_end(grads, last, &stream.weights);
+    let saved = (0..STEPS)
+        .map(|i| (i, SavedState::Memory(states[i].detach())))
+        .collect();
+    let settings = BackwardSettings {
+        save_mode: bergson::config::SaveMode::All,
+        cleanup: false,
+        save_every: 0,
+        state_file: None,
+        resume: false,
+    };
+    let no_disk = |_: &Path| -> bergson::Result<bergson::train::TrainerState> {
+        unreachable!("in-memory states only")
+    };
+    let adjoints = backward(&trainer, &stream, saved, &no_disk, vec![end], &settings).unwrap();
+    check_against_retraining(&setup, &adjoints[0].weights);
+}
+
+/// Compares `metagrad` with central differences of retraining for three documents.
+fn check_against_retraining(setup: &Setup, metagrad: &Tensor) {
+    let ones = Tensor::ones([8], (Kind::Double, Device::Cpu));
     // Numeric: central differences of retraining, Richardson-extrapolated (step h and h/2,
     // cancelling the h² error term). AdamW's normalisation g / (sqrt(v) + eps) bends sharply
     // where a gradient entry is of the order of eps, which makes the third derivative of the
@@ -158,6 +206,7 @@ fn metagradient_through_adamw_matches_retraining() {
         let numeric = (4.0 * central(h / 2.0) - central(h)) / 3.0;
         let analytic = metagrad.double_value(&[doc]);
         let rel = (analytic - numeric).abs() / numeric.abs();
+        eprintln!("{:?} doc {doc}: relative error {rel:.1e}", setup.kind);
         assert!(
             rel < 1e-6,
             "doc {doc}: metagradient {analytic:e} vs retraining {numeric:e} (rel {rel:e})"

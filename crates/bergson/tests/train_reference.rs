@@ -2,7 +2,8 @@
 //! of Python Bergson 2.5.1's `bergson train` on tiny fixture models
 //! (tests/fixtures/scripts/make_train_refs.py → tests/fixtures/bergson_train/): the training
 //! loss of every step, the learning-rate history, the final parameters and the AdamW second
-//! moments in optimizer.pt.
+//! moments in optimizer.pt; and the same for `--optimizer muon`
+//! (tests/fixtures/scripts/make_muon_refs.py → tests/fixtures/bergson_muon/).
 
 use bergson::config::{
     LrSchedulerType, OptimizerKind, SaveMode, SaveOptimizerState, TrainLossReduction,
@@ -58,9 +59,13 @@ fn config(flags: &serde_json::Value, run: &Path) -> TrainingConfig {
         Some("polynomial") => LrSchedulerType::Polynomial,
         _ => LrSchedulerType::Linear,
     };
-    if s("optimizer").as_deref() == Some("sgd") {
-        c.optimizer = OptimizerKind::Sgd;
-    }
+    c.optimizer = match s("optimizer").as_deref() {
+        Some("sgd") => OptimizerKind::Sgd,
+        Some("muon") => OptimizerKind::Muon,
+        _ => OptimizerKind::Adamw,
+    };
+    c.adam_beta1 = f("adam_beta1", 0.95);
+    c.eps_root = f("eps_root", 1e-17);
     if s("loss_reduction").as_deref() == Some("sum_of_means") {
         c.loss_reduction = TrainLossReduction::SumOfMeans;
     }
@@ -98,14 +103,26 @@ fn without_key_bias(
 
 #[test]
 fn training_matches_python_bergson() {
+    check_cases("bergson_train", 3);
+}
+
+/// `--optimizer muon` (tests/fixtures/scripts/make_muon_refs.py → tests/fixtures/bergson_muon/):
+/// Newton-Schulz for the weight matrices, AdamW for biases and norms.
+#[test]
+fn muon_training_matches_python_bergson() {
+    check_cases("bergson_muon", 2);
+}
+
+/// Trains every case of `<fixtures>/<dir>/cases.json` and compares it with Python's run.
+fn check_cases(dir: &str, count: usize) {
     // Tiny models: one thread is fastest, and keeps the test fast on a loaded CI machine.
     tch::set_num_threads(1);
     let cases: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("bergson_train/cases.json")).unwrap(),
+        &std::fs::read_to_string(fixtures().join(dir).join("cases.json")).unwrap(),
     )
     .unwrap();
     let cases = cases.as_object().unwrap();
-    assert_eq!(cases.len(), 3);
+    assert_eq!(cases.len(), count);
     for (name, case) in cases {
         let tmp = tempfile::tempdir().unwrap();
         let run = tmp.path().join("run");
@@ -139,7 +156,7 @@ fn training_matches_python_bergson() {
 
         // Final parameters (and second moments) close to Python's.
         let reference =
-            Tensor::read_safetensors(fixtures().join(format!("bergson_train/{name}.safetensors")))
+            Tensor::read_safetensors(fixtures().join(dir).join(format!("{name}.safetensors")))
                 .unwrap();
         let get = |k: &str| reference.iter().find(|(n, _)| n == k).map(|(_, t)| t);
         let init_model = bergson::models::load_model(
@@ -149,8 +166,10 @@ fn training_matches_python_bergson() {
         )
         .unwrap();
         let init: HashMap<String, Tensor> = init_model.named_parameters().into_iter().collect();
-        let adamw = cfg.optimizer == OptimizerKind::Adamw;
+        // Muon steps biases with AdamW too.
+        let adamw = cfg.optimizer != OptimizerKind::Sgd;
         let mut compared = 0;
+        let mut worst = 0.0f64;
         for (n, p) in summary.names.iter().zip(&summary.state.params) {
             let want = get(n).unwrap_or_else(|| panic!("{name}: {n} not in the reference"));
             let (p, want, start) = without_key_bias(n, adamw, p, want, &init[n]);
@@ -161,8 +180,10 @@ fn training_matches_python_bergson() {
                 off <= 1e-4 * moved,
                 "{name}: {n} is {off:e} from Python's (training moved it {moved:e})"
             );
+            worst = worst.max(off / moved.max(f64::MIN_POSITIVE));
             compared += 1;
         }
+        eprintln!("{name}: parameters within {worst:.1e} of their movement");
         assert_eq!(compared, summary.names.len());
         if cfg.save_optimizer_state != SaveOptimizerState::None {
             let saved = bergson::pickle::load(&run.join("optimizer.pt")).unwrap();

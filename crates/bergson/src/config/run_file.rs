@@ -105,10 +105,6 @@ pub struct RunFile {
     pub steps: Vec<Step>,
 }
 
-/// Python Bergson 2.5.1's commands (in a run file or on its command line) that bergson-rs does
-/// not run yet.
-pub const PYTHON_ONLY_COMMANDS: &[&str] = &["metasmoothness"];
-
 /// Reads a run file (or a run directory holding `config.yaml`).
 pub fn read_run_file(path: &Path) -> Result<RunFile> {
     let file = if path.is_dir() {
@@ -186,15 +182,12 @@ fn parse_step(name: &str, body: Value) -> Result<Step> {
         "lissa" => Ok(Step::Lissa(parse(name, body)?)),
         "approxunrolling" => Ok(Step::ApproxUnrolling(parse(name, body)?)),
         "train" => Ok(Step::Train(parse(name, body)?)),
-        "magic" | "mix" | "recall" | "test_model_configuration" | "validate" => Err(Error::input(format!(
+        "magic" | "metasmoothness" | "mix" | "recall" | "test_model_configuration" | "validate" => Err(Error::input(format!(
             "step `{name}` runs from the command line only in bergson-rs; run `bergson {name} ...` with flags"
         ))),
         "query" => Err(Error::input(
             "step `query` is interactive and cannot run from a run file; run `bergson query --index <run>`",
         )),
-        other if PYTHON_ONLY_COMMANDS.contains(&other) => Err(Error::input(format!(
-            "step `{other}` is a Bergson command bergson-rs does not run yet; supported: {RUN_FILE_COMMANDS}"
-        ))),
         other => Err(Error::input(format!(
             "unknown command `{other}`; supported: {RUN_FILE_COMMANDS}"
         ))),

@@ -74,7 +74,8 @@ choice_enum! {
     OptimizerKind {
         /// torchopt's functional AdamW with `eps_root` (decoupled weight decay).
         Adamw = "adamw",
-        /// Functional Muon (not implemented in bergson-rs).
+        /// Functional Muon: Newton-Schulz-orthogonalised Nesterov momentum for 2-D
+        /// parameters, AdamW for the others.
         Muon = "muon",
         /// SGD with momentum `adam_beta1` and coupled weight decay.
         Sgd = "sgd",

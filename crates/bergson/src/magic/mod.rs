@@ -17,8 +17,12 @@
 //! <run_path>/scores/                          scores.bin, info.json (+ offsets.npy, doc_ids.npy)
 //! <run_path>/per_query/q{i}.pt                each query's scores (--aggregation none)
 //! ```
+//!
+//! [`metasmoothness`] (`bergson metasmoothness`) scores how linearly training responds to the
+//! data weights, from three trainings, before committing to a MAGIC run.
 
 pub mod backward;
+pub mod metasmoothness;
 pub mod plot;
 pub mod query;
 pub mod scores;

@@ -5,7 +5,8 @@
 //!
 //! Checkpoints are `checkpoints/step_{i}.ckpt/` directories, as in Bergson, but hold
 //! `state.safetensors` (parameters under their names, optimizer moments under
-//! `opt_state/mu.<name>`, `opt_state/nu.<name>` or `opt_state/trace.<name>`) and
+//! `opt_state/mu.<name>`, `opt_state/nu.<name>` and `opt_state/trace.<name>`, as
+//! [`OptState::keys`] names them) and
 //! `state.json` (step, update count, and the settings that determine the trajectory), not
 //! PyTorch distributed-checkpoint files. `state.json` is written last: a directory without it
 //! is incomplete and is removed on resume, as Bergson does with a missing `.metadata`.
@@ -92,16 +93,9 @@ pub fn save_state(
         // GPT-2's Conv1D weights are transposed views (safetensors needs contiguous data).
         .map(|(n, t)| (n.clone(), t.detach().contiguous()))
         .collect();
-    let (prefixes, moments): (&[&str], Vec<&Tensor>) = match &state.opt {
-        OptState::AdamW { .. } => (&["mu", "nu"], state.opt.tensors()),
-        OptState::Sgd { .. } => (&["trace"], state.opt.tensors()),
-    };
-    for (i, t) in moments.into_iter().enumerate() {
-        let prefix = prefixes[i / names.len()];
-        tensors.push((
-            format!("opt_state/{prefix}.{}", names[i % names.len()]),
-            t.detach().contiguous(),
-        ));
+    let keys = state.opt.keys(names, &state.params);
+    for (key, t) in keys.into_iter().zip(state.opt.tensors()) {
+        tensors.push((format!("opt_state/{key}"), t.detach().contiguous()));
     }
     let file = dir.join("state.safetensors");
     Tensor::write_safetensors(&tensors, &file)?;
@@ -193,27 +187,13 @@ pub fn load_state(
         .zip(&like.params)
         .map(|(n, p)| get(n, &p.size()).map(|t| t.to_kind(p.kind())))
         .collect::<Result<Vec<_>>>()?;
-    let prefixes: &[&str] = match like.opt {
-        OptState::AdamW { .. } => &["mu", "nu"],
-        OptState::Sgd { .. } => &["trace"],
-    };
-    let mut moments = Vec::new();
-    for prefix in prefixes {
-        for (n, p) in names.iter().zip(&like.params) {
-            moments.push(get(&format!("opt_state/{prefix}.{n}"), &p.size())?.to_kind(p.kind()));
-        }
-    }
-    let opt = match like.opt.with_tensors(moments) {
-        OptState::AdamW { mu, nu, .. } => OptState::AdamW {
-            mu,
-            nu,
-            count: info.count,
-        },
-        OptState::Sgd { trace, .. } => OptState::Sgd {
-            trace,
-            count: info.count,
-        },
-    };
+    let keys = like.opt.keys(names, &like.params);
+    let moments = keys
+        .iter()
+        .zip(like.opt.tensors())
+        .map(|(k, t)| get(&format!("opt_state/{k}"), &t.size()).map(|m| m.to_kind(t.kind())))
+        .collect::<Result<Vec<_>>>()?;
+    let opt = like.opt.with_tensors(moments).with_count(info.count);
     Ok(TrainerState {
         params,
         opt,
@@ -265,7 +245,7 @@ pub fn save_optimizer_pt(
 ) -> Result<usize> {
     let OptState::AdamW { nu, .. } = &state.opt else {
         return Err(Error::input(
-            "--save_optimizer_state needs --optimizer adamw (SGD has no second moments)",
+            "--save_optimizer_state needs --optimizer adamw (only AdamW keeps a second moment per parameter)",
         ));
     };
     let mut entries = Vec::new();

@@ -2,7 +2,7 @@
 //! (`bergson/magic/`): the foundation of `bergson train` and of metagradients.
 //!
 //! One job per module: [`schedule`] (learning rates), [`optimizer`] (functional AdamW with
-//! `eps_root`, SGD), [`loss`] (the weighted causal-LM cross-entropy), [`stream`] (shuffled,
+//! `eps_root`, SGD, Muon; Newton-Schulz in [`muon`]), [`loss`] (the weighted causal-LM cross-entropy), [`stream`] (shuffled,
 //! padded batches and the data weights), [`trainer`] (functional steps, traced or not),
 //! [`collect`] (training-time gradient collection, `--collect_gradients`),
 //! [`checkpoint`] (what a run writes) and [`run`] (the `bergson train` pipeline).
@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod collect;
 pub mod loss;
+pub mod muon;
 pub mod optimizer;
 pub mod run;
 pub mod schedule;

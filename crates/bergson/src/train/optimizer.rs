@@ -13,6 +13,15 @@
 //! - SGD (`torchopt.sgd(schedule, momentum, weight_decay)`):
 //!   `g' = g + λ θ`, `m ← momentum · m + g'` (`m = g'` at the first step), `θ ← θ - lr m`.
 //!
+//! - Muon (Bergson's own functional `muon` in `magic/optim.py`, with `momentum = adam_beta1`,
+//!   `adamw_betas = (adam_beta1, adam_beta2)`, `adamw_eps_root = eps_root`, and `adamw_eps`
+//!   left at its default 1e-8, not `--adam_eps`): each 2-D parameter takes the Muon path
+//!   ([`super::muon::direction`]: Nesterov momentum `m ← β1 m + g`, `u = 0.2 sqrt(max(r, c))
+//!   NS(g + β1 m)`), every other parameter an AdamW step with float64 bias corrections; both
+//!   add the decoupled `λ θ` and step `θ ← θ - lr_{t-1} u`. Bergson adds `λ θ.detach()`, which
+//!   drops weight decay from its metagradient; here the term stays differentiable, so MAGIC
+//!   through Muon is the exact derivative of training (docs/magic.md).
+//!
 //! torchopt computes the bias corrections `1 - β^t` as float32 tensors (`pow(β, count)` with an
 //! int64 count); they are rounded the same way here.
 
@@ -60,22 +69,81 @@ pub enum OptState {
         /// Updates applied so far.
         count: usize,
     },
+    /// Muon: momentum buffers of the 2-D parameters, AdamW moments of the others (each list in
+    /// parameter order, skipping the parameters of the other path).
+    Muon {
+        /// Nesterov momentum buffers of the weight matrices.
+        trace: Vec<Tensor>,
+        /// AdamW first moments of the other parameters.
+        mu: Vec<Tensor>,
+        /// AdamW second moments of the other parameters.
+        nu: Vec<Tensor>,
+        /// Updates applied so far.
+        count: usize,
+    },
+}
+
+/// Whether Muon updates `p` with Newton-Schulz (a matrix) rather than AdamW.
+fn muon_path(p: &Tensor) -> bool {
+    p.dim() == 2
 }
 
 impl OptState {
     /// Updates applied so far.
     pub fn count(&self) -> usize {
         match self {
-            OptState::AdamW { count, .. } | OptState::Sgd { count, .. } => *count,
+            OptState::AdamW { count, .. }
+            | OptState::Sgd { count, .. }
+            | OptState::Muon { count, .. } => *count,
         }
     }
 
-    /// The floating-point state tensors, in order (AdamW: all μ then all ν; SGD: the buffers):
-    /// the optimizer's differentiable leaves.
+    /// The same state with the update count set to `count` (a loaded checkpoint's).
+    pub fn with_count(self, count: usize) -> OptState {
+        match self {
+            OptState::AdamW { mu, nu, .. } => OptState::AdamW { mu, nu, count },
+            OptState::Sgd { trace, .. } => OptState::Sgd { trace, count },
+            OptState::Muon { trace, mu, nu, .. } => OptState::Muon {
+                trace,
+                mu,
+                nu,
+                count,
+            },
+        }
+    }
+
+    /// Checkpoint keys of [`OptState::tensors`], for the parameters `names` (shaped as
+    /// `params`): `mu.<name>` and `nu.<name>` (AdamW moments), `trace.<name>` (momentum).
+    pub fn keys(&self, names: &[String], params: &[Tensor]) -> Vec<String> {
+        let with = |prefix: &str, pick: &dyn Fn(&Tensor) -> bool| -> Vec<String> {
+            names
+                .iter()
+                .zip(params)
+                .filter(|(_, p)| pick(p))
+                .map(|(n, _)| format!("{prefix}.{n}"))
+                .collect()
+        };
+        let all = |_: &Tensor| true;
+        let other = |p: &Tensor| !muon_path(p);
+        match self {
+            OptState::AdamW { .. } => [with("mu", &all), with("nu", &all)].concat(),
+            OptState::Sgd { .. } => with("trace", &all),
+            OptState::Muon { .. } => [
+                with("trace", &muon_path),
+                with("mu", &other),
+                with("nu", &other),
+            ]
+            .concat(),
+        }
+    }
+
+    /// The floating-point state tensors, in order (AdamW: all μ then all ν; SGD: the buffers;
+    /// Muon: the buffers, then μ, then ν): the optimizer's differentiable leaves.
     pub fn tensors(&self) -> Vec<&Tensor> {
         match self {
             OptState::AdamW { mu, nu, .. } => mu.iter().chain(nu).collect(),
             OptState::Sgd { trace, .. } => trace.iter().collect(),
+            OptState::Muon { trace, mu, nu, .. } => trace.iter().chain(mu).chain(nu).collect(),
         }
     }
 
@@ -94,6 +162,18 @@ impl OptState {
                 trace: tensors,
                 count: *count,
             },
+            OptState::Muon {
+                trace, mu, count, ..
+            } => {
+                let mut mu_nu = tensors.split_off(trace.len());
+                let nu = mu_nu.split_off(mu.len());
+                OptState::Muon {
+                    trace: tensors,
+                    mu: mu_nu,
+                    nu,
+                    count: *count,
+                }
+            }
         }
     }
 
@@ -117,9 +197,31 @@ impl Optimizer {
                 trace: zeros(),
                 count: 0,
             }),
-            OptimizerKind::Muon => Err(Error::input(
-                "--optimizer muon is not implemented in bergson-rs; use adamw or sgd",
-            )),
+            OptimizerKind::Muon => {
+                if let Some(p) = params.iter().find(|p| p.dim() > 2) {
+                    return Err(Error::input(format!(
+                        "--optimizer muon does not support parameters with more than 2 dimensions (this model has one of shape {:?}); use --optimizer adamw",
+                        p.size()
+                    )));
+                }
+                if !params.iter().any(muon_path) {
+                    return Err(Error::input(
+                        "--optimizer muon needs 2-D weight matrices and this model has none; use --optimizer adamw",
+                    ));
+                }
+                let pick = |matrix: bool| {
+                    (params.iter())
+                        .filter(|p| muon_path(p) == matrix)
+                        .map(Tensor::zeros_like)
+                        .collect::<Vec<_>>()
+                };
+                Ok(OptState::Muon {
+                    trace: pick(true),
+                    mu: pick(false),
+                    nu: pick(false),
+                    count: 0,
+                })
+            }
         }
     }
 
@@ -174,7 +276,57 @@ impl Optimizer {
                 };
                 (new_params, state)
             }
+            OptState::Muon {
+                trace,
+                mu,
+                nu,
+                count,
+            } => self.muon_update(params, grads, (trace, mu, nu), *count, lr),
         }
+    }
+
+    /// Muon's update (see the module docs): the matrices through Newton-Schulz, the rest
+    /// through AdamW with float64 bias corrections (`1 - β ** step.item()` in Bergson) and
+    /// `eps = 1e-8`.
+    fn muon_update(
+        &self,
+        params: &[Tensor],
+        grads: &[Tensor],
+        (trace, mu, nu): (&[Tensor], &[Tensor], &[Tensor]),
+        count: usize,
+        lr: f64,
+    ) -> (Vec<Tensor>, OptState) {
+        const ADAMW_EPS: f64 = 1e-8;
+        let t = (count + 1) as f64;
+        let bc1 = 1.0 - self.beta1.powf(t);
+        let bc2 = 1.0 - self.beta2.powf(t);
+        let (mut traces, mut moments) = (trace.iter(), mu.iter().zip(nu));
+        let mut new_params = Vec::with_capacity(params.len());
+        let (mut new_trace, mut new_mu, mut new_nu) = (Vec::new(), Vec::new(), Vec::new());
+        for (p, g) in params.iter().zip(grads) {
+            let u = if muon_path(p) {
+                let m = traces.next().expect("a momentum buffer per matrix");
+                let (u, m) = super::muon::direction(g, m, self.beta1);
+                new_trace.push(m);
+                u
+            } else {
+                let (m, v) = moments.next().expect("AdamW moments per vector");
+                let m = m * self.beta1 + g * (1.0 - self.beta1);
+                let v = v * self.beta2 + g * g * (1.0 - self.beta2);
+                let u = (&m / bc1) / ((&v / bc2 + self.eps_root).sqrt() + ADAMW_EPS);
+                new_mu.push(m);
+                new_nu.push(v);
+                u
+            };
+            new_params.push(p - (u + p * self.weight_decay) * lr);
+        }
+        let state = OptState::Muon {
+            trace: new_trace,
+            mu: new_mu,
+            nu: new_nu,
+            count: count + 1,
+        };
+        (new_params, state)
     }
 }
 
@@ -242,8 +394,63 @@ mod tests {
     }
 
     #[test]
-    fn muon_is_refused() {
-        let e = optimizer(OptimizerKind::Muon).init(&[]).unwrap_err();
-        assert!(e.to_string().contains("muon"), "{e}");
+    fn muon_refuses_models_it_cannot_train() {
+        let opt = optimizer(OptimizerKind::Muon);
+        let vectors = [Tensor::zeros([3], (Kind::Float, tch::Device::Cpu))];
+        let e = opt.init(&vectors).unwrap_err().to_string();
+        assert!(e.contains("2-D") && e.contains("--optimizer adamw"), "{e}");
+        let cube = [Tensor::zeros([2, 2, 2], (Kind::Float, tch::Device::Cpu))];
+        let e = opt.init(&cube).unwrap_err().to_string();
+        assert!(e.contains("more than 2 dimensions"), "{e}");
+    }
+
+    /// Two Muon steps on a 3×2 matrix and a bias, written out in float64: Nesterov momentum
+    /// through Newton-Schulz (checked on its own in `muon`) for the matrix, AdamW with float64
+    /// bias corrections and eps 1e-8 (not the configured 1e-9) for the bias.
+    #[test]
+    fn muon_matches_the_formula() {
+        let mut opt = optimizer(OptimizerKind::Muon);
+        opt.eps = 1e-9;
+        let w0 = Tensor::from_slice(&[0.5f64, -0.2, 0.1, 0.3, -0.4, 0.8]).reshape([3, 2]);
+        let b0 = Tensor::from_slice(&[0.5f64]);
+        let gw = [
+            Tensor::from_slice(&[0.2f64, -0.1, 0.4, 0.3, -0.5, 0.05]).reshape([3, 2]),
+            Tensor::from_slice(&[-0.3f64, 0.2, 0.1, -0.1, 0.6, 0.2]).reshape([3, 2]),
+        ];
+        let gb = [0.2f64, -0.3];
+        let mut state = opt.init(&[w0.shallow_clone(), b0.shallow_clone()]).unwrap();
+        let mut params = vec![w0.shallow_clone(), b0];
+        for i in 0..2 {
+            let grads = [gw[i].shallow_clone(), Tensor::from_slice(&[gb[i]])];
+            (params, state) = opt.update(&params, &grads, &state);
+        }
+        let (beta1, beta2, lr, wd) = (0.95f64, 0.975f64, 0.1, 0.01);
+        let (mut w, mut m) = (w0.copy(), w0.zeros_like());
+        let (mut b, mut mb, mut vb) = (0.5f64, 0.0f64, 0.0f64);
+        for (i, g) in gw.iter().enumerate() {
+            m = &m * beta1 + g;
+            let u = super::super::muon::orthogonalize(&(g + &m * beta1)) * (0.2 * 3f64.sqrt());
+            w = &w - (u + &w * wd) * lr;
+            let t = (i + 1) as f64;
+            mb = beta1 * mb + (1.0 - beta1) * gb[i];
+            vb = beta2 * vb + (1.0 - beta2) * gb[i] * gb[i];
+            let u =
+                (mb / (1.0 - beta1.powf(t))) / ((vb / (1.0 - beta2.powf(t)) + 1e-17).sqrt() + 1e-8);
+            b -= lr * (u + wd * b);
+        }
+        let off = (&params[0] - &w).abs().max().double_value(&[]);
+        assert!(off < 1e-15, "matrix off by {off:e}");
+        assert!((params[1].double_value(&[0]) - b).abs() < 1e-15);
+        let OptState::Muon {
+            trace,
+            mu,
+            nu,
+            count,
+        } = &state
+        else {
+            panic!("not a Muon state")
+        };
+        assert_eq!((trace.len(), mu.len(), nu.len(), *count), (1, 1, 1, 2));
+        assert!((&trace[0] - &m).abs().max().double_value(&[]) < 1e-15);
     }
 }

@@ -72,13 +72,25 @@ pub fn check_training_config(c: &TrainingConfig) -> Result<()> {
             "--save_mode interval needs --save_interval of at least 1",
         ));
     }
-    if c.optimizer == OptimizerKind::Muon {
-        return unsupported("--optimizer muon", "use adamw or sgd");
+    if c.optimizer != OptimizerKind::Adamw && c.save_optimizer_state != SaveOptimizerState::None {
+        return Err(Error::input(format!(
+            "--save_optimizer_state needs --optimizer adamw ({} keeps no second moment per parameter)",
+            c.optimizer
+        )));
     }
-    if c.optimizer == OptimizerKind::Sgd && c.save_optimizer_state != SaveOptimizerState::None {
-        return Err(Error::input(
-            "--save_optimizer_state needs --optimizer adamw (SGD has no second moments)",
-        ));
+    if c.optimizer == OptimizerKind::Muon {
+        // Bergson's `muon` refuses these when it is built.
+        if c.adam_beta1 <= 0.0 {
+            return Err(Error::input(format!(
+                "--adam_beta1 {} is Muon's Nesterov momentum, which must be positive",
+                c.adam_beta1
+            )));
+        }
+        if c.weight_decay < 0.0 || c.lr_schedule.lr < 0.0 {
+            return Err(Error::input(
+                "--optimizer muon needs a non-negative --lr and --weight_decay",
+            ));
+        }
     }
     if c.fsdp {
         return unsupported("--fsdp", "run without it");
