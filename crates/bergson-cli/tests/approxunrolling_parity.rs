@@ -28,27 +28,19 @@ struct Case {
 }
 
 fn case(name: &str) -> (Vec<String>, Case) {
-    let text = std::fs::read_to_string(refs().join("manifest.json")).expect("manifest.json");
-    let m: Json = serde_json::from_str(&text).expect("manifest is JSON");
-    let strings = |v: &Json| -> Vec<String> {
-        v.as_array()
-            .expect("a list")
-            .iter()
-            .map(|s| s.as_str().expect("a string").to_string())
-            .collect()
-    };
+    let m = common::read_json(&refs().join("manifest.json"));
     let case = m["steps"]
         .as_array()
         .expect("steps")
         .iter()
         .map(|s| Case {
             path: s["path"].as_str().unwrap().to_string(),
-            args: strings(&s["args"]),
+            args: common::json_strings(&s["args"]),
             error: s.get("error").and_then(Json::as_str).map(str::to_string),
         })
         .find(|c| Path::new(&c.path).file_name().unwrap() == name)
         .unwrap_or_else(|| panic!("no case {name} in the manifest"));
-    (strings(&m["path_flags"]), case)
+    (common::json_strings(&m["path_flags"]), case)
 }
 
 /// Flags with repository paths made absolute (every value after a path flag up to the next

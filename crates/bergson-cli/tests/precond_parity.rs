@@ -41,15 +41,7 @@ struct Step {
 }
 
 fn manifest() -> (Vec<String>, Vec<Step>) {
-    let text = std::fs::read_to_string(refs().join("manifest.json")).expect("manifest.json");
-    let m: Json = serde_json::from_str(&text).expect("manifest is JSON");
-    let strings = |v: &Json| -> Vec<String> {
-        v.as_array()
-            .expect("a list")
-            .iter()
-            .map(|s| s.as_str().expect("a string").to_string())
-            .collect()
-    };
+    let m = common::read_json(&refs().join("manifest.json"));
     let steps = m["steps"]
         .as_array()
         .expect("steps")
@@ -59,11 +51,11 @@ fn manifest() -> (Vec<String>, Vec<Step>) {
             command: s["command"].as_str().unwrap().to_string(),
             path: s["path"].as_str().unwrap().to_string(),
             index: s["index"].as_str().unwrap_or_default().to_string(),
-            args: strings(&s["args"]),
+            args: common::json_strings(&s["args"]),
             error: s.get("error").and_then(Json::as_str).map(str::to_string),
         })
         .collect();
-    (strings(&m["path_flags"]), steps)
+    (common::json_strings(&m["path_flags"]), steps)
 }
 
 /// Flags with repository paths made absolute; `--output_path` moved into `tmp`.

@@ -33,15 +33,7 @@ fn refs() -> PathBuf {
 }
 
 fn manifest() -> (Vec<String>, Vec<Case>) {
-    let text = std::fs::read_to_string(refs().join("manifest.json")).expect("manifest.json");
-    let m: Json = serde_json::from_str(&text).expect("manifest is JSON");
-    let strings = |v: &Json| -> Vec<String> {
-        v.as_array()
-            .expect("a list")
-            .iter()
-            .map(|s| s.as_str().expect("a string").to_string())
-            .collect()
-    };
+    let m = common::read_json(&refs().join("manifest.json"));
     let cases = m["cases"]
         .as_array()
         .expect("cases")
@@ -49,11 +41,11 @@ fn manifest() -> (Vec<String>, Vec<Case>) {
         .map(|c| Case {
             name: c["name"].as_str().unwrap().to_string(),
             path: c["path"].as_str().unwrap().to_string(),
-            args: strings(&c["args"]),
+            args: common::json_strings(&c["args"]),
             members: c["members"].as_u64().unwrap() as usize,
         })
         .collect();
-    (strings(&m["path_flags"]), cases)
+    (common::json_strings(&m["path_flags"]), cases)
 }
 
 /// Flags with repository paths made absolute (`--checkpoints` takes several).
