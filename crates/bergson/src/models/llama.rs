@@ -8,9 +8,10 @@ use super::activation::Activation;
 use super::attention::{causal_attention, AttentionKernel};
 use super::config::ConfigJson;
 use super::loader::{ParamLoader, TensorSource};
+use super::moe::{expand_matching, MoeConfig, SparseMoe};
 use super::norm::RmsNorm;
 use super::rotary::{apply_rotary, RopeConfig, Rotary, LLAMA_ROPE_KEYS};
-use super::{Architecture, CausalLm, Linear, LinearHook, Model, ModelInfo};
+use super::{Architecture, CausalLm, Linear, LinearHook, LinearInfo, Model, ModelInfo};
 use crate::Result;
 use tch::{Device, Kind, Tensor};
 
@@ -58,6 +59,8 @@ pub struct DecoderConfig {
     pub pad_token_id: Option<i64>,
     /// Rotary settings.
     pub rope: RopeConfig,
+    /// Sparse mixture-of-experts MLPs (Qwen3-MoE), `None` for a dense model.
+    pub moe: Option<MoeConfig>,
 }
 
 impl DecoderConfig {
@@ -101,6 +104,7 @@ impl DecoderConfig {
             sliding_windows: vec![None; num_layers as usize],
             pad_token_id: cfg.int(&["pad_token_id"])?,
             rope,
+            moe: None,
         })
     }
 
@@ -190,9 +194,15 @@ struct Mlp {
     down_proj: Linear,
 }
 
+/// A layer's feed-forward block: dense, or a sparse mixture of experts.
+enum Ffn {
+    Dense(Mlp),
+    Sparse(SparseMoe),
+}
+
 struct Layer {
     self_attn: Attention,
-    mlp: Mlp,
+    mlp: Ffn,
     input_layernorm: RmsNorm,
     post_attention_layernorm: RmsNorm,
 }
@@ -265,20 +275,30 @@ impl Decoder {
                 sliding_window,
             };
             let m = format!("{l}.mlp");
-            let mlp = Mlp {
-                gate_proj: p.linear(
-                    &format!("{m}.gate_proj"),
-                    d,
-                    c.intermediate_size,
-                    c.mlp_bias,
-                )?,
-                up_proj: p.linear(&format!("{m}.up_proj"), d, c.intermediate_size, c.mlp_bias)?,
-                down_proj: p.linear(
-                    &format!("{m}.down_proj"),
-                    c.intermediate_size,
-                    d,
-                    c.mlp_bias,
-                )?,
+            let sparse = c.moe.as_ref().filter(|moe| moe.sparse_layers[i]);
+            let mlp = if let Some(moe) = sparse {
+                Ffn::Sparse(SparseMoe::load(&mut p, &m, moe, d, c.hidden_act)?)
+            } else {
+                Ffn::Dense(Mlp {
+                    gate_proj: p.linear(
+                        &format!("{m}.gate_proj"),
+                        d,
+                        c.intermediate_size,
+                        c.mlp_bias,
+                    )?,
+                    up_proj: p.linear(
+                        &format!("{m}.up_proj"),
+                        d,
+                        c.intermediate_size,
+                        c.mlp_bias,
+                    )?,
+                    down_proj: p.linear(
+                        &format!("{m}.down_proj"),
+                        c.intermediate_size,
+                        d,
+                        c.mlp_bias,
+                    )?,
+                })
             };
             let input_layernorm = p.rms_norm(&format!("{l}.input_layernorm"), d, c.rms_norm_eps)?;
             let post_attention_layernorm =
@@ -381,15 +401,63 @@ impl Architecture for Decoder {
             );
             h = h + attn;
             let x = layer.post_attention_layernorm.forward(&h);
-            let m = &layer.mlp;
-            let gated = self
-                .config
-                .hidden_act
-                .forward(&hook.linear(&m.gate_proj, &x))
-                * hook.linear(&m.up_proj, &x);
-            h = h + hook.linear(&m.down_proj, &gated);
+            let out = match &layer.mlp {
+                Ffn::Dense(m) => {
+                    let gated = self
+                        .config
+                        .hidden_act
+                        .forward(&hook.linear(&m.gate_proj, &x))
+                        * hook.linear(&m.up_proj, &x);
+                    hook.linear(&m.down_proj, &gated)
+                }
+                Ffn::Sparse(moe) => moe.forward(&x, hook),
+            };
+            h = h + out;
         }
         self.norm.forward(&h)
+    }
+
+    fn expand_moe(&mut self, patterns: &str, linears: &[LinearInfo]) -> Result<Vec<LinearInfo>> {
+        let mut blocks: Vec<(usize, &mut SparseMoe)> = self
+            .layers
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, l)| match &mut l.mlp {
+                Ffn::Sparse(moe) => Some((i, moe)),
+                Ffn::Dense(_) => None,
+            })
+            .collect();
+        let layer_of: Vec<usize> = blocks.iter().map(|(i, _)| *i).collect();
+        let mut refs: Vec<&mut SparseMoe> = blocks.iter_mut().map(|(_, b)| &mut **b).collect();
+        let expanded = expand_matching(&mut refs, PREFIX, patterns)?;
+        // A sparse layer's experts come after its attention's modules and before the next
+        // layer's, as in `named_modules()`.
+        let layer_index = |name: &str| -> Option<usize> {
+            name.strip_prefix("layers.")?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()
+        };
+        let mut out = Vec::with_capacity(linears.len());
+        let mut pending = layer_of.iter().zip(expanded).peekable();
+        // Modules of an earlier expansion are listed again below, once.
+        let fresh = linears
+            .iter()
+            .filter(|l| !l.name.contains(".mlp.experts.expert_"));
+        for l in fresh {
+            let li = layer_index(&l.name);
+            while let Some((&i, _)) = pending.peek() {
+                if li.is_some_and(|li| li > i) {
+                    out.extend(pending.next().map(|(_, e)| e).unwrap_or_default());
+                } else {
+                    break;
+                }
+            }
+            out.push(l.clone());
+        }
+        out.extend(pending.flat_map(|(_, e)| e));
+        Ok(out)
     }
 }
 

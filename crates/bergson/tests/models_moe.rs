@@ -1,0 +1,112 @@
+//! Mixture-of-experts fixture checkpoints (tests/fixtures/models/<moe>, made by
+//! tests/fixtures/scripts/make_moe_models.py) against transformers 5.24: logits, the Linear
+//! module list before and after Bergson 2.5.1's `expand_moe`, parameter names and shapes, and
+//! the `--moe_experts` refusals.
+
+use bergson::engine::Precision;
+use bergson::models::{load_model, CausalLm};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+const FIXTURES: &[&str] = &["qwen3_moe"];
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/models")
+        .join(name)
+}
+
+fn load(name: &str) -> Box<dyn CausalLm> {
+    load_model(&fixture_dir(name), Precision::Fp32, Device::Cpu)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn reference(name: &str) -> (Tensor, Tensor, serde_json::Value) {
+    let dir = fixture_dir(name);
+    let tensors = Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap();
+    let get = |k: &str| {
+        tensors
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, t)| t.shallow_clone())
+            .unwrap()
+    };
+    let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+        .unwrap();
+    (get("input_ids"), get("logits_fp32"), json)
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+fn modules(model: &dyn CausalLm) -> serde_json::Value {
+    serde_json::Value::Array(
+        model
+            .linear_modules()
+            .iter()
+            .map(|l| serde_json::json!([l.name, l.in_features, l.out_features, l.has_bias]))
+            .collect(),
+    )
+}
+
+#[test]
+fn logits_and_modules_match_transformers() {
+    for name in FIXTURES {
+        let (ids, want, json) = reference(name);
+        let mut model = load(name);
+        let got = {
+            let _g = tch::no_grad_guard();
+            model.forward(&ids)
+        };
+        let err = max_abs(&got, &want);
+        println!("{name}: fused logits max abs diff {err:.3e}");
+        assert!(err < 1e-5, "{name}: logits differ by {err}");
+        assert_eq!(modules(model.as_ref()), json["linear_modules"], "{name}");
+        let params: Vec<serde_json::Value> = model
+            .named_parameters()
+            .iter()
+            .map(|(n, t)| serde_json::json!([n, t.size()]))
+            .collect();
+        assert_eq!(
+            serde_json::Value::Array(params),
+            json["parameters"],
+            "{name}"
+        );
+
+        model.expand_moe("model.layers.*.mlp.experts").unwrap();
+        assert_eq!(
+            modules(model.as_ref()),
+            json["linear_modules_moe"],
+            "{name}"
+        );
+        let expanded = {
+            let _g = tch::no_grad_guard();
+            model.forward(&ids)
+        };
+        let err = max_abs(&expanded, &want);
+        println!("{name}: expanded logits max abs diff {err:.3e}");
+        assert!(err < 1e-5, "{name}: expanded logits differ by {err}");
+        // Expanding twice changes nothing (as expand_moe's `expert_0` check).
+        model.expand_moe("model.layers.*.mlp.experts").unwrap();
+        assert_eq!(
+            modules(model.as_ref()),
+            json["linear_modules_moe"],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn moe_experts_refusals() {
+    let mut model = load("qwen3_moe");
+    let e = model.expand_moe("model.layers.*.self_attn").unwrap_err();
+    assert!(e.to_string().contains("matched no fused MoE"), "{e}");
+    let mut dense = load_model(&fixture_dir("qwen3"), Precision::Fp32, Device::Cpu).unwrap();
+    let e = dense.expand_moe("model.layers.*.mlp.experts").unwrap_err();
+    assert!(e.to_string().contains("matched no fused MoE"), "{e}");
+}
