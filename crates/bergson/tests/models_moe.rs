@@ -104,8 +104,21 @@ fn logits_and_modules_match_transformers() {
 #[test]
 fn moe_experts_refusals() {
     let mut model = load("qwen3_moe");
-    let e = model.expand_moe("model.layers.*.self_attn").unwrap_err();
+    // As Bergson 2.5.1: a glob that also matches a module without fused experts is refused.
+    for glob in [
+        "model.layers.*.self_attn",
+        "model.layers.*",
+        "model.layers.0.mlp*",
+    ] {
+        let e = model.expand_moe(glob).unwrap_err();
+        assert!(e.to_string().contains("no fused expert weights"), "{e}");
+    }
+    let e = model.expand_moe("model.layers.7.mlp.experts").unwrap_err();
     assert!(e.to_string().contains("matched no fused MoE"), "{e}");
+    assert!(model
+        .linear_modules()
+        .iter()
+        .all(|l| !l.name.contains("expert")));
     let mut dense = load_model(&fixture_dir("qwen3"), Precision::Fp32, Device::Cpu).unwrap();
     let e = dense.expand_moe("model.layers.*.mlp.experts").unwrap_err();
     assert!(e.to_string().contains("matched no fused MoE"), "{e}");

@@ -332,6 +332,38 @@ impl Decoder {
         Ok(Model::new(arch, info, p.finish()?, kind, device))
     }
 
+    /// Full names of the modules transformers' `named_modules()` lists besides the fused experts
+    /// (and their expansions): what a `--moe_experts` glob must not match.
+    fn module_names_besides_experts(&self) -> Vec<String> {
+        let mut names: Vec<String> = ["", PREFIX, "model.embed_tokens", "model.layers"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let l = format!("{PREFIX}.layers.{i}");
+            let mut rel = vec!["", ".self_attn"];
+            rel.extend([".self_attn.q_proj", ".self_attn.k_proj"]);
+            rel.extend([".self_attn.v_proj", ".self_attn.o_proj"]);
+            if self.config.qk_norm {
+                rel.extend([".self_attn.q_norm", ".self_attn.k_norm"]);
+            }
+            rel.push(".mlp");
+            match layer.mlp {
+                Ffn::Dense(_) => rel.extend([
+                    ".mlp.gate_proj",
+                    ".mlp.up_proj",
+                    ".mlp.down_proj",
+                    ".mlp.act_fn",
+                ]),
+                Ffn::Sparse(_) => rel.extend([".mlp.experts.act_fn", ".mlp.gate"]),
+            }
+            rel.extend([".input_layernorm", ".post_attention_layernorm"]);
+            names.extend(rel.iter().map(|r| format!("{l}{r}")));
+        }
+        names.extend(["model.norm", "model.rotary_emb", "lm_head"].map(String::from));
+        names
+    }
+
     fn attention(
         &self,
         a: &Attention,
@@ -418,6 +450,7 @@ impl Architecture for Decoder {
     }
 
     fn expand_moe(&mut self, patterns: &str, linears: &[LinearInfo]) -> Result<Vec<LinearInfo>> {
+        let others = self.module_names_besides_experts();
         let mut blocks: Vec<(usize, &mut SparseMoe)> = self
             .layers
             .iter_mut()
@@ -429,7 +462,7 @@ impl Architecture for Decoder {
             .collect();
         let layer_of: Vec<usize> = blocks.iter().map(|(i, _)| *i).collect();
         let mut refs: Vec<&mut SparseMoe> = blocks.iter_mut().map(|(_, b)| &mut **b).collect();
-        let expanded = expand_matching(&mut refs, PREFIX, patterns)?;
+        let expanded = expand_matching(&mut refs, PREFIX, patterns, &others)?;
         // A sparse layer's experts come after its attention's modules and before the next
         // layer's, as in `named_modules()`.
         let layer_index = |name: &str| -> Option<usize> {

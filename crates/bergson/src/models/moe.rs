@@ -242,12 +242,14 @@ impl SparseMoe {
 }
 
 /// Expands the blocks whose experts' full names (`<prefix>.<name>`) match one of the
-/// comma-separated globs `patterns`, as `expand_moe`; refuses patterns matching none.
-/// Returns the expanded modules of each block, by block.
+/// comma-separated globs `patterns`, as `expand_moe`; refuses patterns matching none, and
+/// patterns matching any of `others` (the full names of the model's other modules, which have
+/// no fused expert weights). Returns the expanded modules of each block, by block.
 pub fn expand_matching(
     blocks: &mut [&mut SparseMoe],
     prefix: &str,
     patterns: &str,
+    others: &[String],
 ) -> Result<Vec<Vec<LinearInfo>>> {
     let globs: Vec<Pattern> = patterns
         .split(',')
@@ -256,6 +258,14 @@ pub fn expand_matching(
                 .map_err(|e| Error::input(format!("bad --moe_experts glob '{p}': {e}")))
         })
         .collect::<Result<_>>()?;
+    if let Some(other) = others
+        .iter()
+        .find(|name| globs.iter().any(|g| g.matches(name)))
+    {
+        return Err(Error::input(format!(
+            "--moe_experts '{patterns}' matched '{other}', which has no fused expert weights; expected e.g. 'model.layers.*.mlp.experts'"
+        )));
+    }
     let mut out = Vec::with_capacity(blocks.len());
     let mut matched = false;
     for b in blocks.iter_mut() {
