@@ -277,7 +277,7 @@ impl Decoder {
             let m = format!("{l}.mlp");
             let sparse = c.moe.as_ref().filter(|moe| moe.sparse_layers[i]);
             let mlp = if let Some(moe) = sparse {
-                Ffn::Sparse(SparseMoe::load(&mut p, &m, moe, d, c.hidden_act)?)
+                Ffn::Sparse(SparseMoe::load(&mut p, &l, moe, d, c.hidden_act)?)
             } else {
                 Ffn::Dense(Mlp {
                     gate_proj: p.linear(
@@ -355,7 +355,7 @@ impl Decoder {
                     ".mlp.down_proj",
                     ".mlp.act_fn",
                 ]),
-                Ffn::Sparse(_) => rel.extend([".mlp.experts.act_fn", ".mlp.gate"]),
+                Ffn::Sparse(_) => rel.extend([".mlp.gate", ".mlp.experts.act_fn"]),
             }
             rel.extend([".input_layernorm", ".post_attention_layernorm"]);
             names.extend(rel.iter().map(|r| format!("{l}{r}")));

@@ -23,6 +23,7 @@ pub mod llama;
 pub mod loader;
 pub mod lora;
 pub mod mistral;
+pub mod mixtral;
 pub mod moe;
 pub mod norm;
 pub mod qwen2;
@@ -311,6 +312,7 @@ pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
     ("gpt2", gpt2::load),
     ("llama", llama::load),
     ("mistral", mistral::load),
+    ("mixtral", mixtral::load),
     ("qwen2", qwen2::load),
     ("qwen3", qwen3::load),
     ("qwen3_moe", qwen3_moe::load),

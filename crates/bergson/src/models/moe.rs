@@ -28,6 +28,45 @@ pub struct MoeConfig {
     pub moe_intermediate_size: i64,
     /// Which layers are sparse (the others keep a dense MLP).
     pub sparse_layers: Vec<bool>,
+    /// Keep the routing weights in float32 (Mixtral) rather than casting them to the model
+    /// dtype (Qwen3-MoE).
+    pub float_weights: bool,
+    /// The router is registered before the experts (Mixtral), which orders the parameters.
+    pub router_first: bool,
+    /// How checkpoints that store one Linear per expert name them.
+    pub per_expert: PerExpertNames,
+}
+
+/// Names of a checkpoint storing one Linear per expert:
+/// `<layer>.<block>.experts.<e>.<gate|up|down>.weight`, router `<layer>.<block>.gate.weight`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerExpertNames {
+    /// The block's attribute (`mlp`, Mixtral's `block_sparse_moe`).
+    pub block: &'static str,
+    /// Gate, up and down projection names (`gate_proj`/`up_proj`/`down_proj`, Mixtral's
+    /// `w1`/`w3`/`w2`).
+    pub gate: &'static str,
+    /// See `gate`.
+    pub up: &'static str,
+    /// See `gate`.
+    pub down: &'static str,
+}
+
+impl PerExpertNames {
+    /// Qwen-MoE / OLMoE names.
+    pub const QWEN: PerExpertNames = PerExpertNames {
+        block: "mlp",
+        gate: "gate_proj",
+        up: "up_proj",
+        down: "down_proj",
+    };
+    /// Mixtral's names.
+    pub const MIXTRAL: PerExpertNames = PerExpertNames {
+        block: "block_sparse_moe",
+        gate: "w1",
+        up: "w3",
+        down: "w2",
+    };
 }
 
 /// One expert's projections, as modules (`--moe_experts`).
@@ -48,20 +87,40 @@ pub struct SparseMoe {
     router: Tensor,
     top_k: i64,
     norm_topk_prob: bool,
+    float_weights: bool,
     act: Activation,
     /// The per-expert modules, once expanded.
     experts: Option<Vec<Expert>>,
 }
 
 impl SparseMoe {
-    /// Loads the block `mlp` (relative to the base model) in transformers' parameter order.
+    /// Loads the block of layer `layer` (`layers.<i>`, relative to the base model) in
+    /// transformers' parameter order.
     pub fn load(
         p: &mut ParamLoader,
-        mlp: &str,
+        layer: &str,
         c: &MoeConfig,
         hidden: i64,
         act: Activation,
     ) -> Result<Self> {
+        let mlp = format!("{layer}.mlp");
+        let names = &c.per_expert;
+        let legacy = format!("{layer}.{}", names.block);
+        let router_name = format!("{mlp}.gate.weight");
+        let load_router = |p: &mut ParamLoader| -> Result<Tensor> {
+            if p.has_base(&router_name) {
+                p.base_param(&router_name, &[c.num_experts, hidden])
+            } else {
+                let t = p.base_piece(&format!("{legacy}.gate.weight"), &[c.num_experts, hidden])?;
+                p.record_base(&router_name, &t);
+                Ok(t)
+            }
+        };
+        let early_router = if c.router_first {
+            Some(load_router(p)?)
+        } else {
+            None
+        };
         let (e, i) = (c.num_experts, c.moe_intermediate_size);
         let name = format!("{mlp}.experts");
         let (gate_up_proj, down_proj) = if p.has_base(&format!("{name}.gate_up_proj")) {
@@ -73,22 +132,25 @@ impl SparseMoe {
             // Hub checkpoints (and transformers 5's save_pretrained, which converts back) store
             // one `nn.Linear` per expert: `experts.<e>.{gate,up,down}_proj.weight`.
             let piece = |p: &ParamLoader, e: i64, proj: &str, shape: &[i64]| {
-                p.base_piece(&format!("{name}.{e}.{proj}.weight"), shape)
+                p.base_piece(&format!("{legacy}.experts.{e}.{proj}.weight"), shape)
             };
             let mut gate_up = Vec::with_capacity(e as usize);
             let mut down = Vec::with_capacity(e as usize);
             for x in 0..e {
-                let gate = piece(p, x, "gate_proj", &[i, hidden])?;
-                let up = piece(p, x, "up_proj", &[i, hidden])?;
+                let gate = piece(p, x, names.gate, &[i, hidden])?;
+                let up = piece(p, x, names.up, &[i, hidden])?;
                 gate_up.push(Tensor::cat(&[gate, up], 0));
-                down.push(piece(p, x, "down_proj", &[hidden, i])?);
+                down.push(piece(p, x, names.down, &[hidden, i])?);
             }
             let (gate_up, down) = (Tensor::stack(&gate_up, 0), Tensor::stack(&down, 0));
             p.record_base(&format!("{name}.gate_up_proj"), &gate_up);
             p.record_base(&format!("{name}.down_proj"), &down);
             (gate_up, down)
         };
-        let router = p.base_param(&format!("{mlp}.gate.weight"), &[e, hidden])?;
+        let router = match early_router {
+            Some(r) => r,
+            None => load_router(p)?,
+        };
         Ok(Self {
             name,
             gate_up_proj,
@@ -96,6 +158,7 @@ impl SparseMoe {
             router,
             top_k: c.top_k,
             norm_topk_prob: c.norm_topk_prob,
+            float_weights: c.float_weights,
             act,
             experts: None,
         })
@@ -143,9 +206,9 @@ impl SparseMoe {
             .collect()
     }
 
-    /// Top-k routing as `Qwen3MoeTopKRouter`: softmax in float32 over the router logits, the
-    /// k largest, optionally renormalised, cast back to the model dtype. Returns
-    /// (`[T, k]` expert ids, `[T, k]` weights).
+    /// Top-k routing as `Qwen3MoeTopKRouter` / `MixtralTopKRouter`: softmax in float32 over the
+    /// router logits, the k largest, optionally renormalised, cast back to the model dtype
+    /// unless `float_weights`. Returns (`[T, k]` expert ids, `[T, k]` weights).
     fn route(&self, x: &Tensor) -> (Tensor, Tensor) {
         let logits = x.linear::<&Tensor>(&self.router, None);
         let probs = logits.softmax(-1, Kind::Float);
@@ -153,7 +216,11 @@ impl SparseMoe {
         if self.norm_topk_prob {
             top = &top / top.sum_dim_intlist(-1, true, Kind::Float);
         }
-        (idx, top.to_kind(logits.kind()))
+        if self.float_weights {
+            (idx, top)
+        } else {
+            (idx, top.to_kind(logits.kind()))
+        }
     }
 
     /// The block on `x` `[N, S, D]`.

@@ -5,7 +5,7 @@
 use super::config::ConfigJson;
 use super::llama::{load_decoder, positive_window, DecoderConfig};
 use super::loader::TensorSource;
-use super::moe::MoeConfig;
+use super::moe::{MoeConfig, PerExpertNames};
 use super::CausalLm;
 use crate::Result;
 use tch::{Device, Kind};
@@ -47,6 +47,9 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
         norm_topk_prob: cfg.bool(&["norm_topk_prob"])?.unwrap_or(false),
         moe_intermediate_size: cfg.int(&["moe_intermediate_size"])?.unwrap_or(768),
         sparse_layers,
+        float_weights: false,
+        router_first: false,
+        per_expert: PerExpertNames::QWEN,
     });
     Ok(c)
 }
