@@ -53,6 +53,10 @@ pub struct DecoderConfig {
     pub mlp_bias: bool,
     /// RMSNorm on each query and key head before the rotation (Qwen3).
     pub qk_norm: bool,
+    /// The q/k RMSNorm spans the whole projection rather than each head (OLMoE).
+    pub qk_norm_whole: bool,
+    /// Clamp q, k and v to `[-c, c]` after their projections (OLMoE's `clip_qkv`).
+    pub clip_qkv: Option<f64>,
     /// Sliding attention window of each layer (`None`: full causal attention).
     pub sliding_windows: Vec<Option<i64>>,
     /// Embedding `padding_idx` (`pad_token_id`): only changes the embedding's gradient.
@@ -101,6 +105,8 @@ impl DecoderConfig {
             o_bias: false,
             mlp_bias: false,
             qk_norm: false,
+            qk_norm_whole: false,
+            clip_qkv: None,
             sliding_windows: vec![None; num_layers as usize],
             pad_token_id: cfg.int(&["pad_token_id"])?,
             rope,
@@ -257,10 +263,15 @@ impl Decoder {
             let k_proj = p.linear(&format!("{a}.k_proj"), d, c.num_kv_heads * hd, c.qkv_bias)?;
             let v_proj = p.linear(&format!("{a}.v_proj"), d, c.num_kv_heads * hd, c.qkv_bias)?;
             let o_proj = p.linear(&format!("{a}.o_proj"), c.num_heads * hd, d, c.o_bias)?;
+            let (q_width, k_width) = if c.qk_norm_whole {
+                (c.num_heads * hd, c.num_kv_heads * hd)
+            } else {
+                (hd, hd)
+            };
             let (q_norm, k_norm) = if c.qk_norm {
                 (
-                    Some(p.rms_norm(&format!("{a}.q_norm"), hd, c.rms_norm_eps)?),
-                    Some(p.rms_norm(&format!("{a}.k_norm"), hd, c.rms_norm_eps)?),
+                    Some(p.rms_norm(&format!("{a}.q_norm"), q_width, c.rms_norm_eps)?),
+                    Some(p.rms_norm(&format!("{a}.k_norm"), k_width, c.rms_norm_eps)?),
                 )
             } else {
                 (None, None)
@@ -374,12 +385,22 @@ impl Decoder {
     ) -> Tensor {
         let (n, s, _) = x.size3().unwrap_or_default();
         let hd = self.config.head_dim;
-        // [N, S, H * hd] -> [N, S, H, hd] (q/k norm per head here) -> [N, H, S, hd]
+        // [N, S, H * hd] (whole-width q/k norm, clipping) -> [N, S, H, hd] (q/k norm per head)
+        // -> [N, H, S, hd]
+        let whole = self.config.qk_norm_whole;
+        let clip = self.config.clip_qkv;
         let heads = |proj: &Linear, norm: &Option<RmsNorm>, hook: &mut dyn LinearHook| {
-            let t = hook.linear(proj, x).reshape([n, s, -1, hd]);
+            let mut t = hook.linear(proj, x);
+            if let (Some(norm), true) = (norm, whole) {
+                t = norm.forward(&t);
+            }
+            if let Some(c) = clip {
+                t = t.clamp(-c, c);
+            }
+            let t = t.reshape([n, s, -1, hd]);
             match norm {
-                Some(norm) => norm.forward(&t),
-                None => t,
+                Some(norm) if !whole => norm.forward(&t),
+                _ => t,
             }
             .transpose(1, 2)
         };

@@ -26,6 +26,7 @@ pub mod mistral;
 pub mod mixtral;
 pub mod moe;
 pub mod norm;
+pub mod olmoe;
 pub mod qwen2;
 pub mod qwen3;
 pub mod qwen3_moe;
@@ -316,6 +317,7 @@ pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
     ("qwen2", qwen2::load),
     ("qwen3", qwen3::load),
     ("qwen3_moe", qwen3_moe::load),
+    ("olmoe", olmoe::load),
 ];
 
 /// The `model_type`s [`load_model`] accepts.
