@@ -8,7 +8,7 @@ use bergson::models::{load_model, CausalLm};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-const FIXTURES: &[&str] = &["qwen3_moe", "mixtral", "olmoe"];
+const FIXTURES: &[&str] = &["qwen3_moe", "mixtral", "olmoe", "olmoe_clip"];
 
 fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
