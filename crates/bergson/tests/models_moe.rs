@@ -123,3 +123,33 @@ fn moe_experts_refusals() {
     let e = dense.expand_moe("model.layers.*.mlp.experts").unwrap_err();
     assert!(e.to_string().contains("matched no fused MoE"), "{e}");
 }
+
+/// A checkpoint storing the experts fused (`experts.gate_up_proj` / `down_proj`, transformers
+/// 5's in-memory layout, here written from the loaded model's own `named_parameters()`) loads
+/// to the same logits as the per-expert layout save_pretrained writes.
+#[test]
+fn fused_checkpoint_layout_loads() {
+    for name in ["qwen3_moe", "mixtral"] {
+        let (ids, want, _) = reference(name);
+        let model = load(name);
+        let params = model.named_parameters();
+        assert!(params
+            .iter()
+            .any(|(n, _)| n.ends_with("experts.gate_up_proj")));
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            fixture_dir(name).join("config.json"),
+            tmp.path().join("config.json"),
+        )
+        .unwrap();
+        let named: Vec<(&str, &Tensor)> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        Tensor::write_safetensors(&named, tmp.path().join("model.safetensors")).unwrap();
+        let fused = load_model(tmp.path(), Precision::Fp32, Device::Cpu).unwrap();
+        let got = {
+            let _g = tch::no_grad_guard();
+            fused.forward(&ids)
+        };
+        let err = max_abs(&got, &want);
+        assert!(err < 1e-5, "{name}: fused layout logits differ by {err}");
+    }
+}
