@@ -40,8 +40,10 @@ pub fn check_index_config(c: &IndexConfig) -> Result<()> {
     if !c.model_kwargs.is_empty() {
         return unsupported("--model_kwargs", "drop it");
     }
-    if !c.moe_experts.is_empty() {
-        return unsupported("--moe_experts", "drop it");
+    if !c.moe_experts.is_empty() && c.attribute_tokens {
+        return Err(Error::input(
+            "--attribute_tokens is incompatible with --moe_experts (as in Bergson 2.5.1): drop one of them",
+        ));
     }
     if !c.logit_scale.is_finite() {
         return Err(Error::input(format!(
@@ -126,6 +128,9 @@ pub fn load_model(
     };
     if icfg.force_math_sdp {
         model.set_math_attention(true);
+    }
+    if !icfg.moe_experts.is_empty() {
+        model.expand_moe(&icfg.moe_experts)?;
     }
     crate::interrupt::check()?;
     Ok(model)

@@ -77,7 +77,12 @@ const ACCEPTED_DIVERGENCES: &[(&str, &str)] = &[(
 
 /// The manifest: path-valued flags and the cases.
 fn manifest() -> (Vec<String>, Vec<Case>) {
-    let path = refs_dir().join("manifest.json");
+    manifest_in(&refs_dir())
+}
+
+/// The manifest of the reference directory `refs`.
+fn manifest_in(refs: &Path) -> (Vec<String>, Vec<Case>) {
+    let path = refs.join("manifest.json");
     let text = std::fs::read_to_string(&path).expect("tests/fixtures/bergson/manifest.json");
     let m: Json = serde_json::from_str(&text).expect("manifest is JSON");
     let strings = |v: &Json| -> Vec<String> {
@@ -498,7 +503,7 @@ fn compare_config_yaml(ours: &Path, theirs: &Path, path_flags: &[String], r: &mu
 }
 
 /// Runs one case and compares it with Bergson's run directory.
-fn check_case(case: &Case, path_flags: &[String], tmp: &Path) -> Report {
+fn check_case(case: &Case, path_flags: &[String], tmp: &Path, refs: &Path) -> Report {
     let mut r = Report {
         name: case.name.clone(),
         ..Report::default()
@@ -531,7 +536,7 @@ fn check_case(case: &Case, path_flags: &[String], tmp: &Path) -> Report {
         r.fail(format!("our build failed: {e}"));
         return r;
     }
-    let theirs = refs_dir().join("runs").join(&case.name);
+    let theirs = refs.join("runs").join(&case.name);
     // fp32 losses agree to summation order; bf16 ones to bf16 rounding.
     let loss_tol = if case.rtol > 1e-4 { case.rtol } else { 1e-5 };
     compare_info(&ours, &theirs, &mut r);
@@ -593,13 +598,29 @@ fn selected(cases: Vec<Case>) -> Vec<Case> {
 
 #[test]
 fn bergson_parity() {
-    let (path_flags, cases) = manifest();
-    let cases = selected(cases);
+    check_all(&refs_dir());
+}
+
+/// The mixture-of-experts cases (tests/fixtures/bergson_moe, made by
+/// tests/fixtures/scripts/make_moe_refs.py): each MoE model with and without `--moe_experts`.
+#[test]
+fn bergson_moe_parity() {
+    check_all(&repo_root().join("tests/fixtures/bergson_moe"));
+}
+
+/// Runs every selected case of the reference directory `refs` and fails on any difference.
+fn check_all(refs: &Path) {
+    let (path_flags, cases) = manifest_in(refs);
+    let cases = if refs == refs_dir() {
+        selected(cases)
+    } else {
+        cases
+    };
     let tmp = tempfile::tempdir().unwrap();
     let mut reports = Vec::new();
     for case in &cases {
         let t = std::time::Instant::now();
-        let mut r = check_case(case, &path_flags, tmp.path());
+        let mut r = check_case(case, &path_flags, tmp.path(), refs);
         r.note = format!("{:.1}s {}", t.elapsed().as_secs_f64(), r.note);
         reports.push(r);
     }

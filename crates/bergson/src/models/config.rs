@@ -172,6 +172,25 @@ impl ConfigJson {
         }
     }
 
+    /// A list of integers under `key`.
+    pub fn int_list(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        match self.first(&[key]) {
+            None => Ok(None),
+            Some((k, v)) => {
+                let list = v
+                    .as_array()
+                    .ok_or_else(|| self.bad_type(k, v, "a list of integers"))?;
+                list.iter()
+                    .map(|x| {
+                        x.as_i64()
+                            .ok_or_else(|| self.bad_type(k, v, "a list of integers"))
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(Some)
+            }
+        }
+    }
+
     /// An object under the first present key of `keys` (null and `{}` count as absent).
     pub fn object(&self, keys: &[&str]) -> Result<Option<&Map<String, Value>>> {
         for k in keys {

@@ -8,9 +8,10 @@ use super::activation::Activation;
 use super::attention::{causal_attention, AttentionKernel};
 use super::config::ConfigJson;
 use super::loader::{ParamLoader, TensorSource};
+use super::moe::{expand_matching, MoeConfig, SparseMoe};
 use super::norm::RmsNorm;
 use super::rotary::{apply_rotary, RopeConfig, Rotary, LLAMA_ROPE_KEYS};
-use super::{Architecture, CausalLm, Linear, LinearHook, Model, ModelInfo};
+use super::{Architecture, CausalLm, Linear, LinearHook, LinearInfo, Model, ModelInfo};
 use crate::Result;
 use tch::{Device, Kind, Tensor};
 
@@ -52,12 +53,18 @@ pub struct DecoderConfig {
     pub mlp_bias: bool,
     /// RMSNorm on each query and key head before the rotation (Qwen3).
     pub qk_norm: bool,
+    /// The q/k RMSNorm spans the whole projection rather than each head (OLMoE).
+    pub qk_norm_whole: bool,
+    /// Clamp q, k and v to `[-c, c]` after their projections (OLMoE's `clip_qkv`).
+    pub clip_qkv: Option<f64>,
     /// Sliding attention window of each layer (`None`: full causal attention).
     pub sliding_windows: Vec<Option<i64>>,
     /// Embedding `padding_idx` (`pad_token_id`): only changes the embedding's gradient.
     pub pad_token_id: Option<i64>,
     /// Rotary settings.
     pub rope: RopeConfig,
+    /// Sparse mixture-of-experts MLPs (Qwen3-MoE), `None` for a dense model.
+    pub moe: Option<MoeConfig>,
 }
 
 impl DecoderConfig {
@@ -98,9 +105,12 @@ impl DecoderConfig {
             o_bias: false,
             mlp_bias: false,
             qk_norm: false,
+            qk_norm_whole: false,
+            clip_qkv: None,
             sliding_windows: vec![None; num_layers as usize],
             pad_token_id: cfg.int(&["pad_token_id"])?,
             rope,
+            moe: None,
         })
     }
 
@@ -190,9 +200,15 @@ struct Mlp {
     down_proj: Linear,
 }
 
+/// A layer's feed-forward block: dense, or a sparse mixture of experts.
+enum Ffn {
+    Dense(Mlp),
+    Sparse(SparseMoe),
+}
+
 struct Layer {
     self_attn: Attention,
-    mlp: Mlp,
+    mlp: Ffn,
     input_layernorm: RmsNorm,
     post_attention_layernorm: RmsNorm,
 }
@@ -247,10 +263,15 @@ impl Decoder {
             let k_proj = p.linear(&format!("{a}.k_proj"), d, c.num_kv_heads * hd, c.qkv_bias)?;
             let v_proj = p.linear(&format!("{a}.v_proj"), d, c.num_kv_heads * hd, c.qkv_bias)?;
             let o_proj = p.linear(&format!("{a}.o_proj"), c.num_heads * hd, d, c.o_bias)?;
+            let (q_width, k_width) = if c.qk_norm_whole {
+                (c.num_heads * hd, c.num_kv_heads * hd)
+            } else {
+                (hd, hd)
+            };
             let (q_norm, k_norm) = if c.qk_norm {
                 (
-                    Some(p.rms_norm(&format!("{a}.q_norm"), hd, c.rms_norm_eps)?),
-                    Some(p.rms_norm(&format!("{a}.k_norm"), hd, c.rms_norm_eps)?),
+                    Some(p.rms_norm(&format!("{a}.q_norm"), q_width, c.rms_norm_eps)?),
+                    Some(p.rms_norm(&format!("{a}.k_norm"), k_width, c.rms_norm_eps)?),
                 )
             } else {
                 (None, None)
@@ -265,20 +286,30 @@ impl Decoder {
                 sliding_window,
             };
             let m = format!("{l}.mlp");
-            let mlp = Mlp {
-                gate_proj: p.linear(
-                    &format!("{m}.gate_proj"),
-                    d,
-                    c.intermediate_size,
-                    c.mlp_bias,
-                )?,
-                up_proj: p.linear(&format!("{m}.up_proj"), d, c.intermediate_size, c.mlp_bias)?,
-                down_proj: p.linear(
-                    &format!("{m}.down_proj"),
-                    c.intermediate_size,
-                    d,
-                    c.mlp_bias,
-                )?,
+            let sparse = c.moe.as_ref().filter(|moe| moe.sparse_layers[i]);
+            let mlp = if let Some(moe) = sparse {
+                Ffn::Sparse(SparseMoe::load(&mut p, &l, moe, d, c.hidden_act)?)
+            } else {
+                Ffn::Dense(Mlp {
+                    gate_proj: p.linear(
+                        &format!("{m}.gate_proj"),
+                        d,
+                        c.intermediate_size,
+                        c.mlp_bias,
+                    )?,
+                    up_proj: p.linear(
+                        &format!("{m}.up_proj"),
+                        d,
+                        c.intermediate_size,
+                        c.mlp_bias,
+                    )?,
+                    down_proj: p.linear(
+                        &format!("{m}.down_proj"),
+                        c.intermediate_size,
+                        d,
+                        c.mlp_bias,
+                    )?,
+                })
             };
             let input_layernorm = p.rms_norm(&format!("{l}.input_layernorm"), d, c.rms_norm_eps)?;
             let post_attention_layernorm =
@@ -312,6 +343,38 @@ impl Decoder {
         Ok(Model::new(arch, info, p.finish()?, kind, device))
     }
 
+    /// Full names of the modules transformers' `named_modules()` lists besides the fused experts
+    /// (and their expansions): what a `--moe_experts` glob must not match.
+    fn module_names_besides_experts(&self) -> Vec<String> {
+        let mut names: Vec<String> = ["", PREFIX, "model.embed_tokens", "model.layers"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let l = format!("{PREFIX}.layers.{i}");
+            let mut rel = vec!["", ".self_attn"];
+            rel.extend([".self_attn.q_proj", ".self_attn.k_proj"]);
+            rel.extend([".self_attn.v_proj", ".self_attn.o_proj"]);
+            if self.config.qk_norm {
+                rel.extend([".self_attn.q_norm", ".self_attn.k_norm"]);
+            }
+            rel.push(".mlp");
+            match layer.mlp {
+                Ffn::Dense(_) => rel.extend([
+                    ".mlp.gate_proj",
+                    ".mlp.up_proj",
+                    ".mlp.down_proj",
+                    ".mlp.act_fn",
+                ]),
+                Ffn::Sparse(_) => rel.extend([".mlp.gate", ".mlp.experts.act_fn"]),
+            }
+            rel.extend([".input_layernorm", ".post_attention_layernorm"]);
+            names.extend(rel.iter().map(|r| format!("{l}{r}")));
+        }
+        names.extend(["model.norm", "model.rotary_emb", "lm_head"].map(String::from));
+        names
+    }
+
     fn attention(
         &self,
         a: &Attention,
@@ -322,12 +385,22 @@ impl Decoder {
     ) -> Tensor {
         let (n, s, _) = x.size3().unwrap_or_default();
         let hd = self.config.head_dim;
-        // [N, S, H * hd] -> [N, S, H, hd] (q/k norm per head here) -> [N, H, S, hd]
+        // [N, S, H * hd] (whole-width q/k norm, clipping) -> [N, S, H, hd] (q/k norm per head)
+        // -> [N, H, S, hd]
+        let whole = self.config.qk_norm_whole;
+        let clip = self.config.clip_qkv;
         let heads = |proj: &Linear, norm: &Option<RmsNorm>, hook: &mut dyn LinearHook| {
-            let t = hook.linear(proj, x).reshape([n, s, -1, hd]);
+            let mut t = hook.linear(proj, x);
+            if let (Some(norm), true) = (norm, whole) {
+                t = norm.forward(&t);
+            }
+            if let Some(c) = clip {
+                t = t.clamp(-c, c);
+            }
+            let t = t.reshape([n, s, -1, hd]);
             match norm {
-                Some(norm) => norm.forward(&t),
-                None => t,
+                Some(norm) if !whole => norm.forward(&t),
+                _ => t,
             }
             .transpose(1, 2)
         };
@@ -381,15 +454,64 @@ impl Architecture for Decoder {
             );
             h = h + attn;
             let x = layer.post_attention_layernorm.forward(&h);
-            let m = &layer.mlp;
-            let gated = self
-                .config
-                .hidden_act
-                .forward(&hook.linear(&m.gate_proj, &x))
-                * hook.linear(&m.up_proj, &x);
-            h = h + hook.linear(&m.down_proj, &gated);
+            let out = match &layer.mlp {
+                Ffn::Dense(m) => {
+                    let gated = self
+                        .config
+                        .hidden_act
+                        .forward(&hook.linear(&m.gate_proj, &x))
+                        * hook.linear(&m.up_proj, &x);
+                    hook.linear(&m.down_proj, &gated)
+                }
+                Ffn::Sparse(moe) => moe.forward(&x, hook),
+            };
+            h = h + out;
         }
         self.norm.forward(&h)
+    }
+
+    fn expand_moe(&mut self, patterns: &str, linears: &[LinearInfo]) -> Result<Vec<LinearInfo>> {
+        let others = self.module_names_besides_experts();
+        let mut blocks: Vec<(usize, &mut SparseMoe)> = self
+            .layers
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, l)| match &mut l.mlp {
+                Ffn::Sparse(moe) => Some((i, moe)),
+                Ffn::Dense(_) => None,
+            })
+            .collect();
+        let layer_of: Vec<usize> = blocks.iter().map(|(i, _)| *i).collect();
+        let mut refs: Vec<&mut SparseMoe> = blocks.iter_mut().map(|(_, b)| &mut **b).collect();
+        let expanded = expand_matching(&mut refs, PREFIX, patterns, &others)?;
+        // A sparse layer's experts come after its attention's modules and before the next
+        // layer's, as in `named_modules()`.
+        let layer_index = |name: &str| -> Option<usize> {
+            name.strip_prefix("layers.")?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()
+        };
+        let mut out = Vec::with_capacity(linears.len());
+        let mut pending = layer_of.iter().zip(expanded).peekable();
+        // Modules of an earlier expansion are listed again below, once.
+        let fresh = linears
+            .iter()
+            .filter(|l| !l.name.contains(".mlp.experts.expert_"));
+        for l in fresh {
+            let li = layer_index(&l.name);
+            while let Some((&i, _)) = pending.peek() {
+                if li.is_some_and(|li| li > i) {
+                    out.extend(pending.next().map(|(_, e)| e).unwrap_or_default());
+                } else {
+                    break;
+                }
+            }
+            out.push(l.clone());
+        }
+        out.extend(pending.flat_map(|(_, e)| e));
+        Ok(out)
     }
 }
 

@@ -224,6 +224,23 @@ impl<'a> ParamLoader<'a> {
         self.param(&name, shape)
     }
 
+    /// Whether the checkpoint stores base-model tensor `rel` under its own name.
+    pub fn has_base(&self, rel: &str) -> bool {
+        self.stored_name(&self.base_name(rel)).is_some()
+    }
+
+    /// Loads base-model tensor `rel` of stored shape `shape` without recording it as a
+    /// parameter (a piece of a parameter stored split, e.g. one expert of a fused MoE weight).
+    pub fn base_piece(&self, rel: &str, shape: &[i64]) -> Result<Tensor> {
+        self.read(&self.base_name(rel), shape)
+    }
+
+    /// Records `t` as base-model parameter `rel` (assembled from [`ParamLoader::base_piece`]s).
+    pub fn record_base(&mut self, rel: &str, t: &Tensor) {
+        let name = self.base_name(rel);
+        self.params.push((name, t.shallow_clone()));
+    }
+
     /// An `nn.Linear` of the base model, `module` relative to it: weight `[out, in]`.
     pub fn linear(
         &mut self,

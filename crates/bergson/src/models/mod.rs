@@ -23,9 +23,13 @@ pub mod llama;
 pub mod loader;
 pub mod lora;
 pub mod mistral;
+pub mod mixtral;
+pub mod moe;
 pub mod norm;
+pub mod olmoe;
 pub mod qwen2;
 pub mod qwen3;
+pub mod qwen3_moe;
 pub mod rotary;
 
 pub use attention::AttentionKernel;
@@ -103,6 +107,14 @@ pub trait CausalLm: Send + Sync {
     /// Use the math attention kernel (which has a double backward) instead of the fused one.
     fn set_math_attention(&mut self, math: bool);
 
+    /// `--moe_experts`: exposes the fused experts of the MoE layers whose full module names
+    /// match one of the comma-separated globs `patterns` (e.g. `model.layers.*.mlp.experts`)
+    /// as one Linear module per expert projection, as Bergson 2.5.1's `expand_moe`. Refuses
+    /// patterns that match no fused experts module (any pattern, on a dense model).
+    fn expand_moe(&mut self, patterns: &str) -> Result<()> {
+        Err(moe::no_match(patterns))
+    }
+
     /// Rows of the input embedding (`vocab_size`), when known.
     fn vocab_size(&self) -> Option<i64> {
         None
@@ -159,6 +171,13 @@ pub trait Architecture: Send {
         hook: &mut dyn LinearHook,
         kernel: AttentionKernel,
     ) -> Tensor;
+
+    /// See [`CausalLm::expand_moe`]: expands the matching blocks and returns the model's
+    /// Linear modules `linears` with the new expert modules in `named_modules()` order.
+    fn expand_moe(&mut self, patterns: &str, linears: &[LinearInfo]) -> Result<Vec<LinearInfo>> {
+        let _ = linears;
+        Err(moe::no_match(patterns))
+    }
 }
 
 /// What every model shares: names, parameters and settings around an [`Architecture`].
@@ -273,6 +292,11 @@ impl<A: Architecture + 'static> CausalLm for Model<A> {
         Some(self.vocab_size)
     }
 
+    fn expand_moe(&mut self, patterns: &str) -> Result<()> {
+        self.linears = self.arch.expand_moe(patterns, &self.linears)?;
+        Ok(())
+    }
+
     fn check_input_ids(&self, input_ids: &Tensor) -> Result<()> {
         check_ids(input_ids, Some(self.vocab_size), self.max_sequence_length)
     }
@@ -289,8 +313,11 @@ pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
     ("gpt2", gpt2::load),
     ("llama", llama::load),
     ("mistral", mistral::load),
+    ("mixtral", mixtral::load),
     ("qwen2", qwen2::load),
     ("qwen3", qwen3::load),
+    ("qwen3_moe", qwen3_moe::load),
+    ("olmoe", olmoe::load),
 ];
 
 /// The `model_type`s [`load_model`] accepts.

@@ -1,0 +1,59 @@
+//! OLMoE: the Llama decoder with RMSNorm on the whole query and key projections (not per head),
+//! optional `clip_qkv` clamping, and a sparse mixture of experts on every layer
+//! ([`super::moe`]): router before the experts, float32 softmax, top-k renormalised per
+//! `norm_topk_prob`.
+
+use super::config::ConfigJson;
+use super::llama::{load_decoder, DecoderConfig};
+use super::loader::TensorSource;
+use super::moe::{MoeConfig, PerExpertNames};
+use super::CausalLm;
+use crate::Result;
+use tch::{Device, Kind};
+
+/// OLMoE's config.json as decoder settings (transformers' `OlmoeConfig` defaults).
+pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
+    let mut c = DecoderConfig::common(cfg, "olmoe")?;
+    c.rms_norm_eps = cfg.float(&["rms_norm_eps"])?.unwrap_or(1e-5);
+    let attention_bias = cfg.bool(&["attention_bias"])?.unwrap_or(false);
+    c.qkv_bias = attention_bias;
+    c.o_bias = attention_bias;
+    c.qk_norm = true;
+    c.qk_norm_whole = true;
+    // transformers sizes q_norm by hidden_size: the query projection must be that wide.
+    if c.num_heads * c.head_dim != c.hidden_size {
+        return Err(cfg.error(format!(
+            "head_dim {} × num_attention_heads {} must equal hidden_size {} for olmoe; fix config.json",
+            c.head_dim, c.num_heads, c.hidden_size
+        )));
+    }
+    c.clip_qkv = cfg.float(&["clip_qkv"])?;
+    let num_experts = cfg.int(&["num_experts"])?.unwrap_or(64);
+    let top_k = cfg.int(&["num_experts_per_tok"])?.unwrap_or(8);
+    if !(1..=num_experts).contains(&top_k) {
+        return Err(cfg.error(format!(
+            "num_experts_per_tok {top_k} must lie between 1 and num_experts {num_experts}; fix config.json"
+        )));
+    }
+    c.moe = Some(MoeConfig {
+        num_experts,
+        top_k,
+        norm_topk_prob: cfg.bool(&["norm_topk_prob"])?.unwrap_or(false),
+        moe_intermediate_size: c.intermediate_size,
+        sparse_layers: vec![true; c.num_layers as usize],
+        float_weights: false,
+        router_first: true,
+        per_expert: PerExpertNames::QWEN,
+    });
+    Ok(c)
+}
+
+/// Registry entry for `olmoe`.
+pub fn load(
+    cfg: &ConfigJson,
+    weights: &dyn TensorSource,
+    kind: Kind,
+    device: Device,
+) -> Result<Box<dyn CausalLm>> {
+    load_decoder(config(cfg)?, weights, kind, device)
+}
