@@ -139,7 +139,14 @@ fn consistent_and_matches_library(name: &str) {
     let tokenizer = Tokenizer::from_dir(&model).unwrap();
     let documents = load_documents(&cfg, &tokenizer).unwrap();
     assert_eq!(documents.len(), 12);
-    let probe = GradientProbe::load(&model, Precision::Fp32, Device::Cpu, false).unwrap();
+    let probe = GradientProbe::load(
+        &model,
+        Precision::Fp32,
+        Device::Cpu,
+        false,
+        &Default::default(),
+    )
+    .unwrap();
     let rows = section_rows(&stdout, "Testing: precision=fp32");
     for (r, (i, j)) in rows.iter().zip(draws::sample_pairs(12, TRIALS, SEED)) {
         let (a, b) = if documents[i].len() > documents[j].len() {

@@ -18,6 +18,7 @@ pub mod hessians;
 pub mod hub;
 pub mod index;
 pub mod interrupt;
+pub mod kwargs;
 pub mod magic;
 pub mod mix;
 pub mod models;

@@ -14,7 +14,8 @@ use crate::data::tokenize::Tokenizer;
 use crate::engine::Precision;
 use crate::models::config::ConfigJson;
 use crate::models::hub::{resolve_model_dir, resolve_tokenizer_dir};
-use crate::models::{auto_precision, CausalLm};
+use crate::models::kwargs::ModelKwargs;
+use crate::models::{auto_precision, AttentionKernel, CausalLm, ModelSpec};
 use crate::{Error, Result};
 
 /// Refuses index settings bergson-rs does not implement, and impossible values, up front.
@@ -37,9 +38,7 @@ pub fn check_index_config(c: &IndexConfig) -> Result<()> {
     if c.fsdp {
         return unsupported("--fsdp", "run without it");
     }
-    if !c.model_kwargs.is_empty() {
-        return unsupported("--model_kwargs", "drop it");
-    }
+    ModelKwargs::parse(&c.model_kwargs)?;
     if !c.moe_experts.is_empty() && c.attribute_tokens {
         return Err(Error::input(
             "--attribute_tokens is incompatible with --moe_experts (as in Bergson 2.5.1): drop one of them",
@@ -50,9 +49,6 @@ pub fn check_index_config(c: &IndexConfig) -> Result<()> {
             "--logit_scale {} must be a finite number (1.0 leaves the logits as they are)",
             c.logit_scale
         )));
-    }
-    if c.auto_batch_size {
-        return unsupported("--auto_batch_size", "set --token_batch_size");
     }
     if c.distributed.nnode * c.distributed.nproc_per_node > 1 {
         return unsupported(
@@ -119,14 +115,15 @@ pub fn load_model(
 ) -> Result<Box<dyn CausalLm>> {
     crate::interrupt::check()?;
     let precision = resolve_precision(icfg.precision, model_dir)?;
-    let mut model = if icfg.peft_init_kwargs.is_empty() {
-        crate::models::load_model(model_dir, precision, device)?
-    } else {
-        crate::models::ModelSpec::from_dir(model_dir, precision, device)?
-            .with_fresh_adapter(&icfg.peft_init_kwargs)?
-            .load(model_dir)?
-    };
-    if icfg.force_math_sdp {
+    let kwargs = ModelKwargs::parse(&icfg.model_kwargs)?;
+    let mut spec = ModelSpec::from_dir(model_dir, precision, device)?.with_model_kwargs(&kwargs);
+    if !icfg.peft_init_kwargs.is_empty() {
+        spec = spec.with_fresh_adapter(&icfg.peft_init_kwargs)?;
+    }
+    let mut model = spec.load(model_dir)?;
+    // `--force_math_sdp` forces torch's math SDPA backend; `attn_implementation=eager` is the
+    // same computation.
+    if icfg.force_math_sdp || kwargs.attention == Some(AttentionKernel::Math) {
         model.set_math_attention(true);
     }
     if !icfg.moe_experts.is_empty() {

@@ -608,6 +608,14 @@ fn bergson_moe_parity() {
     check_all(&repo_root().join("tests/fixtures/bergson_moe"));
 }
 
+/// The `--model_kwargs` cases (tests/fixtures/bergson_kwargs, made by
+/// tests/fixtures/scripts/make_model_kwargs_refs.py): config overrides, `attn_implementation`,
+/// and the keywords Bergson 2.5.1 rejects.
+#[test]
+fn bergson_model_kwargs_parity() {
+    check_all(&repo_root().join("tests/fixtures/bergson_kwargs"));
+}
+
 /// Runs every selected case of the reference directory `refs` and fails on any difference.
 fn check_all(refs: &Path) {
     let (path_flags, cases) = manifest_in(refs);

@@ -12,6 +12,7 @@ use glob::{MatchOptions, Pattern};
 use serde_json::Value;
 
 use crate::data::formats::Format;
+use crate::data::kwargs::DataKwargs;
 use crate::data::split::ReadInstruction;
 use crate::hub::{hub_error, repo_folder, Failure, HubRepo, HubSettings, RemoteFile, RepoKind};
 use crate::{Error, Result};
@@ -27,25 +28,41 @@ pub fn fetch_repo(
     subset: Option<&str>,
     split: &str,
     settings: &HubSettings,
+    kwargs: &DataKwargs,
 ) -> Result<RepoSplits> {
     let needed = needed_splits(split)?;
+    let revision = kwargs.revision.as_deref().unwrap_or("main");
     if settings.datasets_offline {
-        return cached_repo(repo_id, subset, &needed, settings, None);
+        return cached_repo(repo_id, subset, &needed, settings, None, kwargs);
     }
     let what = format!("dataset '{repo_id}'");
     let fix = "pass a local file or directory";
     let fail = |failure: Failure| hub_error(failure, &what, settings, fix);
-    // Datasets are read at their default branch: Bergson passes no revision to load_dataset.
-    let repo = HubRepo::new(RepoKind::Dataset, repo_id, "main", settings).map_err(fail)?;
+    // Datasets are read at their default branch unless --data_kwargs names a revision.
+    let token_settings;
+    let settings = match &kwargs.token {
+        Some(token) => {
+            token_settings = HubSettings {
+                token: token.clone(),
+                token_file: None,
+                ..settings.clone()
+            };
+            &token_settings
+        }
+        None => settings,
+    };
+    let repo = HubRepo::new(RepoKind::Dataset, repo_id, revision, settings).map_err(fail)?;
     let listing = match repo.list() {
         Ok(listing) => listing,
-        Err(Failure::Unreachable(why)) if cached_snapshot(settings, repo_id).is_some() => {
+        Err(Failure::Unreachable(why))
+            if cached_snapshot(settings, repo_id, revision).is_some() =>
+        {
             tracing::warn!(
                 "the hub ({}) could not be reached ({why}); reading dataset '{repo_id}' from the \
                  hub cache",
                 settings.endpoint()
             );
-            return cached_repo(repo_id, subset, &needed, settings, Some(&why));
+            return cached_repo(repo_id, subset, &needed, settings, Some(&why), kwargs);
         }
         Err(failure) => return Err(fail(failure)),
     };
@@ -71,7 +88,14 @@ pub fn fetch_repo(
         None => None,
     };
     let location = format!("{} at commit {commit}", settings.endpoint());
-    let layout = resolve_layout(&files, readme.as_deref(), subset, repo_id, &location)?;
+    let layout = resolve_layout(
+        &files,
+        readme.as_deref(),
+        subset,
+        repo_id,
+        &location,
+        kwargs,
+    )?;
     let wanted: Vec<RemoteFile> = layout
         .splits
         .iter()
@@ -93,13 +117,16 @@ fn needed_splits(split: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The cached snapshot of a hub dataset: the commit `refs/main` names, else the most recently
-/// written snapshot.
-fn cached_snapshot(settings: &HubSettings, repo_id: &str) -> Option<PathBuf> {
+/// The cached snapshot of a hub dataset: the commit `refs/<revision>` names, else (at `main`)
+/// the most recently written snapshot.
+fn cached_snapshot(settings: &HubSettings, repo_id: &str, revision: &str) -> Option<PathBuf> {
     if let Some(dir) =
-        crate::hub::cached_snapshot(&settings.cache_dir, RepoKind::Dataset, repo_id, "main")
+        crate::hub::cached_snapshot(&settings.cache_dir, RepoKind::Dataset, repo_id, revision)
     {
         return Some(dir);
+    }
+    if revision != "main" {
+        return None;
     }
     let snapshots = repo_folder(&settings.cache_dir, RepoKind::Dataset, repo_id).join("snapshots");
     std::fs::read_dir(snapshots)
@@ -118,7 +145,9 @@ fn cached_repo(
     needed: &[String],
     settings: &HubSettings,
     unreachable: Option<&str>,
+    kwargs: &DataKwargs,
 ) -> Result<RepoSplits> {
+    let revision = kwargs.revision.as_deref().unwrap_or("main");
     let folder = repo_folder(&settings.cache_dir, RepoKind::Dataset, repo_id);
     let (why, fix) = match unreachable {
         None => (
@@ -137,13 +166,13 @@ fn cached_repo(
             "check the network and HF_ENDPOINT, or pass a local file or directory".to_string(),
         ),
     };
-    let snapshot = cached_snapshot(settings, repo_id).ok_or_else(|| {
+    let snapshot = cached_snapshot(settings, repo_id, revision).ok_or_else(|| {
         Error::input(format!(
             "dataset '{repo_id}' is not in the Hugging Face cache ({} not found) and {why}; {fix}",
             folder.display()
         ))
     })?;
-    let repo = resolve_repo(&snapshot, subset, repo_id)?;
+    let repo = resolve_repo(&snapshot, subset, repo_id, kwargs)?;
     for name in needed {
         let Some((_, files)) = repo.splits.iter().find(|(s, _)| s == name) else {
             let available: Vec<&str> = repo.splits.iter().map(|(s, _)| s.as_str()).collect();
@@ -210,12 +239,18 @@ const IGNORED_FILES: [&str; 6] = [
 
 /// Resolves which files form which split of the repository checked out at `root`. `subset`
 /// picks a README config (or, in a repo without configs, a `<subset>/` directory); `shown`
-/// names the dataset in error messages.
-pub fn resolve_repo(root: &Path, subset: Option<&str>, shown: &str) -> Result<RepoSplits> {
+/// names the dataset in error messages; `kwargs` may replace the layout (`data_files`,
+/// `data_dir`).
+pub fn resolve_repo(
+    root: &Path,
+    subset: Option<&str>,
+    shown: &str,
+    kwargs: &DataKwargs,
+) -> Result<RepoSplits> {
     let files = list_files(root);
     let readme = std::fs::read_to_string(root.join("README.md")).ok();
     let location = root.display().to_string();
-    Ok(resolve_layout(&files, readme.as_deref(), subset, shown, &location)?.under(root))
+    Ok(resolve_layout(&files, readme.as_deref(), subset, shown, &location, kwargs)?.under(root))
 }
 
 /// The splits of a repository, as paths inside it.
@@ -240,15 +275,33 @@ impl Layout {
 
 /// The splits formed by a repository's `files` (sorted, `/`-separated, as [`is_data_candidate`]
 /// keeps them) and README.md text; `location` says where the repository is, in messages.
+/// `data_files` (one `train` split) or `data_dir` (the default layout under it) replace the
+/// README's configs, as `load_dataset(..., data_files=, data_dir=)` does; the subset is still
+/// checked against the configs.
 fn resolve_layout(
     files: &[String],
     readme: Option<&str>,
     subset: Option<&str>,
     shown: &str,
     location: &str,
+    kwargs: &DataKwargs,
 ) -> Result<Layout> {
     let configs = readme_configs(readme, shown)?;
-    let (patterns, base) = if configs.is_empty() {
+    let (patterns, base) = if kwargs.overrides_layout() {
+        if !configs.is_empty() {
+            pick_config(&configs, subset, shown)?;
+        }
+        let base = kwargs
+            .data_dir
+            .as_ref()
+            .map(|d| format!("{d}/"))
+            .unwrap_or_default();
+        let patterns = kwargs.data_files.as_ref().map(|files| {
+            let under_base = files.iter().map(|f| format!("{base}{f}")).collect();
+            vec![("train".to_string(), under_base)]
+        });
+        (patterns, base)
+    } else if configs.is_empty() {
         match subset {
             None | Some("default") => (None, String::new()),
             Some(dir) if files.iter().any(|f| f.starts_with(&format!("{dir}/"))) => {
@@ -286,6 +339,14 @@ fn resolve_layout(
             }
         }
         splits.push((split, matched));
+    }
+    if let Some(wanted) = &kwargs.data_files {
+        if splits.iter().all(|(_, f)| f.is_empty()) {
+            return Err(Error::input(format!(
+                "--data_kwargs data_files={} matched no file of dataset '{shown}' ({location}); patterns are relative to data_dir, else the dataset's root",
+                wanted.join("|")
+            )));
+        }
     }
     // The most common format wins (parquet on a tie, then alphabetical), as datasets infers it.
     let mut counts: HashMap<Format, usize> = HashMap::new();

@@ -8,6 +8,7 @@ pub mod columns;
 pub mod format_template;
 pub mod formats;
 pub mod hub;
+pub mod kwargs;
 pub mod nprandom;
 pub mod pipeline;
 pub mod pyrandom;

@@ -17,8 +17,9 @@ use crate::data::columns::{
     nullable_string_column, string_column, take_rows, text_column,
 };
 use crate::data::format_template::FormatTemplate;
+use crate::data::kwargs::DataKwargs;
 use crate::data::rewards::{advantages_from_column, advantages_from_rewards};
-use crate::data::source::load_dataset;
+use crate::data::source::load_dataset_kwargs;
 use crate::data::tokenize::{truncation_length, TokenizedRow, Tokenizer, NO_LIMIT};
 use crate::{Error, Result};
 
@@ -90,7 +91,12 @@ pub fn prepare_data(
     let data = &cfg.data;
     check_data_config(data)?;
     let (clock, cpu) = (Instant::now(), cpu_seconds());
-    let table = load_dataset(&data.dataset, &data.split, data.subset.as_deref())?;
+    let table = load_dataset_kwargs(
+        &data.dataset,
+        &data.split,
+        data.subset.as_deref(),
+        &data.data_kwargs,
+    )?;
     let read = clock.elapsed();
     tracing::info!(
         "read {} rows of {} in {:.2} s ({:.2} s CPU)",
@@ -437,9 +443,8 @@ fn check_data_config(data: &DataConfig) -> Result<()> {
             "--chunk_length and --format_template cannot both be given; drop one",
         ));
     }
-    if !data.data_kwargs.is_empty() {
-        return Err(Error::input("--data_kwargs is not supported by bergson-rs; use a local file or a cached hub dataset"));
-    }
+    // Refused keys fail here, before anything is read.
+    DataKwargs::parse(&data.data_kwargs)?;
     Ok(())
 }
 

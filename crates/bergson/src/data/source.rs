@@ -10,6 +10,7 @@ use arrow::record_batch::RecordBatch;
 
 use crate::data::formats::{read_file, Format};
 use crate::data::hub::{fetch_repo, resolve_repo, RepoSplits};
+use crate::data::kwargs::DataKwargs;
 use crate::data::split::{select_split, unknown_split, ReadInstruction, SplitTables};
 use crate::hub::{is_repo_id, HubSettings};
 use crate::index::hf_dataset::{read_hf_dataset, read_hf_dataset_dict};
@@ -39,7 +40,30 @@ pub fn load_dataset_with(
     subset: Option<&str>,
     hub: &HubSettings,
 ) -> Result<RecordBatch> {
-    let tables = open_dataset(dataset, split, subset, hub)?;
+    load_dataset_with_kwargs(dataset, split, subset, hub, &DataKwargs::default())
+}
+
+/// [`load_dataset`] with Bergson's `--data_kwargs` text (see [`DataKwargs`]).
+pub fn load_dataset_kwargs(
+    dataset: &str,
+    split: &str,
+    subset: Option<&str>,
+    data_kwargs: &str,
+) -> Result<RecordBatch> {
+    let kwargs = DataKwargs::parse(data_kwargs)?;
+    load_dataset_with_kwargs(dataset, split, subset, &HubSettings::from_env(), &kwargs)
+}
+
+/// [`load_dataset`] with explicit hub settings and `load_dataset` keywords, which reach only a
+/// dataset repository (a hub id or a directory of data files), as in Bergson.
+pub fn load_dataset_with_kwargs(
+    dataset: &str,
+    split: &str,
+    subset: Option<&str>,
+    hub: &HubSettings,
+    kwargs: &DataKwargs,
+) -> Result<RecordBatch> {
+    let tables = open_dataset(dataset, split, subset, hub, kwargs)?;
     let batch = select_split(&tables, split)?;
     if batch.num_rows() == 0 {
         return Err(Error::input(format!(
@@ -57,6 +81,7 @@ pub fn open_dataset(
     split: &str,
     subset: Option<&str>,
     hub: &HubSettings,
+    kwargs: &DataKwargs,
 ) -> Result<SplitTables> {
     let path = Path::new(dataset);
     // Bergson checks the json/csv extensions before anything else (so `x.json/` as a directory
@@ -87,7 +112,7 @@ pub fn open_dataset(
         return single_file(path, format);
     }
     if path.is_dir() {
-        let repo = resolve_repo(path, subset, dataset)?;
+        let repo = resolve_repo(path, subset, dataset, kwargs)?;
         return read_repo_splits(dataset, &repo, split);
     }
     if path.is_file() {
@@ -109,7 +134,7 @@ pub fn open_dataset(
              or a hub dataset id"
         )));
     }
-    let repo = fetch_repo(dataset, subset, split, hub)?;
+    let repo = fetch_repo(dataset, subset, split, hub, kwargs)?;
     read_repo_splits(dataset, &repo, split)
 }
 

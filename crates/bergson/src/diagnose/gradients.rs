@@ -28,15 +28,17 @@ pub struct Measurement {
 }
 
 impl GradientProbe {
-    /// Loads the checkpoint in `model_dir` as `precision` on `device`; `math_attention`
-    /// chooses the math attention kernel (`--force_math_sdp`) over the fused one.
+    /// Loads the checkpoint in `model_dir` as `precision` on `device` with `kwargs`' config
+    /// overrides; `math_attention` chooses the math attention kernel (`--force_math_sdp`)
+    /// over the fused one.
     pub fn load(
         model_dir: &Path,
         precision: Precision,
         device: Device,
         math_attention: bool,
+        kwargs: &crate::models::kwargs::ModelKwargs,
     ) -> Result<Self> {
-        let spec = ModelSpec::from_dir(model_dir, precision, device)?;
+        let spec = ModelSpec::from_dir(model_dir, precision, device)?.with_model_kwargs(kwargs);
         let loaded = spec.load(model_dir)?;
         let (names, params): (Vec<String>, Vec<Tensor>) = loaded
             .named_parameters()

@@ -122,12 +122,20 @@ fn check_config(cfg: &DiagnoseConfig) -> Result<()> {
             "--threshold must be a finite number (e.g. 0.99)",
         ));
     }
-    if !cfg.model_kwargs.is_empty() {
+    diagnose_model_kwargs(&cfg.model_kwargs)?;
+    Ok(())
+}
+
+/// `--model_kwargs` of the diagnosis: config overrides only, since Bergson passes
+/// `attn_implementation` itself (a second one is Python's 'multiple values' error).
+fn diagnose_model_kwargs(text: &str) -> Result<crate::models::kwargs::ModelKwargs> {
+    let kwargs = crate::models::kwargs::ModelKwargs::parse(text)?;
+    if kwargs.attention.is_some() {
         return Err(Error::input(
-            "--model_kwargs is not supported by bergson-rs yet; drop it",
+            "--model_kwargs attn_implementation=...: test_model_configuration sets the attention itself (Python raises 'got multiple values'); use --force_math_sdp to test the math kernel",
         ));
     }
-    Ok(())
+    Ok(kwargs)
 }
 
 /// The `text` column of the dataset, tokenised with the tokenizer's special tokens, documents
@@ -184,7 +192,14 @@ pub fn diagnose(cfg: &DiagnoseConfig, out: &mut dyn Write) -> Result<Diagnosis> 
     // Equal-length trials: each document batched with random tokens of its own length, so no
     // padding is involved (does divergence come from padding or from batching itself?).
     w.section("Testing: equal-length batching (no padding)")?;
-    let probe = GradientProbe::load(&model_dir, cfg.precision.precision(), device, false)?;
+    let kwargs = diagnose_model_kwargs(&cfg.model_kwargs)?;
+    let probe = GradientProbe::load(
+        &model_dir,
+        cfg.precision.precision(),
+        device,
+        false,
+        &kwargs,
+    )?;
     let lengths: Vec<usize> = documents.iter().map(Vec::len).collect();
     let vocab = tokenizer.inner().get_vocab_size(false) as u64;
     let vocab = probe
@@ -217,6 +232,7 @@ pub fn diagnose(cfg: &DiagnoseConfig, out: &mut dyn Write) -> Result<Diagnosis> 
             setting.precision.precision(),
             device,
             setting.math_attention,
+            &kwargs,
         )?;
         let mut trials = Vec::with_capacity(pairs.len());
         for (trial, &(i, j)) in pairs.iter().enumerate() {

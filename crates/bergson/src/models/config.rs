@@ -5,13 +5,18 @@
 use crate::error::IoContext;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// A parsed config.json.
 #[derive(Debug, Clone)]
 pub struct ConfigJson {
     path: PathBuf,
     map: Map<String, Value>,
+    /// Every top-level key an architecture asked for, present or not: how `--model_kwargs`
+    /// tells an override the model reads from one it would silently ignore.
+    looked_up: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl ConfigJson {
@@ -39,6 +44,7 @@ impl ConfigJson {
             Value::Object(map) => Ok(Self {
                 path: path.to_path_buf(),
                 map,
+                looked_up: Arc::default(),
             }),
             _ => Err(Error::input(format!(
                 "{}: expected a JSON object at the top level; re-download the checkpoint",
@@ -57,8 +63,31 @@ impl ConfigJson {
         self.req_str(&["model_type"])
     }
 
+    /// Sets top-level `key` to `value`, as a `from_pretrained` keyword sets a config
+    /// attribute. Returns whether config.json had the key.
+    pub fn set(&mut self, key: &str, value: Value) -> bool {
+        self.map.insert(key.to_string(), value).is_some()
+    }
+
+    /// Whether an architecture has asked for top-level `key` since this config was parsed.
+    pub fn was_looked_up(&self, key: &str) -> bool {
+        self.looked_up
+            .lock()
+            .map(|set| set.contains(key))
+            .unwrap_or(false)
+    }
+
+    fn note(&self, key: &str) {
+        if let Ok(mut set) = self.looked_up.lock() {
+            if !set.contains(key) {
+                set.insert(key.to_string());
+            }
+        }
+    }
+
     /// The first of `keys` that is present and not null.
     fn first<'a>(&'a self, keys: &[&'a str]) -> Option<(&'a str, &'a Value)> {
+        keys.iter().for_each(|k| self.note(k));
         keys.iter().find_map(|k| match self.map.get(*k) {
             None | Some(Value::Null) => None,
             Some(v) => Some((*k, v)),
@@ -67,11 +96,13 @@ impl ConfigJson {
 
     /// True when `key` is present (even as null).
     pub fn has(&self, key: &str) -> bool {
+        self.note(key);
         self.map.contains_key(key)
     }
 
     /// True when `key` is present and null.
     pub fn is_null(&self, key: &str) -> bool {
+        self.note(key);
         matches!(self.map.get(key), Some(Value::Null))
     }
 
@@ -194,6 +225,7 @@ impl ConfigJson {
     /// An object under the first present key of `keys` (null and `{}` count as absent).
     pub fn object(&self, keys: &[&str]) -> Result<Option<&Map<String, Value>>> {
         for k in keys {
+            self.note(k);
             match self.map.get(*k) {
                 None | Some(Value::Null) => continue,
                 Some(Value::Object(m)) if m.is_empty() => continue,

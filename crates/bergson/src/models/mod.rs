@@ -18,6 +18,7 @@ pub mod config;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod hub;
+pub mod kwargs;
 pub mod linear;
 pub mod llama;
 pub mod loader;
@@ -337,6 +338,9 @@ pub struct ModelSpec {
     /// A PEFT adapter over the base model, and the base model's directory (a fresh adapter's
     /// base is the directory the model is loaded from).
     adapter: Option<(Arc<lora::Adapter>, Option<PathBuf>)>,
+    /// `--model_kwargs` config overrides whose key config.json lacks: the architecture must
+    /// read each, or the keyword would change nothing here while it changes Python's model.
+    added_keys: Vec<String>,
 }
 
 impl ModelSpec {
@@ -370,13 +374,48 @@ impl ModelSpec {
             kind: precision.kind(),
             device,
             adapter: None,
+            added_keys: Vec::new(),
         })
+    }
+
+    /// This model with `--model_kwargs` config overrides applied, as `from_pretrained`
+    /// applies keywords that name config attributes (the attention kernel is the caller's:
+    /// [`CausalLm::set_math_attention`]).
+    pub fn with_model_kwargs(mut self, kwargs: &kwargs::ModelKwargs) -> Self {
+        for (key, value) in &kwargs.config {
+            // An alias (`num_hidden_layers` for GPT-2's `n_layer`) sets the key config.json has.
+            let key = kwargs::ALIASES
+                .iter()
+                .find(|(alias, stored)| alias == key && self.cfg.has(stored))
+                .map_or(key.as_str(), |(_, stored)| stored);
+            if !self.cfg.set(key, value.to_json()) && !self.added_keys.iter().any(|k| k == key) {
+                self.added_keys.push(key.to_string());
+            }
+        }
+        self
+    }
+
+    /// Refuses `--model_kwargs` keys the architecture never read (after a load).
+    fn check_added_keys(&self) -> Result<()> {
+        match self.added_keys.iter().find(|k| !self.cfg.was_looked_up(k)) {
+            None => Ok(()),
+            Some(key) => Err(Error::input(format!(
+                "--model_kwargs {key}=...: '{key}' is not a config.json key of this checkpoint nor a setting bergson-rs reads for model_type '{}'; drop it",
+                self.cfg.model_type().unwrap_or_default()
+            ))),
+        }
     }
 
     /// The model on the safetensors weights in `dir` (for an adapter, the base model's
     /// weights with the adapter's).
     pub fn load(&self, dir: &Path) -> Result<Box<dyn CausalLm>> {
         let _guard = tch::no_grad_guard();
+        let model = self.load_unchecked(dir)?;
+        self.check_added_keys()?;
+        Ok(model)
+    }
+
+    fn load_unchecked(&self, dir: &Path) -> Result<Box<dyn CausalLm>> {
         match &self.adapter {
             Some((adapter, base)) => {
                 let ckpt = checkpoint::Checkpoint::open(base.as_deref().unwrap_or(dir))?;

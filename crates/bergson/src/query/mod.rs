@@ -24,7 +24,7 @@ pub use search::Hits;
 use crate::build::RunOptions;
 use crate::config::run_file::load_subconfig;
 use crate::config::{IndexConfig, QueryConfig};
-use crate::data::source::load_dataset;
+use crate::data::source::load_dataset_kwargs;
 use crate::error::IoContext;
 use crate::{setup, Error, Result};
 
@@ -72,10 +72,11 @@ pub fn run(
         icfg.model = cfg.model.clone();
     }
     icfg.tokenizer.clear();
-    let dataset = load_dataset(
+    let dataset = load_dataset_kwargs(
         &icfg.data.dataset,
         &icfg.data.split,
         icfg.data.subset.as_deref(),
+        &icfg.data.data_kwargs,
     )?;
     let texts = TextColumn::new(&dataset, &cfg.text_field)?;
     let (tokenizer, model_dir, _) = setup::load_tokenizer(&icfg)?;

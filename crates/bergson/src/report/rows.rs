@@ -15,7 +15,7 @@ use super::run_config::RunConfig;
 use crate::build::prepare_data;
 use crate::config::IndexConfig;
 use crate::data::columns::{column_names, conversation_column, take_rows};
-use crate::data::source::load_dataset;
+use crate::data::source::load_dataset_kwargs;
 use crate::data::tokenize::Tokenizer;
 use crate::index::hf_dataset::read_hf_dataset;
 use crate::models::config::ConfigJson;
@@ -192,7 +192,12 @@ impl RunRows {
         request: RowsRequest,
     ) -> Result<()> {
         let data = &icfg.data;
-        let table = match load_dataset(&data.dataset, &data.split, data.subset.as_deref()) {
+        let table = match load_dataset_kwargs(
+            &data.dataset,
+            &data.split,
+            data.subset.as_deref(),
+            &data.data_kwargs,
+        ) {
             Ok(t) => t,
             Err(e) => {
                 self.notes.push(format!("texts unavailable: {e}"));

@@ -98,9 +98,10 @@ pub fn check_training_config(c: &TrainingConfig) -> Result<()> {
     if !c.peft_init_kwargs.is_empty() {
         return unsupported("--peft_init_kwargs", "train the full model");
     }
-    if !c.model_kwargs.is_empty() || !c.moe_experts.is_empty() {
-        return unsupported("--model_kwargs / --moe_experts", "drop them");
+    if !c.moe_experts.is_empty() {
+        return unsupported("--moe_experts", "drop it");
     }
+    training_model_kwargs(&c.model_kwargs)?;
     if c.logit_scale != 1.0 {
         return unsupported("--logit_scale", "drop it");
     }
@@ -290,7 +291,8 @@ pub fn prepare_training(
     )?;
     let num_steps = stream.len();
     let precision = crate::setup::resolve_precision(c.precision, &model_dir)?;
-    let spec = ModelSpec::from_dir(&model_dir, precision, device)?;
+    let spec = ModelSpec::from_dir(&model_dir, precision, device)?
+        .with_model_kwargs(&training_model_kwargs(&c.model_kwargs)?);
     if spec.adapter().is_some() {
         return Err(Error::input(format!(
             "--model {} is a PEFT adapter; training adapters is not supported by bergson-rs yet: train the base model (or merge the adapter into it first)",
@@ -551,4 +553,17 @@ pub fn save_hf_model(source: &Path, out: &Path, names: &[String], params: &[Tens
         }
     }
     Ok(())
+}
+
+/// `--model_kwargs` of a training run. Bergson trains with `attn_implementation="eager"`,
+/// which is our math kernel, the one whose backward is differentiable again; `sdpa` is
+/// refused because MAGIC's double backward cannot go through the fused kernel.
+pub fn training_model_kwargs(text: &str) -> Result<crate::models::kwargs::ModelKwargs> {
+    let kwargs = crate::models::kwargs::ModelKwargs::parse(text)?;
+    if kwargs.attention == Some(crate::models::AttentionKernel::Fused) {
+        return Err(Error::input(
+            "--model_kwargs attn_implementation=sdpa: bergson-rs trains with eager attention (the kernel a double backward can go through); drop it",
+        ));
+    }
+    Ok(kwargs)
 }

@@ -31,7 +31,8 @@ pub fn load_params(
     device: Device,
 ) -> Result<Vec<Tensor>> {
     let precision = crate::setup::resolve_precision(c.precision, dir)?;
-    let spec = ModelSpec::from_dir(dir, precision, device)?;
+    let spec = ModelSpec::from_dir(dir, precision, device)?
+        .with_model_kwargs(&crate::train::run::training_model_kwargs(&c.model_kwargs)?);
     let model = spec.load(dir)?;
     let mut named: std::collections::HashMap<String, Tensor> =
         model.named_parameters().into_iter().collect();
@@ -214,7 +215,8 @@ pub fn run_bank(c: &ValidateConfig, device: Device) -> Result<ValidateSummary> {
     // A trainer only to run the model on loaded parameters.
     let t = &c.train;
     let precision = crate::setup::resolve_precision(t.precision, &model_dir)?;
-    let spec = ModelSpec::from_dir(&model_dir, precision, device)?;
+    let spec = ModelSpec::from_dir(&model_dir, precision, device)?
+        .with_model_kwargs(&crate::train::run::training_model_kwargs(&t.model_kwargs)?);
     let model = spec.load(&model_dir)?;
     let optimizer = Optimizer {
         kind: t.optimizer,
