@@ -488,3 +488,47 @@ print("ROWS " + json.dumps(ds.to_list()))
         assert_rows(&hub_rows(&python_cache, id, split, *subset), &theirs);
     }
 }
+
+/// `--data_kwargs` on a hub dataset: `data_files` downloads and reads only the files it names
+/// (as the `train` split), `revision` reads the commit it names, an unknown revision fails in
+/// one line, and offline the pinned commit is read from the cache.
+#[test]
+fn data_kwargs_pick_files_and_revisions_on_the_hub() {
+    use bergson::data::kwargs::DataKwargs;
+    use bergson::data::source::load_dataset_with_kwargs;
+    let hub = stand_in();
+    let cache = tempfile::tempdir().unwrap();
+    let settings = online(&hub, cache.path());
+    let id = "org/parquet-splits";
+    let kwargs = DataKwargs::parse("data_files=data/test-00000-of-00001.parquet").unwrap();
+    let batch = load_dataset_with_kwargs(id, "train[:3]", None, &settings, &kwargs).unwrap();
+    assert_rows(
+        &rows(&batch),
+        &local_rows("parquet-splits", "test[:3]", None),
+    );
+    assert_eq!(
+        hub.downloads(),
+        ["README.md", "data/test-00000-of-00001.parquet"]
+    );
+
+    let sha = hub.sha("datasets", id);
+    let pinned = DataKwargs::parse(&format!("revision={sha}")).unwrap();
+    let batch = load_dataset_with_kwargs(id, "test", None, &settings, &pinned).unwrap();
+    assert_rows(&rows(&batch), &local_rows("parquet-splits", "test", None));
+    let offline = HubSettings {
+        offline: true,
+        datasets_offline: true,
+        ..settings.clone()
+    };
+    let batch = load_dataset_with_kwargs(id, "test", None, &offline, &pinned).unwrap();
+    assert_eq!(
+        batch.num_rows(),
+        local_rows("parquet-splits", "test", None).len()
+    );
+
+    let unknown = DataKwargs::parse("revision=v9").unwrap();
+    let e = user_error(load_dataset_with_kwargs(
+        id, "test", None, &settings, &unknown,
+    ));
+    assert!(e.contains("org/parquet-splits"), "{e}");
+}
