@@ -60,6 +60,7 @@ fn trainer() -> (Trainer, TrainerState) {
         reduction: TrainLossReduction::Mean,
         max_grad_norm: None,
         grad_accum_steps: 1,
+        logit_scale: 1.0,
     };
     Trainer::new(spec.clone(), model.as_ref(), optimizer, settings).unwrap()
 }

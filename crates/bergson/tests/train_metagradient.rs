@@ -71,6 +71,7 @@ impl Setup {
             reduction: TrainLossReduction::Mean,
             max_grad_norm: None,
             grad_accum_steps: 1,
+            logit_scale: 1.0,
         };
         Trainer::new(self.spec.clone(), model.as_ref(), optimizer, settings).unwrap()
     }

@@ -57,6 +57,7 @@ fn config(flags: &serde_json::Value, run: &Path) -> TrainingConfig {
     l.lr_scheduler_type = match s("lr_scheduler_type").as_deref() {
         Some("cosine") => LrSchedulerType::Cosine,
         Some("polynomial") => LrSchedulerType::Polynomial,
+        Some("constant") => LrSchedulerType::Constant,
         _ => LrSchedulerType::Linear,
     };
     c.optimizer = match s("optimizer").as_deref() {
@@ -66,6 +67,7 @@ fn config(flags: &serde_json::Value, run: &Path) -> TrainingConfig {
     };
     c.adam_beta1 = f("adam_beta1", 0.95);
     c.eps_root = f("eps_root", 1e-17);
+    c.logit_scale = f("logit_scale", 1.0);
     if s("loss_reduction").as_deref() == Some("sum_of_means") {
         c.loss_reduction = TrainLossReduction::SumOfMeans;
     }
@@ -103,7 +105,7 @@ fn without_key_bias(
 
 #[test]
 fn training_matches_python_bergson() {
-    check_cases("bergson_train", 3);
+    check_cases("bergson_train", 4);
 }
 
 /// `--optimizer muon` (tests/fixtures/scripts/make_muon_refs.py → tests/fixtures/bergson_muon/):

@@ -66,7 +66,7 @@ pub fn query_gradient(
     for i in 0..stream.len() {
         crate::interrupt::check()?;
         let (batch, n) = stream.batch(i).without_padded_rows();
-        let logits = model.forward(&batch.input_ids);
+        let logits = trainer.scale_logits(model.forward(&batch.input_ids));
         let batch_loss = weighted_causal_lm_ce(
             &logits,
             &batch.labels,

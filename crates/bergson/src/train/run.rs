@@ -102,8 +102,11 @@ pub fn check_training_config(c: &TrainingConfig) -> Result<()> {
         return unsupported("--moe_experts", "drop it");
     }
     training_model_kwargs(&c.model_kwargs)?;
-    if c.logit_scale != 1.0 {
-        return unsupported("--logit_scale", "drop it");
+    if !c.logit_scale.is_finite() {
+        return Err(Error::input(format!(
+            "--logit_scale {} must be a finite number (1.0 leaves the logits as they are)",
+            c.logit_scale
+        )));
     }
     if c.distributed.nnode * c.distributed.nproc_per_node > 1 {
         return unsupported(
@@ -314,6 +317,7 @@ pub fn prepare_training(
         reduction: c.loss_reduction,
         max_grad_norm: c.max_grad_norm,
         grad_accum_steps: c.grad_accum_steps,
+        logit_scale: c.logit_scale,
     };
     let (trainer, initial) = Trainer::new(spec, model.as_ref(), optimizer, settings)?;
     drop(model);

@@ -51,6 +51,8 @@ pub struct StepSettings {
     pub max_grad_norm: Option<f64>,
     /// Micro-batches per step.
     pub grad_accum_steps: usize,
+    /// Factor on the logits before every loss (`--logit_scale`; Bergson hooks the LM head).
+    pub logit_scale: f64,
 }
 
 /// A model and an optimizer, trained functionally.
@@ -119,6 +121,15 @@ impl Trainer {
     /// The reduction of the token losses.
     pub fn reduction(&self) -> TrainLossReduction {
         self.settings.reduction
+    }
+
+    /// `logits` times `--logit_scale`, as Bergson's LM-head hook returns them (unchanged at 1).
+    pub fn scale_logits(&self, logits: Tensor) -> Tensor {
+        if self.settings.logit_scale == 1.0 {
+            logits
+        } else {
+            logits * self.settings.logit_scale
+        }
     }
 
     /// The optimizer.
@@ -248,10 +259,10 @@ impl Trainer {
             start += size;
             crate::interrupt::check()?;
             let mut hook = tap.as_ref().map(|t| t.collector.training_hook());
-            let logits = match &mut hook {
+            let logits = self.scale_logits(match &mut hook {
                 Some(h) => model.forward_with(&micro.input_ids, h),
                 None => model.forward(&micro.input_ids),
-            };
+            });
             let micro_loss = weighted_causal_lm_ce(
                 &logits,
                 &micro.labels,

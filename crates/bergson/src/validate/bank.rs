@@ -231,6 +231,7 @@ pub fn run_bank(c: &ValidateConfig, device: Device) -> Result<ValidateSummary> {
         reduction: t.loss_reduction,
         max_grad_norm: t.max_grad_norm,
         grad_accum_steps: t.grad_accum_steps,
+        logit_scale: t.logit_scale,
     };
     let (trainer, _) = Trainer::new(spec, model.as_ref(), optimizer, settings)?;
     drop(model);

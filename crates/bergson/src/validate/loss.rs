@@ -66,7 +66,7 @@ pub fn query_loss_total(
             if micro.shift_loss_mask.sum(Kind::Int64).int64_value(&[]) == 0 {
                 continue;
             }
-            let logits = model.forward(&micro.input_ids);
+            let logits = trainer.scale_logits(model.forward(&micro.input_ids));
             let loss = weighted_causal_lm_ce(
                 &logits,
                 &micro.labels,
@@ -96,7 +96,7 @@ pub fn per_document_query_losses(
     for i in 0..stream.len() {
         crate::interrupt::check()?;
         let batch = stream.batch(i);
-        let logits = model.forward(&batch.input_ids);
+        let logits = trainer.scale_logits(model.forward(&batch.input_ids));
         let (b, t, v) = logits.size3()?;
         let shift = logits.narrow(1, 0, t - 1);
         let shift = if shift.kind() == Kind::Double {
