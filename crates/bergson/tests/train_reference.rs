@@ -68,6 +68,9 @@ fn config(flags: &serde_json::Value, run: &Path) -> TrainingConfig {
     c.adam_beta1 = f("adam_beta1", 0.95);
     c.eps_root = f("eps_root", 1e-17);
     c.logit_scale = f("logit_scale", 1.0);
+    if let Some(t) = s("tokenizer") {
+        c.tokenizer = fixtures().join("models").join(t).display().to_string();
+    }
     if s("loss_reduction").as_deref() == Some("sum_of_means") {
         c.loss_reduction = TrainLossReduction::SumOfMeans;
     }
@@ -105,7 +108,7 @@ fn without_key_bias(
 
 #[test]
 fn training_matches_python_bergson() {
-    check_cases("bergson_train", 4);
+    check_cases("bergson_train", 5);
 }
 
 /// `--optimizer muon` (tests/fixtures/scripts/make_muon_refs.py → tests/fixtures/bergson_muon/):
@@ -167,7 +170,12 @@ fn check_cases(dir: &str, count: usize) {
             Device::Cpu,
         )
         .unwrap();
-        let init: HashMap<String, Tensor> = init_model.named_parameters().into_iter().collect();
+        // A PEFT adapter trains its LoRA weights only (lora_llama).
+        let init: HashMap<String, Tensor> = init_model
+            .named_parameters()
+            .into_iter()
+            .chain(init_model.adapter_parameters())
+            .collect();
         // Muon steps biases with AdamW too.
         let adamw = cfg.optimizer != OptimizerKind::Sgd;
         let mut compared = 0;

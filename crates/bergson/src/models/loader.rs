@@ -136,6 +136,8 @@ pub struct ParamLoader<'a> {
     linears: Vec<LinearInfo>,
     /// Full names of the modules the adapter's weights were attached to.
     adapted: HashSet<String>,
+    /// The adapter's LoRA weights, by peft parameter name.
+    adapter_params: Vec<(String, Tensor)>,
 }
 
 /// What a finished loader hands to the model.
@@ -144,6 +146,8 @@ pub struct Loaded {
     pub params: Vec<(String, Tensor)>,
     /// Base-model Linear modules in `named_modules()` order.
     pub linears: Vec<LinearInfo>,
+    /// The adapter's LoRA weights with peft's parameter names, in `named_parameters()` order.
+    pub adapter_params: Vec<(String, Tensor)>,
 }
 
 impl<'a> ParamLoader<'a> {
@@ -164,6 +168,7 @@ impl<'a> ParamLoader<'a> {
             params: Vec::new(),
             linears: Vec::new(),
             adapted: HashSet::new(),
+            adapter_params: Vec::new(),
         }
     }
 
@@ -351,6 +356,10 @@ impl<'a> ParamLoader<'a> {
             return Ok(None);
         };
         for half in [&lora.a, &lora.b] {
+            self.adapter_params.push((
+                crate::models::lora::peft_parameter_name(&half.name),
+                half.weight.shallow_clone(),
+            ));
             self.linears.push(LinearInfo {
                 name: half.name.clone(),
                 in_features: half.in_features(),
@@ -389,6 +398,7 @@ impl<'a> ParamLoader<'a> {
         Ok(Loaded {
             params: self.params,
             linears: self.linears,
+            adapter_params: self.adapter_params,
         })
     }
 }

@@ -13,7 +13,7 @@ use super::Linear;
 use crate::error::IoContext;
 use crate::{Error, Result};
 use serde_json::Value;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -25,6 +25,26 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 const ADAPTER_NAME: &str = "default";
 /// Prefix of every key in the adapter's weights (`PeftModel.base_model.model.`).
 const KEY_PREFIX: &str = "base_model.model.";
+
+/// The name peft's `PeftModel.named_parameters()` gives the weight of a LoRA half
+/// (`model.<module>.lora_A.default`, as [`LoraAdapter`] names its Linears):
+/// `base_model.model.<module>.lora_A.default.weight`.
+pub fn peft_parameter_name(half_module: &str) -> String {
+    format!("base_model.{half_module}.weight")
+}
+
+/// True when `name` is a LoRA weight as [`peft_parameter_name`] writes it.
+pub fn is_peft_parameter(name: &str) -> bool {
+    name.starts_with(KEY_PREFIX)
+        && (name.ends_with(&format!(".lora_A.{ADAPTER_NAME}.weight"))
+            || name.ends_with(&format!(".lora_B.{ADAPTER_NAME}.weight")))
+}
+
+/// The key `save_pretrained` stores a trained LoRA weight under in
+/// `adapter_model.safetensors` (the adapter name dropped).
+pub fn saved_key(peft_name: &str) -> String {
+    peft_name.replace(&format!(".{ADAPTER_NAME}.weight"), ".weight")
+}
 
 /// True when `dir` holds a PEFT adapter rather than a full checkpoint.
 pub fn is_adapter_dir(dir: &Path) -> bool {
@@ -53,6 +73,9 @@ enum AdapterWeights {
         targets: TargetModules,
         gaussian: bool,
     },
+    /// Tensors a trainer owns, by peft parameter name
+    /// (`base_model.model.<module>.lora_A.default.weight`): gradients reach them.
+    Explicit(HashMap<String, Tensor>),
 }
 
 /// peft's `target_modules`: a list of names (a module matches one as its whole name or its
@@ -316,14 +339,22 @@ impl Adapter {
     /// Full names (`model.layers.0.self_attn.q_proj`) of the modules a saved adapter adapts
     /// (none for a fresh one, which adapts the modules its targets match).
     pub fn module_names(&self) -> Vec<String> {
-        let AdapterWeights::Saved(weights) = &self.weights else {
-            return Vec::new();
+        let mut names: Vec<String> = match &self.weights {
+            AdapterWeights::Saved(weights) => weights
+                .names()
+                .filter_map(|n| n.strip_prefix(KEY_PREFIX)?.strip_suffix(".lora_A.weight"))
+                .map(str::to_string)
+                .collect(),
+            AdapterWeights::Explicit(tensors) => tensors
+                .keys()
+                .filter_map(|n| {
+                    n.strip_prefix(KEY_PREFIX)?
+                        .strip_suffix(&format!(".lora_A.{ADAPTER_NAME}.weight"))
+                })
+                .map(str::to_string)
+                .collect(),
+            AdapterWeights::Fresh { .. } => return Vec::new(),
         };
-        let mut names: Vec<String> = weights
-            .names()
-            .filter_map(|n| n.strip_prefix(KEY_PREFIX)?.strip_suffix(".lora_A.weight"))
-            .map(str::to_string)
-            .collect();
         names.sort();
         names
     }
@@ -372,6 +403,14 @@ impl Adapter {
                 )? {
                     Some(ab) => ab,
                     None => return Ok(None),
+                }
+            }
+            AdapterWeights::Explicit(tensors) => {
+                let key =
+                    |half: &str| format!("{KEY_PREFIX}{module}.lora_{half}.{ADAPTER_NAME}.weight");
+                match (tensors.get(&key("A")), tensors.get(&key("B"))) {
+                    (Some(a), Some(b)) => (a.shallow_clone(), b.shallow_clone()),
+                    _ => return Ok(None),
                 }
             }
             AdapterWeights::Fresh { targets, gaussian } => {
@@ -451,6 +490,25 @@ impl Adapter {
             let bound = 1.0 / (in_features as f64).sqrt();
             Tensor::f_rand([r, in_features], opts)? * (2.0 * bound) - bound
         })
+    }
+
+    /// This adapter's settings over `tensors` (peft parameter names, as
+    /// [`peft_parameter_name`] gives them) instead of its own weights: a trainer's adapter,
+    /// whose gradients reach those tensors.
+    pub fn with_weights(&self, tensors: HashMap<String, Tensor>) -> Adapter {
+        Adapter {
+            dir: self.dir.clone(),
+            origin: self.origin.clone(),
+            base_model: self.base_model.clone(),
+            base_revision: self.base_revision.clone(),
+            r: self.r,
+            alpha: self.alpha,
+            rslora: self.rslora,
+            rank_pattern: self.rank_pattern.clone(),
+            seed: self.seed,
+            alpha_pattern: self.alpha_pattern.clone(),
+            weights: AdapterWeights::Explicit(tensors),
+        }
     }
 
     /// The rank of `module`, with peft's per-module pattern.

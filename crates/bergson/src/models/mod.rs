@@ -96,6 +96,13 @@ pub trait CausalLm: Send + Sync {
     /// `[out, in]` weight).
     fn named_parameters(&self) -> Vec<(String, Tensor)>;
 
+    /// A PEFT adapter's LoRA weights with peft's names
+    /// (`base_model.model.<module>.lora_A.default.weight`), in `named_parameters()` order;
+    /// empty without an adapter. [`Self::named_parameters`] lists the base model's.
+    fn adapter_parameters(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
     /// `max_position_embeddings` from config.json, when the config has one.
     fn max_position_embeddings(&self) -> Option<i64>;
 
@@ -187,6 +194,7 @@ pub struct Model<A> {
     model_type: String,
     base_model_prefix: &'static str,
     params: Vec<(String, Tensor)>,
+    adapter_params: Vec<(String, Tensor)>,
     linears: Vec<LinearInfo>,
     vocab_size: i64,
     max_position_embeddings: Option<i64>,
@@ -224,6 +232,7 @@ impl<A: Architecture> Model<A> {
             model_type: info.model_type,
             base_model_prefix: info.base_model_prefix,
             params: loaded.params,
+            adapter_params: loaded.adapter_params,
             linears: loaded.linears,
             vocab_size: info.vocab_size,
             max_position_embeddings: info.max_position_embeddings,
@@ -264,6 +273,13 @@ impl<A: Architecture + 'static> CausalLm for Model<A> {
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         self.params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
+    }
+
+    fn adapter_parameters(&self) -> Vec<(String, Tensor)> {
+        self.adapter_params
             .iter()
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .collect()
@@ -453,13 +469,30 @@ impl ModelSpec {
 
     /// The model on `params` (full names, stored layout, as [`CausalLm::named_parameters`]
     /// lists them), using those tensors themselves: gradients of its outputs reach `params`.
-    /// Cheap (no copy), so a trainer rebuilds the model on each step's parameters.
+    /// With an adapter, LoRA weights among `params` (as [`CausalLm::adapter_parameters`]
+    /// names them) replace the adapter's own. Cheap (no copy), so a trainer rebuilds the model
+    /// on each step's parameters.
     pub fn build<'t>(
         &self,
         params: impl IntoIterator<Item = (&'t String, &'t Tensor)>,
     ) -> Result<Box<dyn CausalLm>> {
-        let source = loader::ExplicitParams::new(params);
+        let (lora, base): (Vec<_>, Vec<_>) = params
+            .into_iter()
+            .partition(|(n, _)| lora::is_peft_parameter(n));
+        let source = loader::ExplicitParams::new(base);
         match &self.adapter {
+            Some((adapter, _)) if !lora.is_empty() => {
+                let tensors = lora
+                    .into_iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect();
+                let adapter = adapter.with_weights(tensors);
+                let source = loader::Adapted {
+                    base: &source,
+                    adapter: &adapter,
+                };
+                (self.load)(&self.cfg, &source, self.kind, self.device)
+            }
             Some((adapter, _)) => {
                 let source = loader::Adapted {
                     base: &source,

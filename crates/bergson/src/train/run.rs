@@ -296,12 +296,6 @@ pub fn prepare_training(
     let precision = crate::setup::resolve_precision(c.precision, &model_dir)?;
     let spec = ModelSpec::from_dir(&model_dir, precision, device)?
         .with_model_kwargs(&training_model_kwargs(&c.model_kwargs)?);
-    if spec.adapter().is_some() {
-        return Err(Error::input(format!(
-            "--model {} is a PEFT adapter; training adapters is not supported by bergson-rs yet: train the base model (or merge the adapter into it first)",
-            model_dir.display()
-        )));
-    }
     let model = spec.load(&model_dir)?;
     let schedule = LrSchedule::new(&c.lr_schedule, num_steps);
     let optimizer = Optimizer {
@@ -443,12 +437,13 @@ impl TrainingRun {
             tracing::info!("Saved {n} optimizer second moments to '{}'", path.display());
         }
         if c.save_models {
-            save_hf_model(
-                &self.model_dir,
-                &self.run.join("model"),
-                names,
-                &state.params,
-            )?;
+            let out = self.run.join("model");
+            if crate::models::lora::is_adapter_dir(&self.model_dir) {
+                let tokenizer = Some(Path::new(&c.tokenizer)).filter(|t| t.is_dir());
+                save_adapter(&self.model_dir, tokenizer, &out, names, &state.params)?;
+            } else {
+                save_hf_model(&self.model_dir, &out, names, &state.params)?;
+            }
         }
         Ok((state, losses))
     }
@@ -518,6 +513,53 @@ fn chunk_doc_ids(table: &arrow::record_batch::RecordBatch) -> Result<Option<Vec<
     Ok(Some(out))
 }
 
+/// Writes a trained PEFT adapter as peft's `save_pretrained` does: the source adapter's
+/// `adapter_config.json` and `adapter_model.safetensors` with the LoRA weights under their
+/// saved keys (the adapter name dropped), plus the tokenizer files of `tokenizer` (or of the
+/// adapter directory), as Bergson saves its tokenizer next to the model.
+pub fn save_adapter(
+    source: &Path,
+    tokenizer: Option<&Path>,
+    out: &Path,
+    names: &[String],
+    params: &[Tensor],
+) -> Result<()> {
+    std::fs::create_dir_all(out).at_path(out)?;
+    let tensors: Vec<(String, Tensor)> = names
+        .iter()
+        .zip(params)
+        .map(|(n, t)| {
+            (
+                crate::models::lora::saved_key(n),
+                t.detach().to_device(Device::Cpu).contiguous(),
+            )
+        })
+        .collect();
+    Tensor::write_safetensors(&tensors, out.join(crate::models::lora::ADAPTER_WEIGHTS))?;
+    let config = crate::models::lora::ADAPTER_CONFIG;
+    std::fs::copy(source.join(config), out.join(config)).at_path(&out.join(config))?;
+    copy_tokenizer_files(tokenizer.unwrap_or(source), out)
+}
+
+/// Copies the tokenizer files `dir` has into `out`.
+fn copy_tokenizer_files(dir: &Path, out: &Path) -> Result<()> {
+    for file in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "vocab.json",
+        "merges.txt",
+    ] {
+        let from = dir.join(file);
+        if from.is_file() {
+            let to = out.join(file);
+            std::fs::copy(&from, &to).at_path(&to)?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `params` as a Hugging Face checkpoint in `out`: `model.safetensors` under the names
 /// the source checkpoint used (GPT-NeoX's `embed_out.weight` for transformers' `lm_head`), and
 /// the source's config, generation config and tokenizer files.
@@ -540,23 +582,14 @@ pub fn save_hf_model(source: &Path, out: &Path, names: &[String], params: &[Tens
         })
         .collect();
     Tensor::write_safetensors(&tensors, out.join("model.safetensors"))?;
-    for file in [
-        "config.json",
-        "generation_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "chat_template.jinja",
-        "vocab.json",
-        "merges.txt",
-    ] {
+    for file in ["config.json", "generation_config.json"] {
         let from = source.join(file);
         if from.is_file() {
             let to = out.join(file);
             std::fs::copy(&from, &to).at_path(&to)?;
         }
     }
-    Ok(())
+    copy_tokenizer_files(source, out)
 }
 
 /// `--model_kwargs` of a training run. Bergson trains with `attn_implementation="eager"`,

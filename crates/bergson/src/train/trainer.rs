@@ -58,6 +58,9 @@ pub struct StepSettings {
 /// A model and an optimizer, trained functionally.
 pub struct Trainer {
     spec: ModelSpec,
+    /// Parameters that do not train: a PEFT model's base weights (Bergson trains only the
+    /// adapter's LoRA weights), none otherwise.
+    frozen: Vec<(String, Tensor)>,
     names: Vec<String>,
     optimizer: Optimizer,
     settings: StepSettings,
@@ -81,7 +84,8 @@ pub struct StepOutput {
 
 impl Trainer {
     /// A trainer of `model` (built from `spec`) with `optimizer`; returns the initial state
-    /// (copies of the model's parameters, zero optimizer state).
+    /// (copies of the model's parameters, zero optimizer state). With a PEFT adapter only its
+    /// LoRA weights train, as in Bergson; the base weights stay fixed.
     pub fn new(
         spec: ModelSpec,
         model: &dyn CausalLm,
@@ -91,8 +95,18 @@ impl Trainer {
         if settings.grad_accum_steps == 0 {
             return Err(Error::input("--grad_accum_steps must be at least 1"));
         }
-        let (names, params): (Vec<String>, Vec<Tensor>) = model
-            .named_parameters()
+        let adapter = model.adapter_parameters();
+        let (frozen, trainable) = if adapter.is_empty() {
+            (Vec::new(), model.named_parameters())
+        } else {
+            let frozen = model
+                .named_parameters()
+                .into_iter()
+                .map(|(n, t)| (n, t.detach()))
+                .collect();
+            (frozen, adapter)
+        };
+        let (names, params): (Vec<String>, Vec<Tensor>) = trainable
             .into_iter()
             .map(|(n, t)| (n, t.detach().copy()))
             .unzip();
@@ -105,6 +119,7 @@ impl Trainer {
         Ok((
             Self {
                 spec,
+                frozen,
                 names,
                 optimizer,
                 settings,
@@ -113,7 +128,8 @@ impl Trainer {
         ))
     }
 
-    /// Parameter names (full Hugging Face names, `named_parameters()` order).
+    /// Names of the trained parameters (full Hugging Face names, `named_parameters()` order;
+    /// peft's names of the LoRA weights for an adapter).
     pub fn names(&self) -> &[String] {
         &self.names
     }
@@ -140,7 +156,10 @@ impl Trainer {
     /// The model on `params`, with the math attention kernel (it has a double backward, and
     /// it is what Bergson's trainer runs: transformers' eager attention).
     pub fn model_on(&self, params: &[Tensor]) -> Result<Box<dyn CausalLm>> {
-        let mut model = self.spec.build(self.names.iter().zip(params))?;
+        let frozen = self.frozen.iter().map(|(n, t)| (n, t));
+        let mut model = self
+            .spec
+            .build(frozen.chain(self.names.iter().zip(params)))?;
         model.set_math_attention(true);
         Ok(model)
     }
