@@ -122,19 +122,77 @@ fn an_adapter_of_another_model_is_refused() {
     assert_refused(&s, &["adapter_model.safetensors"]);
 }
 
+/// `train --save_models` over an adapter writes a peft adapter (the saved keys, the source's
+/// adapter_config.json, the base model's tokenizer) whose LoRA weights moved and whose base is
+/// untouched, and which `build` reads back as `--model`. A fresh adapter stays refused there.
 #[test]
-fn training_an_adapter_is_refused() {
+fn training_an_adapter_saves_a_peft_adapter() {
     let s = Scratch::new();
     let adapter = s.adapter().display().to_string();
+    let tokenizer = fixtures().join("models/llama").display().to_string();
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "run",
+            "--model",
+            &adapter,
+            "--tokenizer",
+            &tokenizer,
+            "--dataset",
+            "data.jsonl",
+            "--batch_size",
+            "2",
+            "--lr",
+            "0.05",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        s.run(&args)
+    };
+    let out = train(&["--save_models"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = s.path("run/model");
+    assert!(saved.join("adapter_config.json").is_file());
+    assert!(saved.join("tokenizer.json").is_file());
+    let trained = tch::Tensor::read_safetensors(saved.join("adapter_model.safetensors")).unwrap();
+    let original =
+        tch::Tensor::read_safetensors(s.adapter().join("adapter_model.safetensors")).unwrap();
+    let mut keys: Vec<&String> = trained.iter().map(|(k, _)| k).collect();
+    let mut want: Vec<&String> = original.iter().map(|(k, _)| k).collect();
+    keys.sort();
+    want.sort();
+    assert_eq!(keys, want, "saved keys differ from peft's");
+    let moved = trained.iter().any(|(k, t)| {
+        let (_, o) = original.iter().find(|(n, _)| n == k).unwrap();
+        (t - o).abs().max().double_value(&[]) > 0.0
+    });
+    assert!(moved, "training left every LoRA weight unchanged");
+
+    let saved_dir = saved.display().to_string();
     let out = s.run(&[
-        "train",
-        "run",
+        "build",
+        "index",
         "--model",
-        &adapter,
+        &saved_dir,
         "--dataset",
         "data.jsonl",
+        "--projection_dim",
+        "8",
+        "--token_batch_size",
+        "64",
     ]);
-    assert_one_line_error(&out, &["PEFT adapter", "base model"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = train(&["--overwrite", "--peft_init_kwargs", "r=2"]);
+    assert_one_line_error(&out, &["--peft_init_kwargs"]);
 }
 
 fn gradients(run: &Path) -> Vec<u8> {

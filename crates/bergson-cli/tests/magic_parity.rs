@@ -29,7 +29,9 @@ fn flags(case: &Value) -> Vec<String> {
     ];
     for (k, v) in case["flags"].as_object().expect("flags") {
         let v = match (k.as_str(), v) {
-            ("model", Value::String(m)) => fixtures().join("models").join(m).display().to_string(),
+            ("model" | "tokenizer", Value::String(m)) => {
+                fixtures().join("models").join(m).display().to_string()
+            }
             ("contrast", Value::String(c)) => {
                 out.push("--contrast.dataset".into());
                 out.push(dir.join(c).display().to_string());
@@ -169,4 +171,11 @@ fn muon_without_weight_decay() {
 #[test]
 fn muon_with_weight_decay_on_gpt_neox() {
     check_case("muon_decay_neox");
+}
+
+/// A PEFT LoRA adapter as `--model`: only its lora_A / lora_B weights train and carry
+/// metagradients; the logits are scaled by `--logit_scale 2` in training and in the query.
+#[test]
+fn lora_adapter_with_scaled_logits() {
+    check_case("lora_logit_scale");
 }

@@ -118,7 +118,7 @@ pub fn load_model(
     let kwargs = ModelKwargs::parse(&icfg.model_kwargs)?;
     let mut spec = ModelSpec::from_dir(model_dir, precision, device)?.with_model_kwargs(&kwargs);
     if !icfg.peft_init_kwargs.is_empty() {
-        spec = spec.with_fresh_adapter(&icfg.peft_init_kwargs)?;
+        spec = spec.with_fresh_adapter(&icfg.peft_init_kwargs, icfg.debug)?;
     }
     let mut model = spec.load(model_dir)?;
     // `--force_math_sdp` forces torch's math SDPA backend; `attn_implementation=eager` is the

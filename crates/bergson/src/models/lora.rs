@@ -15,6 +15,7 @@ use crate::{Error, Result};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 /// The adapter's settings file.
@@ -25,6 +26,33 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 const ADAPTER_NAME: &str = "default";
 /// Prefix of every key in the adapter's weights (`PeftModel.base_model.model.`).
 const KEY_PREFIX: &str = "base_model.model.";
+
+/// The seed Bergson's `setup_reproducibility` gives torch under `--debug`.
+const PYTHON_DEBUG_SEED: i64 = 42;
+
+/// peft's draws for one module from torch's global generator, as `LoraLayer.update_layer`
+/// makes them: `nn.Linear(in, r)` and `nn.Linear(r, out)` each initialise their weight
+/// (`kaiming_uniform_(a=√5)`), then `reset_lora_parameters` draws `lora_A` again (the kept
+/// one; `N(0, 1/r)` for gaussian) and zeroes `lora_B`. Float32, on the CPU.
+fn python_lora_a(r: i64, in_features: i64, out_features: i64, gaussian: bool) -> Result<Tensor> {
+    let opts = (Kind::Float, Device::Cpu);
+    // torch.nn.init.kaiming_uniform_ with a=√5, computed in double as Python does.
+    let kaiming = |mut t: Tensor, fan_in: i64| -> Result<Tensor> {
+        let a = 5f64.sqrt();
+        let gain = (2.0 / (1.0 + a.powi(2))).sqrt();
+        let bound = 3f64.sqrt() * (gain / (fan_in as f64).sqrt());
+        Ok(t.f_uniform_(-bound, bound)?)
+    };
+    // The constructors' draws only advance the generator.
+    let _ = kaiming(Tensor::f_empty([r, in_features], opts)?, in_features)?;
+    let _ = kaiming(Tensor::f_empty([out_features, r], opts)?, r)?;
+    let mut a = Tensor::f_empty([r, in_features], opts)?;
+    Ok(if gaussian {
+        a.f_normal_(0.0, 1.0 / r as f64)?
+    } else {
+        kaiming(a, in_features)?
+    })
+}
 
 /// The name peft's `PeftModel.named_parameters()` gives the weight of a LoRA half
 /// (`model.<module>.lora_A.default`, as [`LoraAdapter`] names its Linears):
@@ -72,10 +100,14 @@ enum AdapterWeights {
     Fresh {
         targets: TargetModules,
         gaussian: bool,
+        /// Replaying Python Bergson's `--debug` draws: each module's `lora_A` as drawn, in
+        /// the order the modules were built (the draws are sequential, so made once).
+        replay: Option<Mutex<Vec<(String, Tensor)>>>,
     },
     /// Tensors a trainer owns, by peft parameter name
     /// (`base_model.model.<module>.lora_A.default.weight`): gradients reach them.
-    Explicit(HashMap<String, Tensor>),
+    /// (Behind a Mutex only to be `Sync`: they are read, never changed.)
+    Explicit(Mutex<HashMap<String, Tensor>>),
 }
 
 /// peft's `target_modules`: a list of names (a module matches one as its whole name or its
@@ -312,7 +344,11 @@ impl Adapter {
             rslora,
             rank_pattern: Vec::new(),
             alpha_pattern: Vec::new(),
-            weights: AdapterWeights::Fresh { targets, gaussian },
+            weights: AdapterWeights::Fresh {
+                targets,
+                gaussian,
+                replay: None,
+            },
             seed,
         })
     }
@@ -346,6 +382,8 @@ impl Adapter {
                 .map(str::to_string)
                 .collect(),
             AdapterWeights::Explicit(tensors) => tensors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
                 .keys()
                 .filter_map(|n| {
                     n.strip_prefix(KEY_PREFIX)?
@@ -406,6 +444,7 @@ impl Adapter {
                 }
             }
             AdapterWeights::Explicit(tensors) => {
+                let tensors = tensors.lock().unwrap_or_else(|e| e.into_inner());
                 let key =
                     |half: &str| format!("{KEY_PREFIX}{module}.lora_{half}.{ADAPTER_NAME}.weight");
                 match (tensors.get(&key("A")), tensors.get(&key("B"))) {
@@ -413,15 +452,34 @@ impl Adapter {
                     _ => return Ok(None),
                 }
             }
-            AdapterWeights::Fresh { targets, gaussian } => {
+            AdapterWeights::Fresh {
+                targets,
+                gaussian,
+                replay,
+            } => {
                 if !targets.matches(module) {
                     return Ok(None);
                 }
                 let r = self.rank(module);
+                let a = match replay {
+                    Some(drawn) => {
+                        let mut drawn = drawn.lock().unwrap_or_else(|e| e.into_inner());
+                        match drawn.iter().find(|(m, _)| m == module) {
+                            Some((_, a)) => a.shallow_clone(),
+                            None => {
+                                if drawn.is_empty() {
+                                    tch::manual_seed(PYTHON_DEBUG_SEED);
+                                }
+                                let a = python_lora_a(r, in_features, out_features, *gaussian)?;
+                                drawn.push((module.to_string(), a.shallow_clone()));
+                                a
+                            }
+                        }
+                    }
+                    None => self.fresh_lora_a(module, r, in_features, *gaussian)?,
+                };
                 (
-                    self.fresh_lora_a(module, r, in_features, *gaussian)?
-                        .f_to_kind(kind)?
-                        .f_to_device(device)?,
+                    a.f_to_kind(kind)?.f_to_device(device)?,
                     Tensor::f_zeros([out_features, r], (kind, device))?,
                 )
             }
@@ -492,6 +550,16 @@ impl Adapter {
         })
     }
 
+    /// This fresh adapter drawing `lora_A` as Python Bergson 2.5.1 does under `--debug`
+    /// (torch seeded with 42 before the model loads, then peft's draws module by module), so
+    /// the same flags give Python's adapter exactly. Saved adapters are unchanged.
+    pub fn replaying_python_debug(mut self) -> Self {
+        if let AdapterWeights::Fresh { replay, .. } = &mut self.weights {
+            *replay = Some(Mutex::new(Vec::new()));
+        }
+        self
+    }
+
     /// This adapter's settings over `tensors` (peft parameter names, as
     /// [`peft_parameter_name`] gives them) instead of its own weights: a trainer's adapter,
     /// whose gradients reach those tensors.
@@ -507,7 +575,7 @@ impl Adapter {
             rank_pattern: self.rank_pattern.clone(),
             seed: self.seed,
             alpha_pattern: self.alpha_pattern.clone(),
-            weights: AdapterWeights::Explicit(tensors),
+            weights: AdapterWeights::Explicit(Mutex::new(tensors)),
         }
     }
 

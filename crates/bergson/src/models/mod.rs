@@ -449,15 +449,20 @@ impl ModelSpec {
     }
 
     /// This model with a fresh LoRA adapter from `--peft_init_kwargs` (see
-    /// [`lora::Adapter::fresh`]); refused over an adapter, as Bergson refuses it.
-    pub fn with_fresh_adapter(mut self, kwargs: &str) -> Result<Self> {
+    /// [`lora::Adapter::fresh`]); refused over an adapter, as Bergson refuses it. With
+    /// `python_debug` (`--debug`), `lora_A` is drawn exactly as Python Bergson draws it then
+    /// ([`lora::Adapter::replaying_python_debug`]).
+    pub fn with_fresh_adapter(mut self, kwargs: &str, python_debug: bool) -> Result<Self> {
         if let Some(adapter) = self.adapter() {
             return Err(Error::input(format!(
                 "--peft_init_kwargs is set but the model is already a PEFT adapter ({}); drop one of them",
                 adapter.origin()
             )));
         }
-        let adapter = lora::Adapter::fresh(kwargs, &self.cfg.model_type()?, 0)?;
+        let mut adapter = lora::Adapter::fresh(kwargs, &self.cfg.model_type()?, 0)?;
+        if python_debug {
+            adapter = adapter.replaying_python_debug();
+        }
         self.adapter = Some((Arc::new(adapter), None));
         Ok(self)
     }

@@ -537,7 +537,7 @@ pub fn save_adapter(
         .collect();
     Tensor::write_safetensors(&tensors, out.join(crate::models::lora::ADAPTER_WEIGHTS))?;
     let config = crate::models::lora::ADAPTER_CONFIG;
-    std::fs::copy(source.join(config), out.join(config)).at_path(&out.join(config))?;
+    std::fs::copy(source.join(config), out.join(config)).at_path(out.join(config))?;
     copy_tokenizer_files(tokenizer.unwrap_or(source), out)
 }
 
