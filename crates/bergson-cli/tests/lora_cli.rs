@@ -149,7 +149,7 @@ fn training_an_adapter_saves_a_peft_adapter() {
         args.extend_from_slice(extra);
         s.run(&args)
     };
-    let out = train(&["--save_models"]);
+    let out = train(&["--save_models", "--save_optimizer_state", "last"]);
     assert!(
         out.status.success(),
         "{}",
@@ -172,6 +172,7 @@ fn training_an_adapter_saves_a_peft_adapter() {
     });
     assert!(moved, "training left every LoRA weight unchanged");
 
+    // The trained adapter indexes as --model.
     let saved_dir = saved.display().to_string();
     let out = s.run(&[
         "build",
@@ -184,12 +185,20 @@ fn training_an_adapter_saves_a_peft_adapter() {
         "8",
         "--token_batch_size",
         "64",
+        "--optimizer_state",
+        "run/optimizer.pt",
     ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Normalised by the optimizer state the training saved (whose param_name entries carry
+    // peft's adapter name): one normalizer per LoRA weight.
+    let normalizers =
+        bergson::collect::optimizer_state::read_normalizers(&s.path("index/normalizers.pth"))
+            .unwrap();
+    assert_eq!(normalizers.len(), trained.len());
 
     let out = train(&["--overwrite", "--peft_init_kwargs", "r=2"]);
     assert_one_line_error(&out, &["--peft_init_kwargs"]);

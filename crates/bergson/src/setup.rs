@@ -89,8 +89,7 @@ pub fn load_tokenizer(icfg: &IndexConfig) -> Result<(Tokenizer, PathBuf, Option<
     Ok((tokenizer, model_dir, max_positions))
 }
 
-/// `--loss_fn kl` needs a PEFT adapter (it compares the adapted model with its base), and the
-/// optimizer normalizers of an adapter's modules are not read yet.
+/// `--loss_fn kl` needs a PEFT adapter (it compares the adapted model with its base).
 fn check_adapter_use(icfg: &IndexConfig, model_dir: &Path) -> Result<()> {
     let adapter = crate::models::lora::is_adapter_dir(model_dir);
     if icfg.loss_fn == crate::config::LossFn::Kl && !adapter {
@@ -98,11 +97,6 @@ fn check_adapter_use(icfg: &IndexConfig, model_dir: &Path) -> Result<()> {
             "--loss_fn kl compares a PEFT adapter with its base model, but --model {} is not an adapter directory (adapter_config.json); pass an adapter or use --loss_fn ce",
             icfg.model
         )));
-    }
-    if adapter && !icfg.optimizer_state.is_empty() {
-        return Err(Error::input(
-            "--optimizer_state with a PEFT adapter is not supported by bergson-rs yet; drop --optimizer_state or index without the adapter",
-        ));
     }
     Ok(())
 }

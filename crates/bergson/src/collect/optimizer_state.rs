@@ -74,13 +74,33 @@ pub fn load_normalizers(
     })
 }
 
-/// Parameters in `model.named_parameters()` order with their shapes.
+/// The parameters an optimizer state covers, in `named_parameters()` order with their shapes:
+/// every parameter, or for a PEFT model the adapter's LoRA weights under the keys peft saves
+/// them with (`get_peft_model_state_dict`, as Bergson indexes a PEFT model's state).
 fn parameter_shapes(model: &dyn CausalLm) -> Vec<(String, Vec<i64>)> {
+    let adapter = model.adapter_parameters();
+    if !adapter.is_empty() {
+        return adapter
+            .into_iter()
+            .map(|(n, t)| (crate::models::lora::saved_key(&n), t.size()))
+            .collect();
+    }
     model
         .named_parameters()
         .into_iter()
         .map(|(n, t)| (n, t.size()))
         .collect()
+}
+
+/// The collector's module of a PEFT parameter (`base_model.model.<module>.lora_A[.default].weight`
+/// → `model.<module>.lora_A.default`). Bergson appends the adapter name to the saved key's
+/// layer, so a `param_name` that already carries it (as Bergson's own trainer writes them)
+/// finds no module there and the build fails; we accept both spellings.
+fn adapter_module(param: &str) -> Option<String> {
+    let layer = param.strip_suffix(".weight")?;
+    let layer = layer.strip_prefix("base_model.").unwrap_or(layer);
+    let layer = layer.strip_suffix(".default").unwrap_or(layer);
+    Some(format!("{layer}.default"))
 }
 
 /// Whether a parameter belongs to an `nn.LayerNorm` (excluded from weight decay by HF's Trainer;
@@ -240,7 +260,9 @@ pub fn normalizers_from_state(
             })
     };
     let prefix = format!("{}.", model.base_model_prefix());
-    let transposed = model.model_type() == "gpt2";
+    let is_adapter = !model.adapter_parameters().is_empty();
+    // LoRA halves are nn.Linear even over GPT-2's Conv1D layers.
+    let transposed = model.model_type() == "gpt2" && !is_adapter;
     let linears = model.linear_modules();
     let device = model.device();
     let bias_moment = |layer: &str| -> Option<Tensor> {
@@ -265,10 +287,21 @@ pub fn normalizers_from_state(
         let Some(layer) = param.strip_suffix(".weight") else {
             continue;
         };
-        let module = layer.strip_prefix("base_model.").unwrap_or(layer);
-        let module = module.strip_prefix(&prefix).unwrap_or(module).to_string();
+        let module = if is_adapter {
+            match adapter_module(&param) {
+                Some(m) => m,
+                None => continue,
+            }
+        } else {
+            let module = layer.strip_prefix("base_model.").unwrap_or(layer);
+            module.strip_prefix(&prefix).unwrap_or(module).to_string()
+        };
         // The collector's [out, in] orientation; HF Conv1D stores [in, out].
         let linear = linears.iter().find(|l| l.name == module);
+        if is_adapter && linear.is_none() {
+            // Bergson keeps only the adapter's target modules.
+            continue;
+        }
         let is_conv1d = transposed && linear.is_some();
         if let Some(sq) = unfactored(entry) {
             if sq.dim() != 2 {
