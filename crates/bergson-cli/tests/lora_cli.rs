@@ -200,8 +200,71 @@ fn training_an_adapter_saves_a_peft_adapter() {
             .unwrap();
     assert_eq!(normalizers.len(), trained.len());
 
+    // Over an adapter a fresh one is refused, as Bergson asserts.
     let out = train(&["--overwrite", "--peft_init_kwargs", "r=2"]);
-    assert_one_line_error(&out, &["--peft_init_kwargs"]);
+    assert_one_line_error(&out, &["--peft_init_kwargs", "already a PEFT adapter"]);
+}
+
+/// `train --peft_init_kwargs` trains a fresh adapter over the base model and saves it with its
+/// settings, and the saved adapter indexes as `--model`.
+#[test]
+fn training_a_fresh_adapter_saves_its_config() {
+    let s = Scratch::new();
+    let base = fixtures().join("models/llama").display().to_string();
+    let out = s.run(&[
+        "train",
+        "run",
+        "--model",
+        &base,
+        "--dataset",
+        "data.jsonl",
+        "--batch_size",
+        "2",
+        "--lr",
+        "0.05",
+        "--peft_init_kwargs",
+        "r=2,lora_alpha=4,target_modules=q_proj|o_proj",
+        "--save_models",
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = s.path("run/model");
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["r"], 2);
+    assert_eq!(cfg["lora_alpha"], 4.0);
+    assert_eq!(cfg["base_model_name_or_path"], Value::String(base.clone()));
+    let targets = cfg["target_modules"].as_array().unwrap();
+    assert_eq!(targets.len(), 4, "{targets:?}"); // q_proj and o_proj in 2 layers
+    let weights = tch::Tensor::read_safetensors(saved.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(weights.len(), 8);
+    // Training moved lora_B off its zero start.
+    assert!(weights
+        .iter()
+        .any(|(k, t)| k.contains("lora_B") && t.abs().max().double_value(&[]) > 0.0));
+    let saved_dir = saved.display().to_string();
+    let out = s.run(&[
+        "build",
+        "index",
+        "--model",
+        &saved_dir,
+        "--dataset",
+        "data.jsonl",
+        "--projection_dim",
+        "8",
+        "--token_batch_size",
+        "64",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn gradients(run: &Path) -> Vec<u8> {

@@ -198,3 +198,47 @@ fn bad_input_is_one_line_and_exit_2() {
     let out = train(dir.path(), &[]);
     assert_input_error(&out, "already exists");
 }
+
+/// `--moe_experts` runs the fused experts one projection at a time: the same parameters and
+/// function, so training ends at the same weights (Python Bergson 2.5.1 cannot train an MoE
+/// model at all: its patched loss function breaks the MoE forward). A pattern matching no
+/// experts is refused before training.
+#[test]
+fn moe_experts_train_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("models/qwen3_moe").display().to_string();
+    let tok_run = |name: &str, extra: &[&str]| {
+        let mut args = vec!["--model", model.as_str(), "--save_models", "--lr", "1e-2"];
+        args.extend_from_slice(extra);
+        let out = train(dir.path(), &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::rename(dir.path().join("run"), dir.path().join(name)).unwrap();
+        model_weights(&dir.path().join(name))
+    };
+    let fused = tok_run("fused", &[]);
+    let expanded = tok_run("expanded", &["--moe_experts", "model.layers.*.mlp.experts"]);
+    assert_eq!(fused.len(), expanded.len());
+    let mut moved = 0.0f64;
+    for ((n, a), (m, b)) in fused.iter().zip(&expanded) {
+        assert_eq!(n, m);
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{n} differs by {diff:e}");
+        moved = moved.max(a.abs().max().double_value(&[]));
+    }
+    assert!(moved > 0.0);
+    let dense = fixtures().join("models/gpt_neox").display().to_string();
+    let out = train(
+        dir.path(),
+        &[
+            "--model",
+            &dense,
+            "--moe_experts",
+            "model.layers.*.mlp.experts",
+        ],
+    );
+    assert_input_error(&out, "--moe_experts");
+}

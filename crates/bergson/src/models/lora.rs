@@ -61,6 +61,15 @@ pub fn peft_parameter_name(half_module: &str) -> String {
     format!("base_model.{half_module}.weight")
 }
 
+/// The adapted module (`model.layers.0.self_attn.q_proj`) of a `lora_A` weight as
+/// [`peft_parameter_name`] names it; None for `lora_B` and anything else.
+pub fn adapted_module(peft_name: &str) -> Option<String> {
+    peft_name
+        .strip_prefix(KEY_PREFIX)?
+        .strip_suffix(&format!(".lora_A.{ADAPTER_NAME}.weight"))
+        .map(str::to_string)
+}
+
 /// True when `name` is a LoRA weight as [`peft_parameter_name`] writes it.
 pub fn is_peft_parameter(name: &str) -> bool {
     name.starts_with(KEY_PREFIX)
@@ -547,6 +556,41 @@ impl Adapter {
         } else {
             let bound = 1.0 / (in_features as f64).sqrt();
             Tensor::f_rand([r, in_features], opts)? * (2.0 * bound) - bound
+        })
+    }
+
+    /// peft's `adapter_config.json` for this adapter over `base_model`, adapting `modules`
+    /// (full names, which peft's suffix matching finds exactly).
+    pub fn peft_config(&self, base_model: &str, modules: &[String]) -> Value {
+        let gaussian = matches!(self.weights, AdapterWeights::Fresh { gaussian: true, .. });
+        let pattern = |p: &[(String, regex::Regex, f64)]| -> serde_json::Map<String, Value> {
+            p.iter()
+                .map(|(k, _, v)| (k.clone(), Value::from(*v)))
+                .collect()
+        };
+        let ranks: serde_json::Map<String, Value> = self
+            .rank_pattern
+            .iter()
+            .map(|(k, _, v)| (k.clone(), Value::from(*v)))
+            .collect();
+        serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "revision": self.base_revision,
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "use_rslora": self.rslora,
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "use_dora": false,
+            "init_lora_weights": if gaussian { Value::from("gaussian") } else { Value::from(true) },
+            "target_modules": modules,
+            "rank_pattern": ranks,
+            "alpha_pattern": pattern(&self.alpha_pattern),
+            "modules_to_save": null,
+            "inference_mode": true,
         })
     }
 

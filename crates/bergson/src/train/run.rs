@@ -95,12 +95,6 @@ pub fn check_training_config(c: &TrainingConfig) -> Result<()> {
     if c.fsdp {
         return unsupported("--fsdp", "run without it");
     }
-    if !c.peft_init_kwargs.is_empty() {
-        return unsupported("--peft_init_kwargs", "train the full model");
-    }
-    if !c.moe_experts.is_empty() {
-        return unsupported("--moe_experts", "drop it");
-    }
     training_model_kwargs(&c.model_kwargs)?;
     if !c.logit_scale.is_finite() {
         return Err(Error::input(format!(
@@ -294,9 +288,17 @@ pub fn prepare_training(
     )?;
     let num_steps = stream.len();
     let precision = crate::setup::resolve_precision(c.precision, &model_dir)?;
-    let spec = ModelSpec::from_dir(&model_dir, precision, device)?
+    let mut spec = ModelSpec::from_dir(&model_dir, precision, device)?
         .with_model_kwargs(&training_model_kwargs(&c.model_kwargs)?);
-    let model = spec.load(&model_dir)?;
+    if !c.peft_init_kwargs.is_empty() {
+        // Bergson's trainer draws a fresh adapter unseeded; ours is seeded per module.
+        spec = spec.with_fresh_adapter(&c.peft_init_kwargs, false)?;
+    }
+    let mut model = spec.load(&model_dir)?;
+    if !c.moe_experts.is_empty() {
+        // Refuses a pattern matching no fused experts here, before training starts.
+        model.expand_moe(&c.moe_experts)?;
+    }
     let schedule = LrSchedule::new(&c.lr_schedule, num_steps);
     let optimizer = Optimizer {
         kind: c.optimizer,
@@ -314,6 +316,7 @@ pub fn prepare_training(
         logit_scale: c.logit_scale,
     };
     let (trainer, initial) = Trainer::new(spec, model.as_ref(), optimizer, settings)?;
+    let trainer = trainer.with_moe_experts(&c.moe_experts);
     drop(model);
     let names = trainer.names().to_vec();
     let checkpoints = run.join("checkpoints");
@@ -438,9 +441,15 @@ impl TrainingRun {
         }
         if c.save_models {
             let out = self.run.join("model");
-            if crate::models::lora::is_adapter_dir(&self.model_dir) {
+            if let Some(adapter) = self.trainer.adapter() {
                 let tokenizer = Some(Path::new(&c.tokenizer)).filter(|t| t.is_dir());
-                save_adapter(&self.model_dir, tokenizer, &out, names, &state.params)?;
+                let source = AdapterSource {
+                    adapter,
+                    dir: &self.model_dir,
+                    base_model: &c.model,
+                    tokenizer,
+                };
+                save_adapter(&source, &out, names, &state.params)?;
             } else {
                 save_hf_model(&self.model_dir, &out, names, &state.params)?;
             }
@@ -513,13 +522,24 @@ fn chunk_doc_ids(table: &arrow::record_batch::RecordBatch) -> Result<Option<Vec<
     Ok(Some(out))
 }
 
-/// Writes a trained PEFT adapter as peft's `save_pretrained` does: the source adapter's
-/// `adapter_config.json` and `adapter_model.safetensors` with the LoRA weights under their
-/// saved keys (the adapter name dropped), plus the tokenizer files of `tokenizer` (or of the
-/// adapter directory), as Bergson saves its tokenizer next to the model.
+/// Where a trained adapter came from, for [`save_adapter`].
+pub struct AdapterSource<'a> {
+    /// The adapter's settings.
+    pub adapter: &'a crate::models::lora::Adapter,
+    /// `--model`: the adapter's directory, or the base model's for a fresh adapter.
+    pub dir: &'a Path,
+    /// `--model` as given (a fresh adapter's `base_model_name_or_path`).
+    pub base_model: &'a str,
+    /// `--tokenizer`, when it is a directory.
+    pub tokenizer: Option<&'a Path>,
+}
+
+/// Writes a trained PEFT adapter as peft's `save_pretrained` does: `adapter_config.json`
+/// (the source adapter's, or a fresh adapter's settings) and `adapter_model.safetensors` with
+/// the LoRA weights under their saved keys (the adapter name dropped), plus the tokenizer
+/// files of `--tokenizer` (or of `--model`), as Bergson saves its tokenizer next to the model.
 pub fn save_adapter(
-    source: &Path,
-    tokenizer: Option<&Path>,
+    source: &AdapterSource<'_>,
     out: &Path,
     names: &[String],
     params: &[Tensor],
@@ -536,9 +556,21 @@ pub fn save_adapter(
         })
         .collect();
     Tensor::write_safetensors(&tensors, out.join(crate::models::lora::ADAPTER_WEIGHTS))?;
-    let config = crate::models::lora::ADAPTER_CONFIG;
-    std::fs::copy(source.join(config), out.join(config)).at_path(out.join(config))?;
-    copy_tokenizer_files(tokenizer.unwrap_or(source), out)
+    let config = out.join(crate::models::lora::ADAPTER_CONFIG);
+    if crate::models::lora::is_adapter_dir(source.dir) {
+        let from = source.dir.join(crate::models::lora::ADAPTER_CONFIG);
+        std::fs::copy(&from, &config).at_path(&config)?;
+    } else {
+        let modules: Vec<String> = names
+            .iter()
+            .filter_map(|n| crate::models::lora::adapted_module(n))
+            .collect();
+        let json = source.adapter.peft_config(source.base_model, &modules);
+        let text = serde_json::to_string_pretty(&json)
+            .map_err(|e| Error::internal(format!("cannot write adapter_config.json: {e}")))?;
+        std::fs::write(&config, text).at_path(&config)?;
+    }
+    copy_tokenizer_files(source.tokenizer.unwrap_or(source.dir), out)
 }
 
 /// Copies the tokenizer files `dir` has into `out`.

@@ -61,6 +61,8 @@ pub struct Trainer {
     /// Parameters that do not train: a PEFT model's base weights (Bergson trains only the
     /// adapter's LoRA weights), none otherwise.
     frozen: Vec<(String, Tensor)>,
+    /// `--moe_experts`: the fused experts each built model runs one projection at a time.
+    moe_experts: Option<String>,
     names: Vec<String>,
     optimizer: Optimizer,
     settings: StepSettings,
@@ -120,6 +122,7 @@ impl Trainer {
             Self {
                 spec,
                 frozen,
+                moe_experts: None,
                 names,
                 optimizer,
                 settings,
@@ -132,6 +135,19 @@ impl Trainer {
     /// peft's names of the LoRA weights for an adapter).
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// Runs the MoE experts matching `patterns` (`--moe_experts`) as one module per expert
+    /// projection in every model this trainer builds, as Bergson's `expand_moe` does (the
+    /// same parameters and function; the collector sees the expert modules).
+    pub fn with_moe_experts(mut self, patterns: &str) -> Self {
+        self.moe_experts = Some(patterns.to_string()).filter(|p| !p.is_empty());
+        self
+    }
+
+    /// The PEFT adapter whose LoRA weights train, if any.
+    pub fn adapter(&self) -> Option<&crate::models::lora::Adapter> {
+        self.spec.adapter()
     }
 
     /// The reduction of the token losses.
@@ -161,6 +177,9 @@ impl Trainer {
             .spec
             .build(frozen.chain(self.names.iter().zip(params)))?;
         model.set_math_attention(true);
+        if let Some(patterns) = &self.moe_experts {
+            model.expand_moe(patterns)?;
+        }
         Ok(model)
     }
 
