@@ -299,6 +299,7 @@ fn run_file(path: &str, runtime: &RuntimeArgs) -> anyhow::Result<()> {
             Step::Lissa(cfg) => lissa::run(*cfg, runtime)?,
             Step::ApproxUnrolling(cfg) => approx_unrolling::run(*cfg, runtime)?,
             Step::Train(cfg) => train::run(*cfg, runtime)?,
+            Step::Magic(cfg) => magic::run(&cfg, runtime)?,
         }
     }
     Ok(())

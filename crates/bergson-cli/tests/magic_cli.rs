@@ -152,3 +152,36 @@ fn settings_magic_cannot_run_are_refused() {
         assert_one_line_error(&out, &[key]);
     }
 }
+
+/// A magic run's `config.yaml` is a run file: `bergson <config.yaml>` replays it (here into a
+/// new run path) to the same scores.
+#[test]
+fn config_yaml_replays_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = magic(&run, &["--save_mode", "sqrt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+    let replay = tmp.path().join("replay");
+    let needle = format!("run_path: {}", run.display());
+    assert!(config.contains(&needle), "{config}");
+    let edited = config.replace(&needle, &format!("run_path: {}", replay.display()));
+    let file = tmp.path().join("replay.yaml");
+    std::fs::write(&file, edited).unwrap();
+    let out = bergson()
+        .arg(&file)
+        .args(["--num_threads", "1", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scores = |dir: &Path| std::fs::read(dir.join("scores/scores.bin")).unwrap();
+    assert_eq!(scores(&run), scores(&replay));
+}

@@ -7,7 +7,7 @@
 //! keep their bare names (`--aggregation`, `--path`).
 
 use clap::Args;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::flags::{clap_default, parse_bool};
 use super::query_set::QuerySetConfig;
@@ -16,7 +16,7 @@ use super::train::TrainingConfig;
 macro_rules! magic_choice {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? } default $default:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
         pub enum $name {
             $(
                 $(#[$vdoc])*
@@ -55,7 +55,7 @@ magic_choice! {
 /// them in this command (`--query.<field>` and `--contrast.<field>` for the datasets, but
 /// bare `--aggregation` (alias `--query.aggregation`) and `--path`, since nothing else in
 /// `MagicConfig` has those names).
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct MagicQuerySet(pub QuerySetConfig);
 
@@ -91,8 +91,10 @@ impl clap::FromArgMatches for MagicQuerySet {
 }
 
 /// `bergson magic` (Bergson's `MagicConfig`): training settings, the query set, and the
-/// backward's settings, in Python's field order.
-#[derive(Debug, Clone, PartialEq, Serialize, Args)]
+/// backward's settings, in Python's field order. As a run-file step it is Bergson's flat
+/// mapping: the training fields beside MAGIC's own (unknown keys are errors).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Args)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 #[command(rename_all = "snake_case")]
 pub struct MagicConfig {
     /// The training run (Bergson's `TrainingConfig`).
@@ -135,6 +137,46 @@ pub struct MagicConfig {
 impl Default for MagicConfig {
     fn default() -> Self {
         clap_default()
+    }
+}
+
+/// MAGIC's own keys are taken out, the rest is a strict `TrainingConfig` (serde's `flatten`
+/// would ignore unknown keys).
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for MagicConfig {
+    type Error = String;
+
+    fn try_from(mut map: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        fn take<T: serde::de::DeserializeOwned>(
+            map: &mut serde_json::Map<String, serde_json::Value>,
+            key: &str,
+            into: &mut T,
+        ) -> Result<(), String> {
+            if let Some(v) = map.remove(key) {
+                *into = serde_json::from_value(v).map_err(|e| format!("{key}: {e}"))?;
+            }
+            Ok(())
+        }
+        let mut c = MagicConfig::default();
+        take(&mut map, "ckpt_avg_k", &mut c.ckpt_avg_k)?;
+        take(&mut map, "query", &mut c.query)?;
+        take(&mut map, "subset_weight", &mut c.subset_weight)?;
+        take(&mut map, "exclude_zero_scores", &mut c.exclude_zero_scores)?;
+        // Bergson writes the validation method as its config block (`{kind: lds, count: ...}`);
+        // magic runs no validation, so only its kind is read.
+        if let Some(serde_json::Value::Object(mut block)) = map.remove("method") {
+            if let Some(kind) = block.remove("kind") {
+                map.insert("method".into(), kind);
+            }
+        }
+        take(&mut map, "method", &mut c.method)?;
+        take(&mut map, "backward_save_every", &mut c.backward_save_every)?;
+        take(&mut map, "cleanup_ckpts", &mut c.cleanup_ckpts)?;
+        take(&mut map, "attribute_tokens", &mut c.attribute_tokens)?;
+        take(&mut map, "skip_validation", &mut c.skip_validation)?;
+        take(&mut map, "per_token", &mut c.per_token)?;
+        c.train =
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| e.to_string())?;
+        Ok(c)
     }
 }
 

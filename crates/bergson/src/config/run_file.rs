@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     ApproxUnrollingRunConfig, BuildConfig, EkfacRunConfig, HessianRunConfig, LissaRunConfig,
-    ScoreRunConfig, TrackstarRunConfig, TrainingConfig, TrakRunConfig,
+    MagicConfig, ScoreRunConfig, TrackstarRunConfig, TrainingConfig, TrakRunConfig,
 };
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -43,6 +43,8 @@ pub enum Step {
     ApproxUnrolling(Box<ApproxUnrollingRunConfig>),
     /// `train: {...}`: a training run.
     Train(Box<TrainingConfig>),
+    /// `magic: {...}`: MAGIC (training, the query, the backward).
+    Magic(Box<MagicConfig>),
 }
 
 impl Step {
@@ -59,6 +61,7 @@ impl Step {
             Step::Lissa(_) => "lissa",
             Step::ApproxUnrolling(_) => "approxunrolling",
             Step::Train(_) => "train",
+            Step::Magic(_) => "magic",
         }
     }
 
@@ -74,6 +77,7 @@ impl Step {
             Step::Lissa(c) => &c.index_cfg.run_path,
             Step::ApproxUnrolling(c) => &c.index_cfg.run_path,
             Step::Train(c) => &c.run_path,
+            Step::Magic(c) => &c.train.run_path,
         }
     }
 
@@ -91,6 +95,7 @@ impl Step {
             Step::Lissa(c) => c.index_cfg.overwrite = false,
             Step::ApproxUnrolling(c) => c.index_cfg.overwrite = false,
             Step::Train(c) => c.overwrite = false,
+            Step::Magic(c) => c.train.overwrite = false,
         }
         s
     }
@@ -163,7 +168,7 @@ pub fn parse_run_file(text: &str) -> Result<RunFile> {
 
 /// The commands a run file may hold.
 const RUN_FILE_COMMANDS: &str =
-    "build, reduce, score, hessian, trackstar, trak, ekfac, lissa, approxunrolling, train";
+    "build, reduce, score, hessian, trackstar, trak, ekfac, lissa, approxunrolling, train, magic";
 
 fn parse_step(name: &str, body: Value) -> Result<Step> {
     fn parse<T: DeserializeOwned>(name: &str, body: Value) -> Result<Box<T>> {
@@ -182,7 +187,8 @@ fn parse_step(name: &str, body: Value) -> Result<Step> {
         "lissa" => Ok(Step::Lissa(parse(name, body)?)),
         "approxunrolling" => Ok(Step::ApproxUnrolling(parse(name, body)?)),
         "train" => Ok(Step::Train(parse(name, body)?)),
-        "magic" | "metasmoothness" | "mix" | "recall" | "test_model_configuration" | "validate" => Err(Error::input(format!(
+        "magic" => Ok(Step::Magic(parse(name, body)?)),
+        "metasmoothness" | "mix" | "recall" | "test_model_configuration" | "validate" => Err(Error::input(format!(
             "step `{name}` runs from the command line only in bergson-rs; run `bergson {name} ...` with flags"
         ))),
         "query" => Err(Error::input(
@@ -370,6 +376,7 @@ enum StepDoc<'a> {
     Lissa(&'a LissaRunConfig),
     Approxunrolling(&'a ApproxUnrollingRunConfig),
     Train(&'a TrainingConfig),
+    Magic(&'a MagicConfig),
 }
 
 #[derive(Serialize)]
@@ -401,6 +408,7 @@ pub fn config_yaml(step: &Step, created: chrono::DateTime<chrono::Utc>) -> Resul
         Step::Lissa(c) => StepDoc::Lissa(c),
         Step::ApproxUnrolling(c) => StepDoc::Approxunrolling(c),
         Step::Train(c) => StepDoc::Train(c),
+        Step::Magic(c) => StepDoc::Magic(c),
     };
     let doc = Doc {
         steps: vec![step],
