@@ -300,6 +300,8 @@ fn run_file(path: &str, runtime: &RuntimeArgs) -> anyhow::Result<()> {
             Step::ApproxUnrolling(cfg) => approx_unrolling::run(*cfg, runtime)?,
             Step::Train(cfg) => train::run(*cfg, runtime)?,
             Step::Magic(cfg) => magic::run(&cfg, runtime)?,
+            Step::Metasmoothness(cfg) => metasmoothness::run(&cfg, runtime)?,
+            Step::Validate(cfg) => validate::run(&cfg, runtime)?,
         }
     }
     Ok(())

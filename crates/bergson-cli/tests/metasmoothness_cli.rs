@@ -77,6 +77,30 @@ fn check_case(name: &str) {
         yaml.contains("metasmoothness:") && yaml.contains("fd_step:"),
         "{yaml}"
     );
+    // The config.yaml is a run file: replayed into a new run path, the same result.
+    let replay = tmp.path().join("replay");
+    let needle = format!("run_path: {}", run.display());
+    assert!(yaml.contains(&needle), "{yaml}");
+    let file = tmp.path().join("replay.yaml");
+    std::fs::write(
+        &file,
+        yaml.replace(&needle, &format!("run_path: {}", replay.display())),
+    )
+    .unwrap();
+    let out = bergson()
+        .arg(&file)
+        .args(["--num_threads", "1", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: Value =
+        serde_json::from_slice(&std::fs::read(replay.join("metasmoothness.json")).unwrap())
+            .unwrap();
+    assert_eq!(again["score"], ours["score"], "{name}: replayed score");
 }
 
 /// `tch::Tensor::randn` after `manual_seed` is `torch.randn` with a freshly seeded
@@ -126,9 +150,13 @@ fn bad_input_is_one_line_and_exit_2() {
     std::fs::create_dir_all(&run).unwrap();
     let out = metasmoothness(&run, &with(&[]));
     assert_one_line_error(&out, &["already exists", "--overwrite"]);
-    // A run file step: the command line only, as `magic`.
+    // A run-file step with a key metasmoothness does not have.
     let file = tmp.path().join("ms.yaml");
-    std::fs::write(&file, "steps:\n  - metasmoothness:\n      fd_step: 0.2\n").unwrap();
+    std::fs::write(
+        &file,
+        "steps:\n  - metasmoothness:\n      run_path: r\n      fd_step: 0.2\n      bogus: 1\n",
+    )
+    .unwrap();
     let out = bergson().arg(&file).output().unwrap();
-    assert_one_line_error(&out, &["`metasmoothness`", "command line only"]);
+    assert_one_line_error(&out, &["`metasmoothness`", "bogus"]);
 }

@@ -146,16 +146,7 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for MagicConfig {
     type Error = String;
 
     fn try_from(mut map: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
-        fn take<T: serde::de::DeserializeOwned>(
-            map: &mut serde_json::Map<String, serde_json::Value>,
-            key: &str,
-            into: &mut T,
-        ) -> Result<(), String> {
-            if let Some(v) = map.remove(key) {
-                *into = serde_json::from_value(v).map_err(|e| format!("{key}: {e}"))?;
-            }
-            Ok(())
-        }
+        use super::flags::take_key as take;
         let mut c = MagicConfig::default();
         take(&mut map, "ckpt_avg_k", &mut c.ckpt_avg_k)?;
         take(&mut map, "query", &mut c.query)?;

@@ -3,14 +3,15 @@
 //! step and the seed of the perturbation direction.
 
 use clap::Args;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::flags::clap_default;
 use super::train::TrainingConfig;
 
 /// `bergson metasmoothness` (Bergson's `MetasmoothnessConfig`, a `TrainingConfig` with two more
 /// fields).
-#[derive(Debug, Clone, PartialEq, Serialize, Args)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Args)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 #[command(rename_all = "snake_case")]
 pub struct MetasmoothnessConfig {
     /// The training run (Bergson's `TrainingConfig`).
@@ -28,6 +29,20 @@ pub struct MetasmoothnessConfig {
 impl Default for MetasmoothnessConfig {
     fn default() -> Self {
         clap_default()
+    }
+}
+
+/// A run-file step: the two own keys taken out, the rest a strict `TrainingConfig`.
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for MetasmoothnessConfig {
+    type Error = String;
+
+    fn try_from(mut map: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        let mut c = MetasmoothnessConfig::default();
+        super::flags::take_key(&mut map, "fd_step", &mut c.fd_step)?;
+        super::flags::take_key(&mut map, "direction_seed", &mut c.direction_seed)?;
+        c.train =
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| e.to_string())?;
+        Ok(c)
     }
 }
 

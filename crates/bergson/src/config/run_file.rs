@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::{
     ApproxUnrollingRunConfig, BuildConfig, EkfacRunConfig, HessianRunConfig, LissaRunConfig,
-    MagicConfig, ScoreRunConfig, TrackstarRunConfig, TrainingConfig, TrakRunConfig,
+    MagicConfig, MetasmoothnessConfig, ScoreRunConfig, TrackstarRunConfig, TrainingConfig,
+    TrakRunConfig, ValidateConfig,
 };
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -45,6 +46,10 @@ pub enum Step {
     Train(Box<TrainingConfig>),
     /// `magic: {...}`: MAGIC (training, the query, the backward).
     Magic(Box<MagicConfig>),
+    /// `metasmoothness: {...}`: three trainings along a weight direction.
+    Metasmoothness(Box<MetasmoothnessConfig>),
+    /// `validate: {...}`: retraining on subsets to validate scores.
+    Validate(Box<ValidateConfig>),
 }
 
 impl Step {
@@ -62,6 +67,8 @@ impl Step {
             Step::ApproxUnrolling(_) => "approxunrolling",
             Step::Train(_) => "train",
             Step::Magic(_) => "magic",
+            Step::Metasmoothness(_) => "metasmoothness",
+            Step::Validate(_) => "validate",
         }
     }
 
@@ -78,6 +85,8 @@ impl Step {
             Step::ApproxUnrolling(c) => &c.index_cfg.run_path,
             Step::Train(c) => &c.run_path,
             Step::Magic(c) => &c.train.run_path,
+            Step::Metasmoothness(c) => &c.train.run_path,
+            Step::Validate(c) => &c.train.run_path,
         }
     }
 
@@ -96,6 +105,8 @@ impl Step {
             Step::ApproxUnrolling(c) => c.index_cfg.overwrite = false,
             Step::Train(c) => c.overwrite = false,
             Step::Magic(c) => c.train.overwrite = false,
+            Step::Metasmoothness(c) => c.train.overwrite = false,
+            Step::Validate(c) => c.train.overwrite = false,
         }
         s
     }
@@ -168,7 +179,7 @@ pub fn parse_run_file(text: &str) -> Result<RunFile> {
 
 /// The commands a run file may hold.
 const RUN_FILE_COMMANDS: &str =
-    "build, reduce, score, hessian, trackstar, trak, ekfac, lissa, approxunrolling, train, magic";
+    "build, reduce, score, hessian, trackstar, trak, ekfac, lissa, approxunrolling, train, magic, metasmoothness, validate";
 
 fn parse_step(name: &str, body: Value) -> Result<Step> {
     fn parse<T: DeserializeOwned>(name: &str, body: Value) -> Result<Box<T>> {
@@ -188,7 +199,9 @@ fn parse_step(name: &str, body: Value) -> Result<Step> {
         "approxunrolling" => Ok(Step::ApproxUnrolling(parse(name, body)?)),
         "train" => Ok(Step::Train(parse(name, body)?)),
         "magic" => Ok(Step::Magic(parse(name, body)?)),
-        "metasmoothness" | "mix" | "recall" | "test_model_configuration" | "validate" => Err(Error::input(format!(
+        "metasmoothness" => Ok(Step::Metasmoothness(parse(name, body)?)),
+        "validate" => Ok(Step::Validate(parse(name, body)?)),
+        "mix" | "recall" | "test_model_configuration" => Err(Error::input(format!(
             "step `{name}` runs from the command line only in bergson-rs; run `bergson {name} ...` with flags"
         ))),
         "query" => Err(Error::input(
@@ -377,6 +390,8 @@ enum StepDoc<'a> {
     Approxunrolling(&'a ApproxUnrollingRunConfig),
     Train(&'a TrainingConfig),
     Magic(&'a MagicConfig),
+    Metasmoothness(&'a MetasmoothnessConfig),
+    Validate(serde_json::Value),
 }
 
 #[derive(Serialize)]
@@ -409,6 +424,8 @@ pub fn config_yaml(step: &Step, created: chrono::DateTime<chrono::Utc>) -> Resul
         Step::ApproxUnrolling(c) => StepDoc::Approxunrolling(c),
         Step::Train(c) => StepDoc::Train(c),
         Step::Magic(c) => StepDoc::Magic(c),
+        Step::Metasmoothness(c) => StepDoc::Metasmoothness(c),
+        Step::Validate(c) => StepDoc::Validate(c.to_yaml_value()),
     };
     let doc = Doc {
         steps: vec![step],
@@ -573,6 +590,62 @@ mod tests {
         let none: Option<crate::config::ScoreConfig> =
             load_subconfig(&dir.path().join("missing"), "score_cfg").unwrap();
         assert!(none.is_none());
+    }
+
+    /// `magic`, `metasmoothness` and `validate` (each method, with its nested block) write
+    /// config.yaml files that read back as the same runs.
+    #[test]
+    fn training_command_steps_round_trip() {
+        use crate::config::{ControlsKind, ValidationMethod};
+        let text_of = |step: &Step| config_yaml(step, chrono::Utc::now()).unwrap();
+        let mut magic = MagicConfig::default();
+        magic.train.run_path = "runs/m".into();
+        magic.train.batch_size = 3;
+        magic.backward_save_every = 2;
+        let step = Step::Magic(Box::new(magic));
+        assert_eq!(parse_run_file(&text_of(&step)).unwrap().steps, vec![step]);
+
+        let mut smooth = MetasmoothnessConfig::default();
+        smooth.train.run_path = "runs/s".into();
+        smooth.fd_step = 0.25;
+        smooth.direction_seed = 7;
+        let step = Step::Metasmoothness(Box::new(smooth));
+        assert_eq!(parse_run_file(&text_of(&step)).unwrap().steps, vec![step]);
+
+        for method in [
+            ValidationMethod::Lds,
+            ValidationMethod::Filter,
+            ValidationMethod::WeightStep,
+        ] {
+            let mut v = ValidateConfig::default();
+            v.train.run_path = "runs/v".into();
+            v.method = method;
+            v.scores = "runs/m/scores".into();
+            v.controls = ControlsKind::Bank;
+            v.paths = vec!["a".into(), "b".into()];
+            v.lrs = vec![0.5, 2.0];
+            v.stop = Some(4);
+            let step = Step::Validate(Box::new(v.clone()));
+            let parsed = parse_run_file(&text_of(&step)).unwrap();
+            let [Step::Validate(back)] = parsed.steps.as_slice() else {
+                panic!("{method:?}: not one validate step");
+            };
+            assert_eq!(back.to_yaml_value(), v.to_yaml_value(), "{method:?}");
+            assert_eq!((back.count(), back.fraction()), (v.count(), v.fraction()));
+        }
+        // Bergson's own spelling of the method block.
+        let text = "steps:\n- validate:\n    run_path: r\n    scores: s\n    method:\n      kind: filter\n      direction: detractors\n      fraction: 0.05\n      controls: {kind: none, count: 2, paths: []}\n";
+        let parsed = parse_run_file(text).unwrap();
+        let [Step::Validate(v)] = parsed.steps.as_slice() else {
+            panic!("not one validate step");
+        };
+        assert_eq!(v.method, ValidationMethod::Filter);
+        assert_eq!((v.fraction(), v.count()), (0.05, Some(2)));
+        assert_eq!(v.controls, ControlsKind::None);
+        assert!(parse_run_file(
+            "steps:\n- validate: {run_path: r, method: {kind: lds, bogus: 1}}\n"
+        )
+        .is_err());
     }
 
     #[test]

@@ -7,14 +7,14 @@
 //! (`method: {kind: lds, count: ..., ...}`).
 
 use clap::Args;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::flags::{clap_default, parse_bool};
 use super::magic::{MagicQuerySet, ValidationMethod};
 use super::train::TrainingConfig;
 
 /// `--subsets` of `--method lds`: where the leave-k-out models come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum SubsetSource {
     /// Retrained here.
@@ -25,7 +25,7 @@ pub enum SubsetSource {
 }
 
 /// `--direction` of `--method filter`: which end of the score ranking is removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum FilterDirection {
     /// The most negative (loss-signed) scores: the documents that help the query most.
@@ -46,7 +46,7 @@ impl FilterDirection {
 }
 
 /// `--controls` (alias `--kind`) of `--method filter`: the random removals it is compared with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ControlsKind {
     /// Retrained here.
@@ -69,7 +69,8 @@ pub const FILTER_DEFAULT_FRACTION: f64 = 0.01;
 
 /// `bergson validate` (Bergson's `Validate`): the training settings shared with `train` and
 /// `magic`, the query set, the leave-k-out settings and the method's own flags.
-#[derive(Debug, Clone, PartialEq, Serialize, Args)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Args)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 #[command(rename_all = "snake_case")]
 pub struct ValidateConfig {
     /// The training run the scores came from (Bergson's `TrainingConfig`): every retrain
@@ -147,6 +148,63 @@ pub struct ValidateConfig {
 impl Default for ValidateConfig {
     fn default() -> Self {
         clap_default()
+    }
+}
+
+/// A run-file step as `config.yaml` holds it ([`ValidateConfig::to_yaml_value`]): the own keys
+/// and the nested `method` block taken out, the rest a strict `TrainingConfig`.
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for ValidateConfig {
+    type Error = String;
+
+    fn try_from(mut map: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        use super::flags::take_key as take;
+        let mut c = ValidateConfig::default();
+        take(&mut map, "ckpt_avg_k", &mut c.ckpt_avg_k)?;
+        take(&mut map, "query", &mut c.query)?;
+        take(&mut map, "subset_weight", &mut c.subset_weight)?;
+        take(&mut map, "exclude_zero_scores", &mut c.exclude_zero_scores)?;
+        take(&mut map, "scores", &mut c.scores)?;
+        take(&mut map, "baseline_model", &mut c.baseline_model)?;
+        match map.remove("method") {
+            None => {}
+            Some(serde_json::Value::String(kind)) => {
+                c.method = serde_json::from_value(serde_json::Value::String(kind))
+                    .map_err(|e| format!("method: {e}"))?;
+            }
+            Some(serde_json::Value::Object(mut m)) => {
+                take(&mut m, "kind", &mut c.method)?;
+                let mut count = None;
+                let mut fraction = None;
+                take(&mut m, "subsets", &mut c.subsets)?;
+                take(&mut m, "count", &mut count)?;
+                take(&mut m, "fraction", &mut fraction)?;
+                take(&mut m, "manifest", &mut c.manifest)?;
+                take(&mut m, "paths", &mut c.paths)?;
+                take(&mut m, "start", &mut c.start)?;
+                take(&mut m, "stop", &mut c.stop)?;
+                take(&mut m, "direction", &mut c.direction)?;
+                take(&mut m, "lrs", &mut c.lrs)?;
+                if let Some(serde_json::Value::Object(mut controls)) = m.remove("controls") {
+                    take(&mut controls, "kind", &mut c.controls)?;
+                    take(&mut controls, "count", &mut count)?;
+                    take(&mut controls, "paths", &mut c.paths)?;
+                    if let Some(k) = controls.keys().next() {
+                        return Err(format!("method.controls: unknown key `{k}`"));
+                    }
+                }
+                if let Some(k) = m.keys().next() {
+                    return Err(format!("method: unknown key `{k}`"));
+                }
+                c.count = count;
+                c.fraction = fraction;
+            }
+            Some(other) => {
+                return Err(format!("method: expected a name or a mapping, got {other}"))
+            }
+        }
+        c.train =
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| e.to_string())?;
+        Ok(c)
     }
 }
 
