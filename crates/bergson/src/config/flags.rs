@@ -21,6 +21,19 @@ pub fn clap_default<T: Args + FromArgMatches>() -> T {
     T::from_arg_matches(&matches).unwrap_or_else(|e| unreachable!("config defaults: {e}"))
 }
 
+/// Moves `key` out of a run-file mapping into `into` (left as it is when absent); a value of
+/// the wrong type is an error naming the key.
+pub(crate) fn take_key<T: serde::de::DeserializeOwned>(
+    map: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    into: &mut T,
+) -> Result<(), String> {
+    if let Some(v) = map.remove(key) {
+        *into = serde_json::from_value(v).map_err(|e| format!("{key}: {e}"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,17 +48,4 @@ mod tests {
         }
         assert!(parse_bool("maybe").is_err());
     }
-}
-
-/// Moves `key` out of a run-file mapping into `into` (left as it is when absent); a value of
-/// the wrong type is an error naming the key.
-pub(crate) fn take_key<T: serde::de::DeserializeOwned>(
-    map: &mut serde_json::Map<String, serde_json::Value>,
-    key: &str,
-    into: &mut T,
-) -> Result<(), String> {
-    if let Some(v) = map.remove(key) {
-        *into = serde_json::from_value(v).map_err(|e| format!("{key}: {e}"))?;
-    }
-    Ok(())
 }
