@@ -17,6 +17,8 @@ pub struct ConfigJson {
     /// Every top-level key an architecture asked for, present or not: how `--model_kwargs`
     /// tells an override the model reads from one it would silently ignore.
     looked_up: Arc<Mutex<BTreeSet<String>>>,
+    /// Top-level keys `--model_kwargs` set (their errors name the flag, not the file).
+    overridden: BTreeSet<String>,
 }
 
 impl ConfigJson {
@@ -45,6 +47,7 @@ impl ConfigJson {
                 path: path.to_path_buf(),
                 map,
                 looked_up: Arc::default(),
+                overridden: BTreeSet::new(),
             }),
             _ => Err(Error::input(format!(
                 "{}: expected a JSON object at the top level; re-download the checkpoint",
@@ -66,7 +69,23 @@ impl ConfigJson {
     /// Sets top-level `key` to `value`, as a `from_pretrained` keyword sets a config
     /// attribute. Returns whether config.json had the key.
     pub fn set(&mut self, key: &str, value: Value) -> bool {
+        self.overridden.insert(key.to_string());
         self.map.insert(key.to_string(), value).is_some()
+    }
+
+    /// The keys `--model_kwargs` set, in order of name.
+    pub fn overridden(&self) -> impl Iterator<Item = &str> {
+        self.overridden.iter().map(String::as_str)
+    }
+
+    /// Where a bad value of `key` came from, and what to fix: `--model_kwargs` or config.json.
+    fn source_of(&self, key: &str) -> (String, &'static str) {
+        let top = key.split('.').next().unwrap_or(key);
+        if self.overridden.contains(top) {
+            ("--model_kwargs".to_string(), "fix --model_kwargs")
+        } else {
+            (self.path.display().to_string(), "fix config.json")
+        }
     }
 
     /// Whether an architecture has asked for top-level `key` since this config was parsed.
@@ -107,9 +126,9 @@ impl ConfigJson {
     }
 
     fn bad_type(&self, key: &str, v: &Value, want: &str) -> Error {
+        let (source, fix) = self.source_of(key);
         Error::input(format!(
-            "{}: key '{key}' is {v}, expected {want}; fix config.json",
-            self.path.display()
+            "{source}: key '{key}' is {v}, expected {want}; {fix}"
         ))
     }
 
@@ -136,9 +155,9 @@ impl ConfigJson {
     pub fn req_int(&self, keys: &[&str]) -> Result<i64> {
         let v = self.int(keys)?.ok_or_else(|| self.missing(keys))?;
         if v <= 0 {
+            let (source, fix) = self.source_of(keys[0]);
             return Err(Error::input(format!(
-                "{}: key '{}' is {v}, expected a positive integer; fix config.json",
-                self.path.display(),
+                "{source}: key '{}' is {v}, expected a positive integer; {fix}",
                 keys[0]
             )));
         }
@@ -287,5 +306,33 @@ impl ConfigJson {
     /// An error about this config.
     pub fn error(&self, msg: impl std::fmt::Display) -> Error {
         Error::input(format!("{}: {msg}", self.path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bad value names where it came from: `--model_kwargs` for an overridden key, the file
+    /// otherwise.
+    #[test]
+    fn errors_name_the_source_of_a_bad_value() {
+        let mut cfg = ConfigJson::parse(
+            r#"{"model_type": "llama", "num_hidden_layers": "x", "hidden_size": 8}"#,
+            Path::new("m/config.json"),
+        )
+        .unwrap();
+        let e = cfg.req_int(&["num_hidden_layers"]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("m/config.json:") && e.ends_with("fix config.json"),
+            "{e}"
+        );
+        cfg.set("hidden_size", Value::from(-2));
+        let e = cfg.req_int(&["hidden_size"]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--model_kwargs:") && e.ends_with("fix --model_kwargs"),
+            "{e}"
+        );
+        assert_eq!(cfg.overridden().collect::<Vec<_>>(), ["hidden_size"]);
     }
 }

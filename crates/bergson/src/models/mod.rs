@@ -411,6 +411,21 @@ impl ModelSpec {
         self
     }
 
+    /// A load error that blames config.json, when `--model_kwargs` changed config.json: says
+    /// which keys it set (a shape that no longer matches the weights is their doing).
+    fn name_overrides(&self, e: Error) -> Error {
+        let keys: Vec<&str> = self.cfg.overridden().collect();
+        match e {
+            Error::Input(msg) if !keys.is_empty() && msg.contains("config.json") => {
+                Error::input(format!(
+                    "{msg} (--model_kwargs set {} over config.json)",
+                    keys.join(", ")
+                ))
+            }
+            other => other,
+        }
+    }
+
     /// Refuses `--model_kwargs` keys the architecture never read (after a load).
     fn check_added_keys(&self) -> Result<()> {
         match self.added_keys.iter().find(|k| !self.cfg.was_looked_up(k)) {
@@ -426,7 +441,9 @@ impl ModelSpec {
     /// weights with the adapter's).
     pub fn load(&self, dir: &Path) -> Result<Box<dyn CausalLm>> {
         let _guard = tch::no_grad_guard();
-        let model = self.load_unchecked(dir)?;
+        let model = self
+            .load_unchecked(dir)
+            .map_err(|e| self.name_overrides(e))?;
         self.check_added_keys()?;
         Ok(model)
     }
