@@ -61,12 +61,17 @@ impl Scratch {
     }
 
     fn build(&self, run: &str, extra: &[&str]) -> Output {
-        let adapter = self.adapter().display().to_string();
+        self.build_model(&self.adapter(), run, extra)
+    }
+
+    /// `build <run> --model <model>` over the scratch dataset, projected to 8.
+    fn build_model(&self, model: &Path, run: &str, extra: &[&str]) -> Output {
+        let model = model.display().to_string();
         let mut args = vec![
             "build",
             run,
             "--model",
-            &adapter,
+            &model,
             "--dataset",
             "data.jsonl",
             "--projection_dim",
@@ -173,21 +178,7 @@ fn training_an_adapter_saves_a_peft_adapter() {
     assert!(moved, "training left every LoRA weight unchanged");
 
     // The trained adapter indexes as --model.
-    let saved_dir = saved.display().to_string();
-    let out = s.run(&[
-        "build",
-        "index",
-        "--model",
-        &saved_dir,
-        "--dataset",
-        "data.jsonl",
-        "--projection_dim",
-        "8",
-        "--token_batch_size",
-        "64",
-        "--optimizer_state",
-        "run/optimizer.pt",
-    ]);
+    let out = s.build_model(&saved, "index", &["--optimizer_state", "run/optimizer.pt"]);
     assert!(
         out.status.success(),
         "{}",
@@ -247,19 +238,7 @@ fn training_a_fresh_adapter_saves_its_config() {
     assert!(weights
         .iter()
         .any(|(k, t)| k.contains("lora_B") && t.abs().max().double_value(&[]) > 0.0));
-    let saved_dir = saved.display().to_string();
-    let out = s.run(&[
-        "build",
-        "index",
-        "--model",
-        &saved_dir,
-        "--dataset",
-        "data.jsonl",
-        "--projection_dim",
-        "8",
-        "--token_batch_size",
-        "64",
-    ]);
+    let out = s.build_model(&saved, "index", &[]);
     assert!(
         out.status.success(),
         "{}",

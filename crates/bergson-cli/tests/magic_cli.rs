@@ -165,23 +165,8 @@ fn config_yaml_replays_the_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let config = std::fs::read_to_string(run.join("config.yaml")).unwrap();
     let replay = tmp.path().join("replay");
-    let needle = format!("run_path: {}", run.display());
-    assert!(config.contains(&needle), "{config}");
-    let edited = config.replace(&needle, &format!("run_path: {}", replay.display()));
-    let file = tmp.path().join("replay.yaml");
-    std::fs::write(&file, edited).unwrap();
-    let out = bergson()
-        .arg(&file)
-        .args(["--num_threads", "1", "--quiet"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::replay_config(&run, &replay);
     let scores = |dir: &Path| std::fs::read(dir.join("scores/scores.bin")).unwrap();
     assert_eq!(scores(&run), scores(&replay));
 }

@@ -79,24 +79,7 @@ fn check_case(name: &str) {
     );
     // The config.yaml is a run file: replayed into a new run path, the same result.
     let replay = tmp.path().join("replay");
-    let needle = format!("run_path: {}", run.display());
-    assert!(yaml.contains(&needle), "{yaml}");
-    let file = tmp.path().join("replay.yaml");
-    std::fs::write(
-        &file,
-        yaml.replace(&needle, &format!("run_path: {}", replay.display())),
-    )
-    .unwrap();
-    let out = bergson()
-        .arg(&file)
-        .args(["--num_threads", "1", "--quiet"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::replay_config(&run, &replay);
     let again: Value =
         serde_json::from_slice(&std::fs::read(replay.join("metasmoothness.json")).unwrap())
             .unwrap();

@@ -50,6 +50,28 @@ pub fn json_strings(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Replays the run at `run` from its `config.yaml` into `replay` (`bergson <file> --num_threads
+/// 1 --quiet`, the file a copy of the config with its `run_path` rewritten) and asserts it
+/// succeeded.
+pub fn replay_config(run: &Path, replay: &Path) {
+    let config = std::fs::read_to_string(run.join("config.yaml")).expect("config.yaml");
+    let needle = format!("run_path: {}", run.display());
+    assert!(config.contains(&needle), "{config}");
+    let file = replay.with_extension("yaml");
+    let edited = config.replace(&needle, &format!("run_path: {}", replay.display()));
+    std::fs::write(&file, edited).expect("write the replay's run file");
+    let out = bergson()
+        .arg(&file)
+        .args(["--num_threads", "1", "--quiet"])
+        .output()
+        .expect("run bergson");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Recursively copies `src` to `dst` (created).
 pub fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).expect("create copy");

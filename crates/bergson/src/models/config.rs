@@ -19,6 +19,8 @@ pub struct ConfigJson {
     looked_up: Arc<Mutex<BTreeSet<String>>>,
     /// Top-level keys `--model_kwargs` set (their errors name the flag, not the file).
     overridden: BTreeSet<String>,
+    /// Of those, the keys config.json did not have.
+    added: BTreeSet<String>,
 }
 
 impl ConfigJson {
@@ -48,6 +50,7 @@ impl ConfigJson {
                 map,
                 looked_up: Arc::default(),
                 overridden: BTreeSet::new(),
+                added: BTreeSet::new(),
             }),
             _ => Err(Error::input(format!(
                 "{}: expected a JSON object at the top level; re-download the checkpoint",
@@ -67,10 +70,22 @@ impl ConfigJson {
     }
 
     /// Sets top-level `key` to `value`, as a `from_pretrained` keyword sets a config
-    /// attribute. Returns whether config.json had the key.
-    pub fn set(&mut self, key: &str, value: Value) -> bool {
+    /// attribute.
+    pub fn set(&mut self, key: &str, value: Value) {
         self.overridden.insert(key.to_string());
-        self.map.insert(key.to_string(), value).is_some()
+        if !self.map.contains_key(key) {
+            self.added.insert(key.to_string());
+        }
+        self.map.insert(key.to_string(), value);
+    }
+
+    /// The first key [`Self::set`] added (config.json lacked it) that no architecture has
+    /// asked for: a keyword that would change nothing here.
+    pub fn unread_added_key(&self) -> Option<&str> {
+        self.added
+            .iter()
+            .find(|k| !self.was_looked_up(k))
+            .map(String::as_str)
     }
 
     /// The keys `--model_kwargs` set, in order of name.

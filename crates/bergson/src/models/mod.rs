@@ -354,9 +354,6 @@ pub struct ModelSpec {
     /// A PEFT adapter over the base model, and the base model's directory (a fresh adapter's
     /// base is the directory the model is loaded from).
     adapter: Option<(Arc<lora::Adapter>, Option<PathBuf>)>,
-    /// `--model_kwargs` config overrides whose key config.json lacks: the architecture must
-    /// read each, or the keyword would change nothing here while it changes Python's model.
-    added_keys: Vec<String>,
 }
 
 impl ModelSpec {
@@ -390,7 +387,6 @@ impl ModelSpec {
             kind: precision.kind(),
             device,
             adapter: None,
-            added_keys: Vec::new(),
         })
     }
 
@@ -404,9 +400,7 @@ impl ModelSpec {
                 .iter()
                 .find(|(alias, stored)| alias == key && self.cfg.has(stored))
                 .map_or(key.as_str(), |(_, stored)| stored);
-            if !self.cfg.set(key, value.to_json()) && !self.added_keys.iter().any(|k| k == key) {
-                self.added_keys.push(key.to_string());
-            }
+            self.cfg.set(key, value.to_json());
         }
         self
     }
@@ -426,9 +420,10 @@ impl ModelSpec {
         }
     }
 
-    /// Refuses `--model_kwargs` keys the architecture never read (after a load).
+    /// Refuses `--model_kwargs` keys config.json lacks and the architecture never read (after
+    /// a load): they would change nothing here while they change Python's model.
     fn check_added_keys(&self) -> Result<()> {
-        match self.added_keys.iter().find(|k| !self.cfg.was_looked_up(k)) {
+        match self.cfg.unread_added_key() {
             None => Ok(()),
             Some(key) => Err(Error::input(format!(
                 "--model_kwargs {key}=...: '{key}' is not a config.json key of this checkpoint nor a setting bergson-rs reads for model_type '{}'; drop it",
