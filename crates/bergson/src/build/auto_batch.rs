@@ -15,9 +15,13 @@ use std::path::{Path, PathBuf};
 use md5::{Digest, Md5};
 use serde_json::{json, Value};
 
+use tch::Device;
+
+use crate::collect::{CollectConfig, Collection, Documents, GradientProcessor};
 use crate::config::BuildConfig;
 use crate::data::batching::allocate_batches;
 use crate::error::IoContext;
+use crate::models::CausalLm;
 use crate::{Error, Result};
 
 /// Where Bergson caches found budgets, relative to the working directory.
@@ -194,6 +198,68 @@ impl BatchSizeCache {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// `--auto_batch_size`: the cached budget of this run's configs and lengths, else Bergson's
+/// search ([`search`]), cached for the next run. On a CPU the search needs no probes.
+pub(super) fn token_batch_size(
+    cfg: &BuildConfig,
+    model: &dyn CausalLm,
+    docs: Documents<'_>,
+    processor: &GradientProcessor,
+    base: &CollectConfig,
+    max_len: i64,
+) -> Result<usize> {
+    let lengths: Vec<usize> = docs.rows.iter().map(|r| r.len()).collect();
+    let device = model.device();
+    let device_name = match device {
+        Device::Cpu => "cpu".to_string(),
+        other => format!("{other:?}"),
+    };
+    let key = cache_key(cfg, &lengths, &device_name)?;
+    let cache = BatchSizeCache::new(CACHE_PATH);
+    if let Some(n) = cache.lookup(&key) {
+        tracing::info!("loaded token_batch_size from cache: {n}");
+        return Ok(n);
+    }
+    let n = search(&lengths, max_len, |n| {
+        if device == Device::Cpu {
+            // Bergson catches only CUDA's out-of-memory error: on a CPU every probe fits.
+            return Ok(true);
+        }
+        let probe_cfg = CollectConfig {
+            token_batch_size: n,
+            ..base.clone()
+        };
+        let collection = Collection::new(model, docs, processor, &probe_cfg)?;
+        for batch in probe_batches(&lengths, n, base.max_batch_size)? {
+            // tch raises CUDA's out-of-memory as a panic: catch it quietly, as Bergson does.
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(|_| {}));
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                collection.run_batch(docs, &batch)
+            }));
+            std::panic::set_hook(hook);
+            let message = match run {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default(),
+            };
+            if message.contains("out of memory") {
+                return Ok(false);
+            }
+            return Err(Error::internal(format!(
+                "--auto_batch_size probe at token_batch_size={n} failed: {message}"
+            )));
+        }
+        Ok(true)
+    })?;
+    cache.append(&key, n)?;
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -190,7 +190,7 @@ fn run_step(step: &Step, cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSu
     if icfg.auto_batch_size {
         let max_len = tokenizer.max_model_length(max_positions);
         collect_cfg.token_batch_size =
-            auto_token_batch_size(cfg, model, docs, &processor, &collect_cfg, max_len)?;
+            auto_batch::token_batch_size(cfg, model, docs, &processor, &collect_cfg, max_len)?;
     }
     let collection = Collection::new(model, docs, &processor, &collect_cfg)?;
 
@@ -412,68 +412,6 @@ fn run_step(step: &Step, cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSu
         index_bytes,
         profile,
     })
-}
-
-/// `--auto_batch_size`: the cached budget of this run's configs and lengths, else Bergson's
-/// search (see [`auto_batch`]), cached for the next run. On a CPU the search needs no probes.
-fn auto_token_batch_size(
-    cfg: &BuildConfig,
-    model: &dyn CausalLm,
-    docs: Documents<'_>,
-    processor: &crate::collect::GradientProcessor,
-    base: &CollectConfig,
-    max_len: i64,
-) -> Result<usize> {
-    let lengths: Vec<usize> = docs.rows.iter().map(|r| r.len()).collect();
-    let device = model.device();
-    let device_name = match device {
-        Device::Cpu => "cpu".to_string(),
-        other => format!("{other:?}"),
-    };
-    let key = auto_batch::cache_key(cfg, &lengths, &device_name)?;
-    let cache = auto_batch::BatchSizeCache::new(auto_batch::CACHE_PATH);
-    if let Some(n) = cache.lookup(&key) {
-        tracing::info!("loaded token_batch_size from cache: {n}");
-        return Ok(n);
-    }
-    let n = auto_batch::search(&lengths, max_len, |n| {
-        if device == Device::Cpu {
-            // Bergson catches only CUDA's out-of-memory error: on a CPU every probe fits.
-            return Ok(true);
-        }
-        let probe_cfg = CollectConfig {
-            token_batch_size: n,
-            ..base.clone()
-        };
-        let collection = Collection::new(model, docs, processor, &probe_cfg)?;
-        for batch in auto_batch::probe_batches(&lengths, n, base.max_batch_size)? {
-            // tch raises CUDA's out-of-memory as a panic: catch it quietly, as Bergson does.
-            let hook = std::panic::take_hook();
-            std::panic::set_hook(Box::new(|_| {}));
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                collection.run_batch(docs, &batch)
-            }));
-            std::panic::set_hook(hook);
-            let message = match run {
-                Ok(Ok(_)) => continue,
-                Ok(Err(e)) => e.to_string(),
-                Err(panic) => panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default(),
-            };
-            if message.contains("out of memory") {
-                return Ok(false);
-            }
-            return Err(Error::internal(format!(
-                "--auto_batch_size probe at token_batch_size={n} failed: {message}"
-            )));
-        }
-        Ok(true)
-    })?;
-    cache.append(&key, n)?;
-    Ok(n)
 }
 
 /// Refuses Bergson options bergson-rs does not implement, and impossible values, up front.
