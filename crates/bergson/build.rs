@@ -1,6 +1,8 @@
 //! Bakes libtorch's directory into every artefact's RUNPATH, so binaries, tests and benches run
 //! without LD_LIBRARY_PATH, and compiles the C++ shim over libtorch's own torch.save pickler
-//! (`csrc/pickle_shim.cpp`, used by `src/pickle`). With the `faiss` feature it also compiles
+//! (`csrc/pickle_shim.cpp`, used by `src/pickle`) and the one over libtorch's c10d process groups
+//! (`csrc/c10d_shim.cpp`, used by `src/dist`; Gloo's headers, which the torch wheel lacks, are
+//! vendored in `csrc/gloo-include`). With the `faiss` feature it also compiles
 //! `csrc/faiss_shim.cpp` (used by `src/query/ann`) and links FAISS (Debian's `libfaiss-dev`);
 //! the default build needs nothing beyond libtorch.
 
@@ -35,6 +37,25 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/pickle_shim.cpp")
         .compile("bergson_pickle_shim");
+
+    // c10d's Gloo process group: ProcessGroupGloo.hpp is empty without USE_C10D_GLOO, and
+    // GLOO_STORE_HAS_STORE_V2 matches how libtorch built its gloo store adapter.
+    println!("cargo:rerun-if-changed=csrc/c10d_shim.cpp");
+    println!("cargo:rerun-if-changed=csrc/gloo-include");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include("csrc/gloo-include")
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .define("USE_C10D_GLOO", None)
+        .define("GLOO_STORE_HAS_STORE_V2", None)
+        .file("csrc/c10d_shim.cpp")
+        .compile("bergson_c10d_shim");
 
     if std::env::var_os("CARGO_FEATURE_FAISS").is_some() {
         link_faiss();

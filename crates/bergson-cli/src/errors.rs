@@ -27,8 +27,10 @@ fn render(err: &anyhow::Error) -> (String, u8) {
     let (msg, code) = match err.downcast_ref::<bergson::Error>() {
         Some(e @ bergson::Error::Interrupted) => (e.to_string(), INTERRUPTED),
         Some(e) if e.is_user_error() => (e.to_string(), USER_ERROR),
-        // Internal errors already ask for a report.
-        Some(e @ bergson::Error::Internal(_)) => (e.to_string(), FAILURE),
+        // Internal errors already ask for a report; another process's failure is not a bug.
+        Some(e @ (bergson::Error::Internal(_) | bergson::Error::Dist(_))) => {
+            (e.to_string(), FAILURE)
+        }
         Some(e) => (
             format!("{e} (this is a bug in bergson-rs if your input is valid)"),
             FAILURE,

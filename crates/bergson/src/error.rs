@@ -24,6 +24,9 @@ pub enum Error {
     /// The run was interrupted (Ctrl-C); partial output was left resumable.
     #[error("interrupted")]
     Interrupted,
+    /// Another process of a multi-process job failed, or could not be reached.
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
     /// A broken invariant inside bergson-rs: not the user's mistake, so the message asks for a
     /// report instead of naming a fix. The CLI exits with status 1.
     #[error(
@@ -57,7 +60,12 @@ impl Error {
 
     /// True when the error is the user's to fix (the CLI exits with status 2).
     pub fn is_user_error(&self) -> bool {
-        matches!(self, Error::Input(_) | Error::Io { .. })
+        matches!(
+            self,
+            Error::Input(_)
+                | Error::Io { .. }
+                | Error::Dist(crate::dist::DistError::Environment(_))
+        )
     }
 }
 

@@ -12,6 +12,7 @@ pub mod collect;
 pub mod config;
 pub mod data;
 pub mod diagnose;
+pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod hessians;

@@ -1,0 +1,101 @@
+//! Several processes on one job, on PyTorch's own c10d: a [`Collective`] trait with a Gloo
+//! implementation ([`Gloo`], CPU tensors, through `csrc/c10d_shim.cpp`) and a one-process one
+//! ([`SingleProcess`]), so code written against the trait runs the same with or without a
+//! cluster. [`Rendezvous`] reads a process's place in the job from torchrun's environment
+//! variables; [`connect`] joins the job they describe.
+//!
+//! Every rank must issue the same collectives in the same order, or the job waits until the
+//! timeout (`BERGSON_DIST_TIMEOUT_MIN`, default 180 as in Bergson).
+
+mod env;
+mod error;
+mod ffi;
+mod gloo;
+mod single;
+
+pub use env::Rendezvous;
+pub use error::DistError;
+pub use gloo::{Gloo, StoreClient};
+pub use single::SingleProcess;
+
+use tch::{Device, Kind, Tensor};
+
+/// How [`Collective::all_reduce`] combines the ranks' values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// Element-wise sum.
+    Sum,
+    /// Element-wise minimum.
+    Min,
+    /// Element-wise maximum.
+    Max,
+}
+
+/// Collectives over the processes of one job. Tensors are CPU tensors; a non-contiguous one is
+/// reduced through a contiguous copy (Gloo itself would read the wrong elements).
+pub trait Collective {
+    /// This process's rank, `0..world_size()`.
+    fn rank(&self) -> usize;
+    /// Processes in the job.
+    fn world_size(&self) -> usize;
+    /// Combines `t` over every rank, in place on each.
+    fn all_reduce(&self, t: &mut Tensor, op: ReduceOp) -> Result<(), DistError>;
+    /// Copies rank `root`'s `t` into every rank's `t`.
+    fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<(), DistError>;
+    /// Every rank's `t` (same shape and dtype on every rank), in rank order.
+    fn all_gather(&self, t: &Tensor) -> Result<Vec<Tensor>, DistError>;
+    /// Waits until every rank got here.
+    fn barrier(&self) -> Result<(), DistError>;
+
+    /// Tells every rank whether this one succeeded, and fails with the ranks that did not
+    /// ([`DistError::PeerFailed`]) if any other did. A rank that failed itself gets `Ok` and
+    /// reports its own error.
+    fn agree(&self, ok: bool) -> Result<(), DistError> {
+        let mut failed = Tensor::zeros([self.world_size() as i64], (Kind::Int64, Device::Cpu));
+        if !ok {
+            let _ = failed.get(self.rank() as i64).fill_(1);
+        }
+        self.all_reduce(&mut failed, ReduceOp::Max)?;
+        let flags =
+            Vec::<i64>::try_from(&failed).map_err(|e| DistError::BadTensor(e.to_string()))?;
+        let ranks: Vec<usize> = flags
+            .iter()
+            .enumerate()
+            .filter(|&(r, &f)| f != 0 && r != self.rank())
+            .map(|(r, _)| r)
+            .collect();
+        if ok && !ranks.is_empty() {
+            return Err(DistError::PeerFailed { ranks });
+        }
+        Ok(())
+    }
+}
+
+/// The job this process belongs to: [`Gloo`] when the environment names one of two or more
+/// processes ([`Rendezvous::from_env`]), else [`SingleProcess`].
+pub fn connect() -> Result<Box<dyn Collective>, DistError> {
+    match Rendezvous::from_env()? {
+        Some(job) if job.world_size > 1 => Ok(Box::new(Gloo::connect(&job)?)),
+        _ => Ok(Box::new(SingleProcess)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_process_collectives_return_their_input() {
+        let one = SingleProcess;
+        let mut t = Tensor::from_slice(&[1.5f32, -2.0]);
+        one.all_reduce(&mut t, ReduceOp::Sum).unwrap();
+        one.broadcast(&mut t, 0).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&t).unwrap(), [1.5, -2.0]);
+        let all = one.all_gather(&t).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(Vec::<f32>::try_from(&all[0]).unwrap(), [1.5, -2.0]);
+        one.barrier().unwrap();
+        one.agree(true).unwrap();
+        assert!(one.broadcast(&mut t, 1).is_err());
+    }
+}
