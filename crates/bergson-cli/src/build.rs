@@ -1,5 +1,6 @@
 //! `bergson build` / `bergson reduce`.
 
+use bergson::config::run_file::Step;
 use bergson::config::BuildConfig;
 use clap::Args;
 
@@ -29,14 +30,37 @@ pub struct RuntimeArgs {
     pub num_threads: Option<i32>,
 }
 
-/// Runs a build (or, with `reduce`, the same pipeline saved as a `reduce` step).
+/// Runs a build (or, with `reduce`, the same pipeline saved as a `reduce` step): in this
+/// process, as one rank of a job (`WORLD_SIZE` set by torchrun or our launcher), or, with
+/// `--nproc_per_node N`, as the launcher of N workers.
 pub fn run(config: BuildConfig, runtime: &RuntimeArgs, reduce: bool) -> anyhow::Result<()> {
+    use bergson::dist::{self, launch::Role};
+    let role = dist::launch::role(&config.index_cfg.distributed).map_err(bergson::Error::from)?;
     let opts = run_options(runtime)?;
     install_interrupt_handler();
-    let summary = if reduce {
-        bergson::build::reduce(&config, &opts)?
-    } else {
-        bergson::build::run(&config, &opts)?
+    let summary = match role {
+        Role::Launcher(n) => {
+            let step = if reduce {
+                Step::Reduce(Box::new(config))
+            } else {
+                Step::Build(Box::new(config))
+            };
+            let program = std::env::current_exe()?;
+            dist::launch::run_step(&program, &step, &runtime.flags(), n)?;
+            return Ok(());
+        }
+        Role::Worker => {
+            let job = dist::connect().map_err(bergson::Error::from)?;
+            let summary = bergson::build::run_in(&config, &opts, job.collective(), reduce)?;
+            let lead = job.rank() == 0;
+            job.finish().map_err(bergson::Error::from)?;
+            if !lead {
+                return Ok(());
+            }
+            summary
+        }
+        Role::Single if reduce => bergson::build::reduce(&config, &opts)?,
+        Role::Single => bergson::build::run(&config, &opts)?,
     };
     if !runtime.quiet {
         eprintln!("{summary}");
@@ -45,6 +69,21 @@ pub fn run(config: BuildConfig, runtime: &RuntimeArgs, reduce: bool) -> anyhow::
         eprintln!("{}", summary.profile);
     }
     Ok(())
+}
+
+impl RuntimeArgs {
+    /// These settings as command-line flags (for the workers of a launcher).
+    pub fn flags(&self) -> Vec<std::ffi::OsString> {
+        let mut flags: Vec<std::ffi::OsString> =
+            vec!["--device".into(), self.device.clone().into()];
+        if self.quiet {
+            flags.push("--quiet".into());
+        }
+        if let Some(n) = self.num_threads {
+            flags.push(format!("--num_threads={n}").into());
+        }
+        flags
+    }
 }
 
 /// The library's run options from the runtime flags (and libtorch's thread count).

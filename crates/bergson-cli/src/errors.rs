@@ -1,5 +1,6 @@
 //! Error rendering: one line on stderr and an exit status: 2 for the user's mistakes, 130 for
-//! Ctrl-C, 1 for everything else (internal errors, libtorch failures).
+//! Ctrl-C, 3 for a process of a multi-process job stopped by another's failure, 1 for
+//! everything else (internal errors, libtorch failures).
 
 use std::process::ExitCode;
 
@@ -9,6 +10,8 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 const INTERRUPTED: u8 = 130;
 /// Exit status of a user mistake (a flag, a file, a dataset): clap's status for bad arguments.
 const USER_ERROR: u8 = 2;
+/// Exit status of one process of a multi-process job stopped by another's failure.
+const PEER_FAILED: u8 = bergson::dist::launch::PEER_FAILED_STATUS as u8;
 /// Exit status of everything else: internal errors, libtorch failures, unexpected I/O.
 const FAILURE: u8 = 1;
 
@@ -27,7 +30,21 @@ fn render(err: &anyhow::Error) -> (String, u8) {
     let (msg, code) = match err.downcast_ref::<bergson::Error>() {
         Some(e @ bergson::Error::Interrupted) => (e.to_string(), INTERRUPTED),
         Some(e) if e.is_user_error() => (e.to_string(), USER_ERROR),
-        // Internal errors already ask for a report; another process's failure is not a bug.
+        // A worker's failure: exit as it did (its own error line came first).
+        Some(
+            e @ bergson::Error::Dist(bergson::dist::DistError::WorkerFailed {
+                code: Some(code @ 1..=255),
+                ..
+            }),
+        ) => (e.to_string(), *code as u8),
+        // This rank stopped because another one failed or vanished.
+        Some(
+            e @ bergson::Error::Dist(
+                bergson::dist::DistError::PeerFailed { .. }
+                | bergson::dist::DistError::Collective { .. },
+            ),
+        ) => (e.to_string(), PEER_FAILED),
+        // Internal errors already ask for a report; a failed worker is not a bug.
         Some(e @ (bergson::Error::Internal(_) | bergson::Error::Dist(_))) => {
             (e.to_string(), FAILURE)
         }

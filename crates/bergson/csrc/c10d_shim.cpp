@@ -14,12 +14,14 @@
 // the group name "0/", then "cpu/" for the Gloo backend), so a PyTorch rank
 // started with init_process_group("gloo", init_method="tcp://...") can join.
 
+#include <c10/util/Logging.h>
 #include <c10/util/intrusive_ptr.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -88,6 +90,9 @@ bd_pg* bd_pg_new(const char* host, int port, int rank, int world, int server,
                  const char* iface, int64_t store_timeout_ms,
                  int64_t timeout_ms, char** err) {
   return guarded<bd_pg*>(err, nullptr, [&]() -> bd_pg* {
+    // c10d logs every failed store or socket call as a warning with a C++
+    // backtrace; our errors carry the message, so keep stderr to errors.
+    FLAGS_caffe2_log_level = std::max(FLAGS_caffe2_log_level, 2);
     c10d::TCPStoreOptions so;
     so.port = static_cast<std::uint16_t>(port);
     so.isServer = server != 0;

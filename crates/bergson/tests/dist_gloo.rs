@@ -89,11 +89,11 @@ fn rank_main() {
     };
     let job = dist::connect().unwrap();
     match mode.as_str() {
-        "exact" => check_exact(&*job),
-        "agree" => check_agree(&*job),
+        "exact" => check_exact(job.collective()),
+        "agree" => check_agree(job.collective()),
         other => panic!("unknown mode {other}"),
     }
-    job.barrier().unwrap();
+    job.finish().unwrap();
 }
 
 fn values(t: &Tensor) -> Vec<f64> {

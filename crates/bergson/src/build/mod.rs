@@ -20,6 +20,7 @@ use crate::collect::{BatchTimings, CollectConfig, Collection, Documents};
 use crate::config::run_file::{config_yaml, Step};
 use crate::config::{Aggregation, BuildConfig};
 use crate::data::columns::{add_column, drop_columns};
+use crate::dist::{Collective, ReduceOp, SingleProcess};
 use crate::error::IoContext;
 use crate::hessians::preconditioner;
 use crate::index::hf_dataset::write_hf_dataset;
@@ -162,166 +163,210 @@ pub(crate) fn sync_every() -> Duration {
 /// Runs a build: validates the config, prepares data and model, collects every batch into
 /// `<run_path>.part` and renames it to `<run_path>` when complete.
 pub fn run(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
-    run_step(&Step::Build(Box::new(cfg.clone())), cfg, opts)
+    run_step(
+        &Step::Build(Box::new(cfg.clone())),
+        cfg,
+        opts,
+        &SingleProcess,
+    )
 }
 
 /// Runs `bergson reduce`: the build pipeline, saved as a `reduce` step (meant for
 /// `--aggregation mean|sum`, which reduces every row to one).
 pub fn reduce(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
-    run_step(&Step::Reduce(Box::new(cfg.clone())), cfg, opts)
+    run_step(
+        &Step::Reduce(Box::new(cfg.clone())),
+        cfg,
+        opts,
+        &SingleProcess,
+    )
 }
 
-fn run_step(step: &Step, cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
+/// Runs this process's share of a build (or, with `reduce`, a reduce step) of the job `job`,
+/// as Bergson 2.5.1 splits it: every rank packs the same batches and takes bins r, r+W, ...;
+/// rank 0 prepares `<run_path>.part` and sizes gradients.bin, every rank writes its own rows,
+/// the losses, position counts and (with `--aggregation`) the summed row are reduced onto
+/// rank 0, which writes the shared files and renames the directory only after every rank
+/// succeeded. A rank that fails makes the others fail with [`crate::dist::DistError::PeerFailed`]
+/// at the next step. Only a one-process build resumes (the journal is per process).
+pub fn run_in(
+    cfg: &BuildConfig,
+    opts: &RunOptions,
+    job: &dyn Collective,
+    reduce: bool,
+) -> Result<BuildSummary> {
+    let step = if reduce {
+        Step::Reduce(Box::new(cfg.clone()))
+    } else {
+        Step::Build(Box::new(cfg.clone()))
+    };
+    run_step(&step, cfg, opts, job)
+}
+
+/// Tells every rank whether this one's `result` is an error, and fails with the first failed
+/// rank if another one failed (every rank goes through the same sequence of these).
+fn together<T>(job: &dyn Collective, result: Result<T>) -> Result<T> {
+    job.agree(result.is_ok())?;
+    result
+}
+
+fn run_step(
+    step: &Step,
+    cfg: &BuildConfig,
+    opts: &RunOptions,
+    job: &dyn Collective,
+) -> Result<BuildSummary> {
     let start = Instant::now();
     let icfg = &cfg.index_cfg;
-    check_supported(cfg)?;
-    let (run_path, part, start_mode) = run_dir::prepare(step, icfg.overwrite)?;
+    let (rank, world) = (job.rank(), job.world_size());
+    let lead = rank == 0;
 
-    let (tokenizer, model_dir, max_positions) = setup::load_tokenizer(icfg)?;
-    let data = prepare_data(icfg, &tokenizer, max_positions)?;
-    let model = setup::load_model(icfg, &model_dir, opts.device)?;
+    // Rank 0 alone checks and prepares the run directory; every rank loads data and model.
+    let loaded = (|| -> Result<_> {
+        check_supported(cfg)?;
+        let dirs = if lead {
+            let (run_path, part, mut start_mode) = run_dir::prepare(step, icfg.overwrite)?;
+            if world > 1 && start_mode == Start::Resume {
+                tracing::warn!(
+                    "{} is a partial one-process run; a run of {world} processes starts over",
+                    part.display()
+                );
+                std::fs::remove_dir_all(&part).at_path(&part)?;
+                start_mode = Start::Fresh;
+            }
+            (run_path, part, start_mode)
+        } else {
+            let run_path = PathBuf::from(step.run_path());
+            let part = PathBuf::from(format!("{}.part", step.run_path()));
+            (run_path, part, Start::Fresh)
+        };
+        let (tokenizer, model_dir, max_positions) = setup::load_tokenizer(icfg)?;
+        let data = prepare_data(icfg, &tokenizer, max_positions)?;
+        let model = setup::load_model(icfg, &model_dir, opts.device)?;
+        let processor = setup::create_processor(icfg, &*model)?;
+        Ok((dirs, tokenizer, max_positions, data, model, processor))
+    })();
+    let ((run_path, part, start_mode), tokenizer, max_positions, data, model, processor) =
+        together(job, loaded)?;
     let model: &dyn CausalLm = &*model;
-    let processor = setup::create_processor(icfg, model)?;
     let docs = Documents {
         rows: &data.rows,
         advantages: data.advantages.as_deref(),
     };
     let mut collect_cfg = CollectConfig::from_index_config(icfg);
+    collect_cfg.world_size = world;
+    collect_cfg.rank = rank;
     if icfg.auto_batch_size {
         let max_len = tokenizer.max_model_length(max_positions);
-        collect_cfg.token_batch_size =
-            auto_batch::token_batch_size(cfg, model, docs, &processor, &collect_cfg, max_len)?;
+        let found =
+            auto_batch::token_batch_size(cfg, model, docs, &processor, &collect_cfg, max_len);
+        let found = together(job, found)?;
+        // Every rank must pack the same batches: take the smallest size any rank found.
+        let mut n = tch::Tensor::from_slice(&[found as i64]);
+        job.all_reduce(&mut n, ReduceOp::Min)?;
+        collect_cfg.token_batch_size = n.int64_value(&[0]) as usize;
     }
-    let collection = Collection::new(model, docs, &processor, &collect_cfg)?;
 
-    // Stored rows preconditioned (recorded in the saved preprocess_cfg, so a score run
-    // does not apply the Hessian to them again).
-    let pcfg = &cfg.preprocess_cfg;
-    let stored_row_preconditioner = match &pcfg.hessian_path {
-        None => None,
-        Some(h) => {
-            let h = Path::new(h);
-            let p = preconditioner::Preconditioner::load(
-                h,
-                &pcfg.inversion_cfg,
-                preconditioner::power_for(pcfg.unit_normalize),
-                pcfg.ev_correction,
-                Device::Cpu,
-            )?;
-            p.check_fits(
-                &collection.grad_sizes(),
-                h,
-                preconditioner::fitted_model(h).as_deref(),
-            )?;
-            Some(p)
+    // The collection on every rank; rank 0 lays out `.part` (config, processor, a zero-filled
+    // gradients.bin of the full size, info, offsets, the journal of a one-process run).
+    let planned = (|| -> Result<_> {
+        let collection = Collection::new(model, docs, &processor, &collect_cfg)?;
+        // Stored rows preconditioned (recorded in the saved preprocess_cfg, so a score run
+        // does not apply the Hessian to them again).
+        let pcfg = &cfg.preprocess_cfg;
+        let stored_row_preconditioner = match &pcfg.hessian_path {
+            None => None,
+            Some(h) => {
+                let h = Path::new(h);
+                let p = preconditioner::Preconditioner::load(
+                    h,
+                    &pcfg.inversion_cfg,
+                    preconditioner::power_for(pcfg.unit_normalize),
+                    pcfg.ev_correction,
+                    Device::Cpu,
+                )?;
+                p.check_fits(
+                    &collection.grad_sizes(),
+                    h,
+                    preconditioner::fitted_model(h).as_deref(),
+                )?;
+                Some(p)
+            }
+        };
+        let aggregation = pcfg.aggregation;
+        if icfg.attribute_tokens && aggregation != Aggregation::None {
+            return Err(Error::input(
+                "--attribute_tokens cannot be combined with --aggregation; drop one",
+            ));
         }
-    };
-    let aggregation = cfg.preprocess_cfg.aggregation;
-    if icfg.attribute_tokens && aggregation != Aggregation::None {
-        return Err(Error::input(
-            "--attribute_tokens cannot be combined with --aggregation; drop one",
-        ));
-    }
-    let lengths = data.lengths();
-    let num_items = lengths.len();
-    let grad_sizes = collection.grad_sizes();
-    let row_len: usize = grad_sizes.iter().map(|(_, s)| s).sum();
-    let offsets = icfg.attribute_tokens.then(|| token_offsets(&lengths));
-    let num_grads = match (&offsets, aggregation) {
-        (_, Aggregation::Mean | Aggregation::Sum) => 1,
-        (Some(o), _) => o[num_items] as usize,
-        (None, _) => num_items,
-    };
-    let save_kind = if aggregation == Aggregation::None {
-        model.kind()
-    } else {
-        Kind::Float
-    };
-
-    // Everything below writes into <run_path>.part.
-    if start_mode == Start::Fresh {
-        run_dir::create_part(&part)?;
-        write_text(
-            &part.join("config.yaml"),
-            &config_yaml(step, chrono::Utc::now())?,
-        )?;
-    }
-    processor.save(&part)?;
-    let file = GradientFile::create(
-        &part,
-        num_grads,
-        row_len,
-        save_kind,
-        start_mode == Start::Resume,
-    )?;
-    let info = IndexInfo {
-        attribute_tokens: icfg.attribute_tokens,
-        num_items: if offsets.is_some() {
-            num_items
+        let lengths = data.lengths();
+        let num_items = lengths.len();
+        let grad_sizes = collection.grad_sizes();
+        let row_len: usize = grad_sizes.iter().map(|(_, s)| s).sum();
+        let offsets = icfg.attribute_tokens.then(|| token_offsets(&lengths));
+        let num_grads = match (&offsets, aggregation) {
+            (_, Aggregation::Mean | Aggregation::Sum) => 1,
+            (Some(o), _) => o[num_items] as usize,
+            (None, _) => num_items,
+        };
+        let save_kind = if aggregation == Aggregation::None {
+            model.kind()
         } else {
-            num_grads
-        },
-        num_grads,
-        grad_sizes: grad_sizes.clone(),
-        base_dtype: crate::engine::numpy_name(save_kind).to_string(),
-    };
-    info.write(&part)?;
-    if let Some(o) = &offsets {
-        write_offsets(&part.join("offsets.npy"), o)?;
-    }
-    let mut sink = RowSink::new(
-        file,
-        cfg.preprocess_cfg.unit_normalize,
-        aggregation,
-        offsets,
-        row_len,
-    )?
-    .with_preconditioner(stored_row_preconditioner);
-
-    // Resume from the journal of an interrupted run.
-    let batches = collection.batches();
-    let header = Header {
-        fingerprint: fingerprint(&data, batches, &grad_sizes),
-        num_batches: batches.len(),
-    };
-    let done: Vec<Entry> = match start_mode {
-        Start::Resume => Journal::read(&part, &header)?.unwrap_or_default(),
-        Start::Fresh => Vec::new(),
-    };
-    let mut journal = if done.is_empty() {
-        Journal::create(&part, &header)?
-    } else {
-        Journal::reopen(&part, &done, &header)?
-    };
-    if !done.is_empty() {
-        sink.restore(&part.join(AGGREGATE))?;
-    }
-    let mut losses = vec![0f32; num_items];
-    let mut positions = 0usize;
-    let mut is_done = vec![false; batches.len()];
-    for e in &done {
-        is_done[e.batch] = true;
-        for (&i, &bits) in batches[e.batch].iter().zip(&e.loss_bits) {
-            losses[i] = f32::from_bits(bits);
+            Kind::Float
+        };
+        let layout = Layout {
+            lengths,
+            num_items,
+            grad_sizes,
+            row_len,
+            offsets,
+            num_grads,
+            save_kind,
+        };
+        let mut journal = None;
+        let mut done = Vec::new();
+        if lead {
+            let file = lay_out(step, &part, &start_mode, &processor, icfg, &layout)?;
+            drop(file);
+            if world == 1 {
+                let header = Header {
+                    fingerprint: fingerprint(&data, collection.batches(), &layout.grad_sizes),
+                    num_batches: collection.batches().len(),
+                };
+                done = match start_mode {
+                    Start::Resume => Journal::read(&part, &header)?.unwrap_or_default(),
+                    Start::Fresh => Vec::new(),
+                };
+                journal = Some(if done.is_empty() {
+                    Journal::create(&part, &header)?
+                } else {
+                    Journal::reopen(&part, &done, &header)?
+                });
+            }
         }
-        positions += e.positions;
-    }
+        Ok((collection, stored_row_preconditioner, layout, journal, done))
+    })();
+    let (collection, stored_row_preconditioner, layout, mut journal, done) =
+        together(job, planned)?;
+    let aggregation = cfg.preprocess_cfg.aggregation;
+    let Layout {
+        lengths,
+        num_items,
+        row_len,
+        num_grads,
+        save_kind,
+        ..
+    } = layout;
+    let offsets = layout.offsets;
 
+    // This rank's batches, its rows written into the shared gradients.bin.
+    let batches = collection.batches();
     let indexed: Vec<usize> = batches.iter().flatten().copied().collect();
     let total_tokens: u64 = indexed.iter().map(|&i| lengths[i] as u64).sum();
-    let mut progress = Progress::new(opts.quiet, indexed.len(), total_tokens);
-    let done_docs: usize = done.iter().map(|e| batches[e.batch].len()).sum();
-    let done_tokens: u64 = done
-        .iter()
-        .flat_map(|e| &batches[e.batch])
-        .map(|&i| lengths[i] as u64)
-        .sum();
-    progress.resume(done_docs, done_tokens);
-
-    let mut pending: Vec<Entry> = Vec::new();
-    let sync_every = sync_every();
-    let mut last_sync = Instant::now();
+    let mut losses = vec![0f32; num_items];
+    let mut positions = 0usize;
     let mut batches_run = 0;
+    let mut done_tokens = 0u64;
     let mut profile = Profile {
         read: data.timings.read,
         tokenize: data.timings.tokenize,
@@ -330,72 +375,141 @@ fn run_step(step: &Step, cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSu
             .saturating_sub(data.timings.read + data.timings.tokenize),
         ..Profile::default()
     };
-    for (b, indices) in batches.iter().enumerate() {
-        if is_done[b] {
-            continue;
+    let collected = (|| -> Result<_> {
+        let file = GradientFile::create(&part, num_grads, row_len, save_kind, true)?;
+        let mut sink = RowSink::new(
+            file,
+            cfg.preprocess_cfg.unit_normalize,
+            aggregation,
+            offsets,
+            row_len,
+        )?
+        .with_preconditioner(stored_row_preconditioner);
+        if !done.is_empty() {
+            sink.restore(&part.join(AGGREGATE))?;
         }
-        // A Ctrl-C ([`crate::interrupt`]) stops after the current batch, leaving `.part` resumable.
-        if crate::interrupt::requested() {
-            sink.sync(&part.join(AGGREGATE))?;
-            journal.append(&pending)?;
-            progress.finish();
-            return Err(Error::Interrupted);
+        let mut is_done = vec![false; batches.len()];
+        for e in &done {
+            is_done[e.batch] = true;
+            for (&i, &bits) in batches[e.batch].iter().zip(&e.loss_bits) {
+                losses[i] = f32::from_bits(bits);
+            }
+            positions += e.positions;
         }
-        let out = collection.run_batch(docs, indices)?;
-        profile.batches += out.timings;
-        let write_start = Instant::now();
-        sink.write(&out)?;
-        for (&i, &l) in out.indices.iter().zip(&out.losses) {
-            losses[i] = l;
-        }
-        positions += out.positions;
-        pending.push(Entry {
-            batch: b,
-            loss_bits: out.losses.iter().map(|l| l.to_bits()).collect(),
-            positions: out.positions,
-        });
-        batches_run += 1;
-        progress.advance(
-            indices.len(),
-            indices.iter().map(|&i| lengths[i] as u64).sum(),
-        );
-        if last_sync.elapsed() >= sync_every {
-            sink.sync(&part.join(AGGREGATE))?;
-            journal.append(&pending)?;
-            pending.clear();
-            last_sync = Instant::now();
-        }
-        profile.write += write_start.elapsed();
-    }
-    progress.finish();
-    let finish_start = Instant::now();
-    sink.finish(num_items, cfg.preprocess_cfg.normalize_aggregated_grad)?;
+        let mut progress = Progress::new(opts.quiet || !lead, indexed.len(), total_tokens);
+        let done_docs: usize = done.iter().map(|e| batches[e.batch].len()).sum();
+        done_tokens = done
+            .iter()
+            .flat_map(|e| &batches[e.batch])
+            .map(|&i| lengths[i] as u64)
+            .sum();
+        progress.resume(done_docs, done_tokens);
 
-    // data.hf, the processor files (again, as Bergson writes them at teardown), the count.
-    let table = if aggregation == Aggregation::None {
-        let mut t = data.table.clone();
-        if icfg.drop_columns {
-            t = drop_columns(&t, &["input_ids"]);
+        let mut pending: Vec<Entry> = Vec::new();
+        let sync_every = sync_every();
+        let mut last_sync = Instant::now();
+        for (b, indices) in batches.iter().enumerate() {
+            if is_done[b] {
+                continue;
+            }
+            // A Ctrl-C ([`crate::interrupt`]) stops after the current batch, leaving `.part`
+            // resumable (one process) or for the next run to start over (several).
+            if crate::interrupt::requested() {
+                if let Some(journal) = &mut journal {
+                    sink.sync(&part.join(AGGREGATE))?;
+                    journal.append(&pending)?;
+                }
+                progress.finish();
+                return Err(Error::Interrupted);
+            }
+            let out = collection.run_batch(docs, indices)?;
+            profile.batches += out.timings;
+            let write_start = Instant::now();
+            sink.write(&out)?;
+            for (&i, &l) in out.indices.iter().zip(&out.losses) {
+                losses[i] = l;
+            }
+            positions += out.positions;
+            pending.push(Entry {
+                batch: b,
+                loss_bits: out.losses.iter().map(|l| l.to_bits()).collect(),
+                positions: out.positions,
+            });
+            batches_run += 1;
+            progress.advance(
+                indices.len(),
+                indices.iter().map(|&i| lengths[i] as u64).sum(),
+            );
+            if let Some(journal) = &mut journal {
+                if last_sync.elapsed() >= sync_every {
+                    sink.sync(&part.join(AGGREGATE))?;
+                    journal.append(&pending)?;
+                    pending.clear();
+                    last_sync = Instant::now();
+                }
+            }
+            profile.write += write_start.elapsed();
         }
-        add_column(&t, "loss", Arc::new(Float32Array::from(losses)))?
-    } else {
-        let schema = Schema::new(vec![Field::new("query_index", DataType::Int64, true)]);
-        RecordBatch::try_new(
-            Arc::new(schema),
-            vec![Arc::new(Int64Array::from(vec![0i64]))],
-        )
-        .map_err(|e| Error::internal(format!("cannot build data.hf: {e}")))?
-    };
-    write_hf_dataset(&table, &part.join("data.hf"))?;
-    processor.save(&part)?;
-    pickle::save_scalar_i64(&part.join("total_processed.pt"), positions as i64)?;
-    for extra in [JOURNAL, AGGREGATE] {
-        let p = part.join(extra);
-        if p.exists() {
-            std::fs::remove_file(&p).at_path(&p)?;
+        progress.finish();
+        // Every rank's rows are on disk before rank 0 renames the directory.
+        sink.flush()?;
+        Ok(sink)
+    })();
+    let mut sink = together(job, collected)?;
+
+    // Losses (zero where another rank owns the document, so the sum is exact), position
+    // counts and the aggregate row, reduced onto every rank; rank 0 uses them.
+    let finish_start = Instant::now();
+    let mut tokens_run = total_tokens - done_tokens;
+    if world > 1 {
+        let mut l = tch::Tensor::from_slice(&losses);
+        job.all_reduce(&mut l, ReduceOp::Sum)?;
+        losses = Vec::<f32>::try_from(&l)?;
+        let mut counts =
+            tch::Tensor::from_slice(&[positions as i64, tokens_run as i64, batches_run as i64]);
+        job.all_reduce(&mut counts, ReduceOp::Sum)?;
+        let counts = Vec::<i64>::try_from(&counts)?;
+        positions = counts[0] as usize;
+        tokens_run = counts[1] as u64;
+        batches_run = counts[2] as usize;
+        if let Some(acc) = sink.accumulator_mut() {
+            job.all_reduce(acc, ReduceOp::Sum)?;
         }
     }
-    run_dir::finish(&part, &run_path)?;
+
+    // Rank 0: data.hf, the processor files (again, as Bergson writes them at teardown), the
+    // count, then the rename; the others learn whether it worked.
+    let finished = (|| -> Result<_> {
+        if !lead {
+            return Ok(());
+        }
+        sink.finish(num_items, cfg.preprocess_cfg.normalize_aggregated_grad)?;
+        let table = if aggregation == Aggregation::None {
+            let mut t = data.table.clone();
+            if icfg.drop_columns {
+                t = drop_columns(&t, &["input_ids"]);
+            }
+            add_column(&t, "loss", Arc::new(Float32Array::from(losses)))?
+        } else {
+            let schema = Schema::new(vec![Field::new("query_index", DataType::Int64, true)]);
+            RecordBatch::try_new(
+                Arc::new(schema),
+                vec![Arc::new(Int64Array::from(vec![0i64]))],
+            )
+            .map_err(|e| Error::internal(format!("cannot build data.hf: {e}")))?
+        };
+        write_hf_dataset(&table, &part.join("data.hf"))?;
+        processor.save(&part)?;
+        pickle::save_scalar_i64(&part.join("total_processed.pt"), positions as i64)?;
+        for extra in [JOURNAL, AGGREGATE] {
+            let p = part.join(extra);
+            if p.exists() {
+                std::fs::remove_file(&p).at_path(&p)?;
+            }
+        }
+        run_dir::finish(&part, &run_path)
+    })();
+    together(job, finished)?;
     profile.finish = finish_start.elapsed();
     let index_bytes = std::fs::metadata(run_path.join("gradients.bin"))
         .map(|m| m.len())
@@ -405,7 +519,7 @@ fn run_step(step: &Step, cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSu
         documents: num_items,
         skipped: lengths.iter().filter(|&&l| l < 2).count(),
         tokens: lengths.iter().map(|&l| l as u64).sum(),
-        tokens_run: total_tokens - done_tokens,
+        tokens_run,
         aggregated: aggregation != Aggregation::None,
         batches_run,
         seconds: start.elapsed().as_secs_f64(),
@@ -414,9 +528,67 @@ fn run_step(step: &Step, cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSu
     })
 }
 
+/// The shape of an index: what rank 0 lays out and every rank writes into.
+struct Layout {
+    lengths: Vec<usize>,
+    num_items: usize,
+    grad_sizes: Vec<(String, usize)>,
+    row_len: usize,
+    offsets: Option<Vec<i64>>,
+    num_grads: usize,
+    save_kind: Kind,
+}
+
+/// Rank 0's part of the set-up: creates `.part` (fresh), writes config.yaml, the processor,
+/// a zero-filled gradients.bin of the full size, info and (per token) the offsets.
+fn lay_out(
+    step: &Step,
+    part: &Path,
+    start_mode: &Start,
+    processor: &crate::collect::GradientProcessor,
+    icfg: &crate::config::IndexConfig,
+    layout: &Layout,
+) -> Result<GradientFile> {
+    if *start_mode == Start::Fresh {
+        run_dir::create_part(part)?;
+        write_text(
+            &part.join("config.yaml"),
+            &config_yaml(step, chrono::Utc::now())?,
+        )?;
+    }
+    processor.save(part)?;
+    let file = GradientFile::create(
+        part,
+        layout.num_grads,
+        layout.row_len,
+        layout.save_kind,
+        *start_mode == Start::Resume,
+    )?;
+    let info = IndexInfo {
+        attribute_tokens: icfg.attribute_tokens,
+        num_items: if layout.offsets.is_some() {
+            layout.num_items
+        } else {
+            layout.num_grads
+        },
+        num_grads: layout.num_grads,
+        grad_sizes: layout.grad_sizes.clone(),
+        base_dtype: crate::engine::numpy_name(layout.save_kind).to_string(),
+    };
+    info.write(part)?;
+    if let Some(o) = &layout.offsets {
+        write_offsets(&part.join("offsets.npy"), o)?;
+    }
+    Ok(file)
+}
+
 /// Refuses Bergson options bergson-rs does not implement, and impossible values, up front.
 fn check_supported(cfg: &BuildConfig) -> Result<()> {
-    setup::check_index_config(&cfg.index_cfg)?;
+    // Any number of processes may build (crate::dist); check the rest as every command does.
+    crate::dist::launch::check_config(&cfg.index_cfg.distributed)?;
+    let mut icfg = cfg.index_cfg.clone();
+    icfg.distributed = Default::default();
+    setup::check_index_config(&icfg)?;
     let pcfg = &cfg.preprocess_cfg;
     if let Some(h) = &pcfg.hessian_path {
         preconditioner::check_factored_unprojected(

@@ -113,6 +113,17 @@ impl RowSink {
         self.file.sync()
     }
 
+    /// Makes the rows written so far durable (without the accumulator snapshot).
+    pub fn flush(&self) -> Result<()> {
+        self.file.sync()
+    }
+
+    /// The running sum of rows (float32), with aggregation: reduced over the ranks of a
+    /// multi-process build before [`RowSink::finish`].
+    pub fn accumulator_mut(&mut self) -> Option<&mut Tensor> {
+        self.accumulator.as_mut()
+    }
+
     /// Restores the accumulator from a snapshot.
     pub fn restore(&mut self, snapshot: &Path) -> Result<()> {
         if let Some(acc) = &mut self.accumulator {

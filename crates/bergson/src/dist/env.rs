@@ -9,6 +9,8 @@ use super::DistError;
 /// Collective timeout when `BERGSON_DIST_TIMEOUT_MIN` is unset: Bergson's 180 minutes, since
 /// the last collective of a build waits for the slowest rank's whole share of the work.
 const DEFAULT_TIMEOUT_MIN: f64 = 180.0;
+/// Heartbeat limit when `BERGSON_DIST_HEARTBEAT_S` is unset.
+const DEFAULT_HEARTBEAT_S: f64 = 10.0;
 /// How long to wait for every process to reach the store (`BERGSON_DIST_CONNECT_TIMEOUT_S`).
 const DEFAULT_CONNECT_S: f64 = 300.0;
 
@@ -35,6 +37,9 @@ pub struct Rendezvous {
     pub connect_timeout: Duration,
     /// Limit on one collective.
     pub timeout: Duration,
+    /// How long another rank may go without a heartbeat before this one gives up
+    /// (`BERGSON_DIST_HEARTBEAT_S`, default 10).
+    pub heartbeat_limit: Duration,
 }
 
 impl Rendezvous {
@@ -92,6 +97,7 @@ impl Rendezvous {
             interface: var("GLOO_SOCKET_IFNAME").filter(|i| !i.is_empty()),
             connect_timeout: seconds(&var, "BERGSON_DIST_CONNECT_TIMEOUT_S", DEFAULT_CONNECT_S)?,
             timeout: seconds(&var, "BERGSON_DIST_TIMEOUT_MIN", DEFAULT_TIMEOUT_MIN)? * 60,
+            heartbeat_limit: seconds(&var, "BERGSON_DIST_HEARTBEAT_S", DEFAULT_HEARTBEAT_S)?,
         }))
     }
 

@@ -3,7 +3,8 @@
 /// Errors of the `dist` module.
 #[derive(Debug, thiserror::Error)]
 pub enum DistError {
-    /// The launch environment (`RANK`, `WORLD_SIZE`, ...) is missing or inconsistent.
+    /// The launch settings (`--nproc_per_node`, `--nnode`) or environment (`RANK`,
+    /// `WORLD_SIZE`, ...) are wrong: the user's to fix.
     #[error("{0}")]
     Environment(String),
     /// The processes could not meet (store or Gloo connection set-up).
@@ -32,6 +33,16 @@ pub enum DistError {
         /// The ranks that failed.
         ranks: Vec<usize>,
     },
+    /// A worker started by the launcher failed (the others were stopped).
+    #[error("rank {rank} {}; stopped the other workers", exit(*.code, *.signal))]
+    WorkerFailed {
+        /// The worker's rank.
+        rank: usize,
+        /// Its exit status, if it exited.
+        code: Option<i32>,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+    },
     /// A tensor handed to a collective is unusable (wrong device, dtype or shape).
     #[error("{0}")]
     BadTensor(String),
@@ -40,4 +51,12 @@ pub enum DistError {
 fn list(ranks: &[usize]) -> String {
     let names: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
     names.join(", ")
+}
+
+fn exit(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        (None, None) => "ended abnormally".into(),
+    }
 }

@@ -2,7 +2,9 @@
 //! implementation ([`Gloo`], CPU tensors, through `csrc/c10d_shim.cpp`) and a one-process one
 //! ([`SingleProcess`]), so code written against the trait runs the same with or without a
 //! cluster. [`Rendezvous`] reads a process's place in the job from torchrun's environment
-//! variables; [`connect`] joins the job they describe.
+//! variables; [`connect`] joins the job they describe, with a [`Watcher`] that ends this
+//! process soon after another one dies; [`launch`] starts the processes of a job on one
+//! machine.
 //!
 //! Every rank must issue the same collectives in the same order, or the job waits until the
 //! timeout (`BERGSON_DIST_TIMEOUT_MIN`, default 180 as in Bergson).
@@ -11,12 +13,15 @@ mod env;
 mod error;
 mod ffi;
 mod gloo;
+pub mod launch;
 mod single;
+mod watch;
 
 pub use env::Rendezvous;
 pub use error::DistError;
 pub use gloo::{Gloo, StoreClient};
 pub use single::SingleProcess;
+pub use watch::Watcher;
 
 use tch::{Device, Kind, Tensor};
 
@@ -71,12 +76,56 @@ pub trait Collective {
     }
 }
 
-/// The job this process belongs to: [`Gloo`] when the environment names one of two or more
-/// processes ([`Rendezvous::from_env`]), else [`SingleProcess`].
-pub fn connect() -> Result<Box<dyn Collective>, DistError> {
+/// This process's membership of a job: its collectives and, with several processes, the
+/// [`Watcher`] that ends it soon after another rank dies.
+pub struct Job {
+    group: Box<dyn Collective>,
+    watcher: Option<Watcher>,
+}
+
+impl Job {
+    /// A job of one process.
+    pub fn single() -> Job {
+        Job {
+            group: Box::new(SingleProcess),
+            watcher: None,
+        }
+    }
+
+    /// The job's collectives.
+    pub fn collective(&self) -> &dyn Collective {
+        &*self.group
+    }
+
+    /// Leaves the job after its work succeeded: stops watching the others, then waits until
+    /// every rank got here, so that rank 0 (which hosts the store) is the last to go.
+    pub fn finish(mut self) -> Result<(), DistError> {
+        drop(self.watcher.take());
+        self.group.barrier()
+    }
+}
+
+impl std::ops::Deref for Job {
+    type Target = dyn Collective;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.group
+    }
+}
+
+/// Joins the job the environment describes ([`Rendezvous::from_env`]): Gloo, watched, when it
+/// has two or more processes, else a job of one.
+pub fn connect() -> Result<Job, DistError> {
     match Rendezvous::from_env()? {
-        Some(job) if job.world_size > 1 => Ok(Box::new(Gloo::connect(&job)?)),
-        _ => Ok(Box::new(SingleProcess)),
+        Some(rv) if rv.world_size > 1 => {
+            let group = Gloo::connect(&rv)?;
+            let watcher = Watcher::start(&group, rv.heartbeat_limit)?;
+            Ok(Job {
+                group: Box::new(group),
+                watcher: Some(watcher),
+            })
+        }
+        _ => Ok(Job::single()),
     }
 }
 

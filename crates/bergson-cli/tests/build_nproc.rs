@@ -1,0 +1,346 @@
+//! Multi-process builds on loopback Gloo: `--nproc_per_node 2` (our launcher) and two
+//! processes started by hand with torchrun's variables write the same index as one process;
+//! a killed worker ends the whole job within seconds and nothing looks finished.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{assert_one_line_error, bergson, fixtures};
+
+/// `bergson build <run>` on the gpt_neox fixture with small batches, one thread per process.
+fn build(run: &Path, dataset: &Path, extra: &[&str]) -> Command {
+    let mut cmd = bergson();
+    cmd.arg("build")
+        .arg(run)
+        .arg("--model")
+        .arg(fixtures().join("models/gpt_neox"))
+        .arg("--dataset")
+        .arg(dataset)
+        .args([
+            "--projection_dim",
+            "8",
+            "--token_batch_size",
+            "64",
+            "--quiet",
+        ])
+        .args(extra)
+        .env("OMP_NUM_THREADS", "1")
+        .env_remove("WORLD_SIZE")
+        .env_remove("RANK");
+    cmd
+}
+
+fn small_dataset() -> PathBuf {
+    fixtures().join("build/resume.jsonl")
+}
+
+/// The fixture repeated `times` times (a build long enough to kill in the middle).
+fn repeated_dataset(dir: &Path, times: usize) -> PathBuf {
+    let text = std::fs::read_to_string(small_dataset()).unwrap();
+    let path = dir.join("many.jsonl");
+    std::fs::write(&path, text.repeat(times)).unwrap();
+    path
+}
+
+fn run_ok(mut cmd: Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every file of a run directory; config.yaml without the lines that name the run (its time,
+/// path and process count).
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+            let mut bytes = std::fs::read(&p).unwrap();
+            if rel == "config.yaml" {
+                let text = String::from_utf8(bytes).unwrap();
+                bytes = text
+                    .lines()
+                    .filter(|l| {
+                        let l = l.trim_start();
+                        !["created:", "run_path:", "nproc_per_node:"]
+                            .iter()
+                            .any(|k| l.starts_with(k))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    .into_bytes();
+            }
+            out.insert(rel, bytes);
+        }
+    }
+    out
+}
+
+#[track_caller]
+fn assert_same_index(one: &Path, other: &Path) {
+    let (a, b) = (snapshot(one), snapshot(other));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "file lists"
+    );
+    let differing: Vec<&String> = a.keys().filter(|k| a[*k] != b[*k]).collect();
+    assert!(differing.is_empty(), "files differ: {differing:?}");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Rank `rank` of `world` started by hand, torchrun-style.
+fn rank_cmd(mut cmd: Command, rank: usize, world: usize, port: u16) -> Command {
+    cmd.env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("LOCAL_WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string());
+    cmd
+}
+
+/// Waits for `child` at most `limit`, killing it after that.
+fn wait_within(child: Child, limit: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        // SAFETY: kill(2) on a pid we started; harmless if it already exited and was reaped
+        // moments ago (the test then fails on the time check anyway).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(watchdog);
+    (out, start.elapsed())
+}
+
+/// Waits until the build has laid out `<run>.part/gradients.bin` (the workers are past
+/// set-up and into their batches).
+fn wait_for_batches(run: &Path) {
+    let file = PathBuf::from(format!("{}.part", run.display())).join("gradients.bin");
+    let start = Instant::now();
+    while !file.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "build never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn two_processes_write_the_one_process_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset();
+    for extra in [&[][..], &["--attribute_tokens"][..]] {
+        let one = dir.path().join("one");
+        let launched = dir.path().join("launched");
+        let by_hand = dir.path().join("by_hand");
+        for d in [&one, &launched, &by_hand] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        run_ok(build(&one, &data, extra));
+        let mut cmd = build(&launched, &data, extra);
+        cmd.args(["--nproc_per_node", "2"]);
+        run_ok(cmd);
+        // Started by someone else, rank 1 first.
+        let port = free_port();
+        let ranks: Vec<Child> = [1, 0]
+            .into_iter()
+            .map(|r| {
+                let mut cmd = rank_cmd(build(&by_hand, &data, extra), r, 2, port);
+                cmd.stderr(Stdio::piped()).spawn().unwrap()
+            })
+            .collect();
+        for child in ranks {
+            let (out, _) = wait_within(child, Duration::from_secs(120));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // Bit-identical: each document's rows come from the same batch computation.
+        assert_same_index(&one, &launched);
+        assert_same_index(&one, &by_hand);
+    }
+}
+
+#[test]
+fn an_aggregated_two_process_index_matches_within_rounding() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    run_ok(build(&one, &data, &["--aggregation", "mean"]));
+    run_ok(build(
+        &two,
+        &data,
+        &["--aggregation", "mean", "--nproc_per_node", "2"],
+    ));
+    let read = |run: &Path| -> Vec<f32> {
+        std::fs::read(run.join("gradients.bin"))
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let (a, b) = (read(&one), read(&two));
+    assert_eq!(a.len(), b.len());
+    let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    // The two ranks' partial sums are added in another order than one process's.
+    assert!(err <= 1e-6 * scale, "max abs diff {err} (scale {scale})");
+    assert_eq!(
+        std::fs::read(one.join("total_processed.pt")).unwrap(),
+        std::fs::read(two.join("total_processed.pt")).unwrap()
+    );
+}
+
+#[test]
+fn a_killed_worker_stops_the_launcher_and_the_other_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = repeated_dataset(dir.path(), 200);
+    let run = dir.path().join("run");
+    let mut cmd = build(&run, &data, &["--nproc_per_node", "2"]);
+    let launcher = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_batches(&run);
+    let workers = children(launcher.id());
+    assert_eq!(workers.len(), 2, "workers {workers:?}");
+    let rank1 = *workers
+        .iter()
+        .find(|&&pid| environ(pid).contains(&"RANK=1".to_string()))
+        .unwrap();
+    let killed = Instant::now();
+    // SAFETY: kill(2) on a worker of the launcher we started.
+    unsafe { libc::kill(rank1 as libc::pid_t, libc::SIGKILL) };
+    let (out, _) = wait_within(launcher, Duration::from_secs(60));
+    let waited = killed.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(waited < Duration::from_secs(15), "took {waited:?}");
+    assert!(
+        stderr.contains("error: rank 1 was killed by signal 9; stopped the other workers"),
+        "{stderr}"
+    );
+    for pid in workers {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
+            "worker {pid} alive"
+        );
+    }
+    assert!(!run.exists(), "a failed job left a finished-looking index");
+}
+
+#[test]
+fn a_killed_rank_ends_a_job_started_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = repeated_dataset(dir.path(), 200);
+    for victim in [1, 0] {
+        let run = dir.path().join(format!("run{victim}"));
+        let port = free_port();
+        let mut ranks: Vec<Option<Child>> = (0..2)
+            .map(|r| {
+                let mut cmd = rank_cmd(build(&run, &data, &[]), r, 2, port);
+                cmd.env("BERGSON_DIST_HEARTBEAT_S", "2");
+                Some(cmd.stderr(Stdio::piped()).spawn().unwrap())
+            })
+            .collect();
+        wait_for_batches(&run);
+        let mut dead = ranks[victim].take().unwrap();
+        dead.kill().unwrap();
+        let killed = Instant::now();
+        let _ = dead.wait();
+        let other = ranks[1 - victim].take().unwrap();
+        let (out, _) = wait_within(other, Duration::from_secs(60));
+        let waited = killed.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert!(waited < Duration::from_secs(10), "took {waited:?}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        let want = if victim == 1 {
+            "error: rank 1 stopped responding"
+        } else {
+            "error: rank 1 lost the job's store"
+        };
+        assert!(lines[0].starts_with(want), "{stderr}");
+        assert!(!run.exists(), "a failed job left a finished-looking index");
+    }
+}
+
+#[test]
+fn bad_process_counts_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = build(&run, &small_dataset(), &["--nproc_per_node", "0"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, &["--nproc_per_node 0"]);
+    let out = build(&run, &small_dataset(), &["--nnode", "2"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, &["--nnode 2", "torchrun"]);
+    let mut cmd = build(&run, &small_dataset(), &[]);
+    let out = cmd
+        .env("WORLD_SIZE", "2")
+        .env("RANK", "5")
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, &["RANK=5 is not below WORLD_SIZE=2"]);
+    assert!(!run.exists());
+}
+
+/// Child pids of `pid` (every thread's list).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let text =
+            std::fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|s| s.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true)
+}
