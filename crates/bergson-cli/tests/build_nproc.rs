@@ -188,6 +188,32 @@ fn two_processes_write_the_one_process_index() {
     }
 }
 
+/// `torchrun --no-python bergson build ...`: torchrun's agent hosts the store and every rank
+/// is a client (`TORCHELASTIC_USE_AGENT_STORE=True`).
+#[test]
+#[ignore = "needs PyTorch's torchrun (set BERGSON_PY to a Python with torch 2.11)"]
+fn torchrun_writes_the_one_process_index() {
+    let python = PathBuf::from(std::env::var_os("BERGSON_PY").expect(
+        "set BERGSON_PY to a Python with torch 2.11 (e.g. /work/pyenv/bin/python) to run this test",
+    ));
+    let torchrun = python.with_file_name("torchrun");
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset();
+    let (one, launched) = (dir.path().join("one"), dir.path().join("torchrun"));
+    run_ok(build(&one, &data, &[]));
+    let inner = build(&launched, &data, &[]);
+    let mut cmd = Command::new(torchrun);
+    cmd.args(["--nproc_per_node", "2", "--master_addr", "127.0.0.1"])
+        .arg(format!("--master_port={}", free_port()))
+        .arg("--no-python")
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .current_dir(common::repo_root())
+        .env("OMP_NUM_THREADS", "1");
+    run_ok(cmd);
+    assert_same_index(&one, &launched);
+}
+
 #[test]
 fn an_aggregated_two_process_index_matches_within_rounding() {
     let dir = tempfile::tempdir().unwrap();
