@@ -97,7 +97,9 @@ bd_pg* bd_pg_new(const char* host, int port, int rank, int world, int server,
     so.port = static_cast<std::uint16_t>(port);
     so.isServer = server != 0;
     so.numWorkers = static_cast<std::size_t>(world);
-    so.waitWorkers = false;
+    // Every rank checks in (a PyTorch store host waits for all of them), and the host
+    // waits until all did, as init_process_group does.
+    so.waitWorkers = true;
     so.timeout = std::chrono::milliseconds(store_timeout_ms);
     so.useLibUV = true;
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), so);

@@ -21,24 +21,26 @@ fn free_port() -> u16 {
 /// Starts `world` copies of this binary running `rank_main` in `mode`.
 fn start_ranks(world: usize, mode: &str) -> Vec<Child> {
     let port = free_port().to_string();
-    let exe = std::env::current_exe().unwrap();
     (0..world)
-        .map(|rank| {
-            Command::new(&exe)
-                .args(["--exact", "rank_main", "--nocapture", "--test-threads=1"])
-                .env("BERGSON_TEST_DIST", mode)
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("WORLD_SIZE", world.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
-                .env("BERGSON_DIST_CONNECT_TIMEOUT_S", "60")
-                .env("BERGSON_DIST_TIMEOUT_MIN", "1")
-                .env("OMP_NUM_THREADS", "1")
-                .spawn()
-                .unwrap()
-        })
+        .map(|rank| start_rank(&port, rank, world, mode))
         .collect()
+}
+
+/// Starts rank `rank` of `world` (this binary's `rank_main` in `mode`).
+fn start_rank(port: &str, rank: usize, world: usize, mode: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "rank_main", "--nocapture", "--test-threads=1"])
+        .env("BERGSON_TEST_DIST", mode)
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port)
+        .env("BERGSON_DIST_CONNECT_TIMEOUT_S", "60")
+        .env("BERGSON_DIST_TIMEOUT_MIN", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .spawn()
+        .unwrap()
 }
 
 /// Waits for every child (killing all after 120 s) and returns their exit codes.
@@ -81,6 +83,40 @@ fn a_rank_that_fails_is_named_by_the_others() {
     assert_eq!(wait_all(start_ranks(3, "agree")), [Some(0); 3]);
 }
 
+/// A PyTorch rank (`init_process_group("gloo", init_method="tcp://...")`, rank 0, hosting
+/// the store) and a bergson-rs rank in one job, both checking the results.
+#[test]
+#[ignore = "needs PyTorch (set BERGSON_PY to a Python with torch 2.11)"]
+fn a_pytorch_rank_and_a_rust_rank_share_one_job() {
+    let python = std::env::var_os("BERGSON_PY").expect(
+        "set BERGSON_PY to a Python with torch 2.11 (e.g. /work/pyenv/bin/python) to run this test",
+    );
+    let script = r#"
+import os, torch, torch.distributed as dist
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}",
+                        rank=0, world_size=2)
+t = torch.arange(3, dtype=torch.float64)
+dist.all_reduce(t)
+assert t.tolist() == [10.0, 12.0, 14.0], t
+b = torch.zeros(2, dtype=torch.float32)
+dist.broadcast(b, src=1)
+assert b.tolist() == [1.5, -2.5], b
+outs = [torch.empty(2, dtype=torch.int64) for _ in range(2)]
+dist.all_gather(outs, torch.tensor([0, 1]))
+assert [o.tolist() for o in outs] == [[0, 1], [100, 101]], outs
+dist.barrier()
+dist.destroy_process_group()
+"#;
+    let port = free_port().to_string();
+    let py = Command::new(python)
+        .args(["-c", script])
+        .env("MASTER_PORT", &port)
+        .spawn()
+        .unwrap();
+    let rust = start_rank(&port, 1, 2, "mixed");
+    assert_eq!(wait_all(vec![py, rust]), [Some(0), Some(0)]);
+}
+
 /// One rank's side of the tests above.
 #[test]
 fn rank_main() {
@@ -91,6 +127,7 @@ fn rank_main() {
     match mode.as_str() {
         "exact" => check_exact(job.collective()),
         "agree" => check_agree(job.collective()),
+        "mixed" => check_mixed(job.collective()),
         other => panic!("unknown mode {other}"),
     }
     job.finish().unwrap();
@@ -153,4 +190,19 @@ fn check_agree(job: &dyn Collective) {
         }
         Err(e) => panic!("{e}"),
     }
+}
+
+/// The Rust side of `a_pytorch_rank_and_a_rust_rank_share_one_job` (rank 1).
+fn check_mixed(job: &dyn Collective) {
+    let mut t = Tensor::from_slice(&[10.0f64, 11.0, 12.0]);
+    job.all_reduce(&mut t, ReduceOp::Sum).unwrap();
+    assert_eq!(values(&t), [10.0, 12.0, 14.0]);
+    let mut b = Tensor::from_slice(&[1.5f32, -2.5]);
+    job.broadcast(&mut b, 1).unwrap();
+    let all = job.all_gather(&Tensor::from_slice(&[100i64, 101])).unwrap();
+    let all: Vec<Vec<i64>> = all
+        .iter()
+        .map(|t| Vec::<i64>::try_from(t).unwrap())
+        .collect();
+    assert_eq!(all, [vec![0, 1], vec![100, 101]]);
 }

@@ -61,7 +61,12 @@ fn watch(
         let others = (0..world).filter(|&r| r != rank).try_for_each(|r| {
             let n = store.add(&format!("heartbeat/{r}"), 0)?;
             let (last, at) = &mut seen[r];
-            if n != *last {
+            // A rank that never sent a heartbeat is not watched: it is starting, or it is not
+            // a bergson-rs process (a PyTorch rank in a mixed job). Collectives still fail
+            // if it dies.
+            if n == 0 {
+                *at = Instant::now();
+            } else if n != *last {
                 (*last, *at) = (n, Instant::now());
             } else if at.elapsed() > limit {
                 return Err(format!(
