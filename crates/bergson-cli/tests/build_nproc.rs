@@ -13,6 +13,13 @@ use common::{assert_one_line_error, bergson, fixtures};
 
 /// `bergson build <run>` on the gpt_neox fixture with small batches, one thread per process.
 fn build(run: &Path, dataset: &Path, extra: &[&str]) -> Command {
+    let mut cmd = build_loud(run, dataset, extra);
+    cmd.arg("--quiet");
+    cmd
+}
+
+/// As [`build`], with the summary line.
+fn build_loud(run: &Path, dataset: &Path, extra: &[&str]) -> Command {
     let mut cmd = bergson();
     cmd.arg("build")
         .arg(run)
@@ -20,13 +27,7 @@ fn build(run: &Path, dataset: &Path, extra: &[&str]) -> Command {
         .arg(fixtures().join("models/gpt_neox"))
         .arg("--dataset")
         .arg(dataset)
-        .args([
-            "--projection_dim",
-            "8",
-            "--token_batch_size",
-            "64",
-            "--quiet",
-        ])
+        .args(["--projection_dim", "8", "--token_batch_size", "64"])
         .args(extra)
         .env("OMP_NUM_THREADS", "1")
         .env_remove("WORLD_SIZE")
@@ -280,6 +281,42 @@ fn a_killed_worker_stops_the_launcher_and_the_other_workers() {
         );
     }
     assert!(!run.exists(), "a failed job left a finished-looking index");
+}
+
+#[test]
+fn a_killed_job_resumes_to_the_one_process_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = repeated_dataset(dir.path(), 100);
+    let (one, run) = (dir.path().join("one"), dir.path().join("run"));
+    run_ok(build(&one, &data, &[]));
+    let mut cmd = build(&run, &data, &["--nproc_per_node", "2"]);
+    cmd.env("BERGSON_SYNC_SECONDS", "0");
+    let launcher = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_batches(&run);
+    std::thread::sleep(Duration::from_millis(500));
+    let rank1 = *children(launcher.id())
+        .iter()
+        .find(|&&pid| environ(pid).contains(&"RANK=1".to_string()))
+        .unwrap();
+    // SAFETY: kill(2) on a worker of the launcher we started.
+    unsafe { libc::kill(rank1 as libc::pid_t, libc::SIGKILL) };
+    let (out, _) = wait_within(launcher, Duration::from_secs(60));
+    assert!(!out.status.success());
+    let part = dir.path().join("run.part");
+    let journals: Vec<String> = std::fs::read_dir(&part)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("journal."))
+        .collect();
+    assert_eq!(journals.len(), 2, "{journals:?}");
+    // The same command again: every rank continues after its last durable batch.
+    let out = build_loud(&run, &data, &["--nproc_per_node", "2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("(resumed: "), "{stderr}");
+    assert_same_index(&one, &run);
 }
 
 #[test]

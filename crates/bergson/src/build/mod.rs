@@ -30,7 +30,7 @@ use crate::models::CausalLm;
 use crate::units::human_bytes;
 use crate::{pickle, setup, Error, Result};
 
-use crate::index::journal::{Entry, Header, Journal, AGGREGATE, JOURNAL};
+use crate::index::journal::{self, Entry, Header, Journal};
 use crate::index::run_dir::{self, Start};
 use crate::progress::Progress;
 use rows::RowSink;
@@ -188,7 +188,8 @@ pub fn reduce(cfg: &BuildConfig, opts: &RunOptions) -> Result<BuildSummary> {
 /// the losses, position counts and (with `--aggregation`) the summed row are reduced onto
 /// rank 0, which writes the shared files and renames the directory only after every rank
 /// succeeded. A rank that fails makes the others fail with [`crate::dist::DistError::PeerFailed`]
-/// at the next step. Only a one-process build resumes (the journal is per process).
+/// at the next step. Each rank keeps its own journal, so a rerun of the same job resumes
+/// every rank after its last durable batch.
 pub fn run_in(
     cfg: &BuildConfig,
     opts: &RunOptions,
@@ -225,16 +226,7 @@ fn run_step(
     let loaded = (|| -> Result<_> {
         check_supported(cfg)?;
         let dirs = if lead {
-            let (run_path, part, mut start_mode) = run_dir::prepare(step, icfg.overwrite)?;
-            if world > 1 && start_mode == Start::Resume {
-                tracing::warn!(
-                    "{} is a partial one-process run; a run of {world} processes starts over",
-                    part.display()
-                );
-                std::fs::remove_dir_all(&part).at_path(&part)?;
-                start_mode = Start::Fresh;
-            }
-            (run_path, part, start_mode)
+            run_dir::prepare(step, icfg.overwrite)?
         } else {
             let run_path = PathBuf::from(step.run_path());
             let part = PathBuf::from(format!("{}.part", step.run_path()));
@@ -248,6 +240,18 @@ fn run_step(
     })();
     let ((run_path, part, start_mode), tokenizer, max_positions, data, model, processor) =
         together(job, loaded)?;
+    // Rank 0 decided whether `.part` is resumed; every rank then reads its own journal.
+    let start_mode = if world > 1 {
+        let mut resume = tch::Tensor::from_slice(&[i64::from(start_mode == Start::Resume)]);
+        job.broadcast(&mut resume, 0)?;
+        if resume.int64_value(&[0]) == 1 {
+            Start::Resume
+        } else {
+            Start::Fresh
+        }
+    } else {
+        start_mode
+    };
     let model: &dyn CausalLm = &*model;
     let docs = Documents {
         rows: &data.rows,
@@ -268,7 +272,7 @@ fn run_step(
     }
 
     // The collection on every rank; rank 0 lays out `.part` (config, processor, a zero-filled
-    // gradients.bin of the full size, info, offsets, the journal of a one-process run).
+    // gradients.bin of the full size, info, offsets).
     let planned = (|| -> Result<_> {
         let collection = Collection::new(model, docs, &processor, &collect_cfg)?;
         // Stored rows preconditioned (recorded in the saved preprocess_cfg, so a score run
@@ -323,31 +327,19 @@ fn run_step(
             num_grads,
             save_kind,
         };
-        let mut journal = None;
-        let mut done = Vec::new();
         if lead {
-            let file = lay_out(step, &part, &start_mode, &processor, icfg, &layout)?;
-            drop(file);
-            if world == 1 {
-                let header = Header {
-                    fingerprint: fingerprint(&data, collection.batches(), &layout.grad_sizes),
-                    num_batches: collection.batches().len(),
-                };
-                done = match start_mode {
-                    Start::Resume => Journal::read(&part, &header)?.unwrap_or_default(),
-                    Start::Fresh => Vec::new(),
-                };
-                journal = Some(if done.is_empty() {
-                    Journal::create(&part, &header)?
-                } else {
-                    Journal::reopen(&part, &done, &header)?
-                });
-            }
+            drop(lay_out(
+                step,
+                &part,
+                &start_mode,
+                &processor,
+                icfg,
+                &layout,
+            )?);
         }
-        Ok((collection, stored_row_preconditioner, layout, journal, done))
+        Ok((collection, stored_row_preconditioner, layout))
     })();
-    let (collection, stored_row_preconditioner, layout, mut journal, done) =
-        together(job, planned)?;
+    let (collection, stored_row_preconditioner, layout) = together(job, planned)?;
     let aggregation = cfg.preprocess_cfg.aggregation;
     let Layout {
         lengths,
@@ -375,7 +367,25 @@ fn run_step(
             .saturating_sub(data.timings.read + data.timings.tokenize),
         ..Profile::default()
     };
+    let journal_name = journal::journal_name(rank, world);
+    let aggregate = part.join(journal::aggregate_name(rank, world));
     let collected = (|| -> Result<_> {
+        // This rank's journal: the batches of its share already durable in gradients.bin.
+        let header = Header {
+            fingerprint: fingerprint(&data, batches, &layout.grad_sizes),
+            num_batches: batches.len(),
+        };
+        let done = match start_mode {
+            Start::Resume => {
+                Journal::read_named(&part, &journal_name, &header)?.unwrap_or_default()
+            }
+            Start::Fresh => Vec::new(),
+        };
+        let mut journal = if done.is_empty() {
+            Journal::create_named(&part, &journal_name, &header)?
+        } else {
+            Journal::reopen_named(&part, &journal_name, &done, &header)?
+        };
         let file = GradientFile::create(&part, num_grads, row_len, save_kind, true)?;
         let mut sink = RowSink::new(
             file,
@@ -386,7 +396,7 @@ fn run_step(
         )?
         .with_preconditioner(stored_row_preconditioner);
         if !done.is_empty() {
-            sink.restore(&part.join(AGGREGATE))?;
+            sink.restore(&aggregate)?;
         }
         let mut is_done = vec![false; batches.len()];
         for e in &done {
@@ -415,10 +425,8 @@ fn run_step(
             // A Ctrl-C ([`crate::interrupt`]) stops after the current batch, leaving `.part`
             // resumable (one process) or for the next run to start over (several).
             if crate::interrupt::requested() {
-                if let Some(journal) = &mut journal {
-                    sink.sync(&part.join(AGGREGATE))?;
-                    journal.append(&pending)?;
-                }
+                sink.sync(&aggregate)?;
+                journal.append(&pending)?;
                 progress.finish();
                 return Err(Error::Interrupted);
             }
@@ -440,13 +448,11 @@ fn run_step(
                 indices.len(),
                 indices.iter().map(|&i| lengths[i] as u64).sum(),
             );
-            if let Some(journal) = &mut journal {
-                if last_sync.elapsed() >= sync_every {
-                    sink.sync(&part.join(AGGREGATE))?;
-                    journal.append(&pending)?;
-                    pending.clear();
-                    last_sync = Instant::now();
-                }
+            if last_sync.elapsed() >= sync_every {
+                sink.sync(&aggregate)?;
+                journal.append(&pending)?;
+                pending.clear();
+                last_sync = Instant::now();
             }
             profile.write += write_start.elapsed();
         }
@@ -501,11 +507,8 @@ fn run_step(
         write_hf_dataset(&table, &part.join("data.hf"))?;
         processor.save(&part)?;
         pickle::save_scalar_i64(&part.join("total_processed.pt"), positions as i64)?;
-        for extra in [JOURNAL, AGGREGATE] {
-            let p = part.join(extra);
-            if p.exists() {
-                std::fs::remove_file(&p).at_path(&p)?;
-            }
+        for p in journal::resume_files(&part) {
+            std::fs::remove_file(&p).at_path(&p)?;
         }
         run_dir::finish(&part, &run_path)
     })();

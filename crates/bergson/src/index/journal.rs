@@ -1,6 +1,7 @@
 //! The resume journal, `<run>.part/journal.jsonl`: one line per batch whose rows are durably in
 //! gradients.bin (written after the file is synced), so an interrupted build continues from the
-//! last durable batch and produces the same bytes as an uninterrupted one.
+//! last durable batch and produces the same bytes as an uninterrupted one. Each rank of a
+//! multi-process build keeps its own ([`journal_name`], [`aggregate_name`]).
 
 use std::fs::File;
 use std::io::Write;
@@ -15,6 +16,44 @@ use crate::{Error, Result};
 pub const JOURNAL: &str = "journal.jsonl";
 /// The aggregation accumulator snapshot (with `--aggregation`).
 pub const AGGREGATE: &str = "aggregate.bin";
+
+/// The journal of rank `rank` of a job of `world` processes (`journal.jsonl` for one).
+pub fn journal_name(rank: usize, world: usize) -> String {
+    match world {
+        1 => JOURNAL.to_string(),
+        _ => format!("journal.rank{rank}-of{world}.jsonl"),
+    }
+}
+
+/// The aggregation snapshot of rank `rank` of `world` (`aggregate.bin` for one).
+pub fn aggregate_name(rank: usize, world: usize) -> String {
+    match world {
+        1 => AGGREGATE.to_string(),
+        _ => format!("aggregate.rank{rank}-of{world}.bin"),
+    }
+}
+
+/// Every journal and aggregation snapshot in `part`, of any rank and job size.
+pub fn resume_files(part: &Path) -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir(part) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            (name.starts_with("journal.") && name.ends_with(".jsonl"))
+                || (name.starts_with("aggregate.") && name.ends_with(".bin"))
+        })
+        .collect()
+}
+
+/// Whether `part` holds a journal of any rank.
+pub fn has_journal(part: &Path) -> bool {
+    resume_files(part)
+        .iter()
+        .any(|p| p.extension().is_some_and(|e| e == "jsonl"))
+}
 
 /// The first line: what the journal's batches refer to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,7 +84,12 @@ pub struct Journal {
 impl Journal {
     /// Starts a new journal.
     pub fn create(part: &Path, header: &Header) -> Result<Self> {
-        let path = part.join(JOURNAL);
+        Self::create_named(part, JOURNAL, header)
+    }
+
+    /// Starts a new journal `name` (see [`journal_name`]).
+    pub fn create_named(part: &Path, name: &str, header: &Header) -> Result<Self> {
+        let path = part.join(name);
         let mut file = File::create(&path).at_path(&path)?;
         writeln!(file, "{}", serde_json::to_string(header).map_err(json_err)?).at_path(&path)?;
         file.sync_data().at_path(&path)?;
@@ -55,7 +99,12 @@ impl Journal {
     /// Reads the entries of an existing journal if its header matches; a torn last line (a kill
     /// mid-write) is ignored. `None` when there is no usable journal.
     pub fn read(part: &Path, header: &Header) -> Result<Option<Vec<Entry>>> {
-        let path = part.join(JOURNAL);
+        Self::read_named(part, JOURNAL, header)
+    }
+
+    /// As [`Journal::read`], for the journal `name`.
+    pub fn read_named(part: &Path, name: &str, header: &Header) -> Result<Option<Vec<Entry>>> {
+        let path = part.join(name);
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Ok(None);
         };
@@ -88,7 +137,12 @@ impl Journal {
 
     /// Reopens an existing journal for appending, dropping a torn last line.
     pub fn reopen(part: &Path, keep: &[Entry], header: &Header) -> Result<Self> {
-        let mut j = Journal::create(part, header)?;
+        Self::reopen_named(part, JOURNAL, keep, header)
+    }
+
+    /// As [`Journal::reopen`], for the journal `name`.
+    pub fn reopen_named(part: &Path, name: &str, keep: &[Entry], header: &Header) -> Result<Self> {
+        let mut j = Journal::create_named(part, name, header)?;
         for e in keep {
             j.append_unsynced(e)?;
         }

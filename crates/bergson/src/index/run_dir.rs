@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::journal::JOURNAL;
+use super::journal::has_journal;
 use crate::config::run_file::{parse_run_file, Step};
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -56,7 +56,7 @@ pub fn prepare(step: &Step, overwrite: bool) -> Result<(PathBuf, PathBuf, Start)
         if overwrite {
             remove(&part)?;
         } else if same_config(&part, step)? {
-            if part.join(JOURNAL).exists() {
+            if has_journal(&part) {
                 return Ok((run_path, part, Start::Resume));
             }
             // No journal: the run failed before its first batch (e.g. a full disk while sizing
