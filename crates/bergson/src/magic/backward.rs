@@ -16,8 +16,8 @@
 //! counts and the recomputation order are Bergson's, so the result does not depend on the
 //! schedule (up to rounding).
 
-use super::super::train::{DataStream, Trainer, TrainerState};
-use crate::config::SaveMode;
+use super::super::train::{DataStream, OptState, TracedGradient, Trainer, TrainerState};
+use crate::config::{OptimizerKind, SaveMode};
 use crate::error::IoContext;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -120,6 +120,13 @@ pub fn backward(
         tracing::info!("resuming the backward pass from step {expected}");
     }
     let mut phase = crate::progress::Phase::new("Backward", "steps", Some((expected + 1) as u64));
+    // Where every replayed state is stashed and differentiated next without another replay
+    // (not `log`, which replays from its stashes again), the replay traces each step's
+    // gradient and keeps it for that step's VJP: one gradient per step instead of two, for
+    // one segment's graphs in memory.
+    let keep_gradients = !matches!(settings.save_mode, SaveMode::Log)
+        && trainer.optimizer().kind != OptimizerKind::Muon;
+    let mut gradients: std::collections::HashMap<i64, TracedGradient> = Default::default();
     let next_stash = |idx: i64, expected: i64| match settings.save_mode {
         SaveMode::Log => (expected - idx) / 2 + idx,
         _ => expected.min(idx + 1),
@@ -143,9 +150,14 @@ pub fn backward(
         let mut stash_at = next_stash(idx, expected);
         while idx < expected {
             crate::interrupt::check()?;
-            state = trainer
-                .step(&state, &stream.batch(state.batch_index), false)?
-                .0;
+            let batch = stream.batch(state.batch_index);
+            state = if keep_gradients {
+                let (next, traced) = trainer.step_keeping_gradient(&state, &batch)?;
+                gradients.insert(idx, traced);
+                next
+            } else {
+                trainer.step(&state, &batch, false)?.0
+            };
             idx += 1;
             if idx == stash_at && idx < expected {
                 checkpoints.push((idx as usize, SavedState::Memory(state.detach())));
@@ -153,7 +165,10 @@ pub fn backward(
             }
         }
         expected = idx - 1;
-        adjoints = step_vjp(trainer, stream, &state, adjoints)?;
+        adjoints = match gradients.remove(&idx) {
+            Some(traced) => closed_form_vjp(trainer, stream, &state, traced, adjoints)?,
+            None => step_vjp(trainer, stream, &state, adjoints)?,
+        };
         phase.inc(1);
         let done = last - expected;
         if let Some(file) = &settings.state_file {
@@ -173,10 +188,91 @@ pub fn backward(
     Ok(adjoints)
 }
 
-/// One step's vector-Jacobian product: the traced step from `state` (its tensors made
-/// leaves), then for each column `ā_{t+1} · ∂s_{t+1}/∂(s_t, w)` by one backward pass each
-/// (the graph kept until the last). Returns the adjoints at `state`.
+/// One step's vector-Jacobian product: for each column `ā_{t+1} · ∂s_{t+1}/∂(s_t, w)`,
+/// returning the adjoints at `state`. The gradient is traced from `state` (its parameters
+/// made leaves); the optimizer's update is differentiated in closed form
+/// ([`crate::train::Optimizer::update_vjp`]) and the gradient's adjoint taken back through
+/// the traced graph by one backward pass per column (the graph kept until the last).
 pub fn step_vjp(
+    trainer: &Trainer,
+    stream: &DataStream,
+    state: &TrainerState,
+    adjoints: Vec<Adjoint>,
+) -> Result<Vec<Adjoint>> {
+    if matches!(state.opt, OptState::Muon { .. }) {
+        return traced_step_vjp(trainer, stream, state, adjoints);
+    }
+    let traced = trainer.traced_gradient(state, &stream.batch(state.batch_index))?;
+    closed_form_vjp(trainer, stream, state, traced, adjoints)
+}
+
+/// [`step_vjp`] with the step's gradient already traced (`traced`, taken at `state`): the
+/// optimizer's update differentiated in closed form, the gradient's adjoint taken back
+/// through the traced graph.
+fn closed_form_vjp(
+    trainer: &Trainer,
+    stream: &DataStream,
+    state: &TrainerState,
+    traced: TracedGradient,
+    adjoints: Vec<Adjoint>,
+) -> Result<Vec<Adjoint>> {
+    let step = state.batch_index;
+    let values = traced.values();
+    let detached: Vec<Tensor> = traced.params.iter().map(Tensor::detach).collect();
+    let mut inputs: Vec<&Tensor> = traced.params.iter().collect();
+    inputs.push(&stream.weights);
+    let count = adjoints.len();
+    let mut out = Vec::with_capacity(count);
+    for (q, adj) in adjoints.into_iter().enumerate() {
+        let through = trainer
+            .optimizer()
+            .update_vjp(&detached, &values, &state.opt, &adj.params, &adj.opt)
+            .ok_or_else(|| Error::internal("no closed-form update VJP for this optimizer"))?;
+        // ḡ · ∂g/∂(θ, w): the engine seeds each root `g · ḡ` with ones.
+        let roots: Vec<Tensor> = (traced.grads.iter().zip(&through.grads))
+            .filter(|(g, _)| g.defined() && g.requires_grad())
+            .map(|(g, g_bar)| g * g_bar)
+            .collect();
+        let mut second = if roots.is_empty() {
+            Vec::new()
+        } else {
+            Tensor::f_run_backward(&roots, &inputs, q + 1 < count, false)?
+        };
+        drop(roots);
+        let w = match second.pop() {
+            Some(g) if g.defined() => g,
+            _ => adj.weights.zeros_like(),
+        };
+        check_finite(&w, step)?;
+        let mut second = second.into_iter();
+        let params = (through.params.into_iter())
+            .map(|direct| match second.next() {
+                Some(g) if g.defined() => direct + g,
+                _ => direct,
+            })
+            .collect();
+        out.push(Adjoint {
+            params,
+            opt: through.opt,
+            weights: adj.weights + w,
+        });
+    }
+    Ok(out)
+}
+
+/// The metagradient of step `step` must be finite.
+fn check_finite(w: &Tensor, step: usize) -> Result<()> {
+    if w.isfinite().all().int64_value(&[]) != 0 {
+        return Ok(());
+    }
+    Err(Error::input(format!(
+        "the metagradient is not finite at step {step}; lower --lr, set --max_grad_norm, or use --precision fp64"
+    )))
+}
+
+/// [`step_vjp`] by autograd through the whole traced step, the optimizer's update included
+/// (Muon's Newton-Schulz has no closed form here).
+fn traced_step_vjp(
     trainer: &Trainer,
     stream: &DataStream,
     state: &TrainerState,
@@ -221,12 +317,7 @@ pub fn step_vjp(
             .pop()
             .map(|g| defined(g, &adj.weights))
             .unwrap_or_default();
-        let finite = w.isfinite().all().int64_value(&[]) != 0;
-        if !finite {
-            return Err(Error::input(format!(
-                "the metagradient is not finite at step {step}; lower --lr, set --max_grad_norm, or use --precision fp64"
-            )));
-        }
+        check_finite(&w, step)?;
         let opt: Vec<Tensor> = grads
             .drain(num_params..num_params + num_opt)
             .zip(&adj.opt)

@@ -18,8 +18,8 @@ pub mod stream;
 pub mod trainer;
 
 pub use collect::TrainingGradients;
-pub use optimizer::{OptState, Optimizer};
+pub use optimizer::{OptState, Optimizer, UpdateAdjoint};
 pub use run::{prepare_training, train, train_collecting, TrainSummary, TrainingRun, WeightChoice};
 pub use schedule::LrSchedule;
 pub use stream::{Batch, DataStream, WeightShape};
-pub use trainer::{StepSettings, Trainer, TrainerState};
+pub use trainer::{StepSettings, TracedGradient, Trainer, TrainerState};

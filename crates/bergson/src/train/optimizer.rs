@@ -83,6 +83,30 @@ pub enum OptState {
     },
 }
 
+/// The adjoints of one optimizer update's inputs ([`Optimizer::update_vjp`]).
+#[derive(Debug)]
+pub struct UpdateAdjoint {
+    /// ∂L/∂θ through the update's direct use of the parameters (weight decay, `θ - lr u`).
+    pub params: Vec<Tensor>,
+    /// ∂L/∂g, the adjoint of the gradients the update consumed.
+    pub grads: Vec<Tensor>,
+    /// ∂L/∂(optimizer state), as [`OptState::tensors`] orders it.
+    pub opt: Vec<Tensor>,
+    /// AdamW's second-moment adjoints while they are built (appended to `opt` at the end).
+    opt_second: Vec<Tensor>,
+}
+
+impl UpdateAdjoint {
+    fn with_capacity(n: usize) -> Self {
+        UpdateAdjoint {
+            params: Vec::with_capacity(n),
+            grads: Vec::with_capacity(n),
+            opt: Vec::with_capacity(2 * n),
+            opt_second: Vec::with_capacity(n),
+        }
+    }
+}
+
 /// Whether Muon updates `p` with Newton-Schulz (a matrix) rather than AdamW.
 fn muon_path(p: &Tensor) -> bool {
     p.dim() == 2
@@ -285,6 +309,72 @@ impl Optimizer {
         }
     }
 
+    /// The vector-Jacobian product of [`Optimizer::update`] in closed form: given the
+    /// adjoints of the new parameters (`adj_params`) and of the new state (`adj_opt`, as
+    /// [`OptState::tensors`] orders it), the adjoints of the update's inputs. `None` for Muon,
+    /// whose Newton-Schulz iteration is differentiated by autograd instead.
+    ///
+    /// MAGIC's backward takes this product once per step and column; written out, it is a
+    /// dozen elementwise passes instead of autograd's graph of the update (several times as
+    /// many, each with its own temporaries). Runs without autograd.
+    pub fn update_vjp(
+        &self,
+        params: &[Tensor],
+        grads: &[Tensor],
+        state: &OptState,
+        adj_params: &[Tensor],
+        adj_opt: &[Tensor],
+    ) -> Option<UpdateAdjoint> {
+        let _guard = tch::no_grad_guard();
+        let lr = self.schedule.lr(state.count());
+        let n = params.len();
+        match state {
+            OptState::AdamW { mu, nu, count } => {
+                let t = (*count + 1) as f32;
+                let bc1 = f64::from(1.0f32 - (self.beta1 as f32).powf(t));
+                let bc2 = f64::from(1.0f32 - (self.beta2 as f32).powf(t));
+                let mut out = UpdateAdjoint::with_capacity(n);
+                for (i, (((p_bar, g), m), v)) in
+                    adj_params.iter().zip(grads).zip(mu).zip(nu).enumerate()
+                {
+                    // Forward, as `update`: m' = β1 m + (1-β1) g, v' = β2 v + (1-β2) g²,
+                    // d = sqrt(v'/bc2 + eps_root) + eps, θ' = θ - lr (m'/bc1 / d + λ θ).
+                    let m2 = m * self.beta1 + g * (1.0 - self.beta1);
+                    let v2 = v * self.beta2 + g * g * (1.0 - self.beta2);
+                    let root = (&v2 / bc2 + self.eps_root).sqrt();
+                    let d = &root + self.eps;
+                    // Backward: ū = -lr θ̄', then through m'/bc1 / d and the square root.
+                    let u_bar = p_bar * -lr;
+                    let m_hat_bar = &u_bar / &d;
+                    let d_bar = -(&m_hat_bar * (m2 / bc1)) / &d;
+                    let m2_bar = &adj_opt[i] + m_hat_bar / bc1;
+                    let v2_bar = &adj_opt[n + i] + d_bar / (root * (2.0 * bc2));
+                    out.params.push(p_bar + u_bar * self.weight_decay);
+                    out.grads.push(
+                        &m2_bar * (1.0 - self.beta1) + g * &v2_bar * (2.0 * (1.0 - self.beta2)),
+                    );
+                    out.opt.push(m2_bar * self.beta1);
+                    out.opt_second.push(v2_bar * self.beta2);
+                }
+                let second = std::mem::take(&mut out.opt_second);
+                out.opt.extend(second);
+                Some(out)
+            }
+            OptState::Sgd { .. } => {
+                let mut out = UpdateAdjoint::with_capacity(n);
+                for (p_bar, m_bar) in adj_params.iter().zip(adj_opt) {
+                    // θ' = θ - lr m', m' = β m + g + λ θ.
+                    let m2_bar = m_bar - p_bar * lr;
+                    out.params.push(p_bar + &m2_bar * self.weight_decay);
+                    out.opt.push(&m2_bar * self.beta1);
+                    out.grads.push(m2_bar);
+                }
+                Some(out)
+            }
+            OptState::Muon { .. } => None,
+        }
+    }
+
     /// Muon's update (see the module docs): the matrices through Newton-Schulz, the rest
     /// through AdamW with float64 bias corrections (`1 - β ** step.item()` in Bergson) and
     /// `eps = 1e-8`.
@@ -391,6 +481,64 @@ mod tests {
             p -= 0.1 * m;
         }
         assert!((p2[0].double_value(&[0]) - p).abs() < 1e-15);
+    }
+
+    /// The closed-form VJP of an update equals autograd's through the update itself
+    /// (AdamW at two step counts, SGD), in float64 with random adjoints and states.
+    #[test]
+    fn update_vjp_matches_autograd() {
+        tch::manual_seed(3);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        for (kind, count) in [
+            (OptimizerKind::Adamw, 0),
+            (OptimizerKind::Adamw, 4),
+            (OptimizerKind::Sgd, 2),
+        ] {
+            let opt = optimizer(kind);
+            let shapes: [&[i64]; 2] = [&[3, 4], &[5]];
+            let params: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(*s, opts)).collect();
+            let grads: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(*s, opts)).collect();
+            let state = opt.init(&params).unwrap();
+            let moments = (state.tensors().iter())
+                .map(|t| t.randn_like().abs() * 0.1)
+                .collect();
+            let state = state.with_tensors(moments).with_count(count);
+            let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
+            let (p, g) = (
+                params.iter().map(leaf).collect::<Vec<_>>(),
+                grads.iter().map(leaf).collect::<Vec<_>>(),
+            );
+            let s = state.with_tensors(state.tensors().into_iter().map(leaf).collect());
+            let (new_p, new_s) = opt.update(&p, &g, &s);
+            let outputs: Vec<&Tensor> = new_p.iter().chain(new_s.tensors()).collect();
+            let adjoints: Vec<Tensor> = outputs.iter().map(|o| o.randn_like()).collect();
+            let roots: Vec<Tensor> = outputs.iter().zip(&adjoints).map(|(o, a)| *o * a).collect();
+            let inputs: Vec<&Tensor> = p.iter().chain(&g).chain(s.tensors()).collect();
+            let want = Tensor::run_backward(&roots, &inputs, false, false);
+            let n = params.len();
+            let got = opt
+                .update_vjp(&params, &grads, &state, &adjoints[..n], &adjoints[n..])
+                .unwrap();
+            let got: Vec<&Tensor> = got
+                .params
+                .iter()
+                .chain(&got.grads)
+                .chain(&got.opt)
+                .collect();
+            assert_eq!(got.len(), want.len(), "{kind:?}");
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                let err = (*a - b).abs().max().double_value(&[]);
+                let scale = b.abs().max().double_value(&[]).max(1e-300);
+                assert!(
+                    err / scale < 1e-12,
+                    "{kind:?} count {count}: input {i} off by {err:e}"
+                );
+            }
+        }
+        let muon = optimizer(OptimizerKind::Muon);
+        let w = [Tensor::randn([3, 2], opts)];
+        let state = muon.init(&w).unwrap();
+        assert!(muon.update_vjp(&w, &w, &state, &w, &[]).is_none());
     }
 
     #[test]

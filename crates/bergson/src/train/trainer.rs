@@ -42,6 +42,31 @@ impl TrainerState {
     }
 }
 
+/// A step's gradient with its autograd graph ([`Trainer::traced_gradient`]).
+#[derive(Debug)]
+pub struct TracedGradient {
+    /// The parameters it was taken at: leaves requiring grad, in [`Trainer::names`] order.
+    pub params: Vec<Tensor>,
+    /// The clipped gradient, differentiable in `params` and the data weights (undefined for
+    /// a parameter the loss does not reach).
+    pub grads: Vec<Tensor>,
+}
+
+impl TracedGradient {
+    /// The gradient's values without graph (zeros where it is undefined).
+    pub fn values(&self) -> Vec<Tensor> {
+        (self.grads.iter().zip(&self.params))
+            .map(|(g, p)| {
+                if g.defined() {
+                    g.detach()
+                } else {
+                    p.detach().zeros_like()
+                }
+            })
+            .collect()
+    }
+}
+
 /// How to take a step.
 #[derive(Debug, Clone)]
 pub struct StepSettings {
@@ -224,6 +249,48 @@ impl Trainer {
             },
             StepOutput { loss },
         ))
+    }
+
+    /// The clipped full-batch gradient at `state`'s parameters, with its autograd graph back to
+    /// them (made leaves) and to the data weights (`create_graph`): what MAGIC's backward
+    /// differentiates, without tracing the optimizer's update (whose VJP has a closed form).
+    pub fn traced_gradient(&self, state: &TrainerState, batch: &Batch) -> Result<TracedGradient> {
+        let params: Vec<Tensor> = (state.params.iter())
+            .map(|p| p.detach().set_requires_grad(true))
+            .collect();
+        let (grads, loss) = self.gradients(&params, batch, true, None)?;
+        if !loss.is_finite() {
+            return Err(Error::input(format!(
+                "the training loss is {loss} at step {}; lower --lr, set --max_grad_norm, or use --precision fp32",
+                state.batch_index
+            )));
+        }
+        Ok(TracedGradient {
+            grads: self.clip(grads),
+            params,
+        })
+    }
+
+    /// One optimizer step on `batch` from `state` whose gradient is traced
+    /// ([`Trainer::traced_gradient`]) and returned beside the new state, so that MAGIC's
+    /// backward can reuse it instead of recomputing the step. The update itself runs
+    /// without a graph, on the gradient's values.
+    pub fn step_keeping_gradient(
+        &self,
+        state: &TrainerState,
+        batch: &Batch,
+    ) -> Result<(TrainerState, TracedGradient)> {
+        let traced = self.traced_gradient(state, batch)?;
+        let _guard = tch::no_grad_guard();
+        let grads = traced.values();
+        let params: Vec<Tensor> = traced.params.iter().map(Tensor::detach).collect();
+        let (params, opt) = self.optimizer.update(&params, &grads, &state.opt);
+        let next = TrainerState {
+            params,
+            opt,
+            batch_index: state.batch_index + 1,
+        };
+        Ok((next, traced))
     }
 
     /// One untraced optimizer step on `batch` that also hands each micro-batch's per-example
