@@ -181,6 +181,7 @@ fn metagradient_through_muon_matches_retraining() {
         save_every: 0,
         state_file: None,
         resume: false,
+        keep_gradients: true,
     };
     let no_disk = |_: &Path| -> bergson::Result<bergson::train::TrainerState> {
         unreachable!("in-memory states only")

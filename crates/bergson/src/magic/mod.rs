@@ -235,6 +235,9 @@ pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
         save_every: c.backward_save_every,
         state_file: Some(run.checkpoints.join("backward_rank0.safetensors")),
         resume: c.train.resume,
+        // Kept segment graphs trade memory for a fifth of the time: worth it in RAM, not on
+        // an accelerator, nor where micro-batches (--grad_accum_steps) say memory is short.
+        keep_gradients: device == tch::Device::Cpu && c.train.grad_accum_steps <= 1,
     };
     let adjoints = backward::backward(
         trainer,
