@@ -39,14 +39,14 @@ pub fn run(config: BuildConfig, runtime: &RuntimeArgs, reduce: bool) -> anyhow::
     let opts = run_options(runtime)?;
     install_interrupt_handler();
     let summary = match role {
-        Role::Launcher(n) => {
+        Role::Launcher(node) => {
             let step = if reduce {
                 Step::Reduce(Box::new(config))
             } else {
                 Step::Build(Box::new(config))
             };
             let program = std::env::current_exe()?;
-            dist::launch::run_step(&program, &step, &runtime.flags(), n)?;
+            dist::launch::run_step(&program, &step, &runtime.flags(), &node)?;
             return Ok(());
         }
         Role::Worker => {

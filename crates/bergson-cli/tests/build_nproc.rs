@@ -57,7 +57,7 @@ fn run_ok(mut cmd: Command) {
 }
 
 /// Every file of a run directory; config.yaml without the lines that name the run (its time,
-/// path and process count).
+/// path and process and node counts).
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -76,9 +76,15 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
                     .lines()
                     .filter(|l| {
                         let l = l.trim_start();
-                        !["created:", "run_path:", "nproc_per_node:"]
-                            .iter()
-                            .any(|k| l.starts_with(k))
+                        ![
+                            "created:",
+                            "run_path:",
+                            "nproc_per_node:",
+                            "nnode:",
+                            "node_rank:",
+                        ]
+                        .iter()
+                        .any(|k| l.starts_with(k))
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
@@ -213,6 +219,38 @@ fn torchrun_writes_the_one_process_index() {
         .env("OMP_NUM_THREADS", "1");
     run_ok(cmd);
     assert_same_index(&one, &launched);
+}
+
+/// `--nnode 2 --nproc_per_node 2 --node_rank R` on two "machines" (two launchers here, the
+/// second node's first), meeting at MASTER_ADDR:MASTER_PORT.
+#[test]
+fn two_nodes_write_the_one_process_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset();
+    let (one, nodes) = (dir.path().join("one"), dir.path().join("nodes"));
+    run_ok(build(&one, &data, &[]));
+    let port = free_port().to_string();
+    let launchers: Vec<Child> = ["1", "0"]
+        .into_iter()
+        .map(|node| {
+            let flags = ["--nnode", "2", "--nproc_per_node", "2", "--node_rank", node];
+            build(&nodes, &data, &flags)
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in launchers {
+        let (out, _) = wait_within(child, Duration::from_secs(120));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_same_index(&one, &nodes);
 }
 
 #[test]
@@ -365,9 +403,20 @@ fn bad_process_counts_are_one_line_errors() {
         .unwrap();
     assert_one_line_error(&out, &["--nproc_per_node 0"]);
     let out = build(&run, &small_dataset(), &["--nnode", "2"])
+        .env_remove("SLURM_NODEID")
+        .env_remove("GROUP_RANK")
+        .env_remove("NODE_RANK")
         .output()
         .unwrap();
-    assert_one_line_error(&out, &["--nnode 2", "torchrun"]);
+    assert_one_line_error(&out, &["--node_rank"]);
+    let out = build(
+        &run,
+        &small_dataset(),
+        &["--nnode", "2", "--node_rank", "2"],
+    )
+    .output()
+    .unwrap();
+    assert_one_line_error(&out, &["--node_rank 2 is not below --nnode 2"]);
     let mut cmd = build(&run, &small_dataset(), &[]);
     let out = cmd
         .env("WORLD_SIZE", "2")

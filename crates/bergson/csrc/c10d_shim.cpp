@@ -83,11 +83,12 @@ extern "C" {
 void bd_c10d_free_str(char* s) { std::free(s); }
 
 // Joins (rank 0 of `world`, or every rank when server == 0, connects to) the
-// TCPStore at host:port and builds a Gloo group over it. `iface` selects the
-// network interface (empty: bind to `host`, which suits one machine);
+// TCPStore at host:port and builds a Gloo group over it. Gloo binds to the
+// interface `iface` if given, else to `host` with bind_host (a loopback
+// master: one machine), else to this machine's hostname as PyTorch does.
 // `store_timeout_ms` bounds the rendezvous, `timeout_ms` every collective.
 bd_pg* bd_pg_new(const char* host, int port, int rank, int world, int server,
-                 const char* iface, int64_t store_timeout_ms,
+                 const char* iface, int bind_host, int64_t store_timeout_ms,
                  int64_t timeout_ms, char** err) {
   return guarded<bd_pg*>(err, nullptr, [&]() -> bd_pg* {
     // c10d logs every failed store or socket call as a warning with a C++
@@ -110,10 +111,15 @@ bd_pg* bd_pg_new(const char* host, int port, int rank, int world, int server,
     auto timeout = std::chrono::milliseconds(timeout_ms);
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
     std::string interface(iface);
-    opts->devices.push_back(
-        interface.empty()
-            ? c10d::ProcessGroupGloo::createDeviceForHostname(host)
-            : c10d::ProcessGroupGloo::createDeviceForInterface(interface));
+    if (!interface.empty()) {
+      opts->devices.push_back(
+          c10d::ProcessGroupGloo::createDeviceForInterface(interface));
+    } else if (bind_host != 0) {
+      opts->devices.push_back(
+          c10d::ProcessGroupGloo::createDeviceForHostname(host));
+    } else {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
     auto gloo =
         c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
     return new bd_pg{tcp, gloo, timeout};

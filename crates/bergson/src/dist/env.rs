@@ -30,8 +30,8 @@ pub struct Rendezvous {
     /// Whether this process hosts the store: rank 0, unless torchrun's agent already does
     /// (`TORCHELASTIC_USE_AGENT_STORE=True`), when every rank is a client.
     pub host_store: bool,
-    /// Network interface for Gloo (`GLOO_SOCKET_IFNAME`); unset binds to `master_addr`,
-    /// which suits one machine.
+    /// Network interface for Gloo (`GLOO_SOCKET_IFNAME`); unset, Gloo binds to a loopback
+    /// `master_addr` (one machine) or to this machine's hostname, as PyTorch does.
     pub interface: Option<String>,
     /// Limit on meeting the other processes.
     pub connect_timeout: Duration,

@@ -27,6 +27,7 @@ extern "C" {
         world: i32,
         server: i32,
         iface: *const c_char,
+        bind_host: i32,
         store_timeout_ms: i64,
         timeout_ms: i64,
         err: *mut *mut c_char,

@@ -43,6 +43,7 @@ impl Gloo {
                 job.world_size as i32,
                 i32::from(job.host_store),
                 iface.as_ptr(),
+                i32::from(is_loopback(&job.master_addr)),
                 millis(job.connect_timeout),
                 millis(job.timeout),
                 &mut err,
@@ -92,6 +93,14 @@ impl Drop for Gloo {
         // SAFETY: `raw` came from bd_pg_new and is freed once.
         unsafe { ffi::bd_pg_free(self.raw.as_ptr()) }
     }
+}
+
+/// Whether `addr` names this machine only (then every rank is on it, and Gloo binds there).
+fn is_loopback(addr: &str) -> bool {
+    addr == "localhost"
+        || addr
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn millis(d: std::time::Duration) -> i64 {

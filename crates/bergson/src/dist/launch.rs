@@ -1,8 +1,9 @@
-//! Bergson's launcher (`--nproc_per_node N` on one machine): the command starts N copies of
-//! its own program as workers, each told its place in the job through torchrun's environment
-//! variables (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`,
-//! `MASTER_PORT` on a free local port), waits for them, and stops the others as soon as one
-//! fails (SIGTERM, then SIGKILL after [`GRACE`]).
+//! Bergson's launcher (`--nproc_per_node N`, and `--nnode M --node_rank R` on each of M
+//! machines): the command starts N copies of its own program as workers, each told its place
+//! in the job through torchrun's environment variables (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`,
+//! `LOCAL_WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`: a free local port on one machine, the
+//! caller's on several), waits for them, and stops the others as soon as one fails (SIGTERM,
+//! then SIGKILL after [`GRACE`]).
 
 use std::ffi::OsString;
 use std::net::TcpListener;
@@ -27,14 +28,28 @@ const SETTLE: Duration = Duration::from_secs(2);
 pub const GRACE: Duration = Duration::from_secs(5);
 
 /// What this process is in a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
     /// The whole job.
     Single,
     /// One rank of a job someone started (our launcher or torchrun: `WORLD_SIZE` is set).
     Worker,
-    /// The launcher of this many local workers.
-    Launcher(usize),
+    /// The launcher of this machine's workers.
+    Launcher(Node),
+}
+
+/// This machine's share of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Machines in the job (`--nnode`).
+    pub nnode: usize,
+    /// This machine's rank (`--node_rank`, else `SLURM_NODEID`, `GROUP_RANK`, `NODE_RANK`).
+    pub node_rank: usize,
+    /// Workers on this machine (`--nproc_per_node`).
+    pub nproc: usize,
+    /// Where rank 0 hosts the store: `MASTER_ADDR` and `MASTER_PORT` (default
+    /// 127.0.0.1:29500) with several machines; `None` on one, for a free local port.
+    pub master: Option<(String, u16)>,
 }
 
 /// Decides the role from the run's settings and the environment: a process with `WORLD_SIZE`
@@ -44,13 +59,63 @@ pub fn role(cfg: &DistributedConfig) -> Result<Role, DistError> {
     if std::env::var_os("WORLD_SIZE").is_some() {
         return Ok(Role::Worker);
     }
-    Ok(match cfg.nproc_per_node {
-        1 => Role::Single,
-        n => Role::Launcher(n),
-    })
+    if cfg.nnode == 1 {
+        return Ok(match cfg.nproc_per_node {
+            1 => Role::Single,
+            nproc => Role::Launcher(Node {
+                nnode: 1,
+                node_rank: 0,
+                nproc,
+                master: None,
+            }),
+        });
+    }
+    let node_rank = match cfg.node_rank {
+        Some(r) => r,
+        None => node_rank_from_env()?,
+    };
+    let addr = std::env::var("MASTER_ADDR")
+        .ok()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = match std::env::var("MASTER_PORT") {
+        Ok(p) => p.trim().parse().map_err(|_| {
+            DistError::Environment(format!("MASTER_PORT={p:?} is not a port number"))
+        })?,
+        Err(_) => 29500,
+    };
+    if node_rank >= cfg.nnode {
+        return Err(DistError::Environment(format!(
+            "node rank {node_rank} is not below --nnode {}",
+            cfg.nnode
+        )));
+    }
+    Ok(Role::Launcher(Node {
+        nnode: cfg.nnode,
+        node_rank,
+        nproc: cfg.nproc_per_node,
+        master: Some((addr, port)),
+    }))
 }
 
-/// Refuses settings no job can run with, and several machines (not yet supported).
+/// The node rank a scheduler set (Bergson's order: `SLURM_NODEID`, `GROUP_RANK`, `NODE_RANK`).
+fn node_rank_from_env() -> Result<usize, DistError> {
+    for var in ["SLURM_NODEID", "GROUP_RANK", "NODE_RANK"] {
+        if let Ok(v) = std::env::var(var) {
+            return v
+                .trim()
+                .parse()
+                .map_err(|_| DistError::Environment(format!("{var}={v:?} is not a node rank")));
+        }
+    }
+    Err(DistError::Environment(
+        "--nnode above 1 needs this machine's rank: pass --node_rank (or set SLURM_NODEID, \
+         GROUP_RANK or NODE_RANK)"
+            .into(),
+    ))
+}
+
+/// Refuses settings no job can run with.
 pub fn check_config(cfg: &DistributedConfig) -> Result<(), DistError> {
     if cfg.nproc_per_node == 0 {
         return Err(DistError::Environment(
@@ -62,12 +127,10 @@ pub fn check_config(cfg: &DistributedConfig) -> Result<(), DistError> {
             "--nnode 0: a job needs at least one node".into(),
         ));
     }
-    if cfg.nnode > 1 {
+    if let Some(r) = cfg.node_rank.filter(|&r| r >= cfg.nnode) {
         return Err(DistError::Environment(format!(
-            "--nnode {}: bergson-rs runs one machine's processes (--nproc_per_node) or a job \
-             started by torchrun; use torchrun --nnodes {} with `--no-python bergson ...` for \
-             several machines",
-            cfg.nnode, cfg.nnode
+            "--node_rank {r} is not below --nnode {}",
+            cfg.nnode
         )));
     }
     Ok(())
@@ -79,7 +142,7 @@ pub fn run_step(
     program: &Path,
     step: &Step,
     extra_args: &[OsString],
-    nproc: usize,
+    node: &Node,
 ) -> crate::Result<()> {
     let file = std::env::temp_dir().join(format!(
         "bergson-{}-{}.yaml",
@@ -90,29 +153,35 @@ pub fn run_step(
     std::fs::write(&file, yaml).at_path(&file)?;
     let mut args = vec![file.clone().into_os_string()];
     args.extend(extra_args.iter().cloned());
-    let result = run_workers(program, &args, nproc);
+    let result = run_workers(program, &args, node);
     let _ = std::fs::remove_file(&file);
     Ok(result?)
 }
 
-/// Runs `program args` as `nproc` workers and waits for all of them. Workers get
-/// `OMP_NUM_THREADS` = cores / `nproc` unless it is set, and die with this process.
-pub fn run_workers(program: &Path, args: &[OsString], nproc: usize) -> Result<(), DistError> {
-    let port = free_port()?;
+/// Runs `program args` as this machine's workers of the job and waits for all of them.
+/// Workers get `OMP_NUM_THREADS` = cores / workers unless it is set, and die with this process.
+pub fn run_workers(program: &Path, args: &[OsString], node: &Node) -> Result<(), DistError> {
+    let nproc = node.nproc;
+    let (addr, port) = match &node.master {
+        Some((addr, port)) => (addr.clone(), *port),
+        None => ("127.0.0.1".to_string(), free_port()?),
+    };
+    let first = node.node_rank * nproc;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .div_ceil(nproc)
         .max(1);
     let mut workers = Vec::with_capacity(nproc);
-    for rank in 0..nproc {
+    for local in 0..nproc {
+        let rank = first + local;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", nproc.to_string())
+            .env("LOCAL_RANK", local.to_string())
+            .env("WORLD_SIZE", (node.nnode * nproc).to_string())
             .env("LOCAL_WORLD_SIZE", nproc.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_ADDR", &addr)
             .env("MASTER_PORT", port.to_string())
             .env_remove("TORCHELASTIC_USE_AGENT_STORE");
         if std::env::var_os("OMP_NUM_THREADS").is_none() {
@@ -137,13 +206,13 @@ pub fn run_workers(program: &Path, args: &[OsString], nproc: usize) -> Result<()
             }
         }
     }
-    wait_all(workers)
+    wait_all(workers, first)
 }
 
 /// Waits for every worker. After the first failure, gives the others [`SETTLE`] to end on
 /// their own (they learn of it at their next agreement), stops the rest, and blames the first
 /// rank that failed for a reason of its own (not [`PEER_FAILED_STATUS`]).
-fn wait_all(mut workers: Vec<Child>) -> Result<(), DistError> {
+fn wait_all(mut workers: Vec<Child>, first: usize) -> Result<(), DistError> {
     let mut running: Vec<usize> = (0..workers.len()).collect();
     let mut failures: Vec<(usize, ExitStatus)> = Vec::new();
     let mut settle_until: Option<Instant> = None;
@@ -179,7 +248,7 @@ fn wait_all(mut workers: Vec<Child>) -> Result<(), DistError> {
         .find(|(_, s)| s.code() != Some(PEER_FAILED_STATUS))
         .unwrap_or(&failures[0]);
     Err(DistError::WorkerFailed {
-        rank: *rank,
+        rank: first + *rank,
         code: status.code(),
         signal: status.signal(),
     })
@@ -229,9 +298,11 @@ mod tests {
         cfg.nproc_per_node = 2;
         check_config(&cfg).unwrap();
         cfg.nnode = 2;
+        check_config(&cfg).unwrap();
+        cfg.node_rank = Some(2);
         assert!(check_config(&cfg)
             .unwrap_err()
             .to_string()
-            .contains("torchrun"));
+            .contains("--node_rank 2 is not below --nnode 2"));
     }
 }
