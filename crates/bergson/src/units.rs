@@ -1,4 +1,4 @@
-//! Human-readable sizes for summaries and error messages.
+//! Sizes: human-readable bytes for summaries and error messages, and the machine's memory.
 
 /// `bytes` in binary units: `512 B`, `1.5 MiB`, ... up to EiB (sizes a request could never
 /// fit read "over 1,000 EiB").
@@ -20,6 +20,25 @@ pub fn human_bytes(bytes: f64) -> String {
     }
 }
 
+/// A `/proc/meminfo` field (`MemTotal`, `MemAvailable`, ...) in bytes; None where the file
+/// or the field is missing (not Linux).
+fn meminfo(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.split(':').next() == Some(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Physical memory in bytes, if known.
+pub fn memory_total() -> Option<u64> {
+    meminfo("MemTotal")
+}
+
+/// Memory available to new allocations without swapping, in bytes, if known.
+pub fn memory_available() -> Option<u64> {
+    meminfo("MemAvailable")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,5 +49,15 @@ mod tests {
         assert_eq!(human_bytes(131_072.0), "128.0 KiB");
         assert_eq!(human_bytes(1.5 * 1024f64.powi(3)), "1.5 GiB");
         assert_eq!(human_bytes(1e300), "over 1,000 EiB");
+    }
+
+    /// On Linux both fields are read, and what is available is part of the total.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn memory_fields_are_read_from_meminfo() {
+        let total = memory_total().expect("MemTotal");
+        let available = memory_available().expect("MemAvailable");
+        assert!(total > 1 << 20 && available > 0 && available <= total);
+        assert_eq!(meminfo("NoSuchField"), None);
     }
 }

@@ -92,7 +92,7 @@ fn check_fits_in_memory(
     settings: &ProjectionSettings,
     kind: Kind,
 ) -> Result<()> {
-    let Some(memory) = physical_memory_bytes() else {
+    let Some(memory) = crate::units::memory_total() else {
         return Ok(());
     };
     // Counted in f64: the products can overflow any integer type.
@@ -131,14 +131,6 @@ fn check_fits_in_memory(
         )));
     }
     Ok(())
-}
-
-/// Total physical memory (Linux: `MemTotal` of /proc/meminfo), if known.
-fn physical_memory_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Largest global projection (in entries, all modules together) kept between batches.

@@ -75,7 +75,8 @@ pub struct BackwardSettings {
     /// Trace each step's gradient during the replay from a checkpoint and keep it for that
     /// step's VJP (with `sqrt` and `all`; `log` replays from its stashes again): one gradient
     /// per step instead of two, about a fifth less time, for one segment's graphs in memory
-    /// beside its stashed states. Off, the backward holds only states, as Bergson's.
+    /// beside its stashed states, and only while a quarter of the machine's memory is free.
+    /// Off, the backward holds only states, as Bergson's.
     pub keep_gradients: bool,
 }
 
@@ -155,7 +156,7 @@ pub fn backward(
         while idx < expected {
             crate::interrupt::check()?;
             let batch = stream.batch(state.batch_index);
-            state = if keep_gradients {
+            state = if keep_gradients && memory_to_spare() {
                 let (next, traced) = trainer.step_keeping_gradient(&state, &batch)?;
                 gradients.insert(idx, traced);
                 next
@@ -262,6 +263,19 @@ fn closed_form_vjp(
         });
     }
     Ok(out)
+}
+
+/// Whether the replay may keep another step's traced gradient: while the machine has at least
+/// a quarter of its memory (and 2 GiB) available. A large model's graphs then fall back to
+/// recomputing the gradient, as the backward does without kept gradients.
+fn memory_to_spare() -> bool {
+    match (
+        crate::units::memory_available(),
+        crate::units::memory_total(),
+    ) {
+        (Some(available), Some(total)) => available >= (total / 4).max(2 << 30),
+        _ => true,
+    }
 }
 
 /// The metagradient of step `step` must be finite.

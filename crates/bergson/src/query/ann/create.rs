@@ -212,7 +212,7 @@ pub fn prepared_rows(
 /// available now (Bergson checks the largest shard the same way).
 fn check_memory(train_rows: usize, dim: usize) -> Result<()> {
     let need = (train_rows * dim * 4) as f64;
-    let Some(available) = available_memory() else {
+    let Some(available) = crate::units::memory_available() else {
         return Ok(());
     };
     if need > available as f64 {
@@ -225,14 +225,6 @@ fn check_memory(train_rows: usize, dim: usize) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// `MemAvailable` from `/proc/meminfo`, in bytes (None where there is no such file).
-fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Flushes a written shard to disk before it is renamed into place (best effort).
