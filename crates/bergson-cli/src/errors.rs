@@ -21,8 +21,24 @@ pub fn finish(result: anyhow::Result<()>) -> ExitCode {
         return ExitCode::SUCCESS;
     };
     let (msg, code) = render(&err);
-    eprintln!("error: {msg}");
+    if !reported_elsewhere(&err) {
+        eprintln!("error: {msg}");
+    }
     ExitCode::from(code)
+}
+
+/// Failures of a multi-process job that another process already reported in one line: a
+/// worker of our launcher stopped by another rank's failure (the launcher names it), and the
+/// launcher's own report of a worker that exited with a user error (the worker printed it).
+fn reported_elsewhere(err: &anyhow::Error) -> bool {
+    use bergson::dist::DistError;
+    match err.downcast_ref::<bergson::Error>() {
+        Some(bergson::Error::Dist(DistError::PeerFailed { .. })) => {
+            std::env::var_os(bergson::dist::launch::LAUNCHED).is_some()
+        }
+        Some(bergson::Error::Dist(DistError::WorkerFailed { code: Some(2), .. })) => true,
+        _ => false,
+    }
 }
 
 /// The one-line message (without `error: `) and exit status of an error.

@@ -417,6 +417,12 @@ fn bad_process_counts_are_one_line_errors() {
     .output()
     .unwrap();
     assert_one_line_error(&out, &["--node_rank 2 is not below --nnode 2"]);
+    // Bad input found by the workers: rank 0 reports it, the others and the launcher defer.
+    let missing = dir.path().join("missing.jsonl");
+    let out = build(&run, &missing, &["--nproc_per_node", "2"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, &["missing.jsonl"]);
     let mut cmd = build(&run, &small_dataset(), &[]);
     let out = cmd
         .env("WORLD_SIZE", "2")

@@ -207,8 +207,17 @@ pub fn run_in(
 /// Tells every rank whether this one's `result` is an error, and fails with the first failed
 /// rank if another one failed (every rank goes through the same sequence of these).
 fn together<T>(job: &dyn Collective, result: Result<T>) -> Result<T> {
-    job.agree(result.is_ok())?;
-    result
+    let failed = job.failed_ranks(result.is_ok())?;
+    match result {
+        Ok(_) if !failed.is_empty() => {
+            Err(crate::dist::DistError::PeerFailed { ranks: failed }.into())
+        }
+        // Bad input fails every rank alike: rank 0 reports it, the others defer to it.
+        Err(e) if job.rank() != 0 && failed.first() == Some(&0) && e.is_user_error() => {
+            Err(crate::dist::DistError::PeerFailed { ranks: vec![0] }.into())
+        }
+        result => result,
+    }
 }
 
 fn run_step(

@@ -21,6 +21,10 @@ use crate::error::IoContext;
 /// so the launcher blames the rank that failed first.
 pub const PEER_FAILED_STATUS: i32 = 3;
 
+/// Set in the environment of the workers this launcher starts: they leave reporting another
+/// rank's failure to it.
+pub const LAUNCHED: &str = "BERGSON_LAUNCHED";
+
 /// How long the launcher waits, after a worker failed, for the others to end on their own.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -183,6 +187,7 @@ pub fn run_workers(program: &Path, args: &[OsString], node: &Node) -> Result<(),
             .env("LOCAL_WORLD_SIZE", nproc.to_string())
             .env("MASTER_ADDR", &addr)
             .env("MASTER_PORT", port.to_string())
+            .env(LAUNCHED, "1")
             .env_remove("TORCHELASTIC_USE_AGENT_STORE");
         if std::env::var_os("OMP_NUM_THREADS").is_none() {
             cmd.env("OMP_NUM_THREADS", threads.to_string());

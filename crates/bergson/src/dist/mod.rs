@@ -56,6 +56,19 @@ pub trait Collective {
     /// ([`DistError::PeerFailed`]) if any other did. A rank that failed itself gets `Ok` and
     /// reports its own error.
     fn agree(&self, ok: bool) -> Result<(), DistError> {
+        let ranks: Vec<usize> = self
+            .failed_ranks(ok)?
+            .into_iter()
+            .filter(|&r| r != self.rank())
+            .collect();
+        if ok && !ranks.is_empty() {
+            return Err(DistError::PeerFailed { ranks });
+        }
+        Ok(())
+    }
+
+    /// Tells every rank whether this one succeeded; returns the ranks that did not.
+    fn failed_ranks(&self, ok: bool) -> Result<Vec<usize>, DistError> {
         let mut failed = Tensor::zeros([self.world_size() as i64], (Kind::Int64, Device::Cpu));
         if !ok {
             let _ = failed.get(self.rank() as i64).fill_(1);
@@ -63,16 +76,12 @@ pub trait Collective {
         self.all_reduce(&mut failed, ReduceOp::Max)?;
         let flags =
             Vec::<i64>::try_from(&failed).map_err(|e| DistError::BadTensor(e.to_string()))?;
-        let ranks: Vec<usize> = flags
+        Ok(flags
             .iter()
             .enumerate()
-            .filter(|&(r, &f)| f != 0 && r != self.rank())
+            .filter(|&(_, &f)| f != 0)
             .map(|(r, _)| r)
-            .collect();
-        if ok && !ranks.is_empty() {
-            return Err(DistError::PeerFailed { ranks });
-        }
-        Ok(())
+            .collect())
     }
 }
 

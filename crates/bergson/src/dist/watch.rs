@@ -84,8 +84,11 @@ fn watch(
         };
         if let Some(msg) = failure {
             // The main thread may be deep in a batch or a collective: end the process here,
-            // without exit handlers (they would tear libtorch down under the main thread).
-            eprintln!("error: {msg}");
+            // without exit handlers (they would tear libtorch down under the main thread). Our
+            // launcher names the rank that died itself.
+            if std::env::var_os(super::launch::LAUNCHED).is_none() {
+                eprintln!("error: {msg}");
+            }
             // SAFETY: _exit ends the process at once; nothing here relies on cleanup.
             unsafe { libc::_exit(PEER_FAILED_STATUS) };
         }
