@@ -109,6 +109,9 @@ pub fn install_interrupt_handler() {
         if bergson::interrupt::request() {
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: stopping (Ctrl-C again to quit now)");
+        // Our launcher's workers get the same Ctrl-C; the launcher says it once.
+        if std::env::var_os(bergson::dist::launch::LAUNCHED).is_none() {
+            eprintln!("\ninterrupted: stopping (Ctrl-C again to quit now)");
+        }
     });
 }

@@ -29,14 +29,18 @@ pub fn finish(result: anyhow::Result<()>) -> ExitCode {
 
 /// Failures of a multi-process job that another process already reported in one line: a
 /// worker of our launcher stopped by another rank's failure (the launcher names it), and the
-/// launcher's own report of a worker that exited with a user error (the worker printed it).
+/// launcher's own report of a worker that exited with a user error or on Ctrl-C (the worker
+/// printed it).
 fn reported_elsewhere(err: &anyhow::Error) -> bool {
     use bergson::dist::DistError;
     match err.downcast_ref::<bergson::Error>() {
         Some(bergson::Error::Dist(DistError::PeerFailed { .. })) => {
             std::env::var_os(bergson::dist::launch::LAUNCHED).is_some()
         }
-        Some(bergson::Error::Dist(DistError::WorkerFailed { code: Some(2), .. })) => true,
+        Some(bergson::Error::Dist(DistError::WorkerFailed {
+            code: Some(2 | 130),
+            ..
+        })) => true,
         _ => false,
     }
 }

@@ -357,6 +357,37 @@ fn a_killed_job_resumes_to_the_one_process_index() {
     assert_same_index(&one, &run);
 }
 
+/// Ctrl-C in a terminal reaches the launcher and its workers (one process group): every
+/// worker stops after its batch, the job says so once, and the same command resumes it.
+#[test]
+fn ctrl_c_stops_every_worker_once_and_the_job_resumes() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = repeated_dataset(dir.path(), 100);
+    let (one, run) = (dir.path().join("one"), dir.path().join("run"));
+    run_ok(build(&one, &data, &[]));
+    let mut cmd = build(&run, &data, &["--nproc_per_node", "2"]);
+    cmd.env("BERGSON_SYNC_SECONDS", "0").process_group(0);
+    let launcher = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_batches(&run);
+    // SAFETY: kill(2) on the process group of the launcher we started.
+    unsafe { libc::kill(-(launcher.id() as libc::pid_t), libc::SIGINT) };
+    let (out, _) = wait_within(launcher, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        lines,
+        [
+            "interrupted: stopping (Ctrl-C again to quit now)",
+            "error: interrupted"
+        ],
+        "{stderr}"
+    );
+    run_ok(build(&run, &data, &["--nproc_per_node", "2"]));
+    assert_same_index(&one, &run);
+}
+
 #[test]
 fn a_killed_rank_ends_a_job_started_by_hand() {
     let dir = tempfile::tempdir().unwrap();

@@ -212,8 +212,13 @@ fn together<T>(job: &dyn Collective, result: Result<T>) -> Result<T> {
         Ok(_) if !failed.is_empty() => {
             Err(crate::dist::DistError::PeerFailed { ranks: failed }.into())
         }
-        // Bad input fails every rank alike: rank 0 reports it, the others defer to it.
-        Err(e) if job.rank() != 0 && failed.first() == Some(&0) && e.is_user_error() => {
+        // Bad input (or a Ctrl-C) fails every rank alike: rank 0 reports it, the others
+        // defer to it.
+        Err(e)
+            if job.rank() != 0
+                && failed.first() == Some(&0)
+                && (e.is_user_error() || matches!(e, Error::Interrupted)) =>
+        {
             Err(crate::dist::DistError::PeerFailed { ranks: vec![0] }.into())
         }
         result => result,
