@@ -398,7 +398,7 @@ fn a_killed_rank_ends_a_job_started_by_hand() {
         let mut ranks: Vec<Option<Child>> = (0..2)
             .map(|r| {
                 let mut cmd = rank_cmd(build(&run, &data, &[]), r, 2, port);
-                cmd.env("BERGSON_DIST_HEARTBEAT_S", "2");
+                cmd.env("BERGSON_DIST_HEARTBEAT_S", "3");
                 Some(cmd.stderr(Stdio::piped()).spawn().unwrap())
             })
             .collect();
