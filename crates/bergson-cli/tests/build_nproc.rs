@@ -391,14 +391,14 @@ fn ctrl_c_stops_every_worker_once_and_the_job_resumes() {
 #[test]
 fn a_killed_rank_ends_a_job_started_by_hand() {
     let dir = tempfile::tempdir().unwrap();
-    let data = repeated_dataset(dir.path(), 200);
+    let data = repeated_dataset(dir.path(), 300);
     for victim in [1, 0] {
         let run = dir.path().join(format!("run{victim}"));
         let port = free_port();
         let mut ranks: Vec<Option<Child>> = (0..2)
             .map(|r| {
                 let mut cmd = rank_cmd(build(&run, &data, &[]), r, 2, port);
-                cmd.env("BERGSON_DIST_HEARTBEAT_S", "3");
+                cmd.env("BERGSON_DIST_HEARTBEAT_S", "2");
                 Some(cmd.stderr(Stdio::piped()).spawn().unwrap())
             })
             .collect();
@@ -415,12 +415,20 @@ fn a_killed_rank_ends_a_job_started_by_hand() {
         assert!(waited < Duration::from_secs(10), "took {waited:?}");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
         assert_eq!(lines.len(), 1, "{stderr}");
-        let want = if victim == 1 {
-            "error: rank 1 stopped responding"
+        if victim == 1 {
+            // The heartbeat limit, or (on a machine fast enough to finish rank 0's share
+            // first) the next collective.
+            assert!(
+                lines[0].starts_with("error: rank 1 stopped responding")
+                    || lines[0].starts_with("error: rank 0: all_reduce failed"),
+                "{stderr}"
+            );
         } else {
-            "error: rank 1 lost the job's store"
-        };
-        assert!(lines[0].starts_with(want), "{stderr}");
+            assert!(
+                lines[0].starts_with("error: rank 1 lost the job's store"),
+                "{stderr}"
+            );
+        }
         assert!(!run.exists(), "a failed job left a finished-looking index");
     }
 }
