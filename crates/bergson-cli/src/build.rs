@@ -51,7 +51,8 @@ pub fn run(config: BuildConfig, runtime: &RuntimeArgs, reduce: bool) -> anyhow::
         }
         Role::Worker => {
             let job = dist::connect().map_err(bergson::Error::from)?;
-            let summary = bergson::build::run_in(&config, &opts, job.collective(), reduce)?;
+            let summary = bergson::build::run_in(&config, &opts, job.collective(), reduce)
+                .inspect_err(|e| job.let_watcher_explain(e))?;
             let lead = job.rank() == 0;
             job.finish().map_err(bergson::Error::from)?;
             if !lead {

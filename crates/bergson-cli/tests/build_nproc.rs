@@ -416,11 +416,9 @@ fn a_killed_rank_ends_a_job_started_by_hand() {
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
         assert_eq!(lines.len(), 1, "{stderr}");
         if victim == 1 {
-            // The heartbeat limit, or (on a machine fast enough to finish rank 0's share
-            // first) the next collective.
+            // By the heartbeat limit, even when rank 0 reaches a collective first.
             assert!(
-                lines[0].starts_with("error: rank 1 stopped responding")
-                    || lines[0].starts_with("error: rank 0: all_reduce failed"),
+                lines[0].starts_with("error: rank 1 stopped responding"),
                 "{stderr}"
             );
         } else {

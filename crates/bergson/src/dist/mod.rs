@@ -90,6 +90,8 @@ pub trait Collective {
 pub struct Job {
     group: Box<dyn Collective>,
     watcher: Option<Watcher>,
+    /// The watcher's heartbeat limit.
+    heartbeat_limit: std::time::Duration,
 }
 
 impl Job {
@@ -98,12 +100,23 @@ impl Job {
         Job {
             group: Box::new(SingleProcess),
             watcher: None,
+            heartbeat_limit: std::time::Duration::ZERO,
         }
     }
 
     /// The job's collectives.
     pub fn collective(&self) -> &dyn Collective {
         &*self.group
+    }
+
+    /// After a collective failed (a peer's connection closed): gives the watcher time to
+    /// name the rank that died (it ends the process with that line), so the error this
+    /// process reports is that one rather than Gloo's, which names no rank.
+    pub fn let_watcher_explain(&self, err: &crate::Error) {
+        if self.watcher.is_some() && matches!(err, crate::Error::Dist(DistError::Collective { .. }))
+        {
+            std::thread::sleep(self.heartbeat_limit + 3 * watch::PERIOD);
+        }
     }
 
     /// Leaves the job after its work succeeded: stops watching the others, then waits until
@@ -132,6 +145,7 @@ pub fn connect() -> Result<Job, DistError> {
             Ok(Job {
                 group: Box::new(group),
                 watcher: Some(watcher),
+                heartbeat_limit: rv.heartbeat_limit,
             })
         }
         _ => Ok(Job::single()),
