@@ -1,5 +1,6 @@
 //! `bergson score`.
 
+use bergson::config::run_file::Step;
 use bergson::config::ScoreRunConfig;
 use clap::Args;
 
@@ -16,11 +17,33 @@ pub struct ScoreArgs {
     pub runtime: RuntimeArgs,
 }
 
-/// Runs `bergson score`.
+/// Runs `bergson score`: in this process, as one rank of a job (`WORLD_SIZE` set by torchrun
+/// or our launcher), or, with `--nproc_per_node N`, as the launcher of N workers.
 pub fn run(config: ScoreRunConfig, runtime: &RuntimeArgs) -> anyhow::Result<()> {
+    use bergson::dist::{self, launch::Role};
+    let role = dist::launch::role(&config.index_cfg.distributed).map_err(bergson::Error::from)?;
     let opts = run_options(runtime)?;
     install_interrupt_handler();
-    let summary = bergson::score::run(&config, &opts)?;
+    let summary = match role {
+        Role::Launcher(node) => {
+            let step = Step::Score(Box::new(config));
+            let program = std::env::current_exe()?;
+            dist::launch::run_step(&program, &step, &runtime.flags(), &node)?;
+            return Ok(());
+        }
+        Role::Worker => {
+            let job = dist::connect().map_err(bergson::Error::from)?;
+            let summary = bergson::score::run_in(&config, &opts, job.collective())
+                .inspect_err(|e| job.let_watcher_explain(e))?;
+            let lead = job.rank() == 0;
+            job.finish().map_err(bergson::Error::from)?;
+            if !lead {
+                return Ok(());
+            }
+            summary
+        }
+        Role::Single => bergson::score::run(&config, &opts)?,
+    };
     if !runtime.quiet {
         eprintln!("{summary}");
     }

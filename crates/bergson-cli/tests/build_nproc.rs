@@ -2,14 +2,13 @@
 //! processes started by hand with torchrun's variables write the same index as one process;
 //! a killed worker ends the whole job within seconds and nothing looks finished.
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{assert_one_line_error, bergson, fixtures};
+use common::{assert_one_line_error, assert_same_run, bergson, fixtures};
 
 /// `bergson build <run>` on the gpt_neox fixture with small batches, one thread per process.
 fn build(run: &Path, dataset: &Path, extra: &[&str]) -> Command {
@@ -54,58 +53,6 @@ fn run_ok(mut cmd: Command) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Every file of a run directory; config.yaml without the lines that name the run (its time,
-/// path and process and node counts).
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().to_string();
-            let mut bytes = std::fs::read(&p).unwrap();
-            if rel == "config.yaml" {
-                let text = String::from_utf8(bytes).unwrap();
-                bytes = text
-                    .lines()
-                    .filter(|l| {
-                        let l = l.trim_start();
-                        ![
-                            "created:",
-                            "run_path:",
-                            "nproc_per_node:",
-                            "nnode:",
-                            "node_rank:",
-                        ]
-                        .iter()
-                        .any(|k| l.starts_with(k))
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-                    .into_bytes();
-            }
-            out.insert(rel, bytes);
-        }
-    }
-    out
-}
-
-#[track_caller]
-fn assert_same_index(one: &Path, other: &Path) {
-    let (a, b) = (snapshot(one), snapshot(other));
-    assert_eq!(
-        a.keys().collect::<Vec<_>>(),
-        b.keys().collect::<Vec<_>>(),
-        "file lists"
-    );
-    let differing: Vec<&String> = a.keys().filter(|k| a[*k] != b[*k]).collect();
-    assert!(differing.is_empty(), "files differ: {differing:?}");
 }
 
 fn free_port() -> u16 {
@@ -190,8 +137,8 @@ fn two_processes_write_the_one_process_index() {
             );
         }
         // Bit-identical: each document's rows come from the same batch computation.
-        assert_same_index(&one, &launched);
-        assert_same_index(&one, &by_hand);
+        assert_same_run(&one, &launched);
+        assert_same_run(&one, &by_hand);
     }
 }
 
@@ -218,7 +165,7 @@ fn torchrun_writes_the_one_process_index() {
         .current_dir(common::repo_root())
         .env("OMP_NUM_THREADS", "1");
     run_ok(cmd);
-    assert_same_index(&one, &launched);
+    assert_same_run(&one, &launched);
 }
 
 /// `--nnode 2 --nproc_per_node 2 --node_rank R` on two "machines" (two launchers here, the
@@ -250,7 +197,7 @@ fn two_nodes_write_the_one_process_index() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    assert_same_index(&one, &nodes);
+    assert_same_run(&one, &nodes);
 }
 
 #[test]
@@ -354,7 +301,7 @@ fn a_killed_job_resumes_to_the_one_process_index() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("(resumed: "), "{stderr}");
-    assert_same_index(&one, &run);
+    assert_same_run(&one, &run);
 }
 
 /// Ctrl-C in a terminal reaches the launcher and its workers (one process group): every
@@ -385,7 +332,7 @@ fn ctrl_c_stops_every_worker_once_and_the_job_resumes() {
         "{stderr}"
     );
     run_ok(build(&run, &data, &["--nproc_per_node", "2"]));
-    assert_same_index(&one, &run);
+    assert_same_run(&one, &run);
 }
 
 #[test]

@@ -151,3 +151,56 @@ pub fn compare_score_stores(ours: &Path, theirs: &Path) -> Result<(f64, usize), 
     }
     Ok((worst, written))
 }
+
+/// Every file of a run directory; config.yaml without the lines that name the run (its time,
+/// path and process and node counts).
+pub fn run_snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+            let mut bytes = std::fs::read(&p).unwrap();
+            if rel == "config.yaml" {
+                let text = String::from_utf8(bytes).unwrap();
+                bytes = text
+                    .lines()
+                    .filter(|l| {
+                        let l = l.trim_start();
+                        ![
+                            "created:",
+                            "run_path:",
+                            "nproc_per_node:",
+                            "nnode:",
+                            "node_rank:",
+                        ]
+                        .iter()
+                        .any(|k| l.starts_with(k))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    .into_bytes();
+            }
+            out.insert(rel, bytes);
+        }
+    }
+    out
+}
+
+/// Two run directories hold the same files, byte for byte (config.yaml as [`run_snapshot`]).
+#[track_caller]
+pub fn assert_same_run(one: &Path, other: &Path) {
+    let (a, b) = (run_snapshot(one), run_snapshot(other));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "file lists"
+    );
+    let differing: Vec<&String> = a.keys().filter(|k| a[*k] != b[*k]).collect();
+    assert!(differing.is_empty(), "files differ: {differing:?}");
+}

@@ -206,7 +206,7 @@ pub fn run_in(
 
 /// Tells every rank whether this one's `result` is an error, and fails with the first failed
 /// rank if another one failed (every rank goes through the same sequence of these).
-fn together<T>(job: &dyn Collective, result: Result<T>) -> Result<T> {
+pub(crate) fn together<T>(job: &dyn Collective, result: Result<T>) -> Result<T> {
     let failed = job.failed_ranks(result.is_ok())?;
     match result {
         Ok(_) if !failed.is_empty() => {
