@@ -149,18 +149,21 @@ fn two_processes_write_the_one_process_store() {
     }
 }
 
-#[test]
-fn a_killed_worker_ends_the_score_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let queries = build_queries(dir.path());
+/// The fixture repeated `times` times (a run long enough to kill in the middle).
+fn repeated_dataset(dir: &Path, times: usize) -> PathBuf {
     let text = std::fs::read_to_string(small_dataset()).unwrap();
-    let data = dir.path().join("many.jsonl");
-    std::fs::write(&data, text.repeat(200)).unwrap();
-    let run = dir.path().join("run");
-    let mut cmd = score(&run, &queries, &data, &["--nproc_per_node", "2"]);
+    let path = dir.join("many.jsonl");
+    std::fs::write(&path, text.repeat(times)).unwrap();
+    path
+}
+
+/// Starts a 2-process score of `data` into `run`, kills rank 1 once the workers are scoring
+/// (rank 0 sized scores.bin), and returns the launcher's output.
+fn kill_rank1_midway(run: &Path, queries: &Path, data: &Path) -> Output {
+    let mut cmd = score(run, queries, data, &["--nproc_per_node", "2"]);
+    cmd.env("BERGSON_SYNC_SECONDS", "0");
     let launcher = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    // Wait until the workers are scoring (rank 0 sized scores.bin).
-    let scores = dir.path().join("run.part/scores.bin");
+    let scores = PathBuf::from(format!("{}.part", run.display())).join("scores.bin");
     let start = Instant::now();
     while !scores.exists() {
         assert!(
@@ -176,7 +179,17 @@ fn a_killed_worker_ends_the_score_job() {
         .expect("rank 1");
     // SAFETY: kill(2) on a worker of the launcher we started.
     unsafe { libc::kill(rank1 as libc::pid_t, libc::SIGKILL) };
-    let out = wait_within(launcher, Duration::from_secs(120));
+    wait_within(launcher, Duration::from_secs(120))
+}
+
+#[test]
+fn a_killed_worker_ends_the_score_job_and_the_job_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let queries = build_queries(dir.path());
+    let data = repeated_dataset(dir.path(), 200);
+    let (one, run) = (dir.path().join("one"), dir.path().join("run"));
+    run_ok(score(&one, &queries, &data, &[]));
+    let out = kill_rank1_midway(&run, &queries, &data);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -184,6 +197,15 @@ fn a_killed_worker_ends_the_score_job() {
         "{stderr}"
     );
     assert!(!run.exists(), "a failed job left a finished-looking store");
+    let journals: Vec<String> = std::fs::read_dir(dir.path().join("run.part"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("journal.rank"))
+        .collect();
+    assert_eq!(journals.len(), 2, "{journals:?}");
+    // The same command again: every rank continues after its last durable batch.
+    run_ok(score(&run, &queries, &data, &["--nproc_per_node", "2"]));
+    assert_same_run(&one, &run);
 }
 
 #[test]
