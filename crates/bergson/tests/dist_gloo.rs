@@ -1,6 +1,6 @@
 //! The Gloo process group in 2 and 3 local processes: this test binary starts copies of itself
-//! as the ranks (the `rank_main` test, which does nothing unless `BERGSON_TEST_DIST` is set),
-//! and every rank checks exact collective results.
+//! as the ranks (the ignored `rank_main` test, run only as a child with `BERGSON_TEST_DIST`
+//! set), and every rank checks exact collective results.
 
 use std::net::TcpListener;
 use std::process::{Child, Command};
@@ -29,7 +29,13 @@ fn start_ranks(world: usize, mode: &str) -> Vec<Child> {
 /// Starts rank `rank` of `world` (this binary's `rank_main` in `mode`).
 fn start_rank(port: &str, rank: usize, world: usize, mode: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "rank_main", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "rank_main",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("BERGSON_TEST_DIST", mode)
         .env("RANK", rank.to_string())
         .env("LOCAL_RANK", rank.to_string())
@@ -117,8 +123,10 @@ dist.destroy_process_group()
     assert_eq!(wait_all(vec![py, rust]), [Some(0), Some(0)]);
 }
 
-/// One rank's side of the tests above.
+/// One rank's side of the tests above (ignored: not a test of its own, but the entry point
+/// of the ranks they start).
 #[test]
+#[ignore = "the ranks' entry point: the other tests start it with BERGSON_TEST_DIST set"]
 fn rank_main() {
     let Ok(mode) = std::env::var("BERGSON_TEST_DIST") else {
         return;
