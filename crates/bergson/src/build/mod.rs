@@ -389,17 +389,8 @@ fn run_step(
             fingerprint: fingerprint(&data, batches, &layout.grad_sizes),
             num_batches: batches.len(),
         };
-        let done = match start_mode {
-            Start::Resume => {
-                Journal::read_named(&part, &journal_name, &header)?.unwrap_or_default()
-            }
-            Start::Fresh => Vec::new(),
-        };
-        let mut journal = if done.is_empty() {
-            Journal::create_named(&part, &journal_name, &header)?
-        } else {
-            Journal::reopen_named(&part, &journal_name, &done, &header)?
-        };
+        let (done, mut journal) =
+            Journal::open_named(&part, &journal_name, &header, start_mode == Start::Resume)?;
         let file = GradientFile::create(&part, num_grads, row_len, save_kind, true)?;
         let mut sink = RowSink::new(
             file,

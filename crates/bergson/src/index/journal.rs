@@ -82,13 +82,8 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Starts a new journal.
-    pub fn create(part: &Path, header: &Header) -> Result<Self> {
-        Self::create_named(part, JOURNAL, header)
-    }
-
     /// Starts a new journal `name` (see [`journal_name`]).
-    pub fn create_named(part: &Path, name: &str, header: &Header) -> Result<Self> {
+    fn create_named(part: &Path, name: &str, header: &Header) -> Result<Self> {
         let path = part.join(name);
         let mut file = File::create(&path).at_path(&path)?;
         writeln!(file, "{}", serde_json::to_string(header).map_err(json_err)?).at_path(&path)?;
@@ -96,13 +91,26 @@ impl Journal {
         Ok(Journal { file, path })
     }
 
-    /// Reads the entries of an existing journal if its header matches; a torn last line (a kill
-    /// mid-write) is ignored. `None` when there is no usable journal.
-    pub fn read(part: &Path, header: &Header) -> Result<Option<Vec<Entry>>> {
-        Self::read_named(part, JOURNAL, header)
+    /// The journal `name` of a run that resumes (`resume`) or starts fresh: the entries
+    /// already durable (none when fresh or without a usable journal), and the journal
+    /// rewritten with just those, open for appending.
+    pub fn open_named(
+        part: &Path,
+        name: &str,
+        header: &Header,
+        resume: bool,
+    ) -> Result<(Vec<Entry>, Self)> {
+        let done = if resume {
+            Self::read_named(part, name, header)?.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let journal = Self::reopen_named(part, name, &done, header)?;
+        Ok((done, journal))
     }
 
-    /// As [`Journal::read`], for the journal `name`.
+    /// Reads the entries of the journal `name` if its header matches; a torn last line (a kill
+    /// mid-write) is ignored. `None` when there is no usable journal.
     pub fn read_named(part: &Path, name: &str, header: &Header) -> Result<Option<Vec<Entry>>> {
         let path = part.join(name);
         let Ok(text) = std::fs::read_to_string(&path) else {
@@ -135,12 +143,8 @@ impl Journal {
         Ok(Some(entries))
     }
 
-    /// Reopens an existing journal for appending, dropping a torn last line.
-    pub fn reopen(part: &Path, keep: &[Entry], header: &Header) -> Result<Self> {
-        Self::reopen_named(part, JOURNAL, keep, header)
-    }
-
-    /// As [`Journal::reopen`], for the journal `name`.
+    /// Rewrites the journal `name` with the entries `keep` (dropping a torn last line), open
+    /// for appending.
     pub fn reopen_named(part: &Path, name: &str, keep: &[Entry], header: &Header) -> Result<Self> {
         let mut j = Journal::create_named(part, name, header)?;
         for e in keep {

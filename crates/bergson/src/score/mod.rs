@@ -267,17 +267,8 @@ pub fn run_in(
             fingerprint: fingerprint(&data, batches, &grad_sizes),
             num_batches: per_pass * num_passes,
         };
-        let done: Vec<Entry> = match start_mode {
-            Start::Resume => {
-                Journal::read_named(&part, &journal_name, &header)?.unwrap_or_default()
-            }
-            Start::Fresh => Vec::new(),
-        };
-        let mut journal = if done.is_empty() {
-            Journal::create_named(&part, &journal_name, &header)?
-        } else {
-            Journal::reopen_named(&part, &journal_name, &done, &header)?
-        };
+        let (done, mut journal) =
+            Journal::open_named(&part, &journal_name, &header, start_mode == Start::Resume)?;
         let mut is_done = vec![false; header.num_batches];
         for e in &done {
             is_done[e.batch] = true;
