@@ -145,6 +145,28 @@ fn in_memory(states: &[TrainerState], mode: SaveMode) -> Vec<(usize, SavedState)
         .collect()
 }
 
+/// The reference metagradient: one graph through all the traced steps from `initial`,
+/// differentiated once.
+fn unrolled_metagradient(trainer: &Trainer, initial: &TrainerState, data: &DataStream) -> Tensor {
+    let mut s = TrainerState {
+        params: (initial.params.iter())
+            .map(|p| p.detach().set_requires_grad(true))
+            .collect(),
+        opt: initial.opt.detach(),
+        batch_index: 0,
+    };
+    for i in 0..STEPS {
+        s = trainer.step(&s, &data.batch(i), true).unwrap().0;
+    }
+    Tensor::run_backward(
+        &[query_loss(trainer, &s.params)],
+        &[&data.weights],
+        false,
+        false,
+    )
+    .remove(0)
+}
+
 fn rel(a: &Tensor, b: &Tensor) -> f64 {
     let a = a.to_kind(Kind::Double);
     let b = b.to_kind(Kind::Double);
@@ -175,24 +197,7 @@ fn checkpointed_backward_equals_storing_every_state_and_unrolled_autodiff() {
     };
     let run = |mode| run_with(mode, true);
     let all = run(SaveMode::All);
-    // The reference: one graph through all 9 traced steps, differentiated once.
-    let mut s = TrainerState {
-        params: (initial.params.iter())
-            .map(|p| p.detach().set_requires_grad(true))
-            .collect(),
-        opt: initial.opt.detach(),
-        batch_index: 0,
-    };
-    for i in 0..STEPS {
-        s = trainer.step(&s, &data.batch(i), true).unwrap().0;
-    }
-    let unrolled = Tensor::run_backward(
-        &[query_loss(&trainer, &s.params)],
-        &[&data.weights],
-        false,
-        false,
-    )
-    .remove(0);
+    let unrolled = unrolled_metagradient(&trainer, &initial, &data);
     assert!(
         rel(&all.weights, &unrolled) < 1e-12,
         "all vs unrolled: {}",
@@ -238,23 +243,7 @@ fn closed_form_update_vjp_matches_unrolled_autodiff() {
         )
         .unwrap()
         .remove(0);
-        let mut s = TrainerState {
-            params: (initial.params.iter())
-                .map(|p| p.detach().set_requires_grad(true))
-                .collect(),
-            opt: initial.opt.detach(),
-            batch_index: 0,
-        };
-        for i in 0..STEPS {
-            s = trainer.step(&s, &data.batch(i), true).unwrap().0;
-        }
-        let unrolled = Tensor::run_backward(
-            &[query_loss(&trainer, &s.params)],
-            &[&data.weights],
-            false,
-            false,
-        )
-        .remove(0);
+        let unrolled = unrolled_metagradient(&trainer, &initial, &data);
         let e = rel(&got.weights, &unrolled);
         assert!(e < 1e-10, "{kind:?}: relative error {e:e}");
         assert!(unrolled.abs().max().double_value(&[]) > 0.0);
