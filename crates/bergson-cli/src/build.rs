@@ -49,17 +49,10 @@ pub fn run(config: BuildConfig, runtime: &RuntimeArgs, reduce: bool) -> anyhow::
             dist::launch::run_step(&program, &step, &runtime.flags(), &node)?;
             return Ok(());
         }
-        Role::Worker => {
-            let job = dist::connect().map_err(bergson::Error::from)?;
-            let summary = bergson::build::run_in(&config, &opts, job.collective(), reduce)
-                .inspect_err(|e| job.let_watcher_explain(e))?;
-            let lead = job.rank() == 0;
-            job.finish().map_err(bergson::Error::from)?;
-            if !lead {
-                return Ok(());
-            }
-            summary
-        }
+        Role::Worker => match as_rank(|c| bergson::build::run_in(&config, &opts, c, reduce))? {
+            Some(summary) => summary,
+            None => return Ok(()),
+        },
         Role::Single if reduce => bergson::build::reduce(&config, &opts)?,
         Role::Single => bergson::build::run(&config, &opts)?,
     };
@@ -70,6 +63,19 @@ pub fn run(config: BuildConfig, runtime: &RuntimeArgs, reduce: bool) -> anyhow::
         eprintln!("{}", summary.profile);
     }
     Ok(())
+}
+
+/// Runs `work` as this process's rank of a job (joined from the environment): a failure is
+/// explained by the job's watcher when another rank caused it, and the job is finished
+/// cleanly. The result on rank 0, which reports it; `None` on the other ranks.
+pub fn as_rank<T>(
+    work: impl FnOnce(&dyn bergson::dist::Collective) -> bergson::Result<T>,
+) -> anyhow::Result<Option<T>> {
+    let job = bergson::dist::connect().map_err(bergson::Error::from)?;
+    let out = work(job.collective()).inspect_err(|e| job.let_watcher_explain(e))?;
+    let lead = job.rank() == 0;
+    job.finish().map_err(bergson::Error::from)?;
+    Ok(lead.then_some(out))
 }
 
 impl RuntimeArgs {

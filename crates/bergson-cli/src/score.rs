@@ -4,7 +4,7 @@ use bergson::config::run_file::Step;
 use bergson::config::ScoreRunConfig;
 use clap::Args;
 
-use crate::build::{install_interrupt_handler, run_options, RuntimeArgs};
+use crate::build::{as_rank, install_interrupt_handler, run_options, RuntimeArgs};
 
 /// Flags of `bergson score`: Bergson's config plus how to run it (not saved in config.yaml).
 #[derive(Debug, Args)]
@@ -31,17 +31,10 @@ pub fn run(config: ScoreRunConfig, runtime: &RuntimeArgs) -> anyhow::Result<()> 
             dist::launch::run_step(&program, &step, &runtime.flags(), &node)?;
             return Ok(());
         }
-        Role::Worker => {
-            let job = dist::connect().map_err(bergson::Error::from)?;
-            let summary = bergson::score::run_in(&config, &opts, job.collective())
-                .inspect_err(|e| job.let_watcher_explain(e))?;
-            let lead = job.rank() == 0;
-            job.finish().map_err(bergson::Error::from)?;
-            if !lead {
-                return Ok(());
-            }
-            summary
-        }
+        Role::Worker => match as_rank(|c| bergson::score::run_in(&config, &opts, c))? {
+            Some(summary) => summary,
+            None => return Ok(()),
+        },
         Role::Single => bergson::score::run(&config, &opts)?,
     };
     if !runtime.quiet {
