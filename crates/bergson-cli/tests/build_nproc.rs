@@ -2,12 +2,15 @@
 //! processes started by hand with torchrun's variables write the same index as one process;
 //! a killed worker ends the whole job within seconds and nothing looks finished.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::ranks::{
+    children, environ, free_port, is_zombie, rank_cmd, repeated_dataset, run_ok, small_dataset,
+    wait_within,
+};
 use common::{assert_one_line_error, assert_same_run, bergson, fixtures};
 
 /// `bergson build <run>` on the gpt_neox fixture with small batches, one thread per process.
@@ -32,61 +35,6 @@ fn build_loud(run: &Path, dataset: &Path, extra: &[&str]) -> Command {
         .env_remove("WORLD_SIZE")
         .env_remove("RANK");
     cmd
-}
-
-fn small_dataset() -> PathBuf {
-    fixtures().join("build/resume.jsonl")
-}
-
-/// The fixture repeated `times` times (a build long enough to kill in the middle).
-fn repeated_dataset(dir: &Path, times: usize) -> PathBuf {
-    let text = std::fs::read_to_string(small_dataset()).unwrap();
-    let path = dir.join("many.jsonl");
-    std::fs::write(&path, text.repeat(times)).unwrap();
-    path
-}
-
-fn run_ok(mut cmd: Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Rank `rank` of `world` started by hand, torchrun-style.
-fn rank_cmd(mut cmd: Command, rank: usize, world: usize, port: u16) -> Command {
-    cmd.env("RANK", rank.to_string())
-        .env("LOCAL_RANK", rank.to_string())
-        .env("WORLD_SIZE", world.to_string())
-        .env("LOCAL_WORLD_SIZE", world.to_string())
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", port.to_string());
-    cmd
-}
-
-/// Waits for `child` at most `limit`, killing it after that.
-fn wait_within(child: Child, limit: Duration) -> (Output, Duration) {
-    let start = Instant::now();
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        // SAFETY: kill(2) on a pid we started; harmless if it already exited and was reaped
-        // moments ago (the test then fails on the time check anyway).
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    });
-    let out = child.wait_with_output().unwrap();
-    drop(watchdog);
-    (out, start.elapsed())
 }
 
 /// Waits until the build has laid out `<run>.part/gradients.bin` (the workers are past
@@ -415,34 +363,4 @@ fn bad_process_counts_are_one_line_errors() {
         .unwrap();
     assert_one_line_error(&out, &["RANK=5 is not below WORLD_SIZE=2"]);
     assert!(!run.exists());
-}
-
-/// Child pids of `pid` (every thread's list).
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let text =
-            std::fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
-        out.extend(
-            text.split_whitespace()
-                .filter_map(|s| s.parse::<u32>().ok()),
-        );
-    }
-    out
-}
-
-fn environ(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.contains(") Z "))
-        .unwrap_or(true)
 }

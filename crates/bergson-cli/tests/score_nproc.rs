@@ -3,12 +3,14 @@
 //! for byte; a killed worker ends the whole job and nothing looks finished; bad input is one
 //! line and exit 2.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::ranks::{
+    children, environ, free_port, rank_cmd, repeated_dataset, run_ok, small_dataset, wait_within,
+};
 use common::{assert_one_line_error, assert_same_run, bergson, fixtures};
 
 /// A query index over the score fixture's queries (projection 8).
@@ -60,51 +62,6 @@ fn score(run: &Path, queries: &Path, dataset: &Path, extra: &[&str]) -> Command 
     cmd
 }
 
-fn small_dataset() -> PathBuf {
-    fixtures().join("build/resume.jsonl")
-}
-
-fn run_ok(mut cmd: Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Rank `rank` of `world` started by hand, torchrun-style.
-fn rank_cmd(mut cmd: Command, rank: usize, world: usize, port: u16) -> Command {
-    cmd.env("RANK", rank.to_string())
-        .env("LOCAL_RANK", rank.to_string())
-        .env("WORLD_SIZE", world.to_string())
-        .env("LOCAL_WORLD_SIZE", world.to_string())
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", port.to_string());
-    cmd
-}
-
-/// Waits for `child` at most `limit`, killing it after that.
-fn wait_within(child: Child, limit: Duration) -> Output {
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        // SAFETY: kill(2) on a pid we started (the test fails anyway if it ran this long).
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    });
-    let out = child.wait_with_output().unwrap();
-    drop(watchdog);
-    out
-}
-
 #[test]
 fn two_processes_write_the_one_process_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -136,7 +93,7 @@ fn two_processes_write_the_one_process_store() {
             })
             .collect();
         for child in ranks {
-            let out = wait_within(child, Duration::from_secs(180));
+            let (out, _) = wait_within(child, Duration::from_secs(180));
             assert!(
                 out.status.success(),
                 "{}",
@@ -147,14 +104,6 @@ fn two_processes_write_the_one_process_store() {
         assert_same_run(&one, &launched);
         assert_same_run(&one, &by_hand);
     }
-}
-
-/// The fixture repeated `times` times (a run long enough to kill in the middle).
-fn repeated_dataset(dir: &Path, times: usize) -> PathBuf {
-    let text = std::fs::read_to_string(small_dataset()).unwrap();
-    let path = dir.join("many.jsonl");
-    std::fs::write(&path, text.repeat(times)).unwrap();
-    path
 }
 
 /// Starts a 2-process score of `data` into `run`, kills rank 1 once the workers are scoring
@@ -179,7 +128,7 @@ fn kill_rank1_midway(run: &Path, queries: &Path, data: &Path) -> Output {
         .expect("rank 1");
     // SAFETY: kill(2) on a worker of the launcher we started.
     unsafe { libc::kill(rank1 as libc::pid_t, libc::SIGKILL) };
-    wait_within(launcher, Duration::from_secs(120))
+    wait_within(launcher, Duration::from_secs(120)).0
 }
 
 #[test]
@@ -223,28 +172,4 @@ fn bad_input_under_the_launcher_is_one_line() {
     assert_one_line_error(&out, &["--nproc_per_node 0"]);
     assert!(!run.exists());
     assert!(!dir.path().join("run.part").exists());
-}
-
-/// Child pids of `pid` (every thread's list).
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let text =
-            std::fs::read_to_string(task.unwrap().path().join("children")).unwrap_or_default();
-        out.extend(
-            text.split_whitespace()
-                .filter_map(|s| s.parse::<u32>().ok()),
-        );
-    }
-    out
-}
-
-fn environ(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -11,6 +11,8 @@ use std::process::{Command, Output};
 
 use bergson::index::score_store::ScoreStore;
 
+pub mod ranks;
+
 /// The `bergson` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_bergson");
 
