@@ -40,33 +40,7 @@ fn build_cmd(run: &Path, extra: &[&str]) -> Command {
 /// Every file of a run directory with its bytes; config.yaml without its `created:` time and
 /// `run_path` (which name the run, not its contents).
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().to_string();
-            let mut bytes = std::fs::read(&p).unwrap();
-            if rel == "config.yaml" {
-                let text = String::from_utf8(bytes).unwrap();
-                bytes = text
-                    .lines()
-                    .filter(|l| {
-                        !l.trim_start().starts_with("created:")
-                            && !l.trim_start().starts_with("run_path:")
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-                    .into_bytes();
-            }
-            out.insert(rel, bytes);
-        }
-    }
-    out
+    common::snapshot_without(dir, &["created:", "run_path:"])
 }
 
 /// Names of the files whose bytes differ (or exist on one side only).

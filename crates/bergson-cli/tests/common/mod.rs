@@ -157,6 +157,24 @@ pub fn compare_score_stores(ours: &Path, theirs: &Path) -> Result<(f64, usize), 
 /// Every file of a run directory; config.yaml without the lines that name the run (its time,
 /// path and process and node counts).
 pub fn run_snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    snapshot_without(
+        dir,
+        &[
+            "created:",
+            "run_path:",
+            "nproc_per_node:",
+            "nnode:",
+            "node_rank:",
+        ],
+    )
+}
+
+/// Every file of a run directory with its bytes; config.yaml without the lines starting with
+/// one of `config_keys`.
+pub fn snapshot_without(
+    dir: &Path,
+    config_keys: &[&str],
+) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -172,18 +190,7 @@ pub fn run_snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
                 let text = String::from_utf8(bytes).unwrap();
                 bytes = text
                     .lines()
-                    .filter(|l| {
-                        let l = l.trim_start();
-                        ![
-                            "created:",
-                            "run_path:",
-                            "nproc_per_node:",
-                            "nnode:",
-                            "node_rank:",
-                        ]
-                        .iter()
-                        .any(|k| l.starts_with(k))
-                    })
+                    .filter(|l| !config_keys.iter().any(|k| l.trim_start().starts_with(k)))
                     .collect::<Vec<_>>()
                     .join("\n")
                     .into_bytes();
