@@ -72,6 +72,10 @@ pub fn as_rank<T>(
     work: impl FnOnce(&dyn bergson::dist::Collective) -> bergson::Result<T>,
 ) -> anyhow::Result<Option<T>> {
     let job = bergson::dist::connect().map_err(bergson::Error::from)?;
+    // One progress display per job: rank 0's.
+    if job.rank() != 0 {
+        bergson::progress::set_quiet(true);
+    }
     let out = work(job.collective()).inspect_err(|e| job.let_watcher_explain(e))?;
     let lead = job.rank() == 0;
     job.finish().map_err(bergson::Error::from)?;

@@ -85,6 +85,50 @@ pub trait Collective {
     }
 }
 
+/// [`Collective::all_reduce`] of a tensor on any device (through a CPU copy off the CPU); does
+/// nothing in a job of one.
+pub fn all_reduce_anywhere(
+    job: &dyn Collective,
+    t: &mut Tensor,
+    op: ReduceOp,
+) -> Result<(), DistError> {
+    if job.world_size() == 1 {
+        return Ok(());
+    }
+    on_host(t, |host| job.all_reduce(host, op))
+}
+
+/// [`Collective::broadcast`] of a tensor on any device (through a CPU copy off the CPU); does
+/// nothing in a job of one.
+pub fn broadcast_anywhere(
+    job: &dyn Collective,
+    t: &mut Tensor,
+    root: usize,
+) -> Result<(), DistError> {
+    if job.world_size() == 1 {
+        return Ok(());
+    }
+    on_host(t, |host| job.broadcast(host, root))
+}
+
+/// Runs `f` on `t` itself when it is a contiguous CPU tensor, else on a contiguous CPU copy
+/// that is copied back into `t`.
+fn on_host(
+    t: &mut Tensor,
+    f: impl FnOnce(&mut Tensor) -> Result<(), DistError>,
+) -> Result<(), DistError> {
+    if t.device() == Device::Cpu && t.is_contiguous() {
+        return f(t);
+    }
+    let bad = |e: tch::TchError| DistError::BadTensor(e.to_string());
+    let mut host = t
+        .f_to_device(Device::Cpu)
+        .and_then(|h| h.f_contiguous())
+        .map_err(bad)?;
+    f(&mut host)?;
+    t.f_copy_(&host).map_err(bad)
+}
+
 /// This process's membership of a job: its collectives and, with several processes, the
 /// [`Watcher`] that ends it soon after another rank dies.
 pub struct Job {

@@ -9,6 +9,7 @@ use tch::{Kind, Tensor};
 
 use super::eigen::Eigen;
 use crate::collect::{Collection, Documents};
+use crate::dist::{all_reduce_anywhere, Collective, ReduceOp};
 use crate::progress::Phase;
 use crate::{interrupt, Result};
 
@@ -25,15 +26,23 @@ pub struct DenseHessians {
     pub positions: i64,
 }
 
-/// Fits the Grams over every batch of `collection` (`global`: its one block is the global
-/// projection); `num_rows` normalises them.
-pub fn fit(
+/// The unnormalised Grams of one process's batches, before they are summed over a job's ranks
+/// ([`Grams::all_reduce`]) and finished ([`Grams::finish`]).
+pub struct Grams {
+    keys: Vec<(String, usize)>,
+    grams: Vec<Tensor>,
+    /// Gradient-carrying positions seen.
+    pub positions: i64,
+}
+
+/// Sums `Pᵀ P` over every batch of `collection` (`global`: its one block is the global
+/// projection).
+pub fn accumulate(
     collection: &Collection<'_>,
     docs: Documents<'_>,
-    num_rows: usize,
     global: bool,
     device: tch::Device,
-) -> Result<DenseHessians> {
+) -> Result<Grams> {
     let keys: Vec<(String, usize)> = if global {
         vec![(JOINT.to_string(), collection.grad_sizes()[0].1)]
     } else {
@@ -60,25 +69,61 @@ pub fn fit(
         phase.inc(1);
     }
     phase.finish();
-    let mut hessians = Vec::with_capacity(keys.len());
-    let mut eigen = Vec::with_capacity(keys.len());
-    let mut fitted: Vec<((String, usize), Tensor)> = keys.into_iter().zip(grams).collect();
-    // Bergson's dicts are filled by its backward hooks: last module first, a split module's
-    // heads in order.
-    fitted = backward_hook_order(fitted, |((key, _), _)| key.as_str());
-    for ((key, _), gram) in fitted {
-        let h = gram
-            .f_div_scalar(num_rows.max(1) as f64)?
-            .f_to_device(tch::Device::Cpu)?;
-        let Eigen { values, vectors } = eigh(&h)?;
-        eigen.push((key.clone(), values, vectors));
-        hessians.push((key, h));
-    }
-    Ok(DenseHessians {
-        hessians,
-        eigen,
+    Ok(Grams {
+        keys,
+        grams,
         positions,
     })
+}
+
+impl Grams {
+    /// Grams (keys) held.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Sums the Grams and positions over the ranks of `job`, onto every rank.
+    pub fn all_reduce(&mut self, job: &dyn Collective) -> Result<()> {
+        if job.world_size() == 1 {
+            return Ok(());
+        }
+        for gram in &mut self.grams {
+            all_reduce_anywhere(job, gram, ReduceOp::Sum)?;
+        }
+        let mut positions = Tensor::from_slice(&[self.positions]);
+        job.all_reduce(&mut positions, ReduceOp::Sum)?;
+        self.positions = positions.f_int64_value(&[0])?;
+        Ok(())
+    }
+
+    /// The Grams divided by `num_rows`, with their eigendecompositions, in Bergson's order.
+    pub fn finish(self, num_rows: usize) -> Result<DenseHessians> {
+        let mut hessians = Vec::with_capacity(self.keys.len());
+        let mut eigen = Vec::with_capacity(self.keys.len());
+        let fitted: Vec<((String, usize), Tensor)> =
+            self.keys.into_iter().zip(self.grams).collect();
+        // Bergson's dicts are filled by its backward hooks: last module first, a split module's
+        // heads in order.
+        let fitted = backward_hook_order(fitted, |((key, _), _)| key.as_str());
+        for ((key, _), gram) in fitted {
+            let h = gram
+                .f_div_scalar(num_rows.max(1) as f64)?
+                .f_to_device(tch::Device::Cpu)?;
+            let Eigen { values, vectors } = eigh(&h)?;
+            eigen.push((key.clone(), values, vectors));
+            hessians.push((key, h));
+        }
+        Ok(DenseHessians {
+            hessians,
+            eigen,
+            positions: self.positions,
+        })
+    }
 }
 
 /// `items` (in module order, a split module's heads `<module>.head_<h>` together) reordered as

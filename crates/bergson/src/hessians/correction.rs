@@ -11,6 +11,7 @@
 use tch::{Kind, Tensor};
 
 use super::capture::{with_bias_column, HessianBatch};
+use crate::dist::{all_reduce_anywhere, Collective, ReduceOp};
 use crate::Result;
 
 struct ModuleCorrection {
@@ -62,6 +63,15 @@ impl EigenvalueCorrection {
                 false,
                 self.kind,
             )?)?;
+        }
+        Ok(())
+    }
+
+    /// Sums the corrections over the ranks of `job` (each holds the sum over its own
+    /// documents), onto every rank.
+    pub fn all_reduce(&mut self, job: &dyn Collective) -> Result<()> {
+        for m in &mut self.modules {
+            all_reduce_anywhere(job, &mut m.sum, ReduceOp::Sum)?;
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use tch::{Device, Kind, Tensor};
 use super::capture::{at_positions, with_bias_column, HessianBatch};
 use crate::collect::Target;
 use crate::config::HessianMethod;
+use crate::dist::{all_reduce_anywhere, Collective, ReduceOp};
 use crate::{Error, Result};
 
 /// One module's factors.
@@ -100,6 +101,16 @@ impl FactorAccumulator {
                 }
                 HessianMethod::Autocorrelation => unreachable!("refused in new"),
             }
+        }
+        Ok(())
+    }
+
+    /// Sums the factors over the ranks of `job`, onto every rank (each rank's share is a sum
+    /// over its own positions or batches, so the job's factors are their sum).
+    pub fn all_reduce(&mut self, job: &dyn Collective) -> Result<()> {
+        for m in &mut self.modules {
+            all_reduce_anywhere(job, &mut m.a, ReduceOp::Sum)?;
+            all_reduce_anywhere(job, &mut m.s, ReduceOp::Sum)?;
         }
         Ok(())
     }

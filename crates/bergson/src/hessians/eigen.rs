@@ -7,8 +7,9 @@
 //! document, `N` the dataset's documents), and each factor's own eigenvalues are scaled by
 //! `sqrt(T / N)` so that their outer product is that grid.
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
+use crate::dist::{broadcast_anywhere, Collective};
 use crate::{Error, Result};
 
 /// Eigenvalues (ascending) and eigenvectors of a factor.
@@ -17,6 +18,24 @@ pub struct Eigen {
     pub values: Tensor,
     /// `[d, d]`, one eigenvector per column.
     pub vectors: Tensor,
+}
+
+impl Eigen {
+    /// A placeholder of a `d`-dimensional factor's decomposition, for a rank that receives it
+    /// from the module's owner ([`Eigen::shared`]).
+    pub fn zeros(d: i64, kind: Kind, device: Device) -> Result<Eigen> {
+        Ok(Eigen {
+            values: Tensor::f_zeros([d], (kind, device))?,
+            vectors: Tensor::f_zeros([d, d], (kind, device))?,
+        })
+    }
+
+    /// `owner`'s decomposition on every rank of `job` (the others pass [`Eigen::zeros`]).
+    pub fn shared(mut self, job: &dyn Collective, owner: usize) -> Result<Eigen> {
+        broadcast_anywhere(job, &mut self.values, owner)?;
+        broadcast_anywhere(job, &mut self.vectors, owner)?;
+        Ok(self)
+    }
 }
 
 /// The eigendecomposition of `matrix / count`, symmetrised, computed in float64 and returned in
@@ -66,7 +85,6 @@ pub fn uncorrected(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
 
     #[test]
     fn eigh_mean_reconstructs_the_averaged_symmetrised_matrix() {

@@ -33,6 +33,7 @@ pub mod preconditioner;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::build::together;
 use crate::build::RunOptions;
 use crate::collect::{discover_targets, CollectConfig, Collection, Documents, Target};
 use crate::config::run_file::{config_yaml, Step};
@@ -40,8 +41,9 @@ use crate::config::{HessianMethod, HessianRunConfig, ProjectionTarget};
 use crate::data::batching::allocate_batches;
 use crate::data::pipeline::prepare_data;
 use crate::data::tokenize::TokenizedRow;
+use crate::dist::{Collective, ReduceOp, SingleProcess};
 use crate::error::IoContext;
-use crate::index::factor_store::{self as store, write_store};
+use crate::index::factor_store::{self as store, write_store_shard};
 use crate::index::run_dir;
 use crate::models::CausalLm;
 use crate::progress::Phase;
@@ -50,6 +52,7 @@ use crate::{interrupt, setup, Error, Result};
 use capture::{HessianCapture, HessianLoss};
 use correction::EigenvalueCorrection;
 use covariance::FactorAccumulator;
+use eigen::Eigen;
 use labels::LabelSampler;
 
 /// What a finished fit did.
@@ -103,65 +106,83 @@ pub fn check_config(cfg: &HessianRunConfig) -> Result<()> {
     setup::check_index_config(icfg)
 }
 
-/// Runs `bergson hessian`.
+/// Runs `bergson hessian` in this process alone.
 pub fn run(cfg: &HessianRunConfig, opts: &RunOptions) -> Result<HessianSummary> {
+    check_config(cfg)?;
+    run_in(cfg, opts, &SingleProcess)
+}
+
+/// Runs `bergson hessian` as one rank of `job` (a job of one: [`run`]). Every rank takes its
+/// share of the batches (bins `r, r+W, ...`, as `bergson build`); the factor sums, position
+/// counts and EK-FAC's corrections are summed over the ranks, each module is eigendecomposed
+/// by one rank (Bergson's `assign_module_owners`) and shared, and every rank writes its row
+/// shard of each store (`shard_<rank>.safetensors`, Bergson's layout). Rank 0 writes the rest
+/// and renames `<run_path>.part` once every rank succeeded.
+pub fn run_in(
+    cfg: &HessianRunConfig,
+    opts: &RunOptions,
+    job: &dyn Collective,
+) -> Result<HessianSummary> {
     let start = Instant::now();
     let (hcfg, icfg) = (&cfg.hessian_cfg, &cfg.index_cfg);
-    check_config(cfg)?;
-    if hcfg.method == HessianMethod::Autocorrelation && icfg.projection_dim == 0 {
-        tracing::warn!(
-            "computing an autocorrelation (dense) Hessian with --projection_dim 0 (uncompressed \
-             gradients); this scales quadratically with the gradient dimension. Set \
-             --projection_dim (e.g. 16) unless this is intentional"
-        );
-    }
+    let lead = job.rank() == 0;
     let step = Step::Hessian(Box::new(cfg.clone()));
-    // Nothing resumes a fit: a `.part` of the same config has no journal and starts over.
-    let (run_path, part, _) = run_dir::prepare(&step, icfg.overwrite)?;
-
-    let (tokenizer, model_dir, max_positions) = setup::load_tokenizer(icfg)?;
-    let data = prepare_data(icfg, &tokenizer, max_positions)?;
-    let model = setup::load_model(icfg, &model_dir, opts.device)?;
+    // Rank 0 alone checks and prepares the run directory; every rank loads data and model.
+    let loaded = (|| -> Result<_> {
+        crate::dist::launch::check_config(&icfg.distributed)?;
+        let mut local = cfg.clone();
+        local.index_cfg.distributed = Default::default();
+        check_config(&local)?;
+        if hcfg.method == HessianMethod::Autocorrelation && icfg.projection_dim == 0 && lead {
+            tracing::warn!(
+                "computing an autocorrelation (dense) Hessian with --projection_dim 0 \
+                 (uncompressed gradients); this scales quadratically with the gradient \
+                 dimension. Set --projection_dim (e.g. 16) unless this is intentional"
+            );
+        }
+        // Nothing resumes a fit: a `.part` of the same config has no journal and starts over.
+        let (run_path, part) = if lead {
+            let (run_path, part, _) = run_dir::prepare(&step, icfg.overwrite)?;
+            (run_path, part)
+        } else {
+            (
+                PathBuf::from(step.run_path()),
+                PathBuf::from(format!("{}.part", step.run_path())),
+            )
+        };
+        let (tokenizer, model_dir, max_positions) = setup::load_tokenizer(icfg)?;
+        let data = prepare_data(icfg, &tokenizer, max_positions)?;
+        let model = setup::load_model(icfg, &model_dir, opts.device)?;
+        if data.rows.iter().all(|r| r.len() < 2) {
+            return Err(Error::input(
+                "every document has fewer than 2 tokens, so none has a next-token loss to fit a Hessian on; check that --prompt_column (or --completion_column / --conversation_column) names the column holding the text, and drop empty rows",
+            ));
+        }
+        if lead {
+            run_dir::create_part(&part)?;
+            let path = part.join("config.yaml");
+            std::fs::write(&path, config_yaml(&step, chrono::Utc::now())?).at_path(&path)?;
+        }
+        Ok((run_path, part, data, model))
+    })();
+    let (run_path, part, data, model) = together(job, loaded)?;
     let model: &dyn CausalLm = &*model;
-    if data.rows.iter().all(|r| r.len() < 2) {
-        return Err(Error::input(
-            "every document has fewer than 2 tokens, so none has a next-token loss to fit a Hessian on; check that --prompt_column (or --completion_column / --conversation_column) names the column holding the text, and drop empty rows",
-        ));
-    }
-
-    run_dir::create_part(&part)?;
-    let path = part.join("config.yaml");
-    std::fs::write(&path, config_yaml(&step, chrono::Utc::now())?).at_path(&path)?;
 
     let documents = data.rows.len();
     let (positions, modules) = if hcfg.method == HessianMethod::Autocorrelation {
-        let processor = setup::create_processor(icfg, model)?;
-        let docs = Documents {
-            rows: &data.rows,
-            advantages: data.advantages.as_deref(),
-        };
-        let collection = Collection::new(
-            model,
-            docs,
-            &processor,
-            &CollectConfig::from_index_config(icfg),
-        )?;
-        let num_rows = if icfg.attribute_tokens {
-            data.rows.iter().map(|r| r.len().saturating_sub(1)).sum()
-        } else {
-            documents
-        };
-        let global = icfg.projection_target == ProjectionTarget::Global && icfg.projection_dim > 0;
-        let fitted = autocorrelation::fit(&collection, docs, num_rows, global, opts.device)?;
-        processor.save(&part)?;
-        store::write_dense_hessians(&part, &fitted.hessians, &fitted.eigen)?;
-        (fitted.positions, fitted.hessians.len())
+        fit_dense(icfg, model, &data, &part, opts, job)?
     } else {
-        fit_factored(cfg, model, &data.rows, &part)?
+        fit_factored(cfg, model, &data.rows, &part, job)?
     };
-    store::write_total_processed(&part, positions)?;
-    interrupt::check()?;
-    run_dir::finish(&part, &run_path)?;
+    let finished = (|| -> Result<()> {
+        if lead {
+            store::write_total_processed(&part, positions)?;
+            interrupt::check()?;
+            run_dir::finish(&part, &run_path)?;
+        }
+        Ok(())
+    })();
+    together(job, finished)?;
     Ok(HessianSummary {
         run_path,
         method: hcfg.method,
@@ -170,6 +191,53 @@ pub fn run(cfg: &HessianRunConfig, opts: &RunOptions) -> Result<HessianSummary> 
         modules,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The autocorrelation fit: every rank's Grams over its batches, summed onto rank 0, which
+/// writes them with the processor. Returns the positions and Gram count.
+fn fit_dense(
+    icfg: &crate::config::IndexConfig,
+    model: &dyn CausalLm,
+    data: &crate::data::pipeline::PreparedData,
+    part: &Path,
+    opts: &RunOptions,
+    job: &dyn Collective,
+) -> Result<(i64, usize)> {
+    let documents = data.rows.len();
+    let docs = Documents {
+        rows: &data.rows,
+        advantages: data.advantages.as_deref(),
+    };
+    let local = (|| -> Result<_> {
+        let processor = setup::create_processor(icfg, model)?;
+        let mut collect_cfg = CollectConfig::from_index_config(icfg);
+        collect_cfg.world_size = job.world_size();
+        collect_cfg.rank = job.rank();
+        let collection = Collection::new(model, docs, &processor, &collect_cfg)?;
+        let global = icfg.projection_target == ProjectionTarget::Global && icfg.projection_dim > 0;
+        let grams = autocorrelation::accumulate(&collection, docs, global, opts.device)?;
+        Ok((processor, grams))
+    })();
+    let (processor, mut grams) = together(job, local)?;
+    grams.all_reduce(job)?;
+    let keys = grams.len();
+    let written = (|| -> Result<_> {
+        if job.rank() != 0 {
+            return Ok(grams.positions);
+        }
+        let num_rows = if icfg.attribute_tokens {
+            data.rows.iter().map(|r| r.len().saturating_sub(1)).sum()
+        } else {
+            documents
+        };
+        let positions = grams.positions;
+        let fitted = grams.finish(num_rows)?;
+        processor.save(part)?;
+        store::write_dense_hessians(part, &fitted.hessians, &fitted.eigen)?;
+        Ok(positions)
+    })();
+    let positions = together(job, written)?;
+    Ok((positions, keys))
 }
 
 /// Bergson's `partition_modules`: `n` contiguous groups of near-equal size (the first ones one
@@ -199,27 +267,63 @@ struct Stores {
     correction: Vec<(String, tch::Tensor)>,
 }
 
+/// Bergson's `assign_module_owners`: each module's eigendecompositions go to one rank, largest
+/// module first (by `(I+bias)² + O²` elements, then name) onto the rank holding the fewest
+/// elements so far (the lowest such rank). Every rank computes the same owners; they are
+/// returned in the order of `targets`.
+pub fn assign_module_owners(targets: &[Target], world_size: usize) -> Vec<usize> {
+    let numel = |t: &Target| {
+        let width = t.in_features + i64::from(t.collect_bias);
+        width * width + t.out_features * t.out_features
+    };
+    let mut order: Vec<usize> = (0..targets.len()).collect();
+    order.sort_by(|&a, &b| {
+        numel(&targets[b])
+            .cmp(&numel(&targets[a]))
+            .then_with(|| targets[a].name.cmp(&targets[b].name))
+    });
+    let mut load = vec![0i64; world_size.max(1)];
+    let mut owners = vec![0; targets.len()];
+    for i in order {
+        let owner = (0..load.len()).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+        owners[i] = owner;
+        load[owner] += numel(&targets[i]);
+    }
+    owners
+}
+
 /// The factored fit: for each module group, the factor pass, the eigendecompositions and (EK-FAC)
-/// the correction pass; then every store is written. Returns the positions and module count.
+/// the correction pass; then every store is written (this rank's row shards). Returns the
+/// positions and module count.
+///
+/// Each phase runs on this rank alone and ends in [`together`], so that every rank reaches the
+/// collectives that follow it (or learns that another failed) in the same order.
 fn fit_factored(
     cfg: &HessianRunConfig,
     model: &dyn CausalLm,
     rows: &[TokenizedRow],
     part: &Path,
+    job: &dyn Collective,
 ) -> Result<(i64, usize)> {
     let (hcfg, icfg) = (&cfg.hessian_cfg, &cfg.index_cfg);
     let kind = hcfg.hessian_dtype.kind();
     let device = model.device();
-    let targets = discover_targets(
-        &model.linear_modules(),
-        &icfg.modules,
-        icfg.filter_modules.as_deref(),
-        icfg.include_bias,
-    )?;
+    let (rank, world) = (job.rank(), job.world_size());
+    let planned = (|| -> Result<_> {
+        let targets = discover_targets(
+            &model.linear_modules(),
+            &icfg.modules,
+            icfg.filter_modules.as_deref(),
+            icfg.include_bias,
+        )?;
+        let lengths: Vec<usize> = rows.iter().map(TokenizedRow::len).collect();
+        let batches =
+            allocate_batches(&lengths, icfg.token_batch_size, icfg.max_batch_size, world)?
+                .swap_remove(rank);
+        Ok((targets, batches))
+    })();
+    let (targets, batches) = together(job, planned)?;
     let num_modules = targets.len();
-    let lengths: Vec<usize> = rows.iter().map(TokenizedRow::len).collect();
-    let batches =
-        allocate_batches(&lengths, icfg.token_batch_size, icfg.max_batch_size, 1)?.swap_remove(0);
     let loss = HessianLoss {
         loss_fn: icfg.loss_fn,
         reduction: icfg.loss_reduction,
@@ -232,59 +336,104 @@ fn fit_factored(
     let mut stores = Stores::default();
     let mut total = 0i64;
     for (i, group) in groups.into_iter().enumerate() {
-        if num_groups > 1 {
+        if num_groups > 1 && rank == 0 {
             tracing::info!(
                 "fitting module partition {}/{num_groups} ({} modules)",
                 i + 1,
                 group.len()
             );
         }
-        let capture = HessianCapture::new(model, &group, loss)?;
-        let mut factors = FactorAccumulator::new(hcfg.method, &group, kind, device)?;
-        let mut positions = 0i64;
-        // EK-FAC's second pass sees the same losses: keep each batch's gradient at the final
-        // hidden states (on the CPU, up to HEAD_GRAD_CACHE_BYTES) and skip the LM head there.
-        let mut head_grads: Vec<Option<tch::Tensor>> = Vec::with_capacity(batches.len());
-        let mut cached_bytes = 0usize;
-        let mut phase = Phase::new(
-            "fitting Hessian factors",
-            "batches",
-            Some(batches.len() as u64),
-        );
-        for batch in &batches {
-            interrupt::check()?;
-            let b = capture.run_batch(rows, batch, sampler.as_ref(), None)?;
-            positions += b.positions;
-            factors.add(&b)?;
-            let grad = match &b.head_grad {
-                Some(g) if hcfg.ev_correction => {
-                    let bytes = g.numel() * g.kind().elt_size_in_bytes();
-                    (cached_bytes + bytes <= HEAD_GRAD_CACHE_BYTES)
-                        .then(|| {
-                            cached_bytes += bytes;
-                            g.f_to_device(tch::Device::Cpu)
-                        })
-                        .transpose()?
-                }
-                _ => None,
-            };
-            head_grads.push(grad);
-            phase.inc(1);
+        // This rank's batches: the factor sums and, for EK-FAC, each batch's gradient at the
+        // final hidden states (on the CPU, up to HEAD_GRAD_CACHE_BYTES), so that the second
+        // pass, which sees the same losses, skips the LM head.
+        let local = (|| -> Result<_> {
+            let capture = HessianCapture::new(model, &group, loss)?;
+            let mut factors = FactorAccumulator::new(hcfg.method, &group, kind, device)?;
+            let mut positions = 0i64;
+            let mut head_grads: Vec<Option<tch::Tensor>> = Vec::with_capacity(batches.len());
+            let mut cached_bytes = 0usize;
+            let mut phase = Phase::new(
+                "fitting Hessian factors",
+                "batches",
+                Some(batches.len() as u64),
+            );
+            for batch in &batches {
+                interrupt::check()?;
+                let b = capture.run_batch(rows, batch, sampler.as_ref(), None)?;
+                positions += b.positions;
+                factors.add(&b)?;
+                let grad = match &b.head_grad {
+                    Some(g) if hcfg.ev_correction => {
+                        let bytes = g.numel() * g.kind().elt_size_in_bytes();
+                        (cached_bytes + bytes <= HEAD_GRAD_CACHE_BYTES)
+                            .then(|| {
+                                cached_bytes += bytes;
+                                g.f_to_device(tch::Device::Cpu)
+                            })
+                            .transpose()?
+                    }
+                    _ => None,
+                };
+                head_grads.push(grad);
+                phase.inc(1);
+            }
+            phase.finish();
+            Ok((capture, factors, positions, head_grads))
+        })();
+        let (capture, mut factors, mut positions, head_grads) = together(job, local)?;
+        factors.all_reduce(job)?;
+        if world > 1 {
+            let mut p = tch::Tensor::from_slice(&[positions]);
+            job.all_reduce(&mut p, ReduceOp::Sum)?;
+            positions = p.f_int64_value(&[0])?;
         }
-        phase.finish();
         total = positions;
         let factors = factors.finish()?;
 
+        // Each module's eigendecompositions on its owner, then shared with every rank.
+        let owners = assign_module_owners(&group, world);
+        let decomposed = (|| -> Result<Vec<Option<(Eigen, Eigen)>>> {
+            let mut out = Vec::with_capacity(group.len());
+            for (((name, a), (_, s)), &owner) in factors
+                .activation
+                .iter()
+                .zip(&factors.gradient)
+                .zip(&owners)
+            {
+                interrupt::check()?;
+                out.push(if owner == rank {
+                    Some((
+                        eigen::eigh_mean(name, a, positions, kind)?,
+                        eigen::eigh_mean(name, s, positions, kind)?,
+                    ))
+                } else {
+                    None
+                });
+            }
+            Ok(out)
+        })();
+        let decomposed = together(job, decomposed)?;
+
         let mut bases = Vec::with_capacity(group.len());
-        for (((name, a), (_, s)), target) in factors
+        for ((((name, a), (_, s)), target), (mine, &owner)) in factors
             .activation
             .into_iter()
             .zip(factors.gradient)
             .zip(&group)
+            .zip(decomposed.into_iter().zip(&owners))
         {
-            interrupt::check()?;
-            let ea = eigen::eigh_mean(&name, &a, positions, kind)?;
-            let eg = eigen::eigh_mean(&name, &s, positions, kind)?;
+            let (ea, eg) = match mine {
+                Some(pair) => pair,
+                None => (
+                    Eigen::zeros(
+                        target.in_features + i64::from(target.collect_bias),
+                        kind,
+                        device,
+                    )?,
+                    Eigen::zeros(target.out_features, kind, device)?,
+                ),
+            };
+            let (ea, eg) = (ea.shared(job, owner)?, eg.shared(job, owner)?);
             let (grid, fa, fg) =
                 eigen::uncorrected(&eg.values, &ea.values, positions, num_documents)?;
             // Finished stores wait on the CPU, so that only the factors of the module being
@@ -307,37 +456,52 @@ fn fit_factored(
         }
 
         if hcfg.ev_correction {
-            let mut correction = EigenvalueCorrection::new(bases, kind)?;
-            let mut phase = Phase::new(
-                "fitting EK-FAC eigenvalue corrections",
-                "batches",
-                Some(batches.len() as u64),
-            );
-            for (batch, grad) in batches.iter().zip(&head_grads) {
-                interrupt::check()?;
-                let b = capture.run_batch(rows, batch, sampler.as_ref(), grad.as_ref())?;
-                correction.add(&b)?;
-                phase.inc(1);
-            }
-            phase.finish();
+            let local = (|| -> Result<_> {
+                let mut correction = EigenvalueCorrection::new(bases, kind)?;
+                let mut phase = Phase::new(
+                    "fitting EK-FAC eigenvalue corrections",
+                    "batches",
+                    Some(batches.len() as u64),
+                );
+                for (batch, grad) in batches.iter().zip(&head_grads) {
+                    interrupt::check()?;
+                    let b = capture.run_batch(rows, batch, sampler.as_ref(), grad.as_ref())?;
+                    correction.add(&b)?;
+                    phase.inc(1);
+                }
+                phase.finish();
+                Ok(correction)
+            })();
+            let mut correction = together(job, local)?;
+            correction.all_reduce(job)?;
             stores.correction.extend(correction.finish(num_documents)?);
         }
     }
 
-    for (name, tensors) in [
-        (store::ACTIVATION, &stores.activation),
-        (store::GRADIENT, &stores.gradient),
-        (store::EIGEN_ACTIVATION, &stores.eigen_activation),
-        (store::EIGEN_GRADIENT, &stores.eigen_gradient),
-        (store::EIGENVALUE, &stores.eigenvalue),
-        (store::FACTOR_EIG_A, &stores.factor_eig_a),
-        (store::FACTOR_EIG_G, &stores.factor_eig_g),
-    ] {
-        write_store(part, name, tensors)?;
-    }
-    if hcfg.ev_correction {
-        write_store(part, store::EIGENVALUE_CORRECTION, &stores.correction)?;
-    }
+    let written = (|| -> Result<()> {
+        for (name, tensors) in [
+            (store::ACTIVATION, &stores.activation),
+            (store::GRADIENT, &stores.gradient),
+            (store::EIGEN_ACTIVATION, &stores.eigen_activation),
+            (store::EIGEN_GRADIENT, &stores.eigen_gradient),
+            (store::EIGENVALUE, &stores.eigenvalue),
+            (store::FACTOR_EIG_A, &stores.factor_eig_a),
+            (store::FACTOR_EIG_G, &stores.factor_eig_g),
+        ] {
+            write_store_shard(part, name, tensors, rank, world)?;
+        }
+        if hcfg.ev_correction {
+            write_store_shard(
+                part,
+                store::EIGENVALUE_CORRECTION,
+                &stores.correction,
+                rank,
+                world,
+            )?;
+        }
+        Ok(())
+    })();
+    together(job, written)?;
     Ok((total, num_modules))
 }
 

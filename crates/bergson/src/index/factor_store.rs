@@ -49,16 +49,46 @@ pub const TOTAL_PROCESSED: &str = "total_processed.pt";
 /// Writes `store` of the run at `run` as one process's shard (`shard_0.safetensors`), one
 /// contiguous CPU tensor per module.
 pub fn write_store(run: &Path, store: &str, tensors: &[(String, Tensor)]) -> Result<()> {
+    write_store_shard(run, store, tensors, 0, 1)
+}
+
+/// Rows `[start, end)` of dim 0 that `rank` of `world_size` holds of a dimension of size `dim`
+/// (Bergson's `shard_bounds`): near-equal blocks in rank order, rank 0 taking the remainder.
+pub fn shard_bounds(dim: usize, rank: usize, world_size: usize) -> (usize, usize) {
+    let (base, remainder) = (dim / world_size.max(1), dim % world_size.max(1));
+    if rank == 0 {
+        (0, base + remainder)
+    } else {
+        let start = remainder + rank * base;
+        (start, start + base)
+    }
+}
+
+/// Writes `rank`'s shard (`shard_<rank>.safetensors`) of `store`: its rows ([`shard_bounds`])
+/// of every module's full tensor, except [`FACTOR_EIG_A`], which every rank holds in full (as
+/// Bergson's `save_uncorrected_eigenvalues`).
+pub fn write_store_shard(
+    run: &Path,
+    store: &str,
+    tensors: &[(String, Tensor)],
+    rank: usize,
+    world_size: usize,
+) -> Result<()> {
     let dir = run.join(store);
     std::fs::create_dir_all(&dir).at_path(&dir)?;
-    let path = dir.join("shard_0.safetensors");
+    let path = dir.join(format!("shard_{rank}.safetensors"));
+    let replicated = store == FACTOR_EIG_A;
     let cpu: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(name, t)| {
-            Ok((
-                name.clone(),
-                t.f_to_device(tch::Device::Cpu)?.f_contiguous()?,
-            ))
+            let t = t.f_to_device(tch::Device::Cpu)?;
+            let t = if replicated || world_size <= 1 {
+                t
+            } else {
+                let (start, end) = shard_bounds(t.size()[0] as usize, rank, world_size);
+                t.f_narrow(0, start as i64, (end - start) as i64)?
+            };
+            Ok((name.clone(), t.f_contiguous()?))
         })
         .collect::<Result<_>>()?;
     // A failed write (full disk, permissions) is reported on the file, as any other I/O error.
@@ -67,7 +97,8 @@ pub fn write_store(run: &Path, store: &str, tensors: &[(String, Tensor)]) -> Res
 }
 
 /// Reads `store` of the run at `run`: every module's full tensor, its shards concatenated in
-/// rank order, modules in name order. `None` when the run has no such store.
+/// rank order (for [`FACTOR_EIG_A`], which every shard holds in full, shard 0's), modules in
+/// name order. `None` when the run has no such store.
 pub fn read_store(run: &Path, store: &str) -> Result<Option<Vec<(String, Tensor)>>> {
     let dir = run.join(store);
     if !dir.is_dir() {
@@ -87,6 +118,9 @@ pub fn read_store(run: &Path, store: &str) -> Result<Option<Vec<(String, Tensor)
         })?;
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         shards.push(tensors);
+        if store == FACTOR_EIG_A {
+            break;
+        }
     }
     let Some(first) = shards.first() else {
         return Err(Error::input(format!(
