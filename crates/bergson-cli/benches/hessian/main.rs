@@ -4,13 +4,16 @@
 //! ```sh
 //! BERGSON_PY=/path/to/python cargo bench -p bergson-cli --bench hessian              # both
 //! cargo bench -p bergson-cli --bench hessian -- --docs 200 --arch llama --keep /tmp/h
+//! cargo bench -p bergson-cli --bench hessian -- --nproc 2        # 1 vs 2 processes, 1 thread each
 //! ```
 //! The workload is the throughput benchmark's (a random GPT-NeoX shaped like pythia-14m, or a
 //! Llama of similar size, and `--docs` generated documents, default 200), fitted with dataset
 //! labels (Bergson's sampled labels cannot be replayed) and `--projection_dim 0`. Reports wall
 //! time and peak RSS of both tools, the ratio, and checks that the two fits agree: the raw
 //! factor sums and the uncorrected eigenvalues within 1e-4 of each tensor's max |value|, and
-//! `total_processed` exactly. Exits with status 1 when they differ.
+//! `total_processed` exactly. Exits with status 1 when they differ. With `--nproc N` it instead
+//! times our fit on one process and on N processes (`--nproc_per_node N`), one thread each, and
+//! checks that the two fits agree the same way.
 
 #[path = "../throughput/measure.rs"]
 #[allow(dead_code)]
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         _ => workload::Arch::NeoX,
     };
     let keep = arg("--keep").map(PathBuf::from);
+    let nproc: Option<usize> = arg("--nproc").and_then(|v| v.parse().ok());
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let w = workload::Workload::generate(&root, arch, docs, 0);
@@ -80,6 +84,9 @@ fn main() -> ExitCode {
         );
         v
     };
+    if let Some(n) = nproc {
+        return scaling(&root, n, &flags);
+    }
     let ours_run = root.join("ours");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bergson"));
     cmd.args(flags(&ours_run)).arg("--quiet");
@@ -114,6 +121,34 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         eprintln!("error: the two fits differ; the timings compare different computations");
+        ExitCode::FAILURE
+    }
+}
+
+/// Times our fit on one process and on `n`, one thread each, and checks they agree.
+fn scaling(root: &Path, n: usize, flags: &dyn Fn(&Path) -> Vec<String>) -> ExitCode {
+    let time = |run: &Path, procs: usize| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bergson"));
+        cmd.args(flags(run))
+            .args(["--nproc_per_node", &procs.to_string(), "--quiet"])
+            .env("OMP_NUM_THREADS", "1");
+        measure::run(&cmd)
+    };
+    let one = time(&root.join("one"), 1);
+    println!(
+        "1 process:   {:8.2} s  peak RSS {:8.1} MiB",
+        one.seconds, one.peak_rss_mb
+    );
+    let many = time(&root.join("many"), n);
+    println!(
+        "{n} processes: {:8.2} s  peak RSS {:8.1} MiB (launcher's own)",
+        many.seconds, many.peak_rss_mb
+    );
+    println!("speed-up: {:.2}x", one.seconds / many.seconds);
+    if agree(&root.join("many"), &root.join("one")) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: the two fits differ");
         ExitCode::FAILURE
     }
 }
