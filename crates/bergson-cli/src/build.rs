@@ -71,12 +71,19 @@ pub fn run(config: BuildConfig, runtime: &RuntimeArgs, reduce: bool) -> anyhow::
 pub fn as_rank<T>(
     work: impl FnOnce(&dyn bergson::dist::Collective) -> bergson::Result<T>,
 ) -> anyhow::Result<Option<T>> {
+    as_rank_shared(|group| work(&*group))
+}
+
+/// [`as_rank`] for work that keeps the job's collectives (training).
+pub fn as_rank_shared<T>(
+    work: impl FnOnce(std::rc::Rc<dyn bergson::dist::Collective>) -> bergson::Result<T>,
+) -> anyhow::Result<Option<T>> {
     let job = bergson::dist::connect().map_err(bergson::Error::from)?;
     // One progress display per job: rank 0's.
     if job.rank() != 0 {
         bergson::progress::set_quiet(true);
     }
-    let out = work(job.collective()).inspect_err(|e| job.let_watcher_explain(e))?;
+    let out = work(job.shared()).inspect_err(|e| job.let_watcher_explain(e))?;
     let lead = job.rank() == 0;
     job.finish().map_err(bergson::Error::from)?;
     Ok(lead.then_some(out))

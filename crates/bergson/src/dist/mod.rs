@@ -111,6 +111,51 @@ pub fn broadcast_anywhere(
     on_host(t, |host| job.broadcast(host, root))
 }
 
+/// Sums each of `tensors` over every rank through one collective (a flat buffer of their
+/// common dtype, so many small tensors cost one round trip); returns the sums, each in its
+/// input's shape, dtype and device. An undefined tensor counts as zeros shaped as the
+/// matching `like`. Returns the inputs (undefined ones as zeros) in a job of one.
+pub fn sum_over_ranks(
+    job: &dyn Collective,
+    tensors: &[Tensor],
+    like: &[Tensor],
+) -> Result<Vec<Tensor>, DistError> {
+    let parts: Vec<Tensor> = (tensors.iter().zip(like))
+        .map(|(t, l)| {
+            if t.defined() {
+                t.detach()
+            } else {
+                l.detach().zeros_like()
+            }
+        })
+        .collect();
+    if job.world_size() == 1 || parts.is_empty() {
+        return Ok(parts);
+    }
+    let bad = |e: tch::TchError| DistError::BadTensor(e.to_string());
+    let flat: Vec<Tensor> = parts
+        .iter()
+        .map(|t| t.f_to_device(Device::Cpu).and_then(|t| t.f_reshape([-1])))
+        .collect::<Result<_, _>>()
+        .map_err(bad)?;
+    let mut buffer = Tensor::f_cat(&flat, 0).map_err(bad)?.contiguous();
+    job.all_reduce(&mut buffer, ReduceOp::Sum)?;
+    let mut offset = 0;
+    parts
+        .iter()
+        .map(|t| {
+            let n = t.numel() as i64;
+            let piece = buffer.f_narrow(0, offset, n).map_err(bad)?;
+            offset += n;
+            piece
+                .f_reshape(t.size())
+                .and_then(|p| p.f_to_kind(t.kind()))
+                .and_then(|p| p.f_to_device(t.device()))
+                .map_err(bad)
+        })
+        .collect()
+}
+
 /// Runs `f` on `t` itself when it is a contiguous CPU tensor, else on a contiguous CPU copy
 /// that is copied back into `t`.
 fn on_host(
@@ -132,7 +177,7 @@ fn on_host(
 /// This process's membership of a job: its collectives and, with several processes, the
 /// [`Watcher`] that ends it soon after another rank dies.
 pub struct Job {
-    group: Box<dyn Collective>,
+    group: std::rc::Rc<dyn Collective>,
     watcher: Option<Watcher>,
     /// The watcher's heartbeat limit.
     heartbeat_limit: std::time::Duration,
@@ -142,7 +187,7 @@ impl Job {
     /// A job of one process.
     pub fn single() -> Job {
         Job {
-            group: Box::new(SingleProcess),
+            group: std::rc::Rc::new(SingleProcess),
             watcher: None,
             heartbeat_limit: std::time::Duration::ZERO,
         }
@@ -151,6 +196,11 @@ impl Job {
     /// The job's collectives.
     pub fn collective(&self) -> &dyn Collective {
         &*self.group
+    }
+
+    /// The job's collectives, for work that keeps them beside its own state (a trainer).
+    pub fn shared(&self) -> std::rc::Rc<dyn Collective> {
+        self.group.clone()
     }
 
     /// After a collective failed (a peer's connection closed): gives the watcher time to
@@ -187,7 +237,7 @@ pub fn connect() -> Result<Job, DistError> {
             let group = Gloo::connect(&rv)?;
             let watcher = Watcher::start(&group, rv.heartbeat_limit)?;
             Ok(Job {
-                group: Box::new(group),
+                group: std::rc::Rc::new(group),
                 watcher: Some(watcher),
                 heartbeat_limit: rv.heartbeat_limit,
             })

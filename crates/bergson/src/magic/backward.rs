@@ -108,6 +108,10 @@ pub fn backward(
     };
     let mut expected = last as i64;
     let last = last as i64;
+    // Several ranks read the same checkpoints: they are removed once every rank is done.
+    let world = trainer.group().world_size();
+    let mut consumed: Vec<PathBuf> = Vec::new();
+    let mut resumed_at = -1i64;
     if let Some(file) = settings
         .state_file
         .as_ref()
@@ -124,6 +128,10 @@ pub fn backward(
             )));
         }
         tracing::info!("resuming the backward pass from step {expected}");
+        resumed_at = expected;
+    }
+    if world > 1 {
+        same_resume_step(trainer, resumed_at, settings.state_file.as_deref())?;
     }
     let mut phase = crate::progress::Phase::new("Backward", "steps", Some((expected + 1) as u64));
     // Where every replayed state is stashed and differentiated next without another replay
@@ -146,7 +154,11 @@ pub fn backward(
         if idx == expected {
             if let Some((_, SavedState::Disk(p))) = checkpoints.pop() {
                 if !preserve.contains(&p) {
-                    std::fs::remove_dir_all(&p).at_path(&p)?;
+                    if world == 1 {
+                        std::fs::remove_dir_all(&p).at_path(&p)?;
+                    } else {
+                        consumed.push(p);
+                    }
                 }
             }
         }
@@ -156,7 +168,8 @@ pub fn backward(
         while idx < expected {
             crate::interrupt::check()?;
             let batch = stream.batch(state.batch_index);
-            state = if keep_gradients && memory_to_spare() {
+            // Every rank takes the same path: a kept gradient skips a collective later.
+            state = if keep_gradients && on_every_rank(trainer, memory_to_spare())? {
                 let (next, traced) = trainer.step_keeping_gradient(&state, &batch)?;
                 gradients.insert(idx, traced);
                 next
@@ -183,6 +196,14 @@ pub fn backward(
         }
     }
     drop(phase);
+    if world > 1 {
+        trainer.group().barrier()?;
+        if trainer.group().rank() == 0 {
+            for p in consumed {
+                std::fs::remove_dir_all(&p).at_path(&p)?;
+            }
+        }
+    }
     if let Some(file) = &settings.state_file {
         for f in [file.clone(), meta_path(file)] {
             if f.exists() {
@@ -249,6 +270,13 @@ fn closed_form_vjp(
             _ => adj.weights.zeros_like(),
         };
         check_finite(&w, step)?;
+        if trainer.group().world_size() > 1 {
+            // Each rank differentiated its share of the batch: the parts add up.
+            if second.is_empty() {
+                second = detached.iter().map(|_| Tensor::new()).collect();
+            }
+            second = trainer.sum_over_ranks(&second, &detached)?;
+        }
         let mut second = second.into_iter();
         let params = (through.params.into_iter())
             .map(|direct| match second.next() {
@@ -263,6 +291,37 @@ fn closed_form_vjp(
         });
     }
     Ok(out)
+}
+
+/// Refuses to go on unless every rank resumes the backward from the same step (or none
+/// resumes): the ranks replay the same collectives.
+fn same_resume_step(trainer: &Trainer, step: i64, file: Option<&Path>) -> Result<()> {
+    let group = trainer.group();
+    let mut lo = Tensor::from_slice(&[step]);
+    let mut hi = Tensor::from_slice(&[step]);
+    group.all_reduce(&mut lo, crate::dist::ReduceOp::Min)?;
+    group.all_reduce(&mut hi, crate::dist::ReduceOp::Max)?;
+    let (lo, hi) = (lo.int64_value(&[0]), hi.int64_value(&[0]));
+    if lo == hi {
+        return Ok(());
+    }
+    let dir = file
+        .and_then(Path::parent)
+        .map_or_else(String::new, |d| format!(" in {}", d.display()));
+    Err(Error::input(format!(
+        "the ranks' saved backward states{dir} disagree (steps {lo} to {hi}); delete the backward_rank*.safetensors files to start the backward over"
+    )))
+}
+
+/// Whether `flag` holds on every rank of the trainer's job.
+fn on_every_rank(trainer: &Trainer, flag: bool) -> Result<bool> {
+    let group = trainer.group();
+    if group.world_size() == 1 {
+        return Ok(flag);
+    }
+    let mut t = Tensor::from_slice(&[i64::from(flag)]);
+    group.all_reduce(&mut t, crate::dist::ReduceOp::Min)?;
+    Ok(t.int64_value(&[0]) == 1)
 }
 
 /// Whether the replay may keep another step's traced gradient: while the machine has at least

@@ -30,13 +30,15 @@ pub mod scores;
 use crate::config::{Aggregation, MagicConfig, SaveMode};
 use crate::data::pipeline::prepare_data;
 use crate::data::tokenize::TokenizedRow;
+use crate::dist::{Collective, SingleProcess};
 use crate::train::checkpoint::{complete_checkpoints, load_state};
 use crate::train::run::{index_config, write_run_config};
-use crate::train::{prepare_training, TrainingRun, WeightChoice};
+use crate::train::{prepare_training_in, TrainingRun, WeightChoice};
 use crate::{Error, Result};
 use backward::{Adjoint, BackwardSettings, SavedState};
 use query::{query_gradient, QueryGradient};
 use std::path::PathBuf;
+use std::rc::Rc;
 use tch::{Device, Tensor};
 
 /// What a MAGIC run produced.
@@ -66,11 +68,8 @@ pub struct MagicSummary {
 /// Refuses what `magic` cannot run, before anything is written.
 pub fn check_magic_config(c: &MagicConfig) -> Result<()> {
     let world = c.train.distributed.nnode * c.train.distributed.nproc_per_node;
-    if world > 1 && !c.train.batch_size.is_multiple_of(world) {
-        return Err(Error::input(format!(
-            "--batch_size {} does not divide among {world} processes; use a multiple of {world}",
-            c.train.batch_size
-        )));
+    if world > 1 {
+        crate::train::run::check_data_parallel(&c.train, world)?;
     }
     match c.train.save_mode {
         SaveMode::Interval => {
@@ -132,18 +131,42 @@ pub(crate) fn prepare_rows(
     Ok(prepared.rows)
 }
 
-/// Runs `bergson magic` with config `c` on `device`.
+/// Runs `bergson magic` with config `c` on `device`, in this process.
 pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
+    if c.train.distributed.nnode * c.train.distributed.nproc_per_node > 1 {
+        return Err(Error::input(
+            "this run has several processes: start it with bergson magic --nproc_per_node, or as a torchrun rank",
+        ));
+    }
+    magic_in(c, device, Rc::new(SingleProcess))
+}
+
+/// Runs `bergson magic` as one rank of `group`'s job, data parallel: every rank trains on
+/// its share of each batch (the summed gradients are the one-process ones), takes its share
+/// of the query batches, and walks the backward with the same adjoints, the parameters'
+/// second-order parts summed over the ranks each step; the data weights' metagradients are
+/// summed at the end and rank 0 writes the scores. The scores are the one-process scores up
+/// to float rounding.
+pub fn magic_in(
+    c: &MagicConfig,
+    device: Device,
+    group: Rc<dyn Collective>,
+) -> Result<MagicSummary> {
     check_magic_config(c)?;
+    let (rank, world) = (group.rank(), group.world_size());
     let per_token = c.attribute_tokens || c.per_token;
     let weights = if per_token {
         WeightChoice::PerToken
     } else {
         WeightChoice::PerDocument
     };
-    let mut run = prepare_training(&c.train, device, weights, |dir| {
-        write_run_config(dir, "magic", c)
-    })?;
+    let mut run = prepare_training_in(
+        &c.train,
+        device,
+        weights,
+        |dir| write_run_config(dir, "magic", c),
+        group.clone(),
+    )?;
     let query_rows = prepare_rows(&run, &c.train, c.query.data.clone(), "query")?;
     if query_rows.is_empty() {
         return Err(Error::input(
@@ -233,13 +256,16 @@ pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
         // Per-query runs keep the trajectory, as Bergson's (which walks it once per query).
         cleanup: c.cleanup_ckpts && c.query.aggregation != Aggregation::None,
         save_every: c.backward_save_every,
-        state_file: Some(run.checkpoints.join("backward_rank0.safetensors")),
+        state_file: Some(
+            run.checkpoints
+                .join(format!("backward_rank{rank}.safetensors")),
+        ),
         resume: c.train.resume,
         // Kept segment graphs trade memory for a fifth of the time: worth it in RAM, not on
         // an accelerator, nor where micro-batches (--grad_accum_steps) say memory is short.
         keep_gradients: device == tch::Device::Cpu && c.train.grad_accum_steps <= 1,
     };
-    let adjoints = backward::backward(
+    let mut adjoints = backward::backward(
         trainer,
         &run.stream,
         checkpoints,
@@ -247,6 +273,16 @@ pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
         adjoints,
         &settings,
     )?;
+    if world > 1 {
+        // Each rank's metagradients cover the rows it trained on: they add up.
+        for a in &mut adjoints {
+            let summed = trainer.sum_over_ranks(
+                std::slice::from_ref(&a.weights),
+                std::slice::from_ref(&a.weights),
+            )?;
+            a.weights = summed.into_iter().next().unwrap_or_default();
+        }
+    }
     drop(state);
     let backward_seconds = clock.elapsed().as_secs_f64();
 
@@ -264,10 +300,24 @@ pub fn magic(c: &MagicConfig, device: Device) -> Result<MagicSummary> {
             w.narrow(0, 0, n)
         })
         .collect();
-    if c.query.aggregation == Aggregation::None {
+    if c.query.aggregation == Aggregation::None && rank == 0 {
         scores::write_per_query(&run.run, &columns)?;
     }
     let scores = Tensor::stack(&columns, -1);
+    if rank != 0 {
+        // Rank 0 writes the scores; this rank's work is done.
+        return Ok(MagicSummary {
+            run_path: run.run.clone(),
+            scores_path: run.run.join("scores"),
+            num_steps: run.num_steps(),
+            losses,
+            query_loss,
+            scores,
+            train_seconds,
+            query_seconds,
+            backward_seconds,
+        });
+    }
     let scores_path = match run.stream.weights.dim() {
         1 => scores::write_document_scores(&run.run, &scores)?,
         _ => {

@@ -39,7 +39,8 @@ impl QueryGradient {
 }
 
 /// The gradient of the query loss of `rows` at `params`: summed over the set with `sum`,
-/// else its token mean.
+/// else its token mean. In a job of several processes (the trainer's), rank `r` runs batches
+/// `r, r + W, ...` and the sums are added over the ranks: every rank gets the same gradient.
 pub fn query_gradient(
     trainer: &Trainer,
     params: &[Tensor],
@@ -62,8 +63,11 @@ pub fn query_gradient(
     let reduction = trainer.reduction();
     let mut grads: Option<Vec<Tensor>> = None;
     let (mut loss, mut denom) = (0.0, 0i64);
-    let mut phase = crate::progress::Phase::new("Query", "batches", Some(stream.len() as u64));
-    for i in 0..stream.len() {
+    let group = trainer.group();
+    let (rank, world) = (group.rank(), group.world_size());
+    let mine = (rank..stream.len()).step_by(world);
+    let mut phase = crate::progress::Phase::new("Query", "batches", Some(mine.len() as u64));
+    for i in mine {
         crate::interrupt::check()?;
         let (batch, n) = stream.batch(i).without_padded_rows();
         let logits = trainer.scale_logits(model.forward(&batch.input_ids));
@@ -88,6 +92,14 @@ pub fn query_gradient(
             Some(acc) => acc.iter().zip(&g).map(|(a, g)| a + g).collect(),
         });
         phase.inc(1);
+    }
+    if world > 1 {
+        let parts = grads.unwrap_or_else(|| leaves.iter().map(|_| Tensor::new()).collect());
+        grads = Some(trainer.sum_over_ranks(&parts, &leaves)?);
+        let mut totals = Tensor::from_slice(&[loss, denom as f64]);
+        group.all_reduce(&mut totals, crate::dist::ReduceOp::Sum)?;
+        loss = totals.double_value(&[0]);
+        denom = totals.double_value(&[1]) as i64;
     }
     let grads = grads.ok_or_else(|| Error::internal("an empty query stream"))?;
     if sum {

@@ -19,7 +19,10 @@ pub mod trainer;
 
 pub use collect::TrainingGradients;
 pub use optimizer::{OptState, Optimizer, UpdateAdjoint};
-pub use run::{prepare_training, train, train_collecting, TrainSummary, TrainingRun, WeightChoice};
+pub use run::{
+    prepare_training, prepare_training_in, train, train_collecting, train_in, TrainSummary,
+    TrainingRun, WeightChoice,
+};
 pub use schedule::LrSchedule;
 pub use stream::{Batch, DataStream, WeightShape};
 pub use trainer::{StepSettings, TracedGradient, Trainer, TrainerState};

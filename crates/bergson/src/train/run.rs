@@ -24,11 +24,13 @@ use crate::config::{
     TrainingConfig,
 };
 use crate::data::pipeline::prepare_data;
+use crate::dist::{Collective, SingleProcess};
 use crate::error::IoContext;
 use crate::models::ModelSpec;
 use crate::setup::load_tokenizer;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use tch::{Device, Tensor};
 
 /// What a training run produced.
@@ -102,11 +104,9 @@ pub fn check_training_config(c: &TrainingConfig) -> Result<()> {
             c.logit_scale
         )));
     }
-    if c.distributed.nnode * c.distributed.nproc_per_node > 1 {
-        return unsupported(
-            "multi-process runs (--nnode/--nproc_per_node)",
-            "run one process",
-        );
+    let world = c.distributed.nnode * c.distributed.nproc_per_node;
+    if world > 1 {
+        check_data_parallel(c, world)?;
     }
     for (flag, v) in [
         ("--lr", c.lr_schedule.lr),
@@ -119,6 +119,22 @@ pub fn check_training_config(c: &TrainingConfig) -> Result<()> {
         if !v.is_finite() {
             return Err(Error::input(format!("{flag} {v} must be a finite number")));
         }
+    }
+    Ok(())
+}
+
+/// Refuses what a data-parallel run of `world` processes cannot do.
+pub(crate) fn check_data_parallel(c: &TrainingConfig, world: usize) -> Result<()> {
+    if !c.batch_size.is_multiple_of(world) {
+        return Err(Error::input(format!(
+            "--batch_size {} does not divide among {world} processes; use a multiple of {world}",
+            c.batch_size
+        )));
+    }
+    if c.optimizer == OptimizerKind::Muon {
+        return Err(Error::input(
+            "--optimizer muon runs in one process only here (its update is differentiated whole); use --nproc_per_node 1 or --optimizer adamw",
+        ));
     }
     Ok(())
 }
@@ -258,11 +274,36 @@ pub fn prepare_training(
     weights: WeightChoice,
     write_config: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<TrainingRun> {
+    if c.distributed.nnode * c.distributed.nproc_per_node > 1 {
+        return Err(Error::input(
+            "this command runs in one process (--nnode/--nproc_per_node 1); bergson train and bergson magic run on several",
+        ));
+    }
+    prepare_training_in(c, device, weights, write_config, Rc::new(SingleProcess))
+}
+
+/// [`prepare_training`] as one rank of `group`'s job (data parallel): rank 0 prepares the
+/// run directory and writes its config while the others wait; every rank then prepares the
+/// same data and trainer.
+pub fn prepare_training_in(
+    c: &TrainingConfig,
+    device: Device,
+    weights: WeightChoice,
+    write_config: impl FnOnce(&Path) -> Result<()>,
+    group: Rc<dyn Collective>,
+) -> Result<TrainingRun> {
     check_training_config(c)?;
+    if group.world_size() > 1 {
+        check_data_parallel(c, group.world_size())?;
+    }
     let icfg = index_config(c);
     let (tokenizer, model_dir, max_positions) = load_tokenizer(&icfg)?;
-    let run = prepare_run_dir(c)?;
-    write_config(&run)?;
+    let run = if group.rank() == 0 {
+        prepare_run_dir(c).and_then(|run| write_config(&run).map(|()| run))
+    } else {
+        Ok(PathBuf::from(&c.run_path))
+    };
+    let run = crate::build::together(&*group, run)?;
     let prepared = prepare_data(&icfg, &tokenizer, max_positions)?;
     let doc_ids = chunk_doc_ids(&prepared.table)?;
     let shape = match weights {
@@ -316,7 +357,7 @@ pub fn prepare_training(
         logit_scale: c.logit_scale,
     };
     let (trainer, initial) = Trainer::new(spec, model.as_ref(), optimizer, settings)?;
-    let trainer = trainer.with_moe_experts(&c.moe_experts);
+    let trainer = trainer.with_moe_experts(&c.moe_experts).with_group(group);
     drop(model);
     let names = trainer.names().to_vec();
     let checkpoints = run.join("checkpoints");
@@ -360,7 +401,11 @@ impl TrainingRun {
         let (trainer, names, checkpoints) = (&self.trainer, &self.names, &self.checkpoints);
         let num_steps = self.num_steps();
         let device = self.stream.weights.device();
-        write_lr_history(checkpoints, &self.schedule, num_steps)?;
+        // Every rank holds the same states: rank 0 writes them.
+        let lead = trainer.group().rank() == 0;
+        if lead {
+            write_lr_history(checkpoints, &self.schedule, num_steps)?;
+        }
         let traj = &self.trajectory;
         let mut state = self.initial.detach();
         let mut next_save = if c.save_mode == SaveMode::Final {
@@ -382,6 +427,20 @@ impl TrainingRun {
                 }
             }
         }
+        if trainer.group().world_size() > 1 {
+            // Every rank starts from the same step, read before rank 0 writes another.
+            let group = trainer.group();
+            let mut lo = Tensor::from_slice(&[state.batch_index as i64]);
+            let mut hi = lo.copy();
+            group.all_reduce(&mut lo, crate::dist::ReduceOp::Min)?;
+            group.all_reduce(&mut hi, crate::dist::ReduceOp::Max)?;
+            if lo.int64_value(&[0]) != hi.int64_value(&[0]) {
+                return Err(Error::input(format!(
+                    "the ranks resumed from different checkpoints in {}; resume again once no other run writes there",
+                    checkpoints.display()
+                )));
+            }
+        }
         let tagged = (c.save_optimizer_state == SaveOptimizerState::All).then_some((
             c.adam_beta1,
             c.adam_beta2,
@@ -389,6 +448,9 @@ impl TrainingRun {
             c.eps_root,
         ));
         let save = |state: &TrainerState| -> Result<()> {
+            if !lead {
+                return Ok(());
+            }
             let dir = checkpoint_dir(checkpoints, state.batch_index);
             if tagged.is_some() {
                 save_optimizer_pt(&dir.join("optimizer.pt"), names, state, tagged)?;
@@ -434,9 +496,23 @@ impl TrainingRun {
         if matches!(c.save_mode, SaveMode::Interval | SaveMode::Final) && next_save == num_steps {
             save(&state)?;
         }
+        // The checkpoints rank 0 wrote are complete before any rank reads them back.
+        let written = if lead {
+            self.write_final(c, &state)
+        } else {
+            Ok(())
+        };
+        crate::build::together(trainer.group(), written)?;
+        Ok((state, losses))
+    }
+
+    /// Writes what the run keeps of its final state: `optimizer.pt` and the model, as `c`
+    /// asks.
+    fn write_final(&self, c: &TrainingConfig, state: &TrainerState) -> Result<()> {
+        let names = &self.names;
         if c.save_optimizer_state != SaveOptimizerState::None {
             let path = self.run.join("optimizer.pt");
-            let n = save_optimizer_pt(&path, names, &state, None)?;
+            let n = save_optimizer_pt(&path, names, state, None)?;
             tracing::info!("Saved {n} optimizer second moments to '{}'", path.display());
         }
         if c.save_models {
@@ -454,7 +530,7 @@ impl TrainingRun {
                 save_hf_model(&self.model_dir, &out, names, &state.params)?;
             }
         }
-        Ok((state, losses))
+        Ok(())
     }
 }
 
@@ -470,15 +546,40 @@ pub fn train_collecting(
     collect: Option<&CollectGradientsConfig>,
     device: Device,
 ) -> Result<TrainSummary> {
+    if c.distributed.nnode * c.distributed.nproc_per_node > 1 {
+        return Err(Error::input(
+            "this run has several processes: start it with bergson train --nproc_per_node, or as a torchrun rank",
+        ));
+    }
+    train_in(c, collect, device, Rc::new(SingleProcess))
+}
+
+/// [`train_collecting`] as one rank of `group`'s job: data parallel, rank 0 writing the run.
+/// Gradient collection runs in a job of one only.
+pub fn train_in(
+    c: &TrainingConfig,
+    collect: Option<&CollectGradientsConfig>,
+    device: Device,
+    group: Rc<dyn Collective>,
+) -> Result<TrainSummary> {
     let collect = collect.filter(|g| g.collect_gradients);
+    if collect.is_some() && group.world_size() > 1 {
+        return Err(Error::input(
+            "--collect_gradients runs in one process; drop --nproc_per_node, or collect with bergson build on the trained model",
+        ));
+    }
     if collect.is_some() && c.resume {
         return Err(Error::input(
             "--collect_gradients with --resume is not supported: the gradients of the steps before the checkpoint would be missing; train from the start (--overwrite)",
         ));
     }
-    let run = prepare_training(c, device, WeightChoice::PerDocument, |dir| {
-        write_run_config(dir, "train", c)
-    })?;
+    let run = prepare_training_in(
+        c,
+        device,
+        WeightChoice::PerDocument,
+        |dir| write_run_config(dir, "train", c),
+        group,
+    )?;
     let mut gradients = collect
         .map(|g| {
             TrainingGradients::new(

@@ -60,6 +60,28 @@ impl Batch {
         }
     }
 
+    /// Rows `first, first + step, ...` of the batch: one rank's share of it in a job of
+    /// `step` processes.
+    pub fn strided(&self, first: i64, step: i64) -> Batch {
+        let idx = Tensor::arange_start_step(
+            first,
+            self.len(),
+            step,
+            (Kind::Int64, self.input_ids.device()),
+        );
+        Batch {
+            input_ids: self.input_ids.index_select(0, &idx),
+            labels: self.labels.index_select(0, &idx),
+            shift_loss_mask: self.shift_loss_mask.index_select(0, &idx),
+            example_weight: self.example_weight.index_select(0, &idx),
+        }
+    }
+
+    /// Supervised label tokens (0 for none).
+    pub fn supervised_tokens(&self) -> i64 {
+        self.shift_loss_mask.sum(Kind::Int64).int64_value(&[])
+    }
+
     /// Rows in the batch.
     pub fn len(&self) -> i64 {
         self.input_ids.size()[0]

@@ -10,8 +10,10 @@ use super::optimizer::{OptState, Optimizer};
 use super::stream::{Batch, DataStream};
 use crate::collect::{BatchGradients, GradientCollector};
 use crate::config::TrainLossReduction;
+use crate::dist::{Collective, SingleProcess};
 use crate::models::{CausalLm, ModelSpec};
 use crate::{Error, Result};
+use std::rc::Rc;
 use tch::{Kind, Tensor};
 
 /// The trainer's state after `batch_index` steps.
@@ -91,6 +93,8 @@ pub struct Trainer {
     names: Vec<String>,
     optimizer: Optimizer,
     settings: StepSettings,
+    /// The job whose ranks share every batch (data parallel); a job of one by default.
+    group: Rc<dyn Collective>,
 }
 
 /// Where a collecting step sends each micro-batch's per-example gradients.
@@ -151,6 +155,7 @@ impl Trainer {
                 names,
                 optimizer,
                 settings,
+                group: Rc::new(SingleProcess),
             },
             state,
         ))
@@ -168,6 +173,25 @@ impl Trainer {
     pub fn with_moe_experts(mut self, patterns: &str) -> Self {
         self.moe_experts = Some(patterns.to_string()).filter(|p| !p.is_empty());
         self
+    }
+
+    /// Trains data-parallel on the ranks of `group`: each rank runs its share of every batch
+    /// (rows `rank, rank + W, ...` of each micro-batch) and the ranks add their gradients, so
+    /// every step, and every traced step's derivatives, are the one-process step's.
+    pub fn with_group(mut self, group: Rc<dyn Collective>) -> Self {
+        self.group = group;
+        self
+    }
+
+    /// The job the trainer's steps run on.
+    pub fn group(&self) -> &dyn Collective {
+        &*self.group
+    }
+
+    /// Sums per-rank parts of a gradient-shaped list over the job (undefined parts count as
+    /// zeros shaped as `like`); the parts themselves in a job of one.
+    pub fn sum_over_ranks(&self, parts: &[Tensor], like: &[Tensor]) -> Result<Vec<Tensor>> {
+        Ok(crate::dist::sum_over_ranks(self.group(), parts, like)?)
     }
 
     /// The PEFT adapter whose LoRA weights train, if any.
@@ -358,11 +382,35 @@ impl Trainer {
         let mut grads: Option<Vec<Tensor>> = None;
         let mut loss = 0.0;
         let mut start = 0;
+        let (rank, world) = (self.group.rank() as i64, self.group.world_size() as i64);
+        if world > 1 && tap.is_some() {
+            return Err(Error::internal(
+                "training gradients are collected in a job of one process only",
+            ));
+        }
         for i in 0..n {
             let size = b / n + i64::from(i < b % n);
-            let micro = batch.rows(start, size);
+            let whole = batch.rows(start, size);
             start += size;
             crate::interrupt::check()?;
+            let whole_coef = whole.loss_denom() / total;
+            // This rank's rows of the micro-batch, and their share of its loss: the mean's
+            // denominator is the micro-batch's, so the ranks' parts add up to its loss.
+            let (micro, share) = if world == 1 {
+                (whole, 1.0)
+            } else {
+                let part = whole.strided(rank, world);
+                if part.is_empty() {
+                    continue;
+                }
+                let share = match self.settings.reduction {
+                    TrainLossReduction::Mean => {
+                        part.supervised_tokens().max(1) as f64 / whole.loss_denom()
+                    }
+                    TrainLossReduction::SumOfMeans => 1.0,
+                };
+                (part, share)
+            };
             let mut hook = tap.as_ref().map(|t| t.collector.training_hook());
             let logits = self.scale_logits(match &mut hook {
                 Some(h) => model.forward_with(&micro.input_ids, h),
@@ -375,7 +423,7 @@ impl Trainer {
                 &micro.shift_loss_mask,
                 self.settings.reduction,
             );
-            let coef = micro.loss_denom() / total;
+            let coef = whole_coef * share;
             loss += micro_loss.double_value(&[]) * coef;
             let scaled = micro_loss * coef;
             let g = match (hook, &mut tap) {
@@ -395,8 +443,43 @@ impl Trainer {
                 Some(acc) => acc.iter().zip(&g).map(|(a, g)| a + g).collect(),
             });
         }
+        if world > 1 {
+            return self.reduce_gradients(grads.unwrap_or_default(), params, loss);
+        }
         let grads = grads.ok_or_else(|| Error::internal("a training batch without rows"))?;
         Ok((grads, loss))
+    }
+
+    /// The batch's gradient and loss from this rank's parts: the parts summed over the job.
+    /// A traced part keeps its graph: the sum is `S + (g - g.detach())`, whose value is the
+    /// reduced `S` exactly (the same bits on every rank, so the states stay identical) and
+    /// whose derivative is this rank's part, so a backward through it on every rank, with
+    /// the parameters' cotangents then summed over the job, is the one-process backward.
+    fn reduce_gradients(
+        &self,
+        parts: Vec<Tensor>,
+        params: &[Tensor],
+        loss: f64,
+    ) -> Result<(Vec<Tensor>, f64)> {
+        let parts = if parts.is_empty() {
+            params.iter().map(|p| p.detach().zeros_like()).collect()
+        } else {
+            parts
+        };
+        let sums = self.sum_over_ranks(&parts, params)?;
+        let mut loss_sum = Tensor::from_slice(&[loss]);
+        self.group
+            .all_reduce(&mut loss_sum, crate::dist::ReduceOp::Sum)?;
+        let grads = (parts.iter().zip(sums))
+            .map(|(g, s)| {
+                if g.defined() && g.requires_grad() {
+                    s + (g - g.detach())
+                } else {
+                    s
+                }
+            })
+            .collect();
+        Ok((grads, loss_sum.double_value(&[0])))
     }
 
     /// Global-norm clipping: `g · min(1, max_norm / (‖g‖ + 1e-6))`.
