@@ -4,6 +4,7 @@
 //! ```sh
 //! BERGSON_PY=/path/to/python cargo bench -p bergson-cli --bench magic              # both
 //! cargo bench -p bergson-cli --bench magic -- --steps 16,64 --no-python --extra "--eps_root 1e-8"
+//! cargo bench -p bergson-cli --bench magic -- --nproc 2   # ours on 1 and 2 processes, 1 thread each
 //! ```
 //! The workload: a random GPT-NeoX (4 layers, hidden 128, intermediate 512, the fixture's
 //! vocabulary of 512: 0.92 M parameters, 11 MB of trainer state in fp32) trained on generated
@@ -44,7 +45,8 @@ fn main() {
     let extra: Vec<String> = arg("--extra")
         .map(|e| e.split_whitespace().map(String::from).collect())
         .unwrap_or_default();
-    let python = (!args.iter().any(|a| a == "--no-python"))
+    let nproc: Option<usize> = arg("--nproc").and_then(|v| v.parse().ok());
+    let python = (!args.iter().any(|a| a == "--no-python") && nproc.is_none())
         .then(find_python)
         .flatten();
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -104,6 +106,10 @@ fn main() {
             v.extend(extra.iter().cloned());
             v
         };
+        if let Some(procs) = nproc {
+            scaling_line(n, procs, root, &flags);
+            continue;
+        }
         let ours_run = root.join(format!("ours_{n}"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bergson"));
         cmd.args(flags(&ours_run));
@@ -156,6 +162,30 @@ fn phase_times(stderr: &str) -> Option<(f64, f64, f64)> {
 }
 
 /// Relative error ‖ours − theirs‖/‖theirs‖ and Spearman correlation of the two score columns.
+/// Our run of `n` steps on one process and on `procs`, one thread each: wall times, the
+/// speed-up and how much the scores agree (float32: rounding differences are amplified by
+/// Adam's first steps, so agreement is reported, not required).
+fn scaling_line(n: usize, procs: usize, root: &Path, flags: &dyn Fn(&Path) -> Vec<String>) {
+    let time = |run: &Path, p: usize| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bergson"));
+        cmd.args(flags(run))
+            .args(["--nproc_per_node", &p.to_string(), "--quiet"])
+            .env("OMP_NUM_THREADS", "1");
+        measure::run(&cmd).seconds
+    };
+    let (one_run, many_run) = (
+        root.join(format!("one_{n}")),
+        root.join(format!("many_{n}")),
+    );
+    let one = time(&one_run, 1);
+    let many = time(&many_run, procs);
+    let (rel, rho) = agreement(&one_run.join("scores"), &many_run.join("scores"));
+    println!(
+        "{n:>6} steps | 1 process {one:>8.2} s | {procs} processes {many:>8.2} s | speed-up {:>5.2}x | rel err {rel:>8.1e} spearman {rho:>8.5}",
+        one / many
+    );
+}
+
 fn agreement(ours: &Path, theirs: &Path) -> (f64, f64) {
     let col = |dir: &Path| -> Vec<f64> {
         let s = ScoreStore::open(dir).expect("score store");

@@ -97,17 +97,3 @@ pub fn lissa(
     }
     Ok(out)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Python: `g = torch.Generator().manual_seed(3)`, then `torch.randperm(10, generator=g)`
-    /// twice gives `[6, 0, 3, 7, ...]` and `[9, 8, 5, 3, ...]` (torch 2.11).
-    #[test]
-    fn batches_replay_torchs_generator() {
-        let mut d = BatchDraw::seeded(0, 3, 10, 4);
-        assert_eq!(d.next_batch().unwrap(), [6, 0, 3, 7]);
-        assert_eq!(d.next_batch().unwrap(), [9, 8, 5, 3]);
-    }
-}
