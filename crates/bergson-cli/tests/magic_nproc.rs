@@ -6,11 +6,11 @@
 
 mod common;
 
-use common::ranks::{free_port, rank_cmd, run_ok, wait_within};
+use common::ranks::{children, environ, free_port, is_zombie, rank_cmd, run_ok, wait_within};
 use common::{assert_one_line_error, bergson, fixtures};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
 
 /// `bergson magic <run>` on the tiny fixture, float64, one thread per process.
@@ -204,4 +204,49 @@ fn what_runs_in_one_process_only_is_refused() {
         .output()
         .unwrap();
     assert_one_line_error(&out, &["--collect_gradients", "one process"]);
+}
+
+/// A rank killed during training ends the whole job within seconds, naming it, and leaves no
+/// scores.
+#[test]
+fn a_killed_rank_stops_the_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixtures().join("bergson_magic/train.jsonl")).unwrap();
+    let data = tmp.path().join("long.jsonl");
+    std::fs::write(&data, text.repeat(250)).unwrap();
+    let run = tmp.path().join("run");
+    let mut cmd = magic(&run, &["--batch_size", "2", "--nproc_per_node", "2"]);
+    cmd.arg("--data.dataset").arg(&data);
+    let launcher = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let start = Instant::now();
+    while !run.join("checkpoints/log_history.json").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "training never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let workers = children(launcher.id());
+    assert_eq!(workers.len(), 2, "workers {workers:?}");
+    let rank1 = *workers
+        .iter()
+        .find(|&&pid| environ(pid).contains(&"RANK=1".to_string()))
+        .unwrap();
+    let killed = Instant::now();
+    // SAFETY: kill(2) on a worker of the launcher we started.
+    unsafe { libc::kill(rank1 as libc::pid_t, libc::SIGKILL) };
+    let (out, _) = wait_within(launcher, Duration::from_secs(60));
+    let waited = killed.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(waited < Duration::from_secs(15), "took {waited:?}");
+    assert!(stderr.contains("rank 1 was killed by signal 9"), "{stderr}");
+    for pid in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
+            "worker {pid} alive"
+        );
+    }
+    assert!(!run.join("scores").exists(), "a failed job left scores");
 }
