@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::ranks::{
-    children, environ, free_port, is_zombie, rank_cmd, repeated_dataset, run_ok, small_dataset,
-    wait_within,
+    assert_exited, free_port, kill_rank1, rank_cmd, repeated_dataset, run_ok, small_dataset,
+    wait_within, KilledJob,
 };
 use common::{assert_one_line_error, assert_same_run, bergson, fixtures};
 
@@ -189,17 +189,11 @@ fn a_killed_worker_stops_the_launcher_and_the_other_workers() {
     let mut cmd = build(&run, &data, &["--nproc_per_node", "2"]);
     let launcher = cmd.stderr(Stdio::piped()).spawn().unwrap();
     wait_for_batches(&run);
-    let workers = children(launcher.id());
-    assert_eq!(workers.len(), 2, "workers {workers:?}");
-    let rank1 = *workers
-        .iter()
-        .find(|&&pid| environ(pid).contains(&"RANK=1".to_string()))
-        .unwrap();
-    let killed = Instant::now();
-    // SAFETY: kill(2) on a worker of the launcher we started.
-    unsafe { libc::kill(rank1 as libc::pid_t, libc::SIGKILL) };
-    let (out, _) = wait_within(launcher, Duration::from_secs(60));
-    let waited = killed.elapsed();
+    let KilledJob {
+        out,
+        waited,
+        workers,
+    } = kill_rank1(launcher);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(waited < Duration::from_secs(15), "took {waited:?}");
@@ -207,12 +201,7 @@ fn a_killed_worker_stops_the_launcher_and_the_other_workers() {
         stderr.contains("error: rank 1 was killed by signal 9; stopped the other workers"),
         "{stderr}"
     );
-    for pid in workers {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
-            "worker {pid} alive"
-        );
-    }
+    assert_exited(&workers);
     assert!(!run.exists(), "a failed job left a finished-looking index");
 }
 
@@ -227,13 +216,7 @@ fn a_killed_job_resumes_to_the_one_process_index() {
     let launcher = cmd.stderr(Stdio::piped()).spawn().unwrap();
     wait_for_batches(&run);
     std::thread::sleep(Duration::from_millis(500));
-    let rank1 = *children(launcher.id())
-        .iter()
-        .find(|&&pid| environ(pid).contains(&"RANK=1".to_string()))
-        .unwrap();
-    // SAFETY: kill(2) on a worker of the launcher we started.
-    unsafe { libc::kill(rank1 as libc::pid_t, libc::SIGKILL) };
-    let (out, _) = wait_within(launcher, Duration::from_secs(60));
+    let out = kill_rank1(launcher).out;
     assert!(!out.status.success());
     let part = dir.path().join("run.part");
     let journals: Vec<String> = std::fs::read_dir(&part)

@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::ranks::{children, environ, free_port, is_zombie, rank_cmd, run_ok, wait_within};
+use common::ranks::{
+    assert_exited, free_port, kill_rank1, rank_cmd, run_ok, wait_within, KilledJob,
+};
 use common::{assert_one_line_error, bergson, fixtures};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -227,26 +229,15 @@ fn a_killed_rank_stops_the_job() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let workers = children(launcher.id());
-    assert_eq!(workers.len(), 2, "workers {workers:?}");
-    let rank1 = *workers
-        .iter()
-        .find(|&&pid| environ(pid).contains(&"RANK=1".to_string()))
-        .unwrap();
-    let killed = Instant::now();
-    // SAFETY: kill(2) on a worker of the launcher we started.
-    unsafe { libc::kill(rank1 as libc::pid_t, libc::SIGKILL) };
-    let (out, _) = wait_within(launcher, Duration::from_secs(60));
-    let waited = killed.elapsed();
+    let KilledJob {
+        out,
+        waited,
+        workers,
+    } = kill_rank1(launcher);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(waited < Duration::from_secs(15), "took {waited:?}");
     assert!(stderr.contains("rank 1 was killed by signal 9"), "{stderr}");
-    for pid in workers {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
-            "worker {pid} alive"
-        );
-    }
+    assert_exited(&workers);
     assert!(!run.join("scores").exists(), "a failed job left scores");
 }

@@ -97,3 +97,43 @@ pub fn is_zombie(pid: u32) -> bool {
         .map(|s| s.contains(") Z "))
         .unwrap_or(true)
 }
+
+/// What killing a launcher's rank-1 worker led to.
+pub struct KilledJob {
+    /// The launcher's output.
+    pub out: Output,
+    /// Time from the kill to the launcher's exit.
+    pub waited: Duration,
+    /// The launcher's workers when the kill was sent.
+    pub workers: Vec<u32>,
+}
+
+/// Kills (SIGKILL) the rank-1 worker of `launcher`, which runs two, and waits at most a
+/// minute for the launcher to exit.
+pub fn kill_rank1(launcher: Child) -> KilledJob {
+    let workers = children(launcher.id());
+    assert_eq!(workers.len(), 2, "workers {workers:?}");
+    let rank1 = *workers
+        .iter()
+        .find(|&&pid| environ(pid).contains(&"RANK=1".to_string()))
+        .unwrap();
+    let killed = Instant::now();
+    // SAFETY: kill(2) on a worker of the launcher we started.
+    unsafe { libc::kill(rank1 as libc::pid_t, libc::SIGKILL) };
+    let (out, _) = wait_within(launcher, Duration::from_secs(60));
+    KilledJob {
+        out,
+        waited: killed.elapsed(),
+        workers,
+    }
+}
+
+/// Asserts that every one of `pids` has exited.
+pub fn assert_exited(pids: &[u32]) {
+    for &pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
+            "worker {pid} alive"
+        );
+    }
+}

@@ -111,6 +111,23 @@ pub fn broadcast_anywhere(
     on_host(t, |host| job.broadcast(host, root))
 }
 
+/// The smallest and largest of every rank's `value` (`(value, value)` in a job of one): how
+/// ranks check they agree on a step, a flag or a count.
+pub fn range_over_ranks(job: &dyn Collective, value: i64) -> Result<(i64, i64), DistError> {
+    if job.world_size() == 1 {
+        return Ok((value, value));
+    }
+    let mut lo = Tensor::from_slice(&[value]);
+    let mut hi = Tensor::from_slice(&[value]);
+    job.all_reduce(&mut lo, ReduceOp::Min)?;
+    job.all_reduce(&mut hi, ReduceOp::Max)?;
+    let read = |t: &Tensor| {
+        t.f_int64_value(&[0])
+            .map_err(|e| DistError::BadTensor(e.to_string()))
+    };
+    Ok((read(&lo)?, read(&hi)?))
+}
+
 /// Sums each of `tensors` over every rank through one collective (a flat buffer of their
 /// common dtype, so many small tensors cost one round trip); returns the sums, each in its
 /// input's shape, dtype and device. An undefined tensor counts as zeros shaped as the

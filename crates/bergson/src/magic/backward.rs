@@ -296,12 +296,7 @@ fn closed_form_vjp(
 /// Refuses to go on unless every rank resumes the backward from the same step (or none
 /// resumes): the ranks replay the same collectives.
 fn same_resume_step(trainer: &Trainer, step: i64, file: Option<&Path>) -> Result<()> {
-    let group = trainer.group();
-    let mut lo = Tensor::from_slice(&[step]);
-    let mut hi = Tensor::from_slice(&[step]);
-    group.all_reduce(&mut lo, crate::dist::ReduceOp::Min)?;
-    group.all_reduce(&mut hi, crate::dist::ReduceOp::Max)?;
-    let (lo, hi) = (lo.int64_value(&[0]), hi.int64_value(&[0]));
+    let (lo, hi) = crate::dist::range_over_ranks(trainer.group(), step)?;
     if lo == hi {
         return Ok(());
     }
@@ -315,13 +310,8 @@ fn same_resume_step(trainer: &Trainer, step: i64, file: Option<&Path>) -> Result
 
 /// Whether `flag` holds on every rank of the trainer's job.
 fn on_every_rank(trainer: &Trainer, flag: bool) -> Result<bool> {
-    let group = trainer.group();
-    if group.world_size() == 1 {
-        return Ok(flag);
-    }
-    let mut t = Tensor::from_slice(&[i64::from(flag)]);
-    group.all_reduce(&mut t, crate::dist::ReduceOp::Min)?;
-    Ok(t.int64_value(&[0]) == 1)
+    let (lo, _) = crate::dist::range_over_ranks(trainer.group(), i64::from(flag))?;
+    Ok(lo == 1)
 }
 
 /// Whether the replay may keep another step's traced gradient: while the machine has at least

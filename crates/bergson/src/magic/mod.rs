@@ -304,33 +304,25 @@ pub fn magic_in(
         scores::write_per_query(&run.run, &columns)?;
     }
     let scores = Tensor::stack(&columns, -1);
-    if rank != 0 {
-        // Rank 0 writes the scores; this rank's work is done.
-        return Ok(MagicSummary {
-            run_path: run.run.clone(),
-            scores_path: run.run.join("scores"),
-            num_steps: run.num_steps(),
-            losses,
-            query_loss,
-            scores,
-            train_seconds,
-            query_seconds,
-            backward_seconds,
-        });
-    }
-    let scores_path = match run.stream.weights.dim() {
-        1 => scores::write_document_scores(&run.run, &scores)?,
-        _ => {
-            let lengths: Vec<usize> = run.rows.iter().map(TokenizedRow::len).collect();
-            let doc_ids = example_doc_ids(&run);
-            scores::write_token_scores(&run.run, &scores, &lengths, &doc_ids)?
+    // Rank 0 writes the scores; every rank returns them.
+    let scores_path = if rank == 0 {
+        let path = match run.stream.weights.dim() {
+            1 => scores::write_document_scores(&run.run, &scores)?,
+            _ => {
+                let lengths: Vec<usize> = run.rows.iter().map(TokenizedRow::len).collect();
+                let doc_ids = example_doc_ids(&run);
+                scores::write_token_scores(&run.run, &scores, &lengths, &doc_ids)?
+            }
+        };
+        // The plot is a diagnostic: the scores are saved, so a failure only warns (as Bergson).
+        let levels = plot::per_step_level(&scores, batch_size);
+        if let Err(e) = plot::write_score_plot(&levels, &run.run.join("score_vs_step.png")) {
+            tracing::warn!("score plot failed ({e}); the scores are saved");
         }
+        path
+    } else {
+        run.run.join("scores")
     };
-    // The plot is a diagnostic: the scores are saved, so a failure only warns (as Bergson).
-    let levels = plot::per_step_level(&scores, batch_size);
-    if let Err(e) = plot::write_score_plot(&levels, &run.run.join("score_vs_step.png")) {
-        tracing::warn!("score plot failed ({e}); the scores are saved");
-    }
     Ok(MagicSummary {
         run_path: run.run.clone(),
         scores_path,

@@ -427,19 +427,13 @@ impl TrainingRun {
                 }
             }
         }
-        if trainer.group().world_size() > 1 {
-            // Every rank starts from the same step, read before rank 0 writes another.
-            let group = trainer.group();
-            let mut lo = Tensor::from_slice(&[state.batch_index as i64]);
-            let mut hi = lo.copy();
-            group.all_reduce(&mut lo, crate::dist::ReduceOp::Min)?;
-            group.all_reduce(&mut hi, crate::dist::ReduceOp::Max)?;
-            if lo.int64_value(&[0]) != hi.int64_value(&[0]) {
-                return Err(Error::input(format!(
-                    "the ranks resumed from different checkpoints in {}; resume again once no other run writes there",
-                    checkpoints.display()
-                )));
-            }
+        // Every rank starts from the same step, read before rank 0 writes another.
+        let (lo, hi) = crate::dist::range_over_ranks(trainer.group(), state.batch_index as i64)?;
+        if lo != hi {
+            return Err(Error::input(format!(
+                "the ranks resumed from different checkpoints in {}; resume again once no other run writes there",
+                checkpoints.display()
+            )));
         }
         let tagged = (c.save_optimizer_state == SaveOptimizerState::All).then_some((
             c.adam_beta1,
