@@ -325,6 +325,56 @@ impl GradientCollector {
         self.finish_blocks(blocks)
     }
 
+    /// The collected modules' names, in the model's module order.
+    pub fn target_names(&self) -> Vec<String> {
+        self.targets.iter().map(|t| t.target.name.clone()).collect()
+    }
+
+    /// A module call seen by hooks outside this crate's models (the Python package's torch
+    /// forward hooks): `x` `[N, S, I]` is the module's input, processed here as the forward
+    /// hook does. `None` when `name` is not collected.
+    pub fn module_call(&self, name: &str, x: &Tensor) -> Result<Option<ModuleCall>> {
+        let Some(&target) = self.by_name.get(name) else {
+            return Ok(None);
+        };
+        let input = self.process_input(&self.targets[target], &x.detach())?;
+        Ok(Some(ModuleCall {
+            target,
+            input,
+            output_grad: None,
+        }))
+    }
+
+    /// The batch's gradients from module calls whose output gradients were recorded by an
+    /// outside backward pass ([`ModuleCall::set_output_grad`]), in call order: the same rows as
+    /// [`gradients_from`](Self::gradients_from) for this crate's models.
+    pub fn gradients_from_calls(&self, calls: Vec<ModuleCall>) -> Result<BatchGradients> {
+        if self.attribute_tokens {
+            return Err(Error::internal(
+                "gradients_from_calls forms per-example rows; the collector is per token",
+            ));
+        }
+        let mut captured = Vec::with_capacity(calls.len());
+        let mut grads = Vec::with_capacity(calls.len());
+        for call in calls {
+            let name = &self.targets[call.target].target.name;
+            let g = call.output_grad.ok_or_else(|| {
+                Error::input(format!(
+                    "module {name} ran in the forward pass but received no gradient in the \
+                     backward pass; leave it out of the collected modules"
+                ))
+            })?;
+            captured.push(Captured {
+                target: call.target,
+                input: call.input,
+                output: Tensor::new(),
+            });
+            grads.push(g);
+        }
+        let blocks = self.blocks_from_grads(&captured, grads, &Tensor::new())?;
+        self.finish_blocks(blocks)
+    }
+
     /// Forward-hook processing of a module input `[N, S, I]` (Bergson's `forward_hook`):
     /// Adafactor column scaling, then the right projection unless the backward pass needs the
     /// raw input (bias column, Adam).
@@ -933,6 +983,26 @@ fn check_normalizer_shape(target: &Target, n: &Normalizer) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One call of a collected module made outside this crate's models, waiting for its output
+/// gradient ([`GradientCollector::module_call`]).
+pub struct ModuleCall {
+    target: usize,
+    input: Tensor,
+    output_grad: Option<Tensor>,
+}
+
+impl ModuleCall {
+    /// Records the loss gradient of the call's output `[N, S, O]` (from a backward hook).
+    pub fn set_output_grad(&mut self, g: &Tensor) {
+        self.output_grad = Some(g.detach());
+    }
+
+    /// Whether the backward pass has reached this call.
+    pub fn has_output_grad(&self) -> bool {
+        self.output_grad.is_some()
+    }
 }
 
 /// One captured Linear call.

@@ -10,7 +10,7 @@ pub mod processor;
 pub mod projection;
 pub mod targets;
 
-pub use collector::{BatchGradients, BlockGradient, CaptureHook, GradientCollector};
+pub use collector::{BatchGradients, BlockGradient, CaptureHook, GradientCollector, ModuleCall};
 pub use loss::{document_losses, LossSpec};
 pub use normalizer::Normalizer;
 pub use pipeline::{
