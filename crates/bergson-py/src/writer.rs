@@ -1,0 +1,131 @@
+//! `IndexWriter`: Bergson's `create_index` (info.json plus a zero-filled `gradients.bin`) and
+//! the row writes of its callback; `write_order`: the callback's `order.hf`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use bergson::index::gradient_file::GradientFile;
+use bergson::index::hf_dataset::write_hf_dataset;
+use bergson::index::info::IndexInfo;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3_tch::PyTensor;
+use tch::{Kind, Tensor};
+
+use crate::collector::io;
+use crate::{kind_of, py_err, torch_err};
+
+/// An index being written row by row.
+#[pyclass(unsendable, module = "bergson_rs._core")]
+pub struct IndexWriter {
+    file: GradientFile,
+    dir: PathBuf,
+    kind: Kind,
+    grad_sizes: Vec<(String, usize)>,
+    num_rows: usize,
+}
+
+#[pymethods]
+impl IndexWriter {
+    /// Creates `dir` with info.json and a `[num_rows, Σ sizes]` gradients.bin of `dtype`
+    /// (float16, bfloat16, float32 or float64).
+    #[new]
+    fn new(dir: &str, num_rows: usize, grad_sizes: Vec<(String, usize)>, dtype: &str) -> PyResult<Self> {
+        let kind = kind_of(dtype)?;
+        let base_dtype = match kind {
+            Kind::Half => "float16",
+            Kind::BFloat16 => "bfloat16",
+            Kind::Float => "float32",
+            _ => "float64",
+        };
+        let path = Path::new(dir);
+        std::fs::create_dir_all(path).map_err(|e| py_err(io(path, e)))?;
+        IndexInfo {
+            attribute_tokens: false,
+            num_items: num_rows,
+            num_grads: num_rows,
+            grad_sizes: grad_sizes.clone(),
+            base_dtype: base_dtype.to_string(),
+        }
+        .write(path)
+        .map_err(py_err)?;
+        let row_len = grad_sizes.iter().map(|(_, s)| s).sum();
+        let file = GradientFile::create(path, num_rows, row_len, kind, false).map_err(py_err)?;
+        Ok(IndexWriter {
+            file,
+            dir: path.to_path_buf(),
+            kind,
+            grad_sizes,
+            num_rows,
+        })
+    }
+
+    /// Writes the blocks' rows (`[(name, [n, size])]` in column order) at rows `indices`,
+    /// rounded to the index dtype (`grad_buffer[indices, lo:hi] = g.numpy()`).
+    fn write(&self, indices: Vec<i64>, blocks: Vec<(String, PyTensor)>) -> PyResult<()> {
+        if blocks.len() != self.grad_sizes.len()
+            || blocks
+                .iter()
+                .zip(&self.grad_sizes)
+                .any(|((n, t), (m, s))| n != m || t.size() != [indices.len() as i64, *s as i64])
+        {
+            return Err(PyValueError::new_err(format!(
+                "rows for {} do not fit the index at {} ({} rows of {:?})",
+                blocks
+                    .iter()
+                    .map(|(n, t)| format!("{n} {:?}", t.size()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.dir.display(),
+                indices.len(),
+                self.grad_sizes
+            )));
+        }
+        let rows: Vec<usize> = indices
+            .iter()
+            .map(|&i| {
+                usize::try_from(i)
+                    .ok()
+                    .filter(|&i| i < self.num_rows)
+                    .ok_or_else(|| {
+                        PyValueError::new_err(format!(
+                            "row {i} is outside the index's {} rows",
+                            self.num_rows
+                        ))
+                    })
+            })
+            .collect::<PyResult<_>>()?;
+        let parts: Vec<Tensor> = blocks
+            .iter()
+            .map(|(_, t)| t.0.f_to_kind(self.kind))
+            .collect::<Result<_, _>>()
+            .map_err(torch_err)?;
+        let all = Tensor::f_cat(&parts, 1).map_err(torch_err)?;
+        self.file.scatter_rows(&rows, &all).map_err(py_err)
+    }
+
+    /// Flushes the rows to disk.
+    fn flush(&self) -> PyResult<()> {
+        self.file.sync().map_err(py_err)
+    }
+}
+
+/// Writes `order.hf` (a `save_to_disk` dataset of `_idx`, `global_step`, `epoch`) at `path`.
+#[pyfunction]
+pub fn write_order(path: &str, idx: Vec<i64>, global_step: Vec<i64>, epoch: Vec<i64>) -> PyResult<()> {
+    let column = |v: Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
+    let schema = Schema::new(vec![
+        Field::new("_idx", DataType::Int64, true),
+        Field::new("global_step", DataType::Int64, true),
+        Field::new("epoch", DataType::Int64, true),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![column(idx), column(global_step), column(epoch)],
+    )
+    .map_err(|e| PyValueError::new_err(format!("order.hf: {e}")))?;
+    write_hf_dataset(&batch, Path::new(path)).map_err(py_err)
+}
