@@ -71,10 +71,9 @@ impl Collector {
                     GradientProcessor::new(GradientProcessor::read_settings(dir).map_err(py_err)?);
                 let normalizers = dir.join("normalizers.pth");
                 if normalizers.is_file() {
-                    p.normalizers = bergson::collect::optimizer_state::read_normalizers(
-                        &normalizers,
-                    )
-                    .map_err(py_err)?;
+                    p.normalizers =
+                        bergson::collect::optimizer_state::read_normalizers(&normalizers)
+                            .map_err(py_err)?;
                 }
                 p
             }

@@ -33,7 +33,12 @@ impl IndexWriter {
     /// Creates `dir` with info.json and a `[num_rows, Σ sizes]` gradients.bin of `dtype`
     /// (float16, bfloat16, float32 or float64).
     #[new]
-    fn new(dir: &str, num_rows: usize, grad_sizes: Vec<(String, usize)>, dtype: &str) -> PyResult<Self> {
+    fn new(
+        dir: &str,
+        num_rows: usize,
+        grad_sizes: Vec<(String, usize)>,
+        dtype: &str,
+    ) -> PyResult<Self> {
         let kind = kind_of(dtype)?;
         let base_dtype = match kind {
             Kind::Half => "float16",
@@ -115,7 +120,12 @@ impl IndexWriter {
 
 /// Writes `order.hf` (a `save_to_disk` dataset of `_idx`, `global_step`, `epoch`) at `path`.
 #[pyfunction]
-pub fn write_order(path: &str, idx: Vec<i64>, global_step: Vec<i64>, epoch: Vec<i64>) -> PyResult<()> {
+pub fn write_order(
+    path: &str,
+    idx: Vec<i64>,
+    global_step: Vec<i64>,
+    epoch: Vec<i64>,
+) -> PyResult<()> {
     let column = |v: Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
     let schema = Schema::new(vec![
         Field::new("_idx", DataType::Int64, true),

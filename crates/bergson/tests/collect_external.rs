@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use bergson::collect::{
-    discover_targets, document_losses, GradientCollector, GradientProcessor, LossSpec,
-    Normalizer, ProjectionSettings,
+    discover_targets, document_losses, GradientCollector, GradientProcessor, LossSpec, Normalizer,
+    ProjectionSettings,
 };
 use bergson::config::{LossFn, LossReduction};
 use bergson::engine::Precision;
@@ -74,7 +74,9 @@ fn normalizers(targets: &[bergson::collect::Target]) -> Vec<(String, Normalizer)
 
 fn check(arch: &str, projection_dim: Option<usize>, normalize: bool) {
     tch::set_num_threads(1);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models").join(arch);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/models")
+        .join(arch);
     let model = load_model(&dir, Precision::Fp64, Device::Cpu).unwrap();
     let targets = discover_targets(&model.linear_modules(), &[], None, true).unwrap();
     let mut processor = GradientProcessor::new(ProjectionSettings {
@@ -85,9 +87,15 @@ fn check(arch: &str, projection_dim: Option<usize>, normalize: bool) {
     if normalize {
         processor.normalizers = normalizers(&targets);
     }
-    let collector =
-        GradientCollector::new(targets, &processor, false, Kind::Double, Kind::Double, Device::Cpu)
-            .unwrap();
+    let collector = GradientCollector::new(
+        targets,
+        &processor,
+        false,
+        Kind::Double,
+        Kind::Double,
+        Device::Cpu,
+    )
+    .unwrap();
     let ids = Tensor::from_slice(&[5i64, 17, 301, 44, 9, 101, 7, 88, 460, 3]).view([2, 5]);
 
     // This crate's own capture.
@@ -142,11 +150,20 @@ fn a_call_without_gradient_is_refused() {
     let name = targets[0].name.clone();
     let in_features = targets[0].in_features;
     let processor = GradientProcessor::new(ProjectionSettings::default());
-    let collector =
-        GradientCollector::new(targets, &processor, false, Kind::Double, Kind::Double, Device::Cpu)
-            .unwrap();
+    let collector = GradientCollector::new(
+        targets,
+        &processor,
+        false,
+        Kind::Double,
+        Kind::Double,
+        Device::Cpu,
+    )
+    .unwrap();
     let x = Tensor::zeros([1, 2, in_features], (Kind::Double, Device::Cpu));
-    assert!(collector.module_call("no.such.module", &x).unwrap().is_none());
+    assert!(collector
+        .module_call("no.such.module", &x)
+        .unwrap()
+        .is_none());
     let call = collector.module_call(&name, &x).unwrap().unwrap();
     let err = collector.gradients_from_calls(vec![call]).unwrap_err();
     assert!(err.to_string().contains("received no gradient"), "{err}");
