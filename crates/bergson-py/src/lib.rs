@@ -6,6 +6,7 @@
 
 mod attributor;
 mod collector;
+mod commands;
 mod writer;
 
 use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyValueError};
@@ -52,5 +53,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<writer::IndexWriter>()?;
     m.add_function(wrap_pyfunction!(writer::write_order, m)?)?;
     m.add_class::<attributor::Attributor>()?;
+    m.add_function(wrap_pyfunction!(commands::build, m)?)?;
+    m.add_function(wrap_pyfunction!(commands::score, m)?)?;
     Ok(())
 }

@@ -18,6 +18,7 @@ if not _torch.__version__.startswith(_REQUIRED_TORCH + "."):
 
 from ._core import __version__  # noqa: E402
 from .attributor import Attributor, TraceResult  # noqa: E402
+from .commands import build, score  # noqa: E402
 from .data import (  # noqa: E402
     ModuleGradients,
     Scores,
@@ -35,6 +36,8 @@ from .huggingface import (  # noqa: E402
 
 __all__ = [
     "__version__",
+    "build",
+    "score",
     "AttentionConfig",
     "Attributor",
     "GradientCollectorCallback",
