@@ -152,6 +152,47 @@ def test_sound_mode_differs_where_documented(tmp_path):
     assert theirs["epoch"] != order["epoch"]
 
 
+def test_sound_mode_saves_the_normalizers_in_use(tmp_path):
+    """2.5.1 saves the normalizers of the step after the epoch: +inf at the end of a linear
+    schedule. bergson_compat=False saves those the epoch's last step used (finite)."""
+
+    def factory(path, **kw):
+        return bergson_rs.GradientCollectorCallback(path, bergson_compat=False, **kw)
+
+    train("llama_adamw", tmp_path, factory, bergson_rs.prepare_for_gradient_collection)
+    name = "layers.0.self_attn.q_proj"
+    theirs = torch.load(FIXTURES / "llama_adamw/train/epoch_1/normalizers.pth", weights_only=False)
+    ours = torch.load(tmp_path / "grads/train/epoch_1/normalizers.pth", weights_only=False)
+    assert torch.isinf(theirs[name]["weight_avg_sq"]).all()
+    assert torch.isfinite(ours[name]["weight_avg_sq"]).all()
+    # The rows themselves are 2.5.1's.
+    errs = block_errors(tmp_path / "grads/train/epoch_1", FIXTURES / "llama_adamw/train/epoch_1")
+    assert max(errs.values()) == 0.0
+
+
+def test_sound_mode_accumulates_a_sum(tmp_path):
+    """accumulate_grads with bergson_compat=False holds the sum of the per-epoch rows."""
+
+    def summed(path, **kw):
+        return bergson_rs.GradientCollectorCallback(path, bergson_compat=False, **kw)
+
+    def per_epoch(path, **kw):
+        return bergson_rs.GradientCollectorCallback(path, **dict(kw, accumulate_grads=False))
+
+    prep = bergson_rs.prepare_for_gradient_collection
+    train("gpt2_bias_accumulate", tmp_path / "sum", summed, prep)
+    train("gpt2_bias_accumulate", tmp_path / "each", per_epoch, prep)
+    total = np.asarray(bergson_rs.load_gradients(tmp_path / "sum/grads/train"), np.float64)
+    parts = sum(
+        np.asarray(bergson_rs.load_gradients(tmp_path / f"each/grads/train/epoch_{e}"), np.float64)
+        for e in (0, 1)
+    )
+    err = np.linalg.norm(total - parts) / np.linalg.norm(parts)
+    assert err < 2e-3, err  # float16 rounding of the parts
+    last = np.asarray(bergson_rs.load_gradients(tmp_path / "each/grads/train/epoch_1"), np.float64)
+    assert np.linalg.norm(total - last) / np.linalg.norm(parts) > 0.1
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("bergson") is None,
     reason="Python Bergson 2.5.1 is not installed (scripts/test-python.sh --with-bergson)",

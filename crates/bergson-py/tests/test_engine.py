@@ -59,3 +59,18 @@ def test_refuses_other_torch(tmp_path):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert "bergson_rs needs torch 2.11.*" in last and "2.15.0" in last, proc.stderr
+
+
+def test_engine_draws_nothing_from_torch_generators():
+    """Projection matrices come from the engine's own Philox stream, never torch's."""
+    from bergson_rs._core import Collector
+
+    weight, bias = torch.rand(6, 8) + 0.1, torch.rand(6) + 0.1
+    before = torch.get_rng_state()
+    c = Collector([("m", 8, 6, True)], "float32", "float32", "cpu", 4, True)
+    c.set_normalizers([("m", "adam", [weight, bias])])
+    c.record_input("m", torch.ones(2, 3, 8))
+    c.record_grad("m", torch.ones(2, 3, 6))
+    (_, rows), = c.take()
+    assert rows.shape == (2, 16)
+    assert torch.equal(torch.get_rng_state(), before)
