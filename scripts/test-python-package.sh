@@ -4,7 +4,7 @@
 # and the Attributor against Bergson's results on the same index.
 #
 #   scripts/test-python-package.sh                       # makes (once) or reuses a venv
-#   BERGSON_RS_VENV=/path/to/venv scripts/test-python-package.sh
+#   BERGSON_RS_VENV=/path/to/venv scripts/test-python-package.sh   # an existing venv, as is
 #   scripts/test-python-package.sh -k trace              # extra arguments go to pytest
 #
 # The venv (torch==2.11.0, transformers, datasets, pytest, maturin) is made once in
@@ -20,8 +20,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 root="${BERGSON_RS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bergson-rs}"
+# BERGSON_RS_VENV: an existing venv with torch 2.11, transformers, accelerate, datasets, pytest
+# and maturin (and bergson 2.5.1 for the live comparisons), used as it is.
 venv="${BERGSON_RS_VENV:-$root/python-torch-2.11}"
-if [ ! -f "$venv/.ok" ]; then
+if [ -z "${BERGSON_RS_VENV:-}" ] && [ ! -f "$venv/.ok" ]; then
   echo "bergson-rs: installing torch 2.11.0, transformers and pytest into $venv (once)" >&2
   start=$(date +%s)
   rm -rf "$venv"
