@@ -42,6 +42,7 @@ if [ -z "${LIBTORCH:-}" ]; then
   ln -sfn "$(dirname "$lt")" .libtorch
 fi
 
+build_start=$(date +%s)
 wheels="$(mktemp -d)"
 trap 'rm -rf "$wheels"' EXIT
 # torch-sys asks `python` for the headers of the Python it builds against.
@@ -49,6 +50,7 @@ PATH="$venv/bin:$PATH" "$venv/bin/maturin" build --quiet --profile dev \
   --manifest-path crates/bergson-py/Cargo.toml --target-dir target \
   --interpreter "$py" --out "$wheels" --compatibility linux --auditwheel skip
 "$py" -m pip install --quiet --force-reinstall --no-deps "$wheels"/bergson_rs-*.whl
+echo "bergson-rs: Python extension built and installed in $(( $(date +%s) - build_start )) s" >&2
 
 # Local files only: huggingface_hub fails at once instead of retrying the network.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1

@@ -4,6 +4,7 @@
 //! cargo bench -p bergson-cli --bench throughput              # both workloads
 //! BERGSON_PY=/path/to/python cargo bench ... -- --docs 800   # a Python with bergson 2.5.1
 //! cargo bench -p bergson-cli --bench throughput -- --workload scale --sizes 10k,100k
+//! cargo bench -p bergson-cli --bench throughput -- --workload neox --nproc 2   # 1 vs 2 processes
 //! ```
 //! Generates the workload (random weights, generated text; see `workload`), runs `bergson
 //! build` from this repository and, when Python Bergson is installed, `bergson build` 2.5.1 on
@@ -13,7 +14,9 @@
 //! build of the same workload). Flags: `--docs N` (default 400), `--workload
 //! neox|llama|all|scale`, `--threads N` (libtorch threads for both tools), `--keep DIR`,
 //! `--device cpu|cuda` (a GPU needs the `cuda` feature: see scripts/bench-gpu.sh). The scale
-//! workload (see `scale`) takes `--sizes 10k,100k,1M` and `--formats jsonl,parquet`.
+//! workload (see `scale`) takes `--sizes 10k,100k,1M` and `--formats jsonl,parquet`. With
+//! `--nproc N` it instead times our build on one process and on N (`--nproc_per_node N`), one
+//! libtorch thread each, and checks that the two indexes are equal.
 
 mod measure;
 mod scale;
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     let which = arg("--workload").unwrap_or_else(|| "all".into());
     let keep = arg("--keep").map(PathBuf::from);
     let device = arg("--device").unwrap_or_else(|| "cpu".into());
+    let nproc: Option<usize> = arg("--nproc").and_then(|v| v.parse().ok());
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     println!(
@@ -59,6 +63,9 @@ fn main() -> ExitCode {
             keep: keep.is_some(),
         });
         return ExitCode::SUCCESS;
+    }
+    if let Some(n) = nproc {
+        return scaling(&root, &which, docs, n, &device);
     }
     let python = measure::find_python();
     if python.is_none() {
@@ -120,6 +127,46 @@ fn main() -> ExitCode {
             mismatches.join("; ")
         );
         ExitCode::FAILURE
+    }
+}
+
+/// `--nproc N`: our build of each workload on one process and on `n`, one thread each; fails
+/// when the indexes differ.
+fn scaling(root: &Path, which: &str, docs: usize, n: usize, device: &str) -> ExitCode {
+    let archs = match which {
+        "neox" => vec![(Arch::NeoX, 16)],
+        "llama" => vec![(Arch::Llama, 0)],
+        _ => vec![(Arch::NeoX, 16), (Arch::Llama, 0)],
+    };
+    let mut failed = false;
+    for (arch, p) in archs {
+        let dir = root.join(arch.name());
+        let w = Workload::generate(&dir, arch, docs, 0);
+        println!(
+            "\nworkload {}: {} docs, {} tokens, model {}, one thread per process",
+            arch.name(),
+            w.docs,
+            w.tokens,
+            arch.describe()
+        );
+        let one = run(&ours_cmd(&w, &dir.join("p1"), p, Some("1"), device));
+        let mut cmd = ours_cmd(&w, &dir.join(format!("p{n}")), p, Some("1"), device);
+        cmd.args(["--nproc_per_node", &n.to_string()]);
+        let many = run(&cmd);
+        let err = max_row_rel_err(&dir.join(format!("p{n}")), &dir.join("p1"));
+        println!(
+            "  1 process {:.1} s, {n} processes {:.1} s: {:.2}x; indexes agree: max row rel err {err:.1e}",
+            one.seconds,
+            many.seconds,
+            one.seconds / many.seconds
+        );
+        failed |= err > AGREEMENT;
+    }
+    if failed {
+        eprintln!("error: the {n}-process index differs from the one-process index");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
