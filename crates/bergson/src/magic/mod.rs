@@ -274,13 +274,12 @@ pub fn magic_in(
         &settings,
     )?;
     if world > 1 {
-        // Each rank's metagradients cover the rows it trained on: they add up.
-        for a in &mut adjoints {
-            let summed = trainer.sum_over_ranks(
-                std::slice::from_ref(&a.weights),
-                std::slice::from_ref(&a.weights),
-            )?;
-            a.weights = summed.into_iter().next().unwrap_or_default();
+        // Each rank's metagradients cover the rows it trained on: they add up (every score
+        // column in one collective).
+        let weights: Vec<Tensor> = adjoints.iter().map(|a| a.weights.shallow_clone()).collect();
+        let summed = trainer.sum_over_ranks(&weights, &weights)?;
+        for (a, w) in adjoints.iter_mut().zip(summed) {
+            a.weights = w;
         }
     }
     drop(state);
