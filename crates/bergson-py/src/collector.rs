@@ -255,16 +255,7 @@ impl Collector {
     fn save_processor(&self, dir: &str) -> PyResult<()> {
         let dir = Path::new(dir);
         std::fs::create_dir_all(dir).map_err(|e| py_err(io(dir, e)))?;
-        let on_cpu = GradientProcessor {
-            settings: self.processor.settings.clone(),
-            normalizers: self
-                .processor
-                .normalizers
-                .iter()
-                .map(|(name, n)| (name.clone(), n.to_device(Device::Cpu)))
-                .collect(),
-        };
-        on_cpu.save(dir).map_err(py_err)
+        self.processor.on_cpu().save(dir).map_err(py_err)
     }
 }
 

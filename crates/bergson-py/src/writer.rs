@@ -2,13 +2,8 @@
 //! the row writes of its callback; `write_order`: the callback's `order.hf`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array};
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow::record_batch::RecordBatch;
 use bergson::index::gradient_file::GradientFile;
-use bergson::index::hf_dataset::write_hf_dataset;
 use bergson::index::info::IndexInfo;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -126,16 +121,13 @@ pub fn write_order(
     global_step: Vec<i64>,
     epoch: Vec<i64>,
 ) -> PyResult<()> {
-    let column = |v: Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
-    let schema = Schema::new(vec![
-        Field::new("_idx", DataType::Int64, true),
-        Field::new("global_step", DataType::Int64, true),
-        Field::new("epoch", DataType::Int64, true),
-    ]);
-    let batch = RecordBatch::try_new(
-        Arc::new(schema),
-        vec![column(idx), column(global_step), column(epoch)],
-    )
-    .map_err(|e| PyValueError::new_err(format!("order.hf: {e}")))?;
-    write_hf_dataset(&batch, Path::new(path)).map_err(py_err)
+    if idx.len() != global_step.len() || idx.len() != epoch.len() {
+        return Err(PyValueError::new_err(
+            "order.hf: _idx, global_step and epoch must have the same length",
+        ));
+    }
+    let rows: Vec<[i64; 3]> = (0..idx.len())
+        .map(|i| [idx[i], global_step[i], epoch[i]])
+        .collect();
+    bergson::train::collect::write_order(Path::new(path), &rows).map_err(py_err)
 }

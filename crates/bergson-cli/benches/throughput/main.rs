@@ -71,12 +71,7 @@ fn main() -> ExitCode {
     if python.is_none() {
         println!("Python Bergson not found: set BERGSON_PY to a Python with `pip install bergson==2.5.1` (then `pip uninstall -y torchaudio`) to compare; measuring bergson-rs alone.");
     }
-    let cases: Vec<(Arch, usize)> = match which.as_str() {
-        "neox" => vec![(Arch::NeoX, 16)],
-        "llama" => vec![(Arch::Llama, 0)],
-        "all" => vec![(Arch::NeoX, 16), (Arch::Llama, 0)],
-        other => panic!("--workload: unknown workload '{other}'; use neox, llama, all or scale"),
-    };
+    let cases = cases(&which);
     let mut mismatches = Vec::new();
     for (arch, p) in cases {
         let dir = root.join(arch.name());
@@ -130,16 +125,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// The workloads `--workload` names, with their projection dimension.
+fn cases(which: &str) -> Vec<(Arch, usize)> {
+    match which {
+        "neox" => vec![(Arch::NeoX, 16)],
+        "llama" => vec![(Arch::Llama, 0)],
+        "all" => vec![(Arch::NeoX, 16), (Arch::Llama, 0)],
+        other => panic!("--workload: unknown workload '{other}'; use neox, llama, all or scale"),
+    }
+}
+
 /// `--nproc N`: our build of each workload on one process and on `n`, one thread each; fails
 /// when the indexes differ.
 fn scaling(root: &Path, which: &str, docs: usize, n: usize, device: &str) -> ExitCode {
-    let archs = match which {
-        "neox" => vec![(Arch::NeoX, 16)],
-        "llama" => vec![(Arch::Llama, 0)],
-        _ => vec![(Arch::NeoX, 16), (Arch::Llama, 0)],
-    };
     let mut failed = false;
-    for (arch, p) in archs {
+    for (arch, p) in cases(which) {
         let dir = root.join(arch.name());
         let w = Workload::generate(&dir, arch, docs, 0);
         println!(

@@ -107,6 +107,18 @@ impl GradientProcessor {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v)
     }
+
+    /// The same processor with its normalizers on the CPU (what `save` writes).
+    pub fn on_cpu(&self) -> GradientProcessor {
+        GradientProcessor {
+            settings: self.settings.clone(),
+            normalizers: self
+                .normalizers
+                .iter()
+                .map(|(name, n)| (name.clone(), n.to_device(tch::Device::Cpu)))
+                .collect(),
+        }
+    }
 }
 
 impl GradientProcessor {

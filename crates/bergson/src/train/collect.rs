@@ -225,16 +225,7 @@ impl TrainingGradients {
         let key = if self.rows.accumulate { 0 } else { epoch };
         self.rows.store(key)?;
         let dir = self.rows.dir(key);
-        let on_cpu = GradientProcessor {
-            settings: self.processor.settings.clone(),
-            normalizers: self
-                .processor
-                .normalizers
-                .iter()
-                .map(|(name, n)| (name.clone(), n.to_device(Device::Cpu)))
-                .collect(),
-        };
-        on_cpu.save(&dir)?;
+        self.processor.on_cpu().save(&dir)?;
         if let Some(store) = self.rows.stores.get(&key) {
             store.sync()?;
         }
@@ -250,18 +241,7 @@ impl TrainingGradients {
             store.sync()?;
         }
         if let Some(order) = &self.order {
-            let column = |k: usize| -> ArrayRef {
-                Arc::new(Int64Array::from_iter_values(order.iter().map(|r| r[k])))
-            };
-            let schema = Schema::new(vec![
-                Field::new("_idx", DataType::Int64, true),
-                Field::new("global_step", DataType::Int64, true),
-                Field::new("epoch", DataType::Int64, true),
-            ]);
-            let batch =
-                RecordBatch::try_new(Arc::new(schema), vec![column(0), column(1), column(2)])
-                    .map_err(|e| Error::internal(format!("order.hf: {e}")))?;
-            write_hf_dataset(&batch, &self.rows.run.join("order.hf"))?;
+            write_order(&self.rows.run.join("order.hf"), order)?;
         }
         Ok(())
     }
@@ -302,6 +282,22 @@ impl TrainingGradients {
         }
         Ok(out)
     }
+}
+
+/// Writes `order.hf` at `path`: a `save_to_disk` dataset of `(_idx, global_step, epoch)`
+/// rows, as Bergson's callback saves the training order.
+pub fn write_order(path: &Path, rows: &[[i64; 3]]) -> Result<()> {
+    let column = |k: usize| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r[k])))
+    };
+    let schema = Schema::new(vec![
+        Field::new("_idx", DataType::Int64, true),
+        Field::new("global_step", DataType::Int64, true),
+        Field::new("epoch", DataType::Int64, true),
+    ]);
+    let batch = RecordBatch::try_new(Arc::new(schema), vec![column(0), column(1), column(2)])
+        .map_err(|e| Error::internal(format!("order.hf: {e}")))?;
+    write_hf_dataset(&batch, path)
 }
 
 impl RowWriter {
