@@ -83,7 +83,7 @@ pub fn as_rank_shared<T>(
     if job.rank() != 0 {
         bergson::progress::set_quiet(true);
     }
-    let out = work(job.shared()).inspect_err(|e| job.let_watcher_explain(e))?;
+    let out = work(job.shared()).map_err(|e| job.explain(e))?;
     let lead = job.rank() == 0;
     job.finish().map_err(bergson::Error::from)?;
     Ok(lead.then_some(out))

@@ -27,20 +27,17 @@ pub fn finish(result: anyhow::Result<()>) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Failures of a multi-process job that another process already reported in one line: a
-/// worker of our launcher stopped by another rank's failure (the launcher names it), and the
-/// launcher's own report of a worker that exited with a user error or on Ctrl-C (the worker
-/// printed it).
+/// Failures of a multi-process job that another process reports in one line: a worker of
+/// our launcher stopped by another rank's failure (the launcher names it) or by Ctrl-C (which
+/// reached every worker: the launcher says it once), and the launcher's own report of a worker
+/// that exited with a user error (the worker printed it).
 fn reported_elsewhere(err: &anyhow::Error) -> bool {
     use bergson::dist::DistError;
     match err.downcast_ref::<bergson::Error>() {
-        Some(bergson::Error::Dist(DistError::PeerFailed { .. })) => {
+        Some(bergson::Error::Dist(DistError::PeerFailed { .. }) | bergson::Error::Interrupted) => {
             std::env::var_os(bergson::dist::launch::LAUNCHED).is_some()
         }
-        Some(bergson::Error::Dist(DistError::WorkerFailed {
-            code: Some(2 | 130),
-            ..
-        })) => true,
+        Some(bergson::Error::Dist(DistError::WorkerFailed { code: Some(2), .. })) => true,
         _ => false,
     }
 }
@@ -49,6 +46,11 @@ fn reported_elsewhere(err: &anyhow::Error) -> bool {
 fn render(err: &anyhow::Error) -> (String, u8) {
     let (msg, code) = match err.downcast_ref::<bergson::Error>() {
         Some(e @ bergson::Error::Interrupted) => (e.to_string(), INTERRUPTED),
+        // Workers stopped by Ctrl-C: the launcher reports the interruption once.
+        Some(bergson::Error::Dist(bergson::dist::DistError::WorkerFailed {
+            code: Some(130),
+            ..
+        })) => (bergson::Error::Interrupted.to_string(), INTERRUPTED),
         Some(e) if e.is_user_error() => (e.to_string(), USER_ERROR),
         // A worker's failure: exit as it did (its own error line came first).
         Some(

@@ -21,6 +21,9 @@ use crate::error::IoContext;
 /// so the launcher blames the rank that failed first.
 pub const PEER_FAILED_STATUS: i32 = 3;
 
+/// Exit status of a process stopped by Ctrl-C (128 + SIGINT, the CLI's convention).
+pub const INTERRUPTED_STATUS: i32 = 130;
+
 /// Set in the environment of the workers this launcher starts: they leave reporting another
 /// rank's failure to it.
 pub const LAUNCHED: &str = "BERGSON_LAUNCHED";

@@ -220,14 +220,21 @@ impl Job {
         self.group.clone()
     }
 
-    /// After a collective failed (a peer's connection closed): gives the watcher time to
-    /// name the rank that died (it ends the process with that line), so the error this
-    /// process reports is that one rather than Gloo's, which names no rank.
-    pub fn let_watcher_explain(&self, err: &crate::Error) {
+    /// The error this process reports for a failure of its work. After Ctrl-C (this process
+    /// was asked to stop, and so were its peers) a collective that failed because a peer
+    /// already stopped is the interruption itself. Otherwise, after a collective failed (a
+    /// peer's connection closed), gives the watcher time to name the rank that died (it ends
+    /// the process with that line), so the error reported is that one rather than Gloo's,
+    /// which names no rank.
+    pub fn explain(&self, err: crate::Error) -> crate::Error {
+        if matches!(err, crate::Error::Dist(_)) && crate::interrupt::requested() {
+            return crate::Error::Interrupted;
+        }
         if self.watcher.is_some() && matches!(err, crate::Error::Dist(DistError::Collective { .. }))
         {
             std::thread::sleep(self.heartbeat_limit + 3 * watch::PERIOD);
         }
+        err
     }
 
     /// Leaves the job after its work succeeded: stops watching the others, then waits until

@@ -9,7 +9,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::launch::PEER_FAILED_STATUS;
+use super::launch::{INTERRUPTED_STATUS, PEER_FAILED_STATUS};
 use super::{Collective, DistError, Gloo, StoreClient};
 
 /// How often each rank shows it is alive.
@@ -82,6 +82,11 @@ fn watch(
             (_, Err(e)) => Some(lost_store(rank, &e)),
             _ => None,
         };
+        if failure.is_some() && crate::interrupt::requested() {
+            // Ctrl-C reached the whole job: a peer that already stopped is no failure.
+            // SAFETY: as below.
+            unsafe { libc::_exit(INTERRUPTED_STATUS) };
+        }
         if let Some(msg) = failure {
             // The main thread may be deep in a batch or a collective: end the process here,
             // without exit handlers (they would tear libtorch down under the main thread). Our
