@@ -20,6 +20,7 @@ pub mod hub;
 pub mod index;
 pub mod interrupt;
 pub mod kwargs;
+pub mod leaderboard;
 pub mod magic;
 pub mod mix;
 pub mod models;

@@ -283,6 +283,24 @@ pub fn validate(c: &ValidateConfig, device: Device) -> Result<ValidateSummary> {
     if c.method == ValidationMethod::Lds && c.subsets == SubsetSource::Bank {
         return bank::run_bank(c, device);
     }
+    let mut v = prepare_validation(c, device)?;
+    let (outputs, report) = match c.method {
+        ValidationMethod::Lds => lds::run_lds(&mut v)?,
+        ValidationMethod::Filter => filter::run_filter(&mut v)?,
+        ValidationMethod::WeightStep => weight_step::run_weight_step(&mut v)?,
+    };
+    Ok(ValidateSummary {
+        run_path: v.run.run.clone(),
+        outputs,
+        report,
+    })
+}
+
+/// Prepares the retraining of a validation: the run directory, the training run, the query
+/// set and the baseline (trained as the scored run was, or `--baseline_model`), without
+/// retraining anything yet. The leaderboard drives its own retrains through it.
+pub fn prepare_validation(c: &ValidateConfig, device: Device) -> Result<Validation<'_>> {
+    check_validate_config(c)?;
     let scores = LossSignedScores::load(Path::new(&c.scores))?;
     let weights = if scores.seq_len.is_some() {
         WeightChoice::PerToken
@@ -383,14 +401,5 @@ pub fn validate(c: &ValidateConfig, device: Device) -> Result<ValidateSummary> {
     }
     drop(baseline_params);
     tracing::info!("baseline query loss: {}", v.baseline);
-    let (outputs, report) = match c.method {
-        ValidationMethod::Lds => lds::run_lds(&mut v)?,
-        ValidationMethod::Filter => filter::run_filter(&mut v)?,
-        ValidationMethod::WeightStep => weight_step::run_weight_step(&mut v)?,
-    };
-    Ok(ValidateSummary {
-        run_path: v.run.run.clone(),
-        outputs,
-        report,
-    })
+    Ok(v)
 }

@@ -219,7 +219,7 @@ pub fn bootstrap_ci(
 }
 
 /// `numpy.percentile(sorted, q)` (linear interpolation) of sorted values.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     let pos = q / 100.0 * (sorted.len() - 1) as f64;
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;
