@@ -234,7 +234,7 @@ fn demo_config(
     cfg
 }
 
-fn write_assets(out: &Path) -> anyhow::Result<()> {
+pub(crate) fn write_assets(out: &Path) -> anyhow::Result<()> {
     let unwritable = |path: &Path, e: std::io::Error| {
         bergson::Error::input(format!(
             "cannot write {}: {e}; pass --out with a writable directory",

@@ -8,6 +8,7 @@ mod demo;
 mod ekfac;
 mod errors;
 mod hessian;
+mod leaderboard;
 mod lissa;
 mod logging;
 mod magic;
@@ -114,6 +115,10 @@ enum Command {
     /// template's special tokens; recommends --force_math_sdp / --precision fp32 when needed.
     #[command(name = "test_model_configuration", allow_negative_numbers = true)]
     TestModelConfiguration(Box<test_model_configuration::TestModelConfigurationArgs>),
+    /// Bergson's leaderboard at CPU size: every attribution method on a tiny fine-tuned GPT,
+    /// ranked by LDS over leave-1%-out retrains and by proponent QLD (with BERGSON_PY, Python
+    /// Bergson's scores beside ours); writes leaderboard.md, .csv and .png
+    Leaderboard(Box<leaderboard::LeaderboardArgs>),
     /// Leave-k-out validation of attribution scores: retrain without subsets of the training
     /// data and correlate the query loss change with the scores (LDS), filter the top
     /// proponents, or step the data weights along the scores.
@@ -220,6 +225,10 @@ fn main() -> ExitCode {
         Command::RecallGenerate(args) => {
             logging::init(args.quiet);
             errors::finish(recall::generate(&args))
+        }
+        Command::Leaderboard(args) => {
+            logging::init(args.runtime.quiet);
+            errors::finish(leaderboard::run(&args))
         }
         Command::Validate(args) => {
             logging::init(args.runtime.quiet);
