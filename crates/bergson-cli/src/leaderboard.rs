@@ -253,7 +253,7 @@ fn command_lines(key: &str, p: &Paths, dir: &Path, checkpoints: &[PathBuf]) -> V
                 ],
                 vec![
                     "score".into(),
-                    d.clone(),
+                    Paths::s(&dir.join("scores")),
                     "--query_path".into(),
                     query,
                     "--model".into(),
@@ -351,6 +351,10 @@ fn step(
     }
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     eprintln!("{label}: running (log: {}.log)", dir.display());
     let start = Instant::now();
@@ -788,7 +792,11 @@ fn qld_retrains(
             "--overwrite".into(),
         ];
         argv.extend(strings(&TRAIN_FLAGS));
-        let parsed = ValidateCli::try_parse_from(&argv[1..])?.args;
+        // Bergson's `--data.*` spellings, as `bergson validate` itself reads them.
+        let argv = crate::magic::python_flag_spellings(
+            std::iter::once("bergson".to_string()).chain(argv).collect(),
+        );
+        let parsed = ValidateCli::try_parse_from(&argv[2..])?.args;
         let start = Instant::now();
         let mut v = bergson::validate::prepare_validation(&parsed.config, device)?;
         let baseline = v.baseline_losses();
