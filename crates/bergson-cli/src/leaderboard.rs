@@ -203,7 +203,7 @@ fn command_lines(key: &str, p: &Paths, dir: &Path, checkpoints: &[PathBuf]) -> V
         }
         "ekfac" => vec![recipe(
             "ekfac",
-            &["--method", "kfac", "--ev_correction", "true"],
+            &["--method", "kfac", "--hessian_cfg.ev_correction", "true"],
         )],
         "shampoo" => vec![recipe("ekfac", &["--method", "shampoo"])],
         "trackstar" => vec![recipe("trackstar", &["--projection_dim", "64"])],
