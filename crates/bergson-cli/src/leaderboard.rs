@@ -157,6 +157,23 @@ impl Paths {
         p.display().to_string()
     }
 
+    /// `cmd dir` on the base model with the training and query data and the fine-tuning's
+    /// flags: the command lines that train (magic) or retrain (validate) as the fine-tuning did.
+    fn retraining(&self, cmd: &str, dir: &Path) -> Vec<String> {
+        let mut v = vec![
+            cmd.to_string(),
+            Self::s(dir),
+            "--model".into(),
+            Self::s(&self.base_model),
+            "--data.dataset".into(),
+            Self::s(&self.train),
+            "--query.dataset".into(),
+            Self::s(&self.queries),
+        ];
+        v.extend(strings(&TRAIN_FLAGS));
+        v
+    }
+
     /// The training and query data as the recipes spell them, with the per-query scores.
     fn data_flags(&self) -> Vec<String> {
         vec![
@@ -186,19 +203,8 @@ fn command_lines(key: &str, p: &Paths, dir: &Path, checkpoints: &[PathBuf]) -> V
     };
     match key {
         "magic" => {
-            let mut v = vec![
-                "magic".to_string(),
-                d.clone(),
-                "--model".into(),
-                Paths::s(&p.base_model),
-                "--data.dataset".into(),
-                Paths::s(&p.train),
-                "--query.dataset".into(),
-                Paths::s(&p.queries),
-                "--aggregation".into(),
-                "none".into(),
-            ];
-            v.extend(strings(&TRAIN_FLAGS));
+            let mut v = p.retraining("magic", dir);
+            v.extend(strings(&["--aggregation", "none"]));
             vec![v]
         }
         "ekfac" => vec![recipe(
@@ -643,15 +649,8 @@ pub fn run(a: &LeaderboardArgs) -> anyhow::Result<()> {
 
     // 4. The LDS retrains, shared by every method.
     let lds_dir = p.run.join("lds");
-    let mut validate = vec![
-        "validate".to_string(),
-        Paths::s(&lds_dir),
-        "--model".into(),
-        Paths::s(&p.base_model),
-        "--data.dataset".into(),
-        Paths::s(&p.train),
-        "--query.dataset".into(),
-        Paths::s(&p.queries),
+    let mut validate = p.retraining("validate", &lds_dir);
+    validate.extend([
         "--scores".into(),
         Paths::s(&first_dir),
         "--method".into(),
@@ -660,8 +659,7 @@ pub fn run(a: &LeaderboardArgs) -> anyhow::Result<()> {
         a.subsets.to_string(),
         "--fraction".into(),
         a.fraction.to_string(),
-    ];
-    validate.extend(strings(&TRAIN_FLAGS));
+    ]);
     if lds_dir.join("subsets.json").exists() {
         validate.push("--resume".into());
     }
@@ -687,7 +685,14 @@ pub fn run(a: &LeaderboardArgs) -> anyhow::Result<()> {
 
     // 5. The QLD retrains.
     let qld = if a.qld_queries > 0 {
-        Some(qld_retrains(a, &p, &first_dir, &scored, opts.device)?)
+        Some(qld_retrains(
+            a,
+            &p,
+            &first_dir,
+            &scored,
+            opts.device,
+            &mut timings,
+        )?)
     } else {
         None
     };
@@ -734,6 +739,7 @@ fn qld_retrains(
     scores_dir: &Path,
     scored: &[Scored],
     device: tch::Device,
+    timings: &mut Timings,
 ) -> anyhow::Result<(BTreeMap<(String, String, usize), f64>, Estimate)> {
     let journal = p.run.join("qld.csv");
     let mut done: BTreeMap<(String, String, usize), f64> = BTreeMap::new();
@@ -778,20 +784,12 @@ fn qld_retrains(
             todo.len(),
             journal.display()
         );
-        let mut argv = vec![
-            "validate".to_string(),
-            Paths::s(&p.run.join("qld")),
-            "--model".into(),
-            Paths::s(&p.base_model),
-            "--data.dataset".into(),
-            Paths::s(&p.train),
-            "--query.dataset".into(),
-            Paths::s(&p.queries),
+        let mut argv = p.retraining("validate", &p.run.join("qld"));
+        argv.extend([
             "--scores".into(),
             Paths::s(scores_dir),
             "--overwrite".into(),
-        ];
-        argv.extend(strings(&TRAIN_FLAGS));
+        ]);
         // Bergson's `--data.*` spellings, as `bergson validate` itself reads them.
         let argv = crate::magic::python_flag_spellings(
             std::iter::once("bergson".to_string()).chain(argv).collect(),
@@ -822,9 +820,8 @@ fn qld_retrains(
             phase.inc(1);
         }
         drop(phase);
-        let mut t = Timings::open(&p.run)?;
-        let prev = t.seconds.get("qld retrains").copied().unwrap_or(0.0);
-        t.record("qld retrains", prev + start.elapsed().as_secs_f64())?;
+        let prev = timings.seconds.get("qld retrains").copied().unwrap_or(0.0);
+        timings.record("qld retrains", prev + start.elapsed().as_secs_f64())?;
     }
     let control: Vec<f64> = done
         .iter()
@@ -843,11 +840,7 @@ fn write_outputs(
     timings: &Timings,
     seconds: f64,
 ) -> anyhow::Result<()> {
-    let t = Timings::open(&p.run).unwrap_or_else(|_| Timings {
-        path: PathBuf::new(),
-        seconds: timings.seconds.clone(),
-    });
-    let get = |k: &str| t.seconds.get(k).copied().unwrap_or(f64::NAN);
+    let get = |k: &str| timings.seconds.get(k).copied().unwrap_or(f64::NAN);
     let k = ((a.fraction * a.docs as f64).round() as usize).max(1);
     let mut md = format!(
         "## Setting\n\n\

@@ -24,18 +24,23 @@ const TOY: [&str; 14] = [
     "1",
 ];
 
-#[test]
-fn toy_leaderboard_writes_its_table_and_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("lb");
-    let out = bergson()
+/// Runs the toy leaderboard into `run` (one thread, without Python Bergson's rows).
+fn run_toy(run: &std::path::Path) -> std::process::Output {
+    bergson()
         .arg("leaderboard")
-        .arg(&run)
+        .arg(run)
         .args(TOY)
         .args(["--num_threads", "1"])
         .env_remove("BERGSON_PY")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn toy_leaderboard_writes_its_table_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("lb");
+    let out = run_toy(&run);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let md = std::fs::read_to_string(run.join("leaderboard.md")).unwrap();
@@ -57,14 +62,7 @@ fn toy_leaderboard_writes_its_table_and_resumes() {
     assert_eq!(qld.lines().count(), 3, "{qld}");
 
     // A rerun keeps what is finished and writes the same table.
-    let again = bergson()
-        .arg("leaderboard")
-        .arg(&run)
-        .args(TOY)
-        .args(["--num_threads", "1"])
-        .env_remove("BERGSON_PY")
-        .output()
-        .unwrap();
+    let again = run_toy(&run);
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{err}");
     assert!(
