@@ -34,7 +34,7 @@ platforms=(--platform manylinux2014_x86_64)
 for n in $(seq 17 28); do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
 
 download() {
-  "$python" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+  "$python" -m pip download --quiet --no-cache-dir --no-deps --only-binary=:all: --python-version 3.11 \
     --implementation cp --abi cp311 "${platforms[@]}" -d "$tmp/wheels" "$@" >&2
 }
 

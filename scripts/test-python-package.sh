@@ -29,7 +29,7 @@ if [ -z "${BERGSON_RS_VENV:-}" ] && [ ! -f "$venv/.ok" ]; then
   rm -rf "$venv"
   "${PYTHON:-python3}" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet torch==2.11.0 'transformers>=4.46,<6' accelerate datasets \
+  "$venv/bin/python" -m pip install --quiet --no-cache-dir torch==2.11.0 'transformers>=4.46,<6' accelerate datasets \
     pytest 'maturin>=1.5,<2' numpy
   # The marker is written last: an interrupted install is redone, never trusted.
   touch "$venv/.ok"

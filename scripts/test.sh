@@ -12,6 +12,11 @@ if [ -z "${LIBTORCH:-}" ]; then
   lt="$(bash scripts/setup-libtorch.sh)"
   ln -sfn "$(dirname "$lt")" .libtorch
 fi
+# Fifty-odd test binaries each link arrow, tokenizers and libtorch's wrappers: without debug info
+# and incremental caches a clean build takes about half the disk (and no longer).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-false}"
+export CARGO_PROFILE_DEV_STRIP="${CARGO_PROFILE_DEV_STRIP:-debuginfo}"
 cargo test --workspace "$@"
 if [ $# -eq 0 ] && [ "${BERGSON_RS_SKIP_PYTHON:-0}" != 1 ]; then
   scripts/test-python-package.sh
