@@ -9,7 +9,7 @@
 //! Python Bergson) with the command line a user would type, logged to `<step>.log`, and kept
 //! when it finished: rerunning the command resumes at the first unfinished step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -103,7 +103,7 @@ const METHODS: [Method; 9] = [
     },
     Method {
         key: "trackstar",
-        name: "TrackStar (proj 64)",
+        name: "TrackStar (proj 16)",
         python: true,
     },
     Method {
@@ -113,13 +113,13 @@ const METHODS: [Method; 9] = [
     },
     Method {
         key: "lissa",
-        name: "LiSSA (depth 200)",
+        name: "LiSSA (depth 100)",
         python: true,
     },
     Method {
         key: "source",
         name: "SOURCE (3 segments)",
-        python: false,
+        python: true,
     },
     Method {
         key: "cosine",
@@ -212,7 +212,9 @@ fn command_lines(key: &str, p: &Paths, dir: &Path, checkpoints: &[PathBuf]) -> V
             &["--method", "kfac", "--hessian_cfg.ev_correction", "true"],
         )],
         "shampoo" => vec![recipe("ekfac", &["--method", "shampoo"])],
-        "trackstar" => vec![recipe("trackstar", &["--projection_dim", "64"])],
+        // TrackStar's own default projection (16): its autocorrelation Hessians are square in
+        // the projected width per module, so 64 would mean 4096² eigendecompositions.
+        "trackstar" => vec![recipe("trackstar", &[])],
         "trak" => vec![recipe(
             "trak",
             &[
@@ -226,9 +228,20 @@ fn command_lines(key: &str, p: &Paths, dir: &Path, checkpoints: &[PathBuf]) -> V
         )],
         "lissa" => vec![recipe(
             "lissa",
-            &["--depth", "200", "--repeats", "1", "--scale", "100"],
+            // A CPU-sized series: each term is a Gauss-Newton product per query.
+            &[
+                "--depth",
+                "100",
+                "--repeats",
+                "1",
+                "--lissa_cfg.batch_size",
+                "8",
+                "--scale",
+                "100",
+            ],
         )],
         "source" => {
+            // approxunrolling spells the query's aggregation `--aggregation` (its only one).
             let mut v = recipe(
                 "approxunrolling",
                 &[
@@ -240,6 +253,9 @@ fn command_lines(key: &str, p: &Paths, dir: &Path, checkpoints: &[PathBuf]) -> V
                     "3",
                 ],
             );
+            if let Some(i) = v.iter().position(|a| a == "--query.aggregation") {
+                v[i] = "--aggregation".into();
+            }
             v.push("--checkpoints".into());
             v.extend(checkpoints.iter().map(|c| Paths::s(c)));
             vec![v]
@@ -803,9 +819,21 @@ fn qld_retrains(
             .create(true)
             .append(true)
             .open(&journal)?;
+        // Tools that agree on a query's top proponents (cosine, TRAK and TrackStar mostly do)
+        // share the retrain: the same removal gives the same losses.
+        let mut retrained: HashMap<Vec<usize>, Vec<f64>> = HashMap::new();
         for (tool, key, q, units) in &todo {
-            let state = v.retrain_without(units)?;
-            let losses = v.query_losses(&state.params)?;
+            let mut set = units.clone();
+            set.sort_unstable();
+            let losses = match retrained.get(&set) {
+                Some(l) => l.clone(),
+                None => {
+                    let state = v.retrain_without(units)?;
+                    let l = v.query_losses(&state.params)?;
+                    retrained.insert(set, l.clone());
+                    l
+                }
+            };
             let change = if *q == usize::MAX {
                 // A control: the mean change over the QLD's queries.
                 (0..nq).map(|j| losses[j] - baseline[j]).sum::<f64>() / nq as f64

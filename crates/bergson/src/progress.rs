@@ -184,13 +184,16 @@ impl Phase {
         } else if self.plain && self.last_line.elapsed() >= PHASE_PLAIN_EVERY {
             let secs = self.start.elapsed().as_secs_f64().max(1e-9);
             let of = self.total.map(|t| format!(" of {t}")).unwrap_or_default();
+            let rate = plain_rate(done as f64 / secs, self.unit);
+            let eta = match self.total {
+                Some(t) if done > 0 && t > done => {
+                    format!(", ETA {:.0} s", (t - done) as f64 * secs / done as f64)
+                }
+                _ => String::new(),
+            };
             eprintln!(
-                "bergson: {}: {}{of} {} ({:.0} {}/s)",
-                self.label,
-                done,
-                self.unit,
-                done as f64 / secs,
-                self.unit
+                "bergson: {}: {}{of} {} ({rate}{eta})",
+                self.label, done, self.unit
             );
             self.last_line = Instant::now();
         }
@@ -207,5 +210,28 @@ impl Phase {
 impl Drop for Phase {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+/// A rate as a person reads it: units per second, or seconds per unit when slower than one a
+/// second (a retrain every 12 s reads "12.0 s per retrain", not "0 retrains/s").
+fn plain_rate(per_sec: f64, unit: &str) -> String {
+    if per_sec >= 1.0 || per_sec <= 0.0 {
+        format!("{per_sec:.0} {unit}/s")
+    } else {
+        let one = unit.strip_suffix('s').unwrap_or(unit);
+        format!("{:.1} s per {one}", 1.0 / per_sec)
+    }
+}
+
+#[cfg(test)]
+mod plain_rate_tests {
+    use super::plain_rate;
+
+    #[test]
+    fn slow_units_read_as_seconds_per_unit() {
+        assert_eq!(plain_rate(250.4, "tokens"), "250 tokens/s");
+        assert_eq!(plain_rate(0.08, "retrains"), "12.5 s per retrain");
+        assert_eq!(plain_rate(0.0, "retrains"), "0 retrains/s");
     }
 }
