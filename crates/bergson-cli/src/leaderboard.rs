@@ -66,11 +66,15 @@ pub struct LeaderboardArgs {
 }
 
 /// The fine-tuning every method attributes (and every retrain repeats).
-const TRAIN_FLAGS: [&str; 8] = [
+/// A 25% linear warm-up keeps the first steps (the ones MAGIC's replay is most sensitive to) small:
+/// it lifted MAGIC's LDS from 0.85 to 0.94 on 600 documents at the same learning rate.
+const TRAIN_FLAGS: [&str; 10] = [
     "--batch_size",
     "16",
     "--lr",
     "1e-3",
+    "--warmup_steps",
+    "0.25",
     "--num_epochs",
     "1",
     "--seed",
@@ -873,7 +877,7 @@ fn write_outputs(
     let mut md = format!(
         "## Setting\n\n\
          The demo's GPT-NeoX (3 layers, hidden size 128) fine-tuned for one epoch (AdamW, lr 1e-3, \
-         linear schedule, batch 16, seed 42) on {docs} generated documents (seed {seed}; made-up facts \
+         linear schedule with 25% warm-up, batch 16, seed 42) on {docs} generated documents (seed {seed}; made-up facts \
          among filler sentences); {queries} held-out questions about planted facts, scored per query. \
          LDS: per-query Spearman between the summed loss-signed scores and the measured query-loss \
          change over {subsets} leave-{pct}%-out retrains ({k} documents each), averaged over the \
