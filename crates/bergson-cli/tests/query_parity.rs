@@ -3,7 +3,8 @@
 //! same reference indexes (which Python built). The printed session must match line for line
 //! (distances to their 4 printed decimals, within rounding), and the `--record` CSV row for row:
 //! the same results in the same order, allowing exact ties to swap, scores within 1e-4 of the
-//! largest |score| of that query and direction.
+//! largest |score| of that query (1e-2 for bf16 indexes, whose rounding differs between CPU
+//! kernels in Bergson itself).
 //!
 //! Cases where Bergson itself fails (split attention heads and global projections: its
 //! `TraceCollector` does not form those blocks) must work here and return `--top_k` results.
@@ -95,7 +96,14 @@ fn compare_records(case: &str, ours: &str, theirs: &str, rtol: f64) -> f64 {
         let end = (i..b.len())
             .find(|&j| (&b[j].0, &b[j].1) != key)
             .unwrap_or(b.len());
-        let scale = b[i..end].iter().map(|r| r.4.abs()).fold(1e-12, f64::max);
+        // Relative to the query's largest |score| over both directions: a score's rounding
+        // comes from the query's gradient, whose size the top score shows (bottom scores are
+        // small and would magnify it).
+        let scale = b
+            .iter()
+            .filter(|r| &r.0 == key.0)
+            .map(|r| r.4.abs())
+            .fold(1e-12, f64::max);
         for j in i..end {
             assert_eq!((&a[j].0, &a[j].1), key, "{case}: row {j} group");
             let err = (a[j].4 - b[j].4).abs() / scale;
@@ -201,7 +209,7 @@ fn query_sessions_match_python_bergson() {
             let rtol = case["rtol"].as_f64().unwrap();
             compare_stdout(name, &ours.stdout, &theirs_stdout, rtol);
             let worst = compare_records(name, &ours.csv, &theirs_csv, rtol);
-            eprintln!("{name}: worst score error {worst:.2e} (relative to the group's max)");
+            eprintln!("{name}: worst score error {worst:.2e} (relative to the query's max)");
         }
         // A second session reuses the cached row norms and must print the same.
         let again = run_query(&index, &args, &tmp.path().join(format!("{name}.2.csv")));
