@@ -40,7 +40,11 @@ def block_errors(ours: Path, theirs: Path) -> dict[str, float]:
     return errs
 
 
-def compare_runs(ours: Path, theirs: Path, rtol: float = 1e-4):
+def compare_runs(
+    ours: Path, theirs: Path, rtol: float = 1e-4, norm_rtol: float = 1e-5, norm_atol: float = 0.0
+):
+    """Index files equal, module blocks within `rtol`, normalizers within `norm_rtol` (plus
+    `norm_atol` times the tensor's largest entry), order.hf identical."""
     dirs = index_dirs(theirs)
     assert dirs and dirs == index_dirs(ours), f"indexes {index_dirs(ours)} vs {dirs}"
     for d in dirs:
@@ -61,7 +65,11 @@ def compare_runs(ours: Path, theirs: Path, rtol: float = 1e-4):
             assert no[name]["__class__"] == nt[name]["__class__"]
             for key, v in nt[name].items():
                 if isinstance(v, torch.Tensor):
-                    torch.testing.assert_close(no[name][key].float(), v.float(), rtol=1e-5, atol=0)
+                    finite = v.float()[torch.isfinite(v)]
+                    atol = norm_atol * float(finite.abs().max()) if finite.numel() else 0.0
+                    torch.testing.assert_close(
+                        no[name][key].float(), v.float(), rtol=norm_rtol, atol=atol
+                    )
     if (theirs / "order.hf").exists():
         from datasets import load_from_disk
 
@@ -72,6 +80,55 @@ def compare_runs(ours: Path, theirs: Path, rtol: float = 1e-4):
         assert not (ours / "order.hf").exists()
 
 
+# Tolerance against the committed fixtures, which another machine made. The training run itself
+# drifts between CPUs: from the first optimizer step on, libtorch's vectorised kernels round
+# differently with the vector width, and Adam's normalisers magnify it in the rows. Measured on
+# one machine, the same run with AVX-512 and with AVX2 kernels (ATEN_CPU_CAPABILITY=avx2)
+# differs by 2.7e-3 (relative, worst block); the fixtures differ from an AMX machine's run by
+# 1.8e-3. Rows formed before the first update do not drift (beyond a float16 rounding) and are
+# held to FIXTURE_EXACT.
+# The live comparison (same process, same kernels) keeps 1e-4.
+FIXTURE_RTOL = 1e-2
+# Adam's second moments drift the same way (measured 4.7e-5 relative on an AMX machine; entries
+# near zero, such as 4e-19 for a bias, differ relatively by more, so the tolerance also has an
+# absolute part scaled by each tensor's largest entry).
+FIXTURE_NORM_RTOL = 1e-3
+FIXTURE_EXACT = 1e-4
+
+
+def first_step_rows(run: Path) -> list[int]:
+    """Dataset rows of the first optimizer step's last micro-batch (from order.hf): formed
+    before any update, so they must not drift between machines."""
+    from datasets import load_from_disk
+
+    order = load_from_disk(str(run / "order.hf")).to_dict()
+    return [i for i, s in zip(order["_idx"], order["global_step"]) if s == 1]
+
+
+def compare_first_step(ours: Path, theirs: Path):
+    rows = first_step_rows(theirs)
+    assert rows, "order.hf lists no row of step 1"
+    first = sorted(index_dirs(theirs))[0]
+    a = bergson_rs.load_module_gradients(ours / first)
+    b = bergson_rs.load_module_gradients(theirs / first)
+    for name in b.keys():
+        x = np.asarray(a[name], np.float64)[rows]
+        y = np.asarray(b[name], np.float64)[rows]
+        err = float(np.linalg.norm(x - y) / (np.linalg.norm(y) or 1.0))
+        assert err <= FIXTURE_EXACT, f"{first} {name} step-1 rows {rows}: relative error {err:.3g}"
+
+
+def compare_with_fixture(ours: Path, case: str):
+    theirs = FIXTURES / case
+    compare_runs(
+        ours, theirs, rtol=FIXTURE_RTOL, norm_rtol=FIXTURE_NORM_RTOL, norm_atol=FIXTURE_NORM_RTOL
+    )
+    # With accumulate_grads later epochs overwrite the first step's rows.
+    accumulates = CASES[case]["callback"].get("accumulate_grads", False)
+    if (theirs / "order.hf").exists() and not accumulates:
+        compare_first_step(ours, theirs)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_callback_equals_bergson_fixture(case, tmp_path):
     train(
@@ -80,23 +137,35 @@ def test_callback_equals_bergson_fixture(case, tmp_path):
         bergson_rs.GradientCollectorCallback,
         bergson_rs.prepare_for_gradient_collection,
     )
-    compare_runs(tmp_path / "grads", FIXTURES / case)
+    compare_with_fixture(tmp_path / "grads", case)
 
 
 def test_comparison_can_fail(tmp_path):
-    """The comparison notices a gradient that is off by 1e-3."""
+    """The fixture comparison notices a step-1 row off by 1e-3, and a block off by 3%."""
     train(
         "llama_adamw",
         tmp_path,
         bergson_rs.GradientCollectorCallback,
         bergson_rs.prepare_for_gradient_collection,
     )
-    bin_path = tmp_path / "grads" / "train" / "epoch_1" / "gradients.bin"
-    g = np.memmap(bin_path, dtype=np.float16, mode="r+")
-    g[:256] *= np.float16(1.01)
-    g.flush()
+    ours = tmp_path / "grads"
+    compare_with_fixture(ours, "llama_adamw")
+    cols = sum(json.loads((ours / "train/epoch_0/info.json").read_text())["grad_sizes"].values())
+
+    def scale(epoch: str, rows, factor: float):
+        g = np.memmap(ours / "train" / epoch / "gradients.bin", dtype=np.float16, mode="r+")
+        g = g.reshape(-1, cols)
+        g[rows, :256] *= np.float16(factor)  # the first module block
+        g.flush()
+
+    row = first_step_rows(FIXTURES / "llama_adamw")[0]
+    scale("epoch_0", [row], 1.001)
+    with pytest.raises(AssertionError, match="step-1 rows"):
+        compare_with_fixture(ours, "llama_adamw")
+    scale("epoch_0", [row], 1 / 1.001)
+    scale("epoch_1", slice(None), 1.03)
     with pytest.raises(AssertionError, match="relative error"):
-        compare_runs(tmp_path / "grads", FIXTURES / "llama_adamw")
+        compare_with_fixture(ours, "llama_adamw")
 
 
 def test_callback_leaves_training_unchanged(tmp_path):
@@ -165,8 +234,14 @@ def test_sound_mode_saves_the_normalizers_in_use(tmp_path):
     ours = torch.load(tmp_path / "grads/train/epoch_1/normalizers.pth", weights_only=False)
     assert torch.isinf(theirs[name]["weight_avg_sq"]).all()
     assert torch.isfinite(ours[name]["weight_avg_sq"]).all()
-    # The rows themselves are 2.5.1's.
-    errs = block_errors(tmp_path / "grads/train/epoch_1", FIXTURES / "llama_adamw/train/epoch_1")
+    # The rows themselves are 2.5.1's: those of the default (compatible) callback on this run.
+    train(
+        "llama_adamw",
+        tmp_path / "compat",
+        bergson_rs.GradientCollectorCallback,
+        bergson_rs.prepare_for_gradient_collection,
+    )
+    errs = block_errors(tmp_path / "grads/train/epoch_1", tmp_path / "compat/grads/train/epoch_1")
     assert max(errs.values()) == 0.0
 
 
