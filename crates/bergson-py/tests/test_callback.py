@@ -25,14 +25,16 @@ def index_dirs(root: Path) -> list[Path]:
     return sorted(p.parent.relative_to(root) for p in root.rglob("info.json"))
 
 
-def block_errors(ours: Path, theirs: Path) -> dict[str, float]:
-    """Relative Frobenius error of every module block's rows."""
+def block_errors(ours: Path, theirs: Path, rows: list[int] | None = None) -> dict[str, float]:
+    """Relative Frobenius error of every module block's rows (only `rows` when given)."""
     a = bergson_rs.load_module_gradients(ours)
     b = bergson_rs.load_module_gradients(theirs)
     assert list(a.keys()) == list(b.keys())
+    pick = slice(None) if rows is None else rows
     errs = {}
     for name in b.keys():
-        x, y = np.asarray(a[name], np.float64), np.asarray(b[name], np.float64)
+        x = np.asarray(a[name], np.float64)[pick]
+        y = np.asarray(b[name], np.float64)[pick]
         finite = np.isfinite(y)
         assert (np.isfinite(x) == finite).all(), f"{name}: non-finite entries differ"
         scale = np.linalg.norm(y[finite]) or 1.0
@@ -109,12 +111,7 @@ def compare_first_step(ours: Path, theirs: Path):
     rows = first_step_rows(theirs)
     assert rows, "order.hf lists no row of step 1"
     first = sorted(index_dirs(theirs))[0]
-    a = bergson_rs.load_module_gradients(ours / first)
-    b = bergson_rs.load_module_gradients(theirs / first)
-    for name in b.keys():
-        x = np.asarray(a[name], np.float64)[rows]
-        y = np.asarray(b[name], np.float64)[rows]
-        err = float(np.linalg.norm(x - y) / (np.linalg.norm(y) or 1.0))
+    for name, err in block_errors(ours / first, theirs / first, rows).items():
         assert err <= FIXTURE_EXACT, f"{first} {name} step-1 rows {rows}: relative error {err:.3g}"
 
 
