@@ -376,7 +376,7 @@ fn step(
         return Ok(());
     }
     if dir.exists() {
-        fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        bergson::index::removal::remove_scratch(dir)?;
     }
     if let Some(parent) = dir.parent() {
         fs::create_dir_all(parent)

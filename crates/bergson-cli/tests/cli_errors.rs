@@ -819,6 +819,101 @@ fn run_path_is_a_file() {
     );
 }
 
+/// `bergson <command> <run_path> ... --overwrite` run in `cwd`: one-line error, exit 2.
+fn refused_run_path(sb: &Sandbox, cwd: &Path, command: &str, run_path: &str, keys: &[&str]) {
+    let model = neox();
+    let data = sb.path("ok.jsonl").to_string_lossy().into_owned();
+    let args = [
+        command,
+        run_path,
+        "--model",
+        &model,
+        "--dataset",
+        &data,
+        "--overwrite",
+    ];
+    let out = sb.command(BIN, &args).current_dir(cwd).output().unwrap();
+    assert_error(&out, keys);
+}
+
+// Run from `<sandbox>/outer/inner`, so that a broken check could only reach the sandbox (the
+// root itself is checked in the library's unit test, never with a real delete).
+#[test]
+fn overwrite_never_deletes_the_working_directory_or_its_parents() {
+    let sb = Sandbox::new();
+    let inner = sb.path("outer/inner");
+    fs::create_dir_all(&inner).unwrap();
+    sb.write("outer/inner/keep.txt", "mine");
+    let outer = sb.path("outer").to_string_lossy().into_owned();
+    for command in ["build", "train"] {
+        let here = ["refusing to delete .", "the working directory"];
+        refused_run_path(&sb, &inner, command, ".", &here);
+        let parent = ["refusing to delete", "a parent of the working directory"];
+        refused_run_path(&sb, &inner, command, "..", &parent);
+        refused_run_path(&sb, &inner, command, &outer, &parent);
+    }
+    assert!(sb.path("ok.jsonl").is_file());
+    assert!(sb.path("outer/inner/keep.txt").is_file());
+}
+
+#[test]
+fn overwrite_keeps_a_directory_bergson_did_not_write() {
+    let sb = Sandbox::new();
+    fs::create_dir(sb.path("run")).unwrap();
+    sb.write("run/notes.txt", "mine");
+    for command in ["build", "train"] {
+        let keys = ["did not write", "remove it yourself"];
+        refused_run_path(&sb, sb.dir.path(), command, "run", &keys);
+        assert_eq!(
+            fs::read_to_string(sb.path("run/notes.txt")).unwrap(),
+            "mine"
+        );
+    }
+    // Without --overwrite the message says that --overwrite would not help either.
+    let out = sb.build(&neox(), "ok.jsonl", &[]);
+    assert_error(
+        &out,
+        &[
+            "already exists (a directory bergson did not write)",
+            "another path",
+        ],
+    );
+    assert!(!sb.path("run.part").exists());
+}
+
+#[test]
+fn overwrite_replaces_a_bergson_run_and_an_empty_directory() {
+    let sb = Sandbox::new();
+    let args = ["--projection_dim", "4", "--quiet"];
+    assert!(sb.build(&neox(), "ok.jsonl", &args).status.success());
+    sb.write("run/stale.txt", "from before");
+    let mut again = args.to_vec();
+    again.push("--overwrite");
+    let out = sb.build(&neox(), "ok.jsonl", &again);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(sb.path("run/info.json").is_file() && !sb.path("run/stale.txt").exists());
+
+    // An empty directory needs --overwrite too (as in Bergson), and is then used.
+    fs::create_dir(sb.path("empty")).unwrap();
+    let model = neox();
+    let build = |extra: &[&str]| {
+        let mut a = vec!["build", "empty", "--model", &model, "--dataset", "ok.jsonl"];
+        a.extend_from_slice(&args);
+        a.extend_from_slice(extra);
+        sb.run(&a)
+    };
+    assert_error(
+        &build(&[]),
+        &["already exists (an empty directory)", "--overwrite"],
+    );
+    assert!(build(&["--overwrite"]).status.success());
+    assert!(sb.path("empty/info.json").is_file());
+}
+
 #[test]
 fn kl_loss_is_refused_up_front() {
     let sb = Sandbox::new();

@@ -8,6 +8,7 @@ pub mod hf_dataset;
 pub mod info;
 pub mod journal;
 pub mod reader;
+pub mod removal;
 pub mod row_norms;
 pub mod run_dir;
 pub mod score_store;

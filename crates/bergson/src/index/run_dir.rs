@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::journal::has_journal;
+use super::removal::{remove_run, remove_scratch, Existing};
 use crate::config::run_file::{parse_run_file, Step};
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -33,35 +34,35 @@ pub fn prepare(step: &Step, overwrite: bool) -> Result<(PathBuf, PathBuf, Start)
     let part = PathBuf::from(format!("{}.part", step.run_path()));
     check_parent(&run_path)?;
     if run_path.exists() || run_path.is_symlink() {
+        let existing = Existing::of(&run_path);
         if !overwrite {
-            let what = if run_path.is_dir() {
-                "a run directory"
-            } else {
-                "a file"
+            let fix = match existing {
+                Existing::Empty | Existing::Run => {
+                    "pass --overwrite to replace it or choose another path"
+                }
+                Existing::Foreign | Existing::File => {
+                    "choose another path (--overwrite only replaces bergson's own runs)"
+                }
             };
             return Err(Error::input(format!(
-                "run path {} already exists ({what}); pass --overwrite to replace it or choose another path",
-                run_path.display()
+                "run path {} already exists ({}); {fix}",
+                run_path.display(),
+                existing.describe()
             )));
         }
-        if !run_path.is_dir() {
-            return Err(Error::input(format!(
-                "run path {} is a file, not a run directory, and --overwrite only replaces run directories; remove it yourself or choose another path",
-                run_path.display()
-            )));
-        }
-        remove(&run_path)?;
+        remove_run(&run_path)?;
     }
     if part.exists() {
-        if overwrite {
-            remove(&part)?;
+        if overwrite || Existing::of(&part) == Existing::Empty {
+            // An empty `.part` is a run that stopped before writing anything.
+            remove_scratch(&part)?;
         } else if same_config(&part, step)? {
             if has_journal(&part) {
                 return Ok((run_path, part, Start::Resume));
             }
             // No journal: the run failed before its first batch (e.g. a full disk while sizing
             // gradients.bin), so there is nothing to keep; start again.
-            remove(&part)?;
+            remove_scratch(&part)?;
         } else {
             return Err(Error::input(format!(
                 "{} holds a partial run of a different config; pass --overwrite to start over, or rerun the command that made it to resume",
@@ -92,14 +93,6 @@ fn check_parent(run_path: &Path) -> Result<()> {
         p = dir.parent();
     }
     Ok(())
-}
-
-fn remove(path: &Path) -> Result<()> {
-    if path.is_dir() && !path.is_symlink() {
-        std::fs::remove_dir_all(path).at_path(path)
-    } else {
-        std::fs::remove_file(path).at_path(path)
-    }
 }
 
 /// Whether `<part>/config.yaml` describes the same step (ignoring `overwrite`).

@@ -27,6 +27,7 @@ use crate::error::IoContext;
 use crate::hessians::astra::Astra;
 use crate::hessians::gauss_newton::GaussNewtonProduct;
 use crate::hessians::preconditioner::Preconditioner;
+use crate::index::removal::remove_scratch;
 use crate::index::{hessian_store, GradientFile, GradientIndex};
 use crate::progress::Phase;
 use crate::{build, hessians, score, setup, Error, Result};
@@ -163,7 +164,7 @@ pub(crate) fn step_runs(
     }
     if refuses_existing && !overwrite && path.exists() {
         return Err(Error::input(format!(
-            "{} already exists (a finished step of an earlier run); pass --resume to keep the              finished steps, or --overwrite to redo them",
+            "{} already exists (a finished step of an earlier run); pass --resume to keep the finished steps, or --overwrite to redo them",
             path.display()
         )));
     }
@@ -267,7 +268,7 @@ fn subtract_control(query: &Path, control: &Path) -> Result<()> {
 pub(crate) fn fresh_part(path: &Path) -> Result<PathBuf> {
     let part = PathBuf::from(format!("{}.part", path.display()));
     if part.exists() {
-        std::fs::remove_dir_all(&part).at_path(&part)?;
+        remove_scratch(&part)?;
     }
     std::fs::create_dir_all(&part).at_path(&part)?;
     Ok(part)
@@ -276,7 +277,7 @@ pub(crate) fn fresh_part(path: &Path) -> Result<PathBuf> {
 /// Renames the finished `part` to `path`, replacing an earlier output.
 pub(crate) fn promote(part: &Path, path: &Path) -> Result<()> {
     if path.exists() {
-        std::fs::remove_dir_all(path).at_path(path)?;
+        remove_scratch(path)?;
     }
     crate::index::run_dir::finish(part, path)
 }

@@ -27,6 +27,7 @@ use crate::config::{
 use crate::data::formats::Format;
 use crate::error::IoContext;
 use crate::hub::is_repo_id;
+use crate::index::removal::remove_scratch;
 use crate::index::run_dir;
 use crate::{hessians, interrupt, mix, score, setup, Error, Result};
 
@@ -418,11 +419,11 @@ fn mix_step(mix_cfg: &MixConfig, mixed: &Path, overwrite: bool) -> Result<f64> {
                 mixed.display()
             )));
         }
-        std::fs::remove_dir_all(mixed).at_path(mixed)?;
+        remove_scratch(mixed)?;
     }
     // A mix is quick and has no journal: a half-written one is redone.
     if part.exists() {
-        std::fs::remove_dir_all(&part).at_path(&part)?;
+        remove_scratch(&part)?;
     }
     let summary = mix::mix_into(mix_cfg, &part)?;
     run_dir::finish(&part, mixed)?;

@@ -187,7 +187,7 @@ pub(crate) fn prepare_run_dir(c: &TrainingConfig) -> Result<PathBuf> {
     let run = PathBuf::from(&c.run_path);
     if run.exists() && !c.resume {
         if c.overwrite {
-            std::fs::remove_dir_all(&run).at_path(&run)?;
+            crate::index::removal::remove_run(&run)?;
         } else {
             return Err(Error::input(format!(
                 "run path {} already exists; use --overwrite to replace it or --resume to continue it",

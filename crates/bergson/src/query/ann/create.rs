@@ -89,7 +89,7 @@ pub fn create(
         && read_config(&part).is_ok_and(|d| d.builds_like(cfg, unit_norm, &modules))
         && std::fs::read_to_string(part.join(PRECONDITION_FILE)).ok() == stamp;
     if part.exists() && !resumable {
-        std::fs::remove_dir_all(&part).at_path(&part)?;
+        crate::index::removal::remove_scratch(&part)?;
     }
     std::fs::create_dir_all(&part).at_path(&part)?;
     let config = config_text(cfg, index.dir(), unit_norm, &modules)?;

@@ -94,7 +94,7 @@ fn export(ckpt: &Path, run: &Path, dst: &Path) -> Result<()> {
         .unzip();
     let part = PathBuf::from(format!("{}.part", dst.display()));
     if part.exists() {
-        std::fs::remove_dir_all(&part).at_path(&part)?;
+        crate::index::removal::remove_scratch(&part)?;
     }
     save_hf_model(&model_dir, &part, &names, &params)?;
     let opt = ckpt.join(super::adam::OPTIMIZER_STATE);

@@ -282,7 +282,7 @@ pub fn run(cfg: &ApproxUnrollingRunConfig, opts: &RunOptions) -> Result<ApproxUn
             quiet,
             || {
                 if path.exists() {
-                    std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                    crate::index::removal::remove_scratch(&path)?;
                 }
                 build_query(&qcfg, &s.query, &path, opts)
             },

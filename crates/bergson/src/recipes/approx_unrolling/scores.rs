@@ -50,7 +50,7 @@ pub fn score_segments(
                 PathBuf::from(format!("{}.part", dir.display())),
             ] {
                 if p.exists() {
-                    std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+                    crate::index::removal::remove_scratch(&p)?;
                 }
             }
             let scfg = ScoreRunConfig {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use memmap2::{Mmap, MmapMut};
 
 use crate::error::IoContext;
+use crate::index::removal::remove_scratch;
 use crate::index::score_store::{read_info, RecordLayout, ScoreInfo};
 use crate::{interrupt, Error, Result};
 
@@ -191,10 +192,11 @@ pub fn average_members(members: &[PathBuf], out: &Path) -> Result<()> {
         .collect();
 
     let part = PathBuf::from(format!("{}.part", out.display()));
-    for p in [&part, &out.to_path_buf()] {
-        if p.exists() {
-            std::fs::remove_dir_all(p).at_path(p)?;
-        }
+    if part.exists() {
+        remove_scratch(&part)?;
+    }
+    if out.exists() || out.is_symlink() {
+        remove_scratch(out)?;
     }
     copy_dir(first, &part)?;
     let target = part.join(SCORES_BIN);
