@@ -151,6 +151,9 @@ fn settings_magic_cannot_run_are_refused() {
         let out = magic(&tmp.path().join("run"), flags);
         assert_one_line_error(&out, &[key]);
     }
+    // No run path: the usage names magic, not the training it runs on.
+    let out = bergson().arg("magic").output().unwrap();
+    assert_one_line_error(&out, &["bergson magic <run_path>"]);
 }
 
 /// A magic run's `config.yaml` is a run file: `bergson <config.yaml>` replays it (here into a

@@ -191,6 +191,22 @@ fn bad_input_is_one_line_and_exit_2() {
         ),
         "adamw",
     );
+    // What torchopt refuses when Bergson builds the optimizer, refused before anything is
+    // written (a negative learning rate is not among them: Bergson passes a schedule).
+    for (args, needle) in [
+        (&["--adam_beta1", "1.5"][..], "--adam_beta1 1.5"),
+        (&["--adam_beta2", "-0.1"][..], "--adam_beta2 -0.1"),
+        (&["--adam_eps", "-1"][..], "--adam_eps -1"),
+        (&["--weight_decay", "-0.5"][..], "--weight_decay -0.5"),
+        (
+            &["--optimizer", "sgd", "--adam_beta1", "-1"][..],
+            "SGD's momentum",
+        ),
+        (&["--max_grad_norm", "-1"][..], "--max_grad_norm -1"),
+    ] {
+        assert_input_error(&train(dir.path(), args), needle);
+        assert!(!dir.path().join("run").exists(), "{args:?} wrote the run");
+    }
     // A learning rate that blows the weights up: the NaN loss names its step.
     let out = train(dir.path(), &["--lr", "1e30", "--overwrite"]);
     assert_input_error(&out, "at step 1");

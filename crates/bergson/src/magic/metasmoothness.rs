@@ -77,6 +77,7 @@ pub fn metasmoothness_score(theta0: &Tensor, theta_h: &Tensor, theta_2h: &Tensor
 
 /// Runs `bergson metasmoothness` with config `c` on `device`.
 pub fn metasmoothness(c: &MetasmoothnessConfig, device: Device) -> Result<MetasmoothnessSummary> {
+    crate::train::run::check_run_path(&c.train, "metasmoothness")?;
     if !c.fd_step.is_finite() {
         return Err(Error::input(format!(
             "--fd_step {} must be a finite number",

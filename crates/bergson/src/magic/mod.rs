@@ -67,6 +67,7 @@ pub struct MagicSummary {
 
 /// Refuses what `magic` cannot run, before anything is written.
 pub fn check_magic_config(c: &MagicConfig) -> Result<()> {
+    crate::train::run::check_run_path(&c.train, "magic")?;
     let world = c.train.distributed.nnode * c.train.distributed.nproc_per_node;
     if world > 1 {
         crate::train::run::check_data_parallel(&c.train, world)?;

@@ -55,11 +55,7 @@ pub fn check_training_config(c: &TrainingConfig) -> Result<()> {
             "{flag} is not supported by bergson train yet; {why}"
         )))
     };
-    if c.run_path.is_empty() {
-        return Err(Error::input(
-            "give the run directory: bergson train <run_path> ...",
-        ));
-    }
+    check_run_path(c, "train")?;
     if c.batch_size == 0 {
         return Err(Error::input("--batch_size must be at least 1"));
     }
@@ -119,6 +115,59 @@ pub fn check_training_config(c: &TrainingConfig) -> Result<()> {
         if !v.is_finite() {
             return Err(Error::input(format!("{flag} {v} must be a finite number")));
         }
+    }
+    check_optimizer_settings(c)
+}
+
+/// Refuses a missing run path, naming `command` in the usage it shows.
+pub(crate) fn check_run_path(c: &TrainingConfig, command: &str) -> Result<()> {
+    if c.run_path.is_empty() {
+        return Err(Error::input(format!(
+            "give the run directory: bergson {command} <run_path> --model ... --dataset ..."
+        )));
+    }
+    Ok(())
+}
+
+/// The optimizer settings torchopt refuses when Bergson builds the optimizer (`adamw`, `sgd`;
+/// Muon's are checked above). The learning rate is not checked: it is a schedule there.
+fn check_optimizer_settings(c: &TrainingConfig) -> Result<()> {
+    let bad = |flag: &str, v: f64, what: &str| {
+        Err(Error::input(format!("{flag} {v} is invalid: {what}")))
+    };
+    if c.weight_decay < 0.0 {
+        return bad("--weight_decay", c.weight_decay, "it must be 0 or more");
+    }
+    match c.optimizer {
+        OptimizerKind::Adamw => {
+            for (flag, v) in [
+                ("--adam_beta1", c.adam_beta1),
+                ("--adam_beta2", c.adam_beta2),
+            ] {
+                if !(0.0..1.0).contains(&v) {
+                    return bad(flag, v, "Adam's betas must be in [0, 1)");
+                }
+            }
+            if c.adam_eps < 0.0 {
+                return bad("--adam_eps", c.adam_eps, "it must be 0 or more");
+            }
+        }
+        OptimizerKind::Sgd if c.adam_beta1 < 0.0 => {
+            return bad(
+                "--adam_beta1",
+                c.adam_beta1,
+                "it is SGD's momentum, which must be 0 or more",
+            );
+        }
+        _ => {}
+    }
+    if c.max_grad_norm
+        .is_some_and(|m| !(m >= 0.0 && m.is_finite()))
+    {
+        return Err(Error::input(format!(
+            "--max_grad_norm {} is invalid: the clipping norm must be a positive number (0 turns clipping off)",
+            c.max_grad_norm.unwrap_or_default()
+        )));
     }
     Ok(())
 }

@@ -279,6 +279,7 @@ impl Validation<'_> {
 
 /// Runs `bergson validate` with config `c` on `device`.
 pub fn validate(c: &ValidateConfig, device: Device) -> Result<ValidateSummary> {
+    crate::train::run::check_run_path(&c.train, "validate")?;
     check_validate_config(c)?;
     if c.method == ValidationMethod::Lds && c.subsets == SubsetSource::Bank {
         return bank::run_bank(c, device);
