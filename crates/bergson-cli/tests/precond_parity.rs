@@ -328,6 +328,14 @@ fn damaged_or_mismatched_hessians_are_refused_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let h = kfac_copy(tmp.path());
     let hp = h.to_str().unwrap();
+    // A damping no inversion can use.
+    for bad in ["nan", "-0.1", "inf"] {
+        assert_refused(
+            tmp.path(),
+            &["--hessian_path", hp, "--damping_factor", bad],
+            &["--damping_factor", "0 or more"],
+        );
+    }
     // factored_tikhonov needs uncorrected eigenvalues.
     assert_refused(
         tmp.path(),

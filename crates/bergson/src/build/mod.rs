@@ -599,6 +599,7 @@ fn check_supported(cfg: &BuildConfig) -> Result<()> {
     setup::check_index_config(&icfg)?;
     let pcfg = &cfg.preprocess_cfg;
     if let Some(h) = &pcfg.hessian_path {
+        pcfg.inversion_cfg.check()?;
         preconditioner::check_factored_unprojected(
             Path::new(h),
             cfg.index_cfg.projection_dim,

@@ -234,6 +234,23 @@ pub struct InversionConfig {
     pub apply_batch_size: usize,
 }
 
+impl InversionConfig {
+    /// Refuses a damping that no inversion can use (NaN, infinite or negative: the scores
+    /// would be NaN or meaningless) and an empty apply batch.
+    pub fn check(&self) -> crate::Result<()> {
+        let c = self.damping_factor;
+        if !(c.is_finite() && c >= 0.0) {
+            return Err(crate::Error::input(format!(
+                "--damping_factor {c} is invalid: it must be a finite number, 0 or more (default 0.1)"
+            )));
+        }
+        if self.apply_batch_size == 0 {
+            return Err(crate::Error::input("--apply_batch_size must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// What happens to each row before it is written (Bergson's `PreprocessConfig`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Args)]
 #[serde(default, deny_unknown_fields)]

@@ -124,6 +124,7 @@ impl Attributor {
             None => None,
             Some(h) => {
                 let h = Path::new(h);
+                options.inversion_cfg.check()?;
                 preconditioner::check_factored_unprojected(
                     h,
                     settings.projection_dim.unwrap_or(0),

@@ -22,6 +22,13 @@ fn round_half_even(x: f64) -> f64 {
 
 /// Rows kept per query column.
 pub fn candidate_count(cfg: &CandidateConfig, num_rows: usize) -> Result<usize> {
+    // 0 is the flag's "unset"; any other value outside (0, 1] (NaN too) is named as such.
+    if cfg.fraction != 0.0 && !(cfg.fraction > 0.0 && cfg.fraction <= 1.0) {
+        return Err(Error::input(format!(
+            "--fraction must be in (0, 1]; got {}",
+            cfg.fraction
+        )));
+    }
     if (cfg.top_k > 0) == (cfg.fraction > 0.0) {
         return Err(Error::input(
             "with --scores (candidates), set exactly one of --top_k and --fraction",
@@ -29,12 +36,6 @@ pub fn candidate_count(cfg: &CandidateConfig, num_rows: usize) -> Result<usize> 
     }
     if cfg.top_k > 0 {
         return Ok(cfg.top_k.min(num_rows));
-    }
-    if !(cfg.fraction > 0.0 && cfg.fraction <= 1.0) {
-        return Err(Error::input(format!(
-            "--fraction must be in (0, 1]; got {}",
-            cfg.fraction
-        )));
     }
     Ok((round_half_even(cfg.fraction * num_rows as f64) as usize).max(1))
 }
@@ -196,7 +197,10 @@ mod tests {
         assert_eq!(candidate_count(&cfg(0, 0.01), 10).unwrap(), 1);
         assert!(candidate_count(&cfg(0, 0.0), 10).is_err());
         assert!(candidate_count(&cfg(2, 0.5), 10).is_err());
-        assert!(candidate_count(&cfg(0, 1.5), 10).is_err());
+        for bad in [1.5, -0.5, f64::NAN] {
+            let e = candidate_count(&cfg(0, bad), 10).unwrap_err().to_string();
+            assert!(e.contains("--fraction must be in (0, 1]"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -78,6 +78,7 @@ fn check_supported(cfg: &ScoreRunConfig) -> Result<()> {
     plain.distributed = Default::default();
     setup::check_index_config(&plain)?;
     if let Some(h) = &pcfg.hessian_path {
+        pcfg.inversion_cfg.check()?;
         check_factored_unprojected(Path::new(h), icfg.projection_dim, pcfg.unit_normalize)?;
     }
     if scfg.token_influence == TokenInfluence::Output {
