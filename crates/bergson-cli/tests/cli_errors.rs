@@ -915,6 +915,17 @@ fn overwrite_replaces_a_bergson_run_and_an_empty_directory() {
 }
 
 #[test]
+fn a_max_tokens_budget_below_the_first_document_names_the_flag() {
+    let sb = Sandbox::new();
+    let out = sb.build(&neox(), "ok.jsonl", &["--max_tokens", "2"]);
+    assert_error(
+        &out,
+        &["--max_tokens 2 keeps no document", "raise --max_tokens"],
+    );
+    sb.assert_nothing_written();
+}
+
+#[test]
 fn kl_loss_is_refused_up_front() {
     let sb = Sandbox::new();
     let out = sb.build(&neox(), "ok.jsonl", &["--loss_fn", "kl"]);

@@ -258,10 +258,14 @@ fn prepare_table(
     }
 
     if let Some(max_tokens) = cfg.max_tokens {
-        let keep = max_tokens_rows(
-            &rows.iter().map(TokenizedRow::len).collect::<Vec<_>>(),
-            max_tokens,
-        );
+        let lengths: Vec<usize> = rows.iter().map(TokenizedRow::len).collect();
+        let keep = max_tokens_rows(&lengths, max_tokens);
+        if keep.is_empty() && !lengths.is_empty() {
+            return Err(Error::input(format!(
+                "--max_tokens {max_tokens} keeps no document of '{}': its first one alone has {} tokens; raise --max_tokens",
+                data.dataset, lengths[0]
+            )));
+        }
         table = take_rows(&table, &keep)?;
         rows = select(rows, &keep);
         advantages = advantages.map(|a| keep.iter().map(|&i| a[i]).collect());

@@ -179,6 +179,30 @@ impl ConfigJson {
         Ok(v)
     }
 
+    /// An optional positive integer (`default` when absent).
+    pub fn pos_int_or(&self, keys: &[&str], default: i64) -> Result<i64> {
+        if self.first(keys).is_none() {
+            return Ok(default);
+        }
+        self.req_int(keys)
+    }
+
+    /// A normalisation epsilon (`default` when absent): 0 or more and finite, as a negative
+    /// or NaN one turns every hidden state into NaN.
+    pub fn norm_eps(&self, keys: &[&str], default: f64) -> Result<f64> {
+        let Some(v) = self.float(keys)? else {
+            return Ok(default);
+        };
+        if !(v.is_finite() && v >= 0.0) {
+            let (source, fix) = self.source_of(keys[0]);
+            return Err(Error::input(format!(
+                "{source}: key '{}' is {v}, expected a small non-negative number (e.g. {default:e}); {fix}",
+                keys[0]
+            )));
+        }
+        Ok(v)
+    }
+
     /// A number under the first present key of `keys`.
     pub fn float(&self, keys: &[&str]) -> Result<Option<f64>> {
         match self.first(keys) {
@@ -349,5 +373,26 @@ mod tests {
             "{e}"
         );
         assert_eq!(cfg.overridden().collect::<Vec<_>>(), ["hidden_size"]);
+    }
+
+    #[test]
+    fn epsilons_and_optional_sizes_are_checked() {
+        let cfg = ConfigJson::parse(
+            r#"{"layer_norm_eps": -1e-5, "rms_norm_eps": 0.0, "max_position_embeddings": 0}"#,
+            Path::new("m/config.json"),
+        )
+        .unwrap();
+        let e = cfg.norm_eps(&["layer_norm_eps"], 1e-5).unwrap_err();
+        assert!(
+            e.to_string().contains("'layer_norm_eps' is -0.00001"),
+            "{e}"
+        );
+        assert_eq!(cfg.norm_eps(&["rms_norm_eps"], 1e-6).unwrap(), 0.0);
+        assert_eq!(cfg.norm_eps(&["absent_eps"], 1e-6).unwrap(), 1e-6);
+        let e = cfg
+            .pos_int_or(&["max_position_embeddings"], 2048)
+            .unwrap_err();
+        assert!(e.to_string().contains("a positive integer"), "{e}");
+        assert_eq!(cfg.pos_int_or(&["n_positions"], 2048).unwrap(), 2048);
     }
 }

@@ -62,7 +62,7 @@ impl Gpt2Config {
             num_layers: cfg.req_int(&["n_layer", "num_hidden_layers"])?,
             num_heads,
             max_position_embeddings: cfg.req_int(&["n_positions", "max_position_embeddings"])?,
-            layer_norm_epsilon: cfg.float(&["layer_norm_epsilon"])?.unwrap_or(1e-5),
+            layer_norm_epsilon: cfg.norm_eps(&["layer_norm_epsilon"], 1e-5)?,
             activation: super::activation(cfg, &["activation_function"], "gelu_new")?,
             scale_attn_weights: cfg.bool(&["scale_attn_weights"])?.unwrap_or(true),
             scale_attn_by_inverse_layer_idx: cfg

@@ -98,7 +98,7 @@ impl DecoderConfig {
             num_kv_heads,
             head_dim,
             max_position_embeddings: cfg.req_int(&["max_position_embeddings"])?,
-            rms_norm_eps: cfg.float(&["rms_norm_eps"])?.unwrap_or(1e-6),
+            rms_norm_eps: cfg.norm_eps(&["rms_norm_eps"], 1e-6)?,
             hidden_act: super::activation(cfg, &["hidden_act"], "silu")?,
             tie_word_embeddings: super::tie_word_embeddings(cfg, false)?,
             qkv_bias: false,

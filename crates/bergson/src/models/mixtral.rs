@@ -14,7 +14,7 @@ use tch::{Device, Kind};
 /// Mixtral's config.json as decoder settings (transformers' `MixtralConfig` defaults).
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     let mut c = DecoderConfig::common(cfg, "mixtral")?;
-    c.rms_norm_eps = cfg.float(&["rms_norm_eps"])?.unwrap_or(1e-5);
+    c.rms_norm_eps = cfg.norm_eps(&["rms_norm_eps"], 1e-5)?;
     let window = positive_window(cfg, cfg.int(&["sliding_window"])?)?;
     c.sliding_windows = vec![window; c.num_layers as usize];
     let num_experts = cfg.int(&["num_local_experts", "num_experts"])?.unwrap_or(8);

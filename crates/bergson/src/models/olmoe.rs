@@ -14,7 +14,7 @@ use tch::{Device, Kind};
 /// OLMoE's config.json as decoder settings (transformers' `OlmoeConfig` defaults).
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     let mut c = DecoderConfig::common(cfg, "olmoe")?;
-    c.rms_norm_eps = cfg.float(&["rms_norm_eps"])?.unwrap_or(1e-5);
+    c.rms_norm_eps = cfg.norm_eps(&["rms_norm_eps"], 1e-5)?;
     let attention_bias = cfg.bool(&["attention_bias"])?.unwrap_or(false);
     c.qkv_bias = attention_bias;
     c.o_bias = attention_bias;
