@@ -432,6 +432,18 @@ fn model_directory_missing() {
         ],
     );
     sb.assert_nothing_written();
+    // `hf/tiny` has a Hub id's form, so the (offline) cache is asked; the message says that
+    // no such local directory exists either, though `hf/` does.
+    let out = sb.build("hf/tiny", "ok.jsonl", &[]);
+    assert_error(
+        &out,
+        &[
+            "model hf/tiny",
+            "no local directory hf/tiny",
+            "check the path",
+        ],
+    );
+    sb.assert_nothing_written();
 }
 
 #[test]

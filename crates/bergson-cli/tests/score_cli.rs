@@ -184,7 +184,7 @@ fn other_projection_settings_are_named() {
     assert_error(&out, &["projection_dim=8, not 4", "The query index"]);
     sb.assert_nothing_written();
     let out = sb.score(q, &["--projection_seed", "3"]);
-    assert_error(&out, &["projection_seed=None, not Some(3)"]);
+    assert_error(&out, &["projection_seed=None, not 3"]);
     sb.assert_nothing_written();
     let out = sb.score(q, &["--projection_type", "normal"]);
     assert_error(&out, &["projection_type=rademacher, not normal"]);

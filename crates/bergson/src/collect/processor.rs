@@ -153,6 +153,8 @@ impl ProjectionSettings {
     /// `projection_dim` matters.
     pub fn check_matches(&self, theirs: &ProjectionSettings, what: &str) -> crate::Result<()> {
         let show = |v: &dyn std::fmt::Debug| format!("{v:?}");
+        // As Python prints it: `None` or the number.
+        let seed = |s: Option<i64>| s.map_or_else(|| "None".to_string(), |v| v.to_string());
         let mut fields: Vec<(&str, String, String)> = vec![(
             "projection_dim",
             show(&theirs.projection_dim.unwrap_or(0)),
@@ -172,8 +174,8 @@ impl ProjectionSettings {
                 ),
                 (
                     "projection_seed",
-                    show(&theirs.projection_seed),
-                    show(&self.projection_seed),
+                    seed(theirs.projection_seed),
+                    seed(self.projection_seed),
                 ),
                 (
                     "projection_target",

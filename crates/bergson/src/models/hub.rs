@@ -54,7 +54,11 @@ pub fn resolve_with(
             return Ok(dir);
         }
     }
-    let fix = "download it on a machine with network access (e.g. `hf download ...`) and copy the hub cache, or point --model at a local checkpoint directory";
+    let fix = format!(
+        "{}download it on a machine with network access (e.g. `hf download ...`) and copy the hub cache, or point --model at a local checkpoint directory",
+        local_look_alike(path)
+    );
+    let fix = fix.as_str();
     if settings.offline {
         return Err(Error::input(format!(
             "model {id_or_path} (revision {revision}) is not in the hub cache {} and HF_HUB_OFFLINE is set; {fix}",
@@ -65,6 +69,19 @@ pub fn resolve_with(
         let what = format!("model {id_or_path} (revision {revision})");
         hub_error(failure, &what, settings, fix)
     })
+}
+
+/// A hint for a Hub id that looks like a mistyped local path (`models/tiny` where `models/`
+/// exists here): empty otherwise.
+fn local_look_alike(path: &Path) -> String {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() && parent.is_dir() => format!(
+            "there is no local directory {} either (though {} exists: check the path), or ",
+            path.display(),
+            parent.display()
+        ),
+        _ => String::new(),
+    }
 }
 
 /// The tokenizer files of a Hub repository; `tokenizer.json` is required, the rest optional.
