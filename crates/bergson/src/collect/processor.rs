@@ -142,7 +142,11 @@ impl GradientProcessor {
         let path = dir.join("processor_config.yaml");
         let text = std::fs::read_to_string(&path).at_path(&path)?;
         serde_saphyr::from_str(&text).map_err(|e| {
-            crate::Error::input(format!("{}: not a processor config ({e})", path.display()))
+            let why = crate::config::yaml_message(&e);
+            crate::Error::input(format!(
+                "{}: not a processor config ({why})",
+                path.display()
+            ))
         })
     }
 }

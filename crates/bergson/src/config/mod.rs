@@ -55,3 +55,25 @@ pub use train::{
 pub use train_collect::{CollectGradientsConfig, GradientStoreDtype};
 pub use trak::{TrakConfig, TrakRunConfig};
 pub use validate::{ControlsKind, FilterDirection, SubsetSource, ValidateConfig};
+
+/// A YAML parser's message without its hints to Rust programmers ("use Option<String>"),
+/// which mean nothing to someone editing a config file.
+pub fn yaml_message(e: &impl std::fmt::Display) -> String {
+    let mut text = e.to_string();
+    while let Some(at) = text.find("; use Option<") {
+        let end = text[at..].find('>').map_or(text.len(), |i| at + i + 1);
+        text.replace_range(at..end, "");
+    }
+    text
+}
+
+#[cfg(test)]
+mod yaml_message_tests {
+    #[test]
+    fn rust_hints_are_dropped() {
+        let e = serde_saphyr::from_str::<String>("null").unwrap_err();
+        let m = super::yaml_message(&e);
+        assert!(m.contains("cannot deserialize null into string"), "{m}");
+        assert!(!m.contains("Option<"), "{m}");
+    }
+}

@@ -48,7 +48,7 @@ impl FormatTemplate {
             ))
         })?;
         let spec: Spec = serde_saphyr::from_str(&text).map_err(|e| {
-            let first = e.to_string();
+            let first = crate::config::yaml_message(&e);
             let first = first.lines().next().unwrap_or_default().to_string();
             Error::input(format!(
                 "--format_template '{shown}' is not a YAML mapping of templates ({first}); \

@@ -42,6 +42,14 @@ impl GradientIndex {
                 path.display()
             )));
         }
+        if have > want {
+            // Bergson's memmap reads the first rows and ignores the rest; so do we, out loud.
+            tracing::warn!(
+                "{}: {have} bytes, more than the {want} info.json describes; reading the first {} rows only",
+                path.display(),
+                info.num_grads
+            );
+        }
         // SAFETY: the file is opened read-only and we only hand out copies of its bytes; a
         // concurrent writer could change values under us but not break memory safety of the
         // u8 slice we read.
