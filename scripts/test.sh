@@ -19,14 +19,7 @@ export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-false}"
 export CARGO_PROFILE_DEV_STRIP="${CARGO_PROFILE_DEV_STRIP:-debuginfo}"
 # Network errors are retried with back-off for longer than cargo's default three tries.
 export CARGO_NET_RETRY="${CARGO_NET_RETRY:-10}"
-python_tests=0
-if [ $# -eq 0 ] && [ "${BERGSON_RS_SKIP_PYTHON:-0}" != 1 ]; then
-  python_tests=1
-  # The Python extension's crates (pyo3) are fetched now, with the workspace's, so that the
-  # package registry is needed at the start of the run only.
-  cargo fetch --manifest-path crates/bergson-py/Cargo.toml
-fi
 cargo test --workspace "$@"
-if [ "$python_tests" = 1 ]; then
+if [ $# -eq 0 ] && [ "${BERGSON_RS_SKIP_PYTHON:-0}" != 1 ]; then
   scripts/test-python-package.sh
 fi
