@@ -23,6 +23,10 @@ const RUN_MARKERS: &[&str] = &[
     "normalizers.pth",
     "hessians.pth",
     "total_processed.pt",
+    "activation_sharded",
+    "gradient_sharded",
+    "eigen_activation_sharded",
+    "eigenvalue_correction_sharded",
 ];
 
 /// What an existing run path is, for the messages that name it.
