@@ -891,6 +891,16 @@ fn overwrite_keeps_a_directory_bergson_did_not_write() {
         ],
     );
     assert!(!sb.path("run.part").exists());
+    let model = neox();
+    let train = ["train", "run", "--model", &model, "--dataset", "ok.jsonl"];
+    assert_error(
+        &sb.run(&train),
+        &[
+            "already exists (a directory bergson did not write)",
+            "another path",
+        ],
+    );
+    assert_eq!(fs::read_dir(sb.path("run")).unwrap().count(), 1);
 }
 
 #[test]

@@ -238,9 +238,20 @@ pub(crate) fn prepare_run_dir(c: &TrainingConfig) -> Result<PathBuf> {
         if c.overwrite {
             crate::index::removal::remove_run(&run)?;
         } else {
+            use crate::index::removal::Existing;
+            let existing = Existing::of(&run);
+            let fix = match existing {
+                Existing::Empty | Existing::Run => {
+                    "use --overwrite to replace it or --resume to continue it"
+                }
+                Existing::Foreign | Existing::File => {
+                    "choose another path (--overwrite only replaces bergson's own runs)"
+                }
+            };
             return Err(Error::input(format!(
-                "run path {} already exists; use --overwrite to replace it or --resume to continue it",
-                run.display()
+                "run path {} already exists ({}); {fix}",
+                run.display(),
+                existing.describe()
             )));
         }
     }
