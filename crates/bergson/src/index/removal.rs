@@ -71,6 +71,23 @@ impl Existing {
     }
 }
 
+/// The error for an existing run path `path` without `--overwrite`: what it is, and either
+/// `fix` (when `--overwrite` could replace it) or another path.
+pub fn already_exists(path: &Path, fix: &str) -> Error {
+    let existing = Existing::of(path);
+    let fix = match existing {
+        Existing::Empty | Existing::Run => fix,
+        Existing::Foreign | Existing::File => {
+            "choose another path (--overwrite only replaces bergson's own runs)"
+        }
+    };
+    Error::input(format!(
+        "run path {} already exists ({}); {fix}",
+        path.display(),
+        existing.describe()
+    ))
+}
+
 /// Deletes the run directory `path` for `--overwrite`: a link is unlinked (its target kept); a
 /// directory only when it is empty or a bergson run, and not a protected place.
 pub fn remove_run(path: &Path) -> Result<()> {

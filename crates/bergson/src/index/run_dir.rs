@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::journal::has_journal;
-use super::removal::{remove_run, remove_scratch, Existing};
+use super::removal::{already_exists, remove_run, remove_scratch, Existing};
 use crate::config::run_file::{parse_run_file, Step};
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -34,21 +34,11 @@ pub fn prepare(step: &Step, overwrite: bool) -> Result<(PathBuf, PathBuf, Start)
     let part = PathBuf::from(format!("{}.part", step.run_path()));
     check_parent(&run_path)?;
     if run_path.exists() || run_path.is_symlink() {
-        let existing = Existing::of(&run_path);
         if !overwrite {
-            let fix = match existing {
-                Existing::Empty | Existing::Run => {
-                    "pass --overwrite to replace it or choose another path"
-                }
-                Existing::Foreign | Existing::File => {
-                    "choose another path (--overwrite only replaces bergson's own runs)"
-                }
-            };
-            return Err(Error::input(format!(
-                "run path {} already exists ({}); {fix}",
-                run_path.display(),
-                existing.describe()
-            )));
+            return Err(already_exists(
+                &run_path,
+                "pass --overwrite to replace it or choose another path",
+            ));
         }
         remove_run(&run_path)?;
     }

@@ -238,21 +238,10 @@ pub(crate) fn prepare_run_dir(c: &TrainingConfig) -> Result<PathBuf> {
         if c.overwrite {
             crate::index::removal::remove_run(&run)?;
         } else {
-            use crate::index::removal::Existing;
-            let existing = Existing::of(&run);
-            let fix = match existing {
-                Existing::Empty | Existing::Run => {
-                    "use --overwrite to replace it or --resume to continue it"
-                }
-                Existing::Foreign | Existing::File => {
-                    "choose another path (--overwrite only replaces bergson's own runs)"
-                }
-            };
-            return Err(Error::input(format!(
-                "run path {} already exists ({}); {fix}",
-                run.display(),
-                existing.describe()
-            )));
+            return Err(crate::index::removal::already_exists(
+                &run,
+                "use --overwrite to replace it or --resume to continue it",
+            ));
         }
     }
     std::fs::create_dir_all(&run).at_path(&run)?;
