@@ -18,6 +18,7 @@ const FIXTURES: &[&str] = &[
     "qwen2",
     "qwen3",
     "qwen2_yarn",
+    "olmo2",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {

@@ -216,6 +216,13 @@ impl ProjectionSettings {
     /// [`check_matches`](Self::check_matches) against the processor saved in `dir`; a directory
     /// without one passes only when nothing is projected (its projection cannot be checked).
     pub fn check_saved(&self, dir: &std::path::Path, what: &str) -> crate::Result<()> {
+        if !dir.exists() {
+            return Err(crate::Error::input(format!(
+                "{what} at {} does not exist; check the path (it is the run path of the command \
+                 that wrote it)",
+                dir.display()
+            )));
+        }
         if !dir.join("processor_config.yaml").exists() {
             if self.projection_dim.is_some() {
                 return Err(crate::Error::input(format!(

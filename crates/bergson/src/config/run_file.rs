@@ -223,7 +223,7 @@ pub fn load_subconfig<T: DeserializeOwned>(dir: &Path, field: &str) -> Result<Op
     };
     let doc: Value = serde_saphyr::from_str(&text).map_err(|e| {
         Error::input(format!(
-            "{}: not valid YAML: {}",
+            "{}: not valid YAML: {}; fix the file or rebuild the run",
             path.display(),
             yaml_problem(&e.to_string())
         ))
@@ -362,7 +362,9 @@ fn yaml_problem(s: &str) -> String {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or(s);
-    one_line(first.strip_prefix("error:").unwrap_or(first).trim())
+    one_line(&super::yaml_message(
+        &first.strip_prefix("error:").unwrap_or(first).trim(),
+    ))
 }
 
 fn one_line(s: &str) -> String {
@@ -467,6 +469,20 @@ pub fn recipe_config_yaml<T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A damaged saved config names the file and the fix, without serde's Rust hints.
+    #[test]
+    fn damaged_saved_config_is_one_plain_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.yaml"), ": : :\n").unwrap();
+        let e = load_subconfig::<crate::config::IndexConfig>(dir.path(), "index_cfg")
+            .err()
+            .expect("a damaged config.yaml is an error")
+            .to_string();
+        assert!(e.contains("config.yaml: not valid YAML"), "{e}");
+        assert!(e.contains("fix the file or rebuild the run"), "{e}");
+        assert!(!e.contains("Option<") && !e.contains('\n'), "{e}");
+    }
 
     /// The `config.yaml` Python Bergson 2.5.1 wrote for each recipe run in the fixtures reads
     /// as that recipe's step (so `bergson <run>/config.yaml` replays it), and writes back to the

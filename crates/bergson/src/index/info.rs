@@ -75,12 +75,35 @@ impl IndexInfo {
                 }
             }
         }
-        serde_json::from_value(v).map_err(|e| {
+        let info: Self = serde_json::from_value(v).map_err(|e| {
             Error::input(format!(
                 "{}: not a gradient index info.json ({e})",
                 path.display()
             ))
-        })
+        })?;
+        info.check(&path)?;
+        Ok(info)
+    }
+
+    /// Refuses an info.json no index could have written: no column blocks, or a dtype
+    /// gradients.bin cannot hold.
+    fn check(&self, path: &Path) -> Result<()> {
+        if self.grad_sizes.is_empty() {
+            return Err(Error::input(format!(
+                "{}: grad_sizes lists no modules, so the index has no columns; \
+                 rebuild the index with `bergson build`",
+                path.display()
+            )));
+        }
+        self.elem_size().map_err(|_| {
+            Error::input(format!(
+                "{}: base_dtype '{}' is not one gradients.bin can hold (float32, float16, \
+                 bfloat16 or float64); rebuild the index with `bergson build`",
+                path.display(),
+                self.base_dtype
+            ))
+        })?;
+        Ok(())
     }
 }
 
@@ -148,5 +171,19 @@ mod tests {
         let want = "{\n  \"attribute_tokens\": false,\n  \"num_items\": 6,\n  \"num_grads\": 6,\n  \"grad_sizes\": {\n    \"layers.0.attention.query_key_value\": 16,\n    \"layers.0.attention.dense\": 16\n  },\n  \"base_dtype\": \"float32\"\n}";
         assert_eq!(text, want);
         assert_eq!(IndexInfo::read(dir.path()).unwrap(), info);
+    }
+
+    #[test]
+    fn refuses_an_index_without_columns_or_with_an_unknown_dtype() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |body: &str| std::fs::write(dir.path().join("info.json"), body).unwrap();
+        write(r#"{"num_grads": 2, "grad_sizes": {}, "base_dtype": "float32"}"#);
+        let e = IndexInfo::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("grad_sizes lists no modules"), "{e}");
+        write(r#"{"num_grads": 2, "grad_sizes": {"a": 4}, "base_dtype": "int7"}"#);
+        let e = IndexInfo::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("info.json: base_dtype 'int7'"), "{e}");
+        write(r#"{"num_grads": 2, "grad_sizes": {"a": 4}, "base_dtype": "float16"}"#);
+        assert_eq!(IndexInfo::read(dir.path()).unwrap().row_len(), 4);
     }
 }

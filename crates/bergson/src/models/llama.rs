@@ -65,6 +65,14 @@ pub struct DecoderConfig {
     pub rope: RopeConfig,
     /// Sparse mixture-of-experts MLPs (Qwen3-MoE), `None` for a dense model.
     pub moe: Option<MoeConfig>,
+    /// OLMo-2's layer: no input norm; the attention and MLP outputs are normalised
+    /// (`post_attention_layernorm`, `post_feedforward_layernorm`) before their residual adds.
+    pub post_norms: bool,
+    /// RMSNorm gains applied before the cast back to the model dtype (`Olmo2RMSNorm`).
+    pub norm_gain_before_cast: bool,
+    /// q and k rotated in float32 and cast back (OLMo-2's `apply_rotary_pos_emb`), rather than
+    /// with tables in the model dtype; differs only in half precision.
+    pub rotary_in_float: bool,
 }
 
 impl DecoderConfig {
@@ -111,6 +119,9 @@ impl DecoderConfig {
             pad_token_id: cfg.int(&["pad_token_id"])?,
             rope,
             moe: None,
+            post_norms: false,
+            norm_gain_before_cast: false,
+            rotary_in_float: false,
         })
     }
 
@@ -209,8 +220,12 @@ enum Ffn {
 struct Layer {
     self_attn: Attention,
     mlp: Ffn,
-    input_layernorm: RmsNorm,
+    /// Before the attention (absent with [`DecoderConfig::post_norms`]).
+    input_layernorm: Option<RmsNorm>,
+    /// Before the MLP, or after the attention with [`DecoderConfig::post_norms`].
     post_attention_layernorm: RmsNorm,
+    /// After the MLP ([`DecoderConfig::post_norms`] only).
+    post_feedforward_layernorm: Option<RmsNorm>,
 }
 
 /// A loaded Llama-family decoder.
@@ -254,6 +269,12 @@ impl Decoder {
         let c = &config;
         let (d, hd) = (c.hidden_size, c.head_dim);
         let mut p = ParamLoader::new(ckpt, &c.model_type, PREFIX, kind, device);
+        let gain_before_cast = c.norm_gain_before_cast;
+        let rms_norm = |p: &mut ParamLoader, name: &str, dim: i64| -> Result<RmsNorm> {
+            let mut norm = p.rms_norm(name, dim, c.rms_norm_eps)?;
+            norm.gain_before_cast = gain_before_cast;
+            Ok(norm)
+        };
         let embed_tokens = p.base_param("embed_tokens.weight", &[c.vocab_size, d])?;
         let mut layers = Vec::with_capacity(c.num_layers as usize);
         for (i, &sliding_window) in c.sliding_windows.iter().enumerate() {
@@ -270,8 +291,8 @@ impl Decoder {
             };
             let (q_norm, k_norm) = if c.qk_norm {
                 (
-                    Some(p.rms_norm(&format!("{a}.q_norm"), q_width, c.rms_norm_eps)?),
-                    Some(p.rms_norm(&format!("{a}.k_norm"), k_width, c.rms_norm_eps)?),
+                    Some(rms_norm(&mut p, &format!("{a}.q_norm"), q_width)?),
+                    Some(rms_norm(&mut p, &format!("{a}.k_norm"), k_width)?),
                 )
             } else {
                 (None, None)
@@ -311,20 +332,38 @@ impl Decoder {
                     )?,
                 })
             };
-            let input_layernorm = p.rms_norm(&format!("{l}.input_layernorm"), d, c.rms_norm_eps)?;
+            // transformers' registration order: input norm first, or the post norms in order.
+            let input_layernorm = match c.post_norms {
+                true => None,
+                false => Some(rms_norm(&mut p, &format!("{l}.input_layernorm"), d)?),
+            };
             let post_attention_layernorm =
-                p.rms_norm(&format!("{l}.post_attention_layernorm"), d, c.rms_norm_eps)?;
+                rms_norm(&mut p, &format!("{l}.post_attention_layernorm"), d)?;
+            let post_feedforward_layernorm = match c.post_norms {
+                true => Some(rms_norm(
+                    &mut p,
+                    &format!("{l}.post_feedforward_layernorm"),
+                    d,
+                )?),
+                false => None,
+            };
             layers.push(Layer {
                 self_attn,
                 mlp,
                 input_layernorm,
                 post_attention_layernorm,
+                post_feedforward_layernorm,
             });
         }
-        let norm = p.rms_norm("norm", d, c.rms_norm_eps)?;
+        let norm = rms_norm(&mut p, "norm", d)?;
         let tied = c.tie_word_embeddings.then_some(&embed_tokens);
         let lm_head = p.lm_head(None, d, c.vocab_size, tied)?;
-        let rotary = Rotary::new(&c.rope, hd, c.max_position_embeddings, kind, device);
+        // OLMo-2 keeps the tables in float32 (float64 in a float64 model) and casts q and k.
+        let table_kind = match c.rotary_in_float {
+            true => super::norm::compute_kind(kind),
+            false => kind,
+        };
+        let rotary = Rotary::new(&c.rope, hd, c.max_position_embeddings, table_kind, device);
         let info = ModelInfo {
             model_type: c.model_type.clone(),
             base_model_prefix: PREFIX,
@@ -368,7 +407,10 @@ impl Decoder {
                 ]),
                 Ffn::Sparse(_) => rel.extend([".mlp.gate", ".mlp.experts.act_fn"]),
             }
-            rel.extend([".input_layernorm", ".post_attention_layernorm"]);
+            match self.config.post_norms {
+                true => rel.extend([".post_attention_layernorm", ".post_feedforward_layernorm"]),
+                false => rel.extend([".input_layernorm", ".post_attention_layernorm"]),
+            }
             names.extend(rel.iter().map(|r| format!("{l}{r}")));
         }
         names.extend(["model.norm", "model.rotary_emb", "lm_head"].map(String::from));
@@ -407,13 +449,36 @@ impl Decoder {
         let q = heads(&a.q_proj, &a.q_norm, hook);
         let k = heads(&a.k_proj, &a.k_norm, hook);
         let v = heads(&a.v_proj, &None, hook);
-        let q = apply_rotary(&q, &rope.0, &rope.1);
-        let k = apply_rotary(&k, &rope.0, &rope.1);
+        let (q, k) = match self.config.rotary_in_float {
+            true => (
+                apply_rotary(&q, &rope.0, &rope.1).to_kind(q.kind()),
+                apply_rotary(&k, &rope.0, &rope.1).to_kind(k.kind()),
+            ),
+            false => (
+                apply_rotary(&q, &rope.0, &rope.1),
+                apply_rotary(&k, &rope.0, &rope.1),
+            ),
+        };
         let o = causal_attention(&q, &k, &v, (hd as f64).powf(-0.5), a.sliding_window, kernel);
         let o = o
             .transpose(1, 2)
             .reshape([n, s, self.config.num_heads * hd]);
         hook.linear(&a.o_proj, &o)
+    }
+
+    /// A layer's feed-forward block on `x`.
+    fn ffn(&self, ffn: &Ffn, x: &Tensor, hook: &mut dyn LinearHook) -> Tensor {
+        match ffn {
+            Ffn::Dense(m) => {
+                let gated = self
+                    .config
+                    .hidden_act
+                    .forward(&hook.linear(&m.gate_proj, x))
+                    * hook.linear(&m.up_proj, x);
+                hook.linear(&m.down_proj, &gated)
+            }
+            Ffn::Sparse(moe) => moe.forward(x, hook),
+        }
     }
 }
 
@@ -445,27 +510,25 @@ impl Architecture for Decoder {
             false,
         ));
         for layer in &self.layers {
-            let attn = self.attention(
-                &layer.self_attn,
-                &layer.input_layernorm.forward(&h),
-                &rope,
-                hook,
-                kernel,
-            );
-            h = h + attn;
-            let x = layer.post_attention_layernorm.forward(&h);
-            let out = match &layer.mlp {
-                Ffn::Dense(m) => {
-                    let gated = self
-                        .config
-                        .hidden_act
-                        .forward(&hook.linear(&m.gate_proj, &x))
-                        * hook.linear(&m.up_proj, &x);
-                    hook.linear(&m.down_proj, &gated)
-                }
-                Ffn::Sparse(moe) => moe.forward(&x, hook),
+            let attn_in = match &layer.input_layernorm {
+                Some(norm) => norm.forward(&h),
+                None => h.shallow_clone(),
             };
-            h = h + out;
+            let attn = self.attention(&layer.self_attn, &attn_in, &rope, hook, kernel);
+            match &layer.post_feedforward_layernorm {
+                // OLMo-2: h + norm(attn(h)), then h + norm(mlp(h)).
+                Some(post_ff) => {
+                    h = h + layer.post_attention_layernorm.forward(&attn);
+                    let out = self.ffn(&layer.mlp, &h, hook);
+                    h = h + post_ff.forward(&out);
+                }
+                None => {
+                    h = h + attn;
+                    let x = layer.post_attention_layernorm.forward(&h);
+                    let out = self.ffn(&layer.mlp, &x, hook);
+                    h = h + out;
+                }
+            }
         }
         self.norm.forward(&h)
     }

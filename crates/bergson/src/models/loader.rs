@@ -326,7 +326,11 @@ impl<'a> ParamLoader<'a> {
     /// An RMSNorm of the base model with weight `[dim]`.
     pub fn rms_norm(&mut self, module: &str, dim: i64, eps: f64) -> Result<RmsNorm> {
         let weight = self.base_param(&format!("{module}.weight"), &[dim])?;
-        Ok(RmsNorm { weight, eps })
+        Ok(RmsNorm {
+            weight,
+            eps,
+            gain_before_cast: false,
+        })
     }
 
     /// Records the collectable modules of the base-model Linear `module` and returns its

@@ -27,6 +27,7 @@ pub mod mistral;
 pub mod mixtral;
 pub mod moe;
 pub mod norm;
+pub mod olmo2;
 pub mod olmoe;
 pub mod qwen2;
 pub mod qwen3;
@@ -335,6 +336,7 @@ pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
     ("qwen3", qwen3::load),
     ("qwen3_moe", qwen3_moe::load),
     ("olmoe", olmoe::load),
+    ("olmo2", olmo2::load),
 ];
 
 /// The `model_type`s [`load_model`] accepts.

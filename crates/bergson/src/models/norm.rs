@@ -21,6 +21,9 @@ pub struct RmsNorm {
     pub weight: Tensor,
     /// Added to the mean square.
     pub eps: f64,
+    /// Multiply by the gain before casting back to the input dtype (`Olmo2RMSNorm`) rather
+    /// than after (`LlamaRMSNorm`); the two differ only in half precision.
+    pub gain_before_cast: bool,
 }
 
 impl RmsNorm {
@@ -30,7 +33,11 @@ impl RmsNorm {
         let h = x.to_kind(compute_kind(kind));
         let var = h.square().mean_dim(-1, true, None);
         let h = h * (var + self.eps).rsqrt();
-        &self.weight * h.to_kind(kind)
+        if self.gain_before_cast {
+            (&self.weight * h).to_kind(kind)
+        } else {
+            &self.weight * h.to_kind(kind)
+        }
     }
 }
 
@@ -69,6 +76,7 @@ mod tests {
         let rms = RmsNorm {
             weight: w.shallow_clone(),
             eps: 1e-6,
+            gain_before_cast: false,
         };
         let want = &w * &x / (x.square().mean_dim(-1, true, None) + 1e-6).sqrt();
         let err = (rms.forward(&x) - want).abs().max().double_value(&[]);
