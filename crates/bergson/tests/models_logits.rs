@@ -19,6 +19,7 @@ const FIXTURES: &[&str] = &[
     "qwen3",
     "qwen2_yarn",
     "olmo2",
+    "olmo3",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {

@@ -476,8 +476,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.yaml"), ": : :\n").unwrap();
         let e = load_subconfig::<crate::config::IndexConfig>(dir.path(), "index_cfg")
-            .err()
-            .expect("a damaged config.yaml is an error")
+            .expect_err("a damaged config.yaml is an error")
             .to_string();
         assert!(e.contains("config.yaml: not valid YAML"), "{e}");
         assert!(e.contains("fix the file or rebuild the run"), "{e}");

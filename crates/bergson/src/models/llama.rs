@@ -73,6 +73,9 @@ pub struct DecoderConfig {
     /// q and k rotated in float32 and cast back (OLMo-2's `apply_rotary_pos_emb`), rather than
     /// with tables in the model dtype; differs only in half precision.
     pub rotary_in_float: bool,
+    /// Rotary settings of the layers flagged `true` when they differ from [`Self::rope`]
+    /// (OLMo-3's `sliding_attention` layers).
+    pub sliding_rope: Option<(RopeConfig, Vec<bool>)>,
 }
 
 impl DecoderConfig {
@@ -122,6 +125,7 @@ impl DecoderConfig {
             post_norms: false,
             norm_gain_before_cast: false,
             rotary_in_float: false,
+            sliding_rope: None,
         })
     }
 
@@ -236,6 +240,8 @@ pub struct Decoder {
     norm: RmsNorm,
     lm_head: Linear,
     rotary: Rotary,
+    /// [`DecoderConfig::sliding_rope`]'s tables.
+    sliding_rotary: Option<Rotary>,
 }
 
 /// Registry entry for `llama`.
@@ -364,6 +370,10 @@ impl Decoder {
             false => kind,
         };
         let rotary = Rotary::new(&c.rope, hd, c.max_position_embeddings, table_kind, device);
+        let sliding_rotary = c
+            .sliding_rope
+            .as_ref()
+            .map(|(rope, _)| Rotary::new(rope, hd, c.max_position_embeddings, table_kind, device));
         let info = ModelInfo {
             model_type: c.model_type.clone(),
             base_model_prefix: PREFIX,
@@ -378,6 +388,7 @@ impl Decoder {
             norm,
             lm_head,
             rotary,
+            sliding_rotary,
         };
         Ok(Model::new(arch, info, p.finish()?, kind, device))
     }
@@ -497,6 +508,8 @@ impl Architecture for Decoder {
     ) -> Tensor {
         let s = input_ids.size().get(1).copied().unwrap_or(0);
         let rope = self.rotary.cos_sin(s);
+        let sliding_rope = self.sliding_rotary.as_ref().map(|r| r.cos_sin(s));
+        let sliding_layers = self.config.sliding_rope.as_ref().map(|(_, l)| l.as_slice());
         let padding_idx = self
             .config
             .pad_token_id
@@ -509,12 +522,16 @@ impl Architecture for Decoder {
             false,
             false,
         ));
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let attn_in = match &layer.input_layernorm {
                 Some(norm) => norm.forward(&h),
                 None => h.shallow_clone(),
             };
-            let attn = self.attention(&layer.self_attn, &attn_in, &rope, hook, kernel);
+            let layer_rope = match (&sliding_rope, sliding_layers) {
+                (Some(tables), Some(flags)) if flags.get(i) == Some(&true) => tables,
+                _ => &rope,
+            };
+            let attn = self.attention(&layer.self_attn, &attn_in, layer_rope, hook, kernel);
             match &layer.post_feedforward_layernorm {
                 // OLMo-2: h + norm(attn(h)), then h + norm(mlp(h)).
                 Some(post_ff) => {

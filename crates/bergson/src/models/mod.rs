@@ -28,6 +28,7 @@ pub mod mixtral;
 pub mod moe;
 pub mod norm;
 pub mod olmo2;
+pub mod olmo3;
 pub mod olmoe;
 pub mod qwen2;
 pub mod qwen3;
@@ -337,6 +338,7 @@ pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
     ("qwen3_moe", qwen3_moe::load),
     ("olmoe", olmoe::load),
     ("olmo2", olmo2::load),
+    ("olmo3", olmo3::load),
 ];
 
 /// The `model_type`s [`load_model`] accepts.

@@ -94,15 +94,72 @@ impl RopeConfig {
             Some(d) => (Some(d), "rope_scaling"),
             None => (cfg.object(&["rope_parameters"])?, "rope_parameters"),
         };
+        let theta = match dict {
+            Some(d) => cfg.nested_float(d, dict_name, "rope_theta")?,
+            None => None,
+        };
+        let theta = match theta {
+            Some(t) => t,
+            None => cfg.float(keys.theta)?.unwrap_or(10_000.0),
+        };
+        Self::from_dict(cfg, keys, dict, dict_name, theta)
+    }
+
+    /// The rotary settings of each attention type of a model whose layers rotate differently
+    /// (`[full_attention, sliding_attention]`), as OLMo-3's `convert_rope_params_to_dict`
+    /// resolves them: `rope_parameters` keyed by layer type; an old-style `rope_scaling`
+    /// applies to the full-attention layers only; θ comes from each type's dict, else the
+    /// top-level `rope_theta` for the full layers and `default_theta` for the sliding ones
+    /// (transformers pops `rope_theta` for the first type).
+    pub fn per_layer_type(
+        cfg: &ConfigJson,
+        keys: RopeKeys,
+        default_theta: f64,
+    ) -> Result<[Self; 2]> {
+        let by_type = cfg.object(&["rope_parameters"])?;
+        let scaling = cfg.object(&["rope_scaling"])?;
+        let top_theta = cfg.float(keys.theta)?;
+        let read = |layer_type: &str, fallback_theta: f64| -> Result<Self> {
+            let name = format!("rope_parameters.{layer_type}");
+            let typed = match by_type.and_then(|d| d.get(layer_type)) {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::Object(m)) => Some(m),
+                Some(v) => {
+                    return Err(cfg.error(format!(
+                        "{name} is {v}, expected an object of rotary settings; fix config.json"
+                    )))
+                }
+            };
+            let (dict, dict_name) = match (layer_type, scaling) {
+                ("full_attention", Some(s)) => (Some(s), "rope_scaling"),
+                _ => (typed, name.as_str()),
+            };
+            let theta = match typed {
+                Some(d) => cfg.nested_float(d, &name, "rope_theta")?,
+                None => None,
+            };
+            Self::from_dict(cfg, keys, dict, dict_name, theta.unwrap_or(fallback_theta))
+        };
+        Ok([
+            read("full_attention", top_theta.unwrap_or(default_theta))?,
+            read("sliding_attention", default_theta)?,
+        ])
+    }
+
+    /// The settings in `dict` (named `dict_name` in errors; `None`: the default rotation) with
+    /// base wavelength `theta`.
+    fn from_dict(
+        cfg: &ConfigJson,
+        keys: RopeKeys,
+        dict: Option<&serde_json::Map<String, serde_json::Value>>,
+        dict_name: &str,
+        theta: f64,
+    ) -> Result<Self> {
         let get = |key: &str| -> Result<Option<f64>> {
             match dict {
                 Some(d) => cfg.nested_float(d, dict_name, key),
                 None => Ok(None),
             }
-        };
-        let theta = match get("rope_theta")? {
-            Some(t) => t,
-            None => cfg.float(keys.theta)?.unwrap_or(10_000.0),
         };
         let partial = match get("partial_rotary_factor")? {
             Some(p) => p,
