@@ -20,6 +20,7 @@ const FIXTURES: &[&str] = &[
     "qwen2_yarn",
     "olmo2",
     "olmo3",
+    "olmo",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {

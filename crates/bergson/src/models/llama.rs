@@ -9,7 +9,7 @@ use super::attention::{causal_attention, AttentionKernel};
 use super::config::ConfigJson;
 use super::loader::{ParamLoader, TensorSource};
 use super::moe::{expand_matching, MoeConfig, SparseMoe};
-use super::norm::RmsNorm;
+use super::norm::{Norm, PlainLayerNorm, RmsNorm};
 use super::rotary::{apply_rotary, RopeConfig, Rotary, LLAMA_ROPE_KEYS};
 use super::{Architecture, CausalLm, Linear, LinearHook, LinearInfo, Model, ModelInfo};
 use crate::Result;
@@ -76,6 +76,8 @@ pub struct DecoderConfig {
     /// Rotary settings of the layers flagged `true` when they differ from [`Self::rope`]
     /// (OLMo-3's `sliding_attention` layers).
     pub sliding_rope: Option<(RopeConfig, Vec<bool>)>,
+    /// OLMo's parameter-free LayerNorm (eps 1e-5) in place of the layer and final RMSNorms.
+    pub plain_layer_norm: bool,
 }
 
 impl DecoderConfig {
@@ -126,6 +128,7 @@ impl DecoderConfig {
             norm_gain_before_cast: false,
             rotary_in_float: false,
             sliding_rope: None,
+            plain_layer_norm: false,
         })
     }
 
@@ -225,11 +228,11 @@ struct Layer {
     self_attn: Attention,
     mlp: Ffn,
     /// Before the attention (absent with [`DecoderConfig::post_norms`]).
-    input_layernorm: Option<RmsNorm>,
+    input_layernorm: Option<Norm>,
     /// Before the MLP, or after the attention with [`DecoderConfig::post_norms`].
-    post_attention_layernorm: RmsNorm,
+    post_attention_layernorm: Norm,
     /// After the MLP ([`DecoderConfig::post_norms`] only).
-    post_feedforward_layernorm: Option<RmsNorm>,
+    post_feedforward_layernorm: Option<Norm>,
 }
 
 /// A loaded Llama-family decoder.
@@ -237,7 +240,7 @@ pub struct Decoder {
     config: DecoderConfig,
     embed_tokens: Tensor,
     layers: Vec<Layer>,
-    norm: RmsNorm,
+    norm: Norm,
     lm_head: Linear,
     rotary: Rotary,
     /// [`DecoderConfig::sliding_rope`]'s tables.
@@ -280,6 +283,13 @@ impl Decoder {
             let mut norm = p.rms_norm(name, dim, c.rms_norm_eps)?;
             norm.gain_before_cast = gain_before_cast;
             Ok(norm)
+        };
+        // A layer or final norm: OLMo's has no parameters to load.
+        let layer_norm = |p: &mut ParamLoader, name: &str| -> Result<Norm> {
+            Ok(match c.plain_layer_norm {
+                true => Norm::Plain(PlainLayerNorm { eps: 1e-5 }),
+                false => Norm::Rms(rms_norm(p, name, d)?),
+            })
         };
         let embed_tokens = p.base_param("embed_tokens.weight", &[c.vocab_size, d])?;
         let mut layers = Vec::with_capacity(c.num_layers as usize);
@@ -341,15 +351,14 @@ impl Decoder {
             // transformers' registration order: input norm first, or the post norms in order.
             let input_layernorm = match c.post_norms {
                 true => None,
-                false => Some(rms_norm(&mut p, &format!("{l}.input_layernorm"), d)?),
+                false => Some(layer_norm(&mut p, &format!("{l}.input_layernorm"))?),
             };
             let post_attention_layernorm =
-                rms_norm(&mut p, &format!("{l}.post_attention_layernorm"), d)?;
+                layer_norm(&mut p, &format!("{l}.post_attention_layernorm"))?;
             let post_feedforward_layernorm = match c.post_norms {
-                true => Some(rms_norm(
+                true => Some(layer_norm(
                     &mut p,
                     &format!("{l}.post_feedforward_layernorm"),
-                    d,
                 )?),
                 false => None,
             };
@@ -361,7 +370,7 @@ impl Decoder {
                 post_feedforward_layernorm,
             });
         }
-        let norm = rms_norm(&mut p, "norm", d)?;
+        let norm = layer_norm(&mut p, "norm")?;
         let tied = c.tie_word_embeddings.then_some(&embed_tokens);
         let lm_head = p.lm_head(None, d, c.vocab_size, tied)?;
         // OLMo-2 keeps the tables in float32 (float64 in a float64 model) and casts q and k.

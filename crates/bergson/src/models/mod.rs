@@ -27,6 +27,7 @@ pub mod mistral;
 pub mod mixtral;
 pub mod moe;
 pub mod norm;
+pub mod olmo;
 pub mod olmo2;
 pub mod olmo3;
 pub mod olmoe;
@@ -337,6 +338,7 @@ pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
     ("qwen3", qwen3::load),
     ("qwen3_moe", qwen3_moe::load),
     ("olmoe", olmoe::load),
+    ("olmo", olmo::load),
     ("olmo2", olmo2::load),
     ("olmo3", olmo3::load),
 ];

@@ -1,4 +1,5 @@
-//! Normalisation layers: RMSNorm (Llama family) and LayerNorm (GPT-2, GPT-NeoX).
+//! Normalisation layers: RMSNorm (Llama family), LayerNorm (GPT-2, GPT-NeoX) and OLMo's
+//! parameter-free LayerNorm.
 
 use tch::{Kind, Tensor};
 
@@ -37,6 +38,44 @@ impl RmsNorm {
             (&self.weight * h).to_kind(kind)
         } else {
             &self.weight * h.to_kind(kind)
+        }
+    }
+}
+
+/// LayerNorm without gain or bias (`OlmoLayerNorm`): statistics in [`compute_kind`], the
+/// result cast back to the input dtype.
+#[derive(Debug)]
+pub struct PlainLayerNorm {
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+impl PlainLayerNorm {
+    /// Normalises over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let d = x.size().last().copied().unwrap_or(0);
+        x.to_kind(compute_kind(kind))
+            .layer_norm([d], None::<&Tensor>, None::<&Tensor>, self.eps, true)
+            .to_kind(kind)
+    }
+}
+
+/// A decoder's normalisation layer: RMSNorm (Llama family) or OLMo's parameter-free LayerNorm.
+#[derive(Debug)]
+pub enum Norm {
+    /// [`RmsNorm`].
+    Rms(RmsNorm),
+    /// [`PlainLayerNorm`].
+    Plain(PlainLayerNorm),
+}
+
+impl Norm {
+    /// Normalises over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        match self {
+            Norm::Rms(n) => n.forward(x),
+            Norm::Plain(n) => n.forward(x),
         }
     }
 }
@@ -89,8 +128,13 @@ mod tests {
         };
         let mean = x.mean_dim(-1, true, None);
         let var = (&x - &mean).square().mean_dim(-1, true, None);
-        let want = (&x - &mean) / (var + 1e-5).sqrt() * &w + &b;
+        let want = (&x - &mean) / (&var + 1e-5).sqrt() * &w + &b;
         let err = (ln.forward(&x) - want).abs().max().double_value(&[]);
         assert!(err < 1e-12, "layer norm {err}");
+
+        let plain = PlainLayerNorm { eps: 1e-5 };
+        let want = (&x - &mean) / (var + 1e-5).sqrt();
+        let err = (plain.forward(&x) - want).abs().max().double_value(&[]);
+        assert!(err < 1e-12, "plain layer norm {err}");
     }
 }
