@@ -21,6 +21,7 @@ const FIXTURES: &[&str] = &[
     "olmo2",
     "olmo3",
     "olmo",
+    "gemma3",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {
@@ -162,6 +163,7 @@ fn modules_and_parameters_match_transformers() {
             "gpt_neox_seq" => "gpt_neox",
             "llama3" => "llama",
             "qwen2_yarn" => "qwen2",
+            "gemma3" => "gemma3_text",
             other => other,
         };
         assert_eq!(m.model_type(), model_type);

@@ -9,7 +9,7 @@ use super::attention::{causal_attention, AttentionKernel};
 use super::config::ConfigJson;
 use super::loader::{ParamLoader, TensorSource};
 use super::moe::{expand_matching, MoeConfig, SparseMoe};
-use super::norm::{Norm, PlainLayerNorm, RmsNorm};
+use super::norm::{Norm, PlainLayerNorm, RmsGain, RmsNorm};
 use super::rotary::{apply_rotary, RopeConfig, Rotary, LLAMA_ROPE_KEYS};
 use super::{Architecture, CausalLm, Linear, LinearHook, LinearInfo, Model, ModelInfo};
 use crate::Result;
@@ -68,8 +68,8 @@ pub struct DecoderConfig {
     /// OLMo-2's layer: no input norm; the attention and MLP outputs are normalised
     /// (`post_attention_layernorm`, `post_feedforward_layernorm`) before their residual adds.
     pub post_norms: bool,
-    /// RMSNorm gains applied before the cast back to the model dtype (`Olmo2RMSNorm`).
-    pub norm_gain_before_cast: bool,
+    /// How every RMSNorm applies its gain (OLMo-2: before the cast back; Gemma: `1 + w`).
+    pub norm_gain: RmsGain,
     /// q and k rotated in float32 and cast back (OLMo-2's `apply_rotary_pos_emb`), rather than
     /// with tables in the model dtype; differs only in half precision.
     pub rotary_in_float: bool,
@@ -78,6 +78,14 @@ pub struct DecoderConfig {
     pub sliding_rope: Option<(RopeConfig, Vec<bool>)>,
     /// OLMo's parameter-free LayerNorm (eps 1e-5) in place of the layer and final RMSNorms.
     pub plain_layer_norm: bool,
+    /// Gemma-3's four norms per layer: input and `pre_feedforward_layernorm` before the blocks,
+    /// `post_attention_layernorm` and `post_feedforward_layernorm` after them.
+    pub sandwich_norms: bool,
+    /// Token embeddings multiplied by `sqrt(hidden_size)` rounded to the model dtype (Gemma).
+    pub embed_scale: bool,
+    /// The attention's score scale when it is not `head_dim^-0.5` (Gemma-3:
+    /// `query_pre_attn_scalar^-0.5`).
+    pub attn_scale: Option<f64>,
 }
 
 impl DecoderConfig {
@@ -125,10 +133,13 @@ impl DecoderConfig {
             rope,
             moe: None,
             post_norms: false,
-            norm_gain_before_cast: false,
+            norm_gain: RmsGain::AfterCast,
             rotary_in_float: false,
             sliding_rope: None,
             plain_layer_norm: false,
+            sandwich_norms: false,
+            embed_scale: false,
+            attn_scale: None,
         })
     }
 
@@ -231,7 +242,9 @@ struct Layer {
     input_layernorm: Option<Norm>,
     /// Before the MLP, or after the attention with [`DecoderConfig::post_norms`].
     post_attention_layernorm: Norm,
-    /// After the MLP ([`DecoderConfig::post_norms`] only).
+    /// Before the MLP ([`DecoderConfig::sandwich_norms`] only).
+    pre_feedforward_layernorm: Option<Norm>,
+    /// After the MLP ([`DecoderConfig::post_norms`], [`DecoderConfig::sandwich_norms`]).
     post_feedforward_layernorm: Option<Norm>,
 }
 
@@ -278,10 +291,10 @@ impl Decoder {
         let c = &config;
         let (d, hd) = (c.hidden_size, c.head_dim);
         let mut p = ParamLoader::new(ckpt, &c.model_type, PREFIX, kind, device);
-        let gain_before_cast = c.norm_gain_before_cast;
+        let gain = c.norm_gain;
         let rms_norm = |p: &mut ParamLoader, name: &str, dim: i64| -> Result<RmsNorm> {
             let mut norm = p.rms_norm(name, dim, c.rms_norm_eps)?;
-            norm.gain_before_cast = gain_before_cast;
+            norm.gain = gain;
             Ok(norm)
         };
         // A layer or final norm: OLMo's has no parameters to load.
@@ -355,7 +368,14 @@ impl Decoder {
             };
             let post_attention_layernorm =
                 layer_norm(&mut p, &format!("{l}.post_attention_layernorm"))?;
-            let post_feedforward_layernorm = match c.post_norms {
+            let pre_feedforward_layernorm = match c.sandwich_norms {
+                true => Some(layer_norm(
+                    &mut p,
+                    &format!("{l}.pre_feedforward_layernorm"),
+                )?),
+                false => None,
+            };
+            let post_feedforward_layernorm = match c.post_norms || c.sandwich_norms {
                 true => Some(layer_norm(
                     &mut p,
                     &format!("{l}.post_feedforward_layernorm"),
@@ -367,6 +387,7 @@ impl Decoder {
                 mlp,
                 input_layernorm,
                 post_attention_layernorm,
+                pre_feedforward_layernorm,
                 post_feedforward_layernorm,
             });
         }
@@ -427,9 +448,16 @@ impl Decoder {
                 ]),
                 Ffn::Sparse(_) => rel.extend([".mlp.gate", ".mlp.experts.act_fn"]),
             }
-            match self.config.post_norms {
-                true => rel.extend([".post_attention_layernorm", ".post_feedforward_layernorm"]),
-                false => rel.extend([".input_layernorm", ".post_attention_layernorm"]),
+            let c = &self.config;
+            if !c.post_norms {
+                rel.push(".input_layernorm");
+            }
+            rel.push(".post_attention_layernorm");
+            if c.sandwich_norms {
+                rel.push(".pre_feedforward_layernorm");
+            }
+            if c.post_norms || c.sandwich_norms {
+                rel.push(".post_feedforward_layernorm");
             }
             names.extend(rel.iter().map(|r| format!("{l}{r}")));
         }
@@ -479,7 +507,8 @@ impl Decoder {
                 apply_rotary(&k, &rope.0, &rope.1),
             ),
         };
-        let o = causal_attention(&q, &k, &v, (hd as f64).powf(-0.5), a.sliding_window, kernel);
+        let scale = self.config.attn_scale.unwrap_or((hd as f64).powf(-0.5));
+        let o = causal_attention(&q, &k, &v, scale, a.sliding_window, kernel);
         let o = o
             .transpose(1, 2)
             .reshape([n, s, self.config.num_heads * hd]);
@@ -524,13 +553,15 @@ impl Architecture for Decoder {
             .pad_token_id
             .filter(|&p| p >= 0 && p < self.config.vocab_size)
             .unwrap_or(-1);
-        let mut h = hook.embeddings(Tensor::embedding(
-            &self.embed_tokens,
-            input_ids,
-            padding_idx,
-            false,
-            false,
-        ));
+        let mut h = Tensor::embedding(&self.embed_tokens, input_ids, padding_idx, false, false);
+        if self.config.embed_scale {
+            // Gemma: a 0-dim tensor in the model dtype, so its rounding matches transformers'.
+            let scale = Tensor::from((self.config.hidden_size as f64).sqrt())
+                .to_kind(h.kind())
+                .to_device(h.device());
+            h = h * scale;
+        }
+        let mut h = hook.embeddings(h);
         for (i, layer) in self.layers.iter().enumerate() {
             let attn_in = match &layer.input_layernorm {
                 Some(norm) => norm.forward(&h),
@@ -542,10 +573,14 @@ impl Architecture for Decoder {
             };
             let attn = self.attention(&layer.self_attn, &attn_in, layer_rope, hook, kernel);
             match &layer.post_feedforward_layernorm {
-                // OLMo-2: h + norm(attn(h)), then h + norm(mlp(h)).
+                // OLMo-2: h + norm(attn(h)), then h + norm(mlp(h)); Gemma-3 also normalises
+                // the MLP's input.
                 Some(post_ff) => {
                     h = h + layer.post_attention_layernorm.forward(&attn);
-                    let out = self.ffn(&layer.mlp, &h, hook);
+                    let out = match &layer.pre_feedforward_layernorm {
+                        Some(pre_ff) => self.ffn(&layer.mlp, &pre_ff.forward(&h), hook),
+                        None => self.ffn(&layer.mlp, &h, hook),
+                    };
                     h = h + post_ff.forward(&out);
                 }
                 None => {

@@ -329,7 +329,7 @@ impl<'a> ParamLoader<'a> {
         Ok(RmsNorm {
             weight,
             eps,
-            gain_before_cast: false,
+            gain: Default::default(),
         })
     }
 

@@ -22,9 +22,22 @@ pub struct RmsNorm {
     pub weight: Tensor,
     /// Added to the mean square.
     pub eps: f64,
-    /// Multiply by the gain before casting back to the input dtype (`Olmo2RMSNorm`) rather
-    /// than after (`LlamaRMSNorm`); the two differ only in half precision.
-    pub gain_before_cast: bool,
+    /// How the gain is applied.
+    pub gain: RmsGain,
+}
+
+/// How an RMSNorm applies its gain to the normalised `x̂` (statistics in [`compute_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RmsGain {
+    /// `weight * x̂.to(dtype)` (`LlamaRMSNorm`).
+    #[default]
+    AfterCast,
+    /// `(weight * x̂).to(dtype)` (`Olmo2RMSNorm`); differs from `AfterCast` only in half
+    /// precision.
+    BeforeCast,
+    /// `(x̂ * (1 + weight)).to(dtype)` with the gain in the statistics dtype (`GemmaRMSNorm`,
+    /// whose stored weights are offsets from 1).
+    UnitOffset,
 }
 
 impl RmsNorm {
@@ -34,10 +47,13 @@ impl RmsNorm {
         let h = x.to_kind(compute_kind(kind));
         let var = h.square().mean_dim(-1, true, None);
         let h = h * (var + self.eps).rsqrt();
-        if self.gain_before_cast {
-            (&self.weight * h).to_kind(kind)
-        } else {
-            &self.weight * h.to_kind(kind)
+        match self.gain {
+            RmsGain::AfterCast => &self.weight * h.to_kind(kind),
+            RmsGain::BeforeCast => (&self.weight * h).to_kind(kind),
+            RmsGain::UnitOffset => {
+                let gain = self.weight.to_kind(h.kind()) + 1.0;
+                (h * gain).to_kind(kind)
+            }
         }
     }
 }
@@ -115,11 +131,18 @@ mod tests {
         let rms = RmsNorm {
             weight: w.shallow_clone(),
             eps: 1e-6,
-            gain_before_cast: false,
+            gain: RmsGain::AfterCast,
         };
         let want = &w * &x / (x.square().mean_dim(-1, true, None) + 1e-6).sqrt();
-        let err = (rms.forward(&x) - want).abs().max().double_value(&[]);
+        let err = (rms.forward(&x) - &want).abs().max().double_value(&[]);
         assert!(err < 1e-12, "rms {err}");
+        let gemma = RmsNorm {
+            weight: w.shallow_clone() - 1.0,
+            eps: 1e-6,
+            gain: RmsGain::UnitOffset,
+        };
+        let err = (gemma.forward(&x) - &want).abs().max().double_value(&[]);
+        assert!(err < 1e-12, "gemma rms {err}");
 
         let ln = LayerNorm {
             weight: w.shallow_clone(),

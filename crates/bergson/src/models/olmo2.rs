@@ -6,6 +6,7 @@
 use super::config::ConfigJson;
 use super::llama::{load_decoder, DecoderConfig};
 use super::loader::TensorSource;
+use super::norm::RmsGain;
 use super::CausalLm;
 use crate::Result;
 use tch::{Device, Kind};
@@ -29,7 +30,7 @@ pub fn olmo2_layout(cfg: &ConfigJson, c: &mut DecoderConfig) -> Result<()> {
     c.qk_norm = true;
     c.qk_norm_whole = true;
     c.post_norms = true;
-    c.norm_gain_before_cast = true;
+    c.norm_gain = RmsGain::BeforeCast;
     c.rotary_in_float = true;
     Ok(())
 }
@@ -60,7 +61,8 @@ mod tests {
             "num_attention_heads": 4, "max_position_embeddings": 2048}"#,
         );
         assert_eq!((c.rms_norm_eps, c.pad_token_id), (1e-5, Some(1)));
-        assert!(c.post_norms && c.qk_norm_whole && c.norm_gain_before_cast && c.rotary_in_float);
+        assert!(c.post_norms && c.qk_norm_whole && c.rotary_in_float);
+        assert_eq!(c.norm_gain, RmsGain::BeforeCast);
         assert!(!c.qkv_bias && !c.o_bias && c.num_kv_heads == 4);
         let c = parse(
             r#"{"vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,

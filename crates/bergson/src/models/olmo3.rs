@@ -25,7 +25,10 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
         positive_window(cfg, Some(cfg.int(&["sliding_window"])?.unwrap_or(4096)))?
     };
     c.sliding_windows = sliding.iter().map(|&s| window.filter(|_| s)).collect();
-    let [full, sliding_rope] = RopeConfig::per_layer_type(cfg, LLAMA_ROPE_KEYS, DEFAULT_THETA)?;
+    // transformers pops the top-level θ for the full layers; the sliding ones keep the default.
+    let full_theta = cfg.float(&["rope_theta"])?.unwrap_or(DEFAULT_THETA);
+    let [full, sliding_rope] =
+        RopeConfig::per_layer_type(cfg, LLAMA_ROPE_KEYS, full_theta, DEFAULT_THETA)?;
     c.rope = full;
     c.sliding_rope = Some((sliding_rope, sliding));
     Ok(c)

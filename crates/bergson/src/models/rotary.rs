@@ -106,19 +106,19 @@ impl RopeConfig {
     }
 
     /// The rotary settings of each attention type of a model whose layers rotate differently
-    /// (`[full_attention, sliding_attention]`), as OLMo-3's `convert_rope_params_to_dict`
-    /// resolves them: `rope_parameters` keyed by layer type; an old-style `rope_scaling`
-    /// applies to the full-attention layers only; θ comes from each type's dict, else the
-    /// top-level `rope_theta` for the full layers and `default_theta` for the sliding ones
-    /// (transformers pops `rope_theta` for the first type).
+    /// (`[full_attention, sliding_attention]`), as OLMo-3's and Gemma-3's
+    /// `convert_rope_params_to_dict` resolve them: `rope_parameters` keyed by layer type; an
+    /// old-style `rope_scaling` applies to the full-attention layers only; θ comes from each
+    /// type's dict, else `full_theta` / `sliding_theta` (the caller's top-level keys and
+    /// defaults).
     pub fn per_layer_type(
         cfg: &ConfigJson,
         keys: RopeKeys,
-        default_theta: f64,
+        full_theta: f64,
+        sliding_theta: f64,
     ) -> Result<[Self; 2]> {
         let by_type = cfg.object(&["rope_parameters"])?;
         let scaling = cfg.object(&["rope_scaling"])?;
-        let top_theta = cfg.float(keys.theta)?;
         let read = |layer_type: &str, fallback_theta: f64| -> Result<Self> {
             let name = format!("rope_parameters.{layer_type}");
             let typed = match by_type.and_then(|d| d.get(layer_type)) {
@@ -141,8 +141,8 @@ impl RopeConfig {
             Self::from_dict(cfg, keys, dict, dict_name, theta.unwrap_or(fallback_theta))
         };
         Ok([
-            read("full_attention", top_theta.unwrap_or(default_theta))?,
-            read("sliding_attention", default_theta)?,
+            read("full_attention", full_theta)?,
+            read("sliding_attention", sliding_theta)?,
         ])
     }
 

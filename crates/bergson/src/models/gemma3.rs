@@ -1,0 +1,210 @@
+//! Gemma-3 (text, `gemma3_text`): the Llama decoder with token embeddings scaled by
+//! `sqrt(hidden_size)`, RMSNorms whose stored gains are offsets from 1, four norms per layer
+//! (before and after the attention and the MLP), an RMSNorm on every query and key head, scores
+//! scaled by `query_pre_attn_scalar^-0.5`, sliding-window attention on the layers `layer_types`
+//! marks `sliding_attention` (by default five of every six) with their own rotary settings, and
+//! the tanh GELU.
+
+use super::config::ConfigJson;
+use super::llama::{load_decoder, positive_window, DecoderConfig};
+use super::loader::TensorSource;
+use super::norm::RmsGain;
+use super::rotary::{RopeConfig, LLAMA_ROPE_KEYS};
+use super::CausalLm;
+use crate::Result;
+use tch::{Device, Kind};
+
+/// Gemma-3's config.json as decoder settings (transformers' `Gemma3TextConfig` defaults).
+pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
+    refuse_unsupported(cfg)?;
+    let mut c = DecoderConfig::common(cfg, "gemma3_text")?;
+    if c.hidden_size % c.num_heads != 0 {
+        // transformers' `validate_architecture` refuses it even with an explicit head_dim.
+        return Err(cfg.error(format!(
+            "hidden_size {} is not a multiple of num_attention_heads {}; fix config.json",
+            c.hidden_size, c.num_heads
+        )));
+    }
+    if cfg.int(&["head_dim"])?.is_none() {
+        c.head_dim = 256;
+    }
+    if cfg.int(&["num_key_value_heads"])?.is_none() {
+        c.num_kv_heads = 4;
+        if c.num_heads % 4 != 0 {
+            return Err(cfg.error(format!(
+                "num_attention_heads {} is not a multiple of the default num_key_value_heads 4; \
+                 give num_key_value_heads in config.json",
+                c.num_heads
+            )));
+        }
+    }
+    if !cfg.has("pad_token_id") {
+        c.pad_token_id = Some(0);
+    }
+    c.hidden_act = super::activation(cfg, &["hidden_activation"], "gelu_pytorch_tanh")?;
+    c.tie_word_embeddings = super::tie_word_embeddings(cfg, true)?;
+    let attention_bias = cfg.bool(&["attention_bias"])?.unwrap_or(false);
+    c.qkv_bias = attention_bias;
+    c.o_bias = attention_bias;
+    c.qk_norm = true;
+    c.norm_gain = RmsGain::UnitOffset;
+    c.sandwich_norms = true;
+    c.embed_scale = true;
+    let scalar = cfg.float(&["query_pre_attn_scalar"])?.unwrap_or(256.0);
+    if scalar.is_nan() || scalar <= 0.0 {
+        return Err(cfg.error(format!(
+            "query_pre_attn_scalar {scalar} must be positive; fix config.json"
+        )));
+    }
+    c.attn_scale = Some(scalar.powf(-0.5));
+    let sliding = sliding_layers(cfg, c.num_layers)?;
+    let window = if cfg.is_null("sliding_window") {
+        None
+    } else {
+        positive_window(cfg, Some(cfg.int(&["sliding_window"])?.unwrap_or(4096)))?
+    };
+    c.sliding_windows = sliding.iter().map(|&s| window.filter(|_| s)).collect();
+    let full_theta = cfg.float(&["rope_theta"])?.unwrap_or(1_000_000.0);
+    let sliding_theta = cfg.float(&["rope_local_base_freq"])?.unwrap_or(10_000.0);
+    let [full, sliding_rope] =
+        RopeConfig::per_layer_type(cfg, LLAMA_ROPE_KEYS, full_theta, sliding_theta)?;
+    c.rope = full;
+    c.sliding_rope = Some((sliding_rope, sliding));
+    Ok(c)
+}
+
+/// Settings transformers honours that this decoder does not implement: each refused in one line.
+fn refuse_unsupported(cfg: &ConfigJson) -> Result<()> {
+    for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+        if let Some(cap) = cfg.float(&[key])? {
+            return Err(cfg.error(format!(
+                "{key} {cap} is not supported for gemma3_text (Gemma-3 checkpoints leave it null); \
+                 set it to null in config.json"
+            )));
+        }
+    }
+    if cfg.bool(&["use_bidirectional_attention"])? == Some(true) {
+        return Err(cfg.error(
+            "use_bidirectional_attention is not supported (bergson-rs models are causal); set it \
+             to false in config.json",
+        ));
+    }
+    Ok(())
+}
+
+/// Which layers are `sliding_attention`: `layer_types`, else all but every
+/// `sliding_window_pattern`-th (default 6).
+fn sliding_layers(cfg: &ConfigJson, num_layers: i64) -> Result<Vec<bool>> {
+    let Some(types) = cfg.str_list("layer_types")? else {
+        let pattern = cfg.int(&["sliding_window_pattern"])?.unwrap_or(6);
+        if pattern <= 0 {
+            return Err(cfg.error(format!(
+                "sliding_window_pattern {pattern} must be positive; fix config.json"
+            )));
+        }
+        return Ok((0..num_layers).map(|i| (i + 1) % pattern != 0).collect());
+    };
+    if types.len() as i64 != num_layers {
+        return Err(cfg.error(format!(
+            "layer_types has {} entries but num_hidden_layers is {num_layers}; fix config.json",
+            types.len()
+        )));
+    }
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            "full_attention" => Ok(false),
+            "sliding_attention" => Ok(true),
+            other => Err(cfg.error(format!(
+                "layer_types entry '{other}' is not supported (supported: full_attention, sliding_attention); fix config.json"
+            ))),
+        })
+        .collect()
+}
+
+/// Registry entry for `gemma3_text`.
+pub fn load(
+    cfg: &ConfigJson,
+    weights: &dyn TensorSource,
+    kind: Kind,
+    device: Device,
+) -> Result<Box<dyn CausalLm>> {
+    load_decoder(config(cfg)?, weights, kind, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::rotary::RopeScaling;
+    use std::path::Path;
+
+    const DIMS: &str = r#""vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 6,
+        "num_attention_heads": 4, "max_position_embeddings": 2048"#;
+
+    fn parse(text: &str) -> Result<DecoderConfig> {
+        config(&ConfigJson::parse(text, Path::new("config.json")).unwrap())
+    }
+
+    #[test]
+    fn defaults_follow_gemma3_text_config() {
+        let c = parse(&format!("{{{DIMS}}}")).unwrap();
+        assert_eq!(
+            (c.head_dim, c.num_kv_heads, c.pad_token_id),
+            (256, 4, Some(0))
+        );
+        assert_eq!(c.attn_scale, Some(1.0 / 16.0));
+        let w = Some(4096);
+        assert_eq!(c.sliding_windows, vec![w, w, w, w, w, None]);
+        let (sliding_rope, _) = c.sliding_rope.clone().unwrap();
+        assert_eq!((c.rope.theta, sliding_rope.theta), (1e6, 1e4));
+        assert!(c.tie_word_embeddings && c.sandwich_norms && c.embed_scale && c.qk_norm);
+        assert_eq!(c.norm_gain, RmsGain::UnitOffset);
+    }
+
+    /// The hub's spelling (`rope_theta`, `rope_local_base_freq`, `rope_scaling` for the global
+    /// layers, `sliding_window_pattern`) and transformers 5's re-save mean the same model.
+    #[test]
+    fn old_and_new_spellings() {
+        let old = parse(&format!(
+            r#"{{{DIMS}, "head_dim": 8, "num_key_value_heads": 1, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+            "rope_scaling": {{"rope_type": "linear", "factor": 8.0}}, "sliding_window": 512, "sliding_window_pattern": 3,
+            "query_pre_attn_scalar": 8}}"#
+        ))
+        .unwrap();
+        let new = parse(&format!(
+            r#"{{{DIMS}, "head_dim": 8, "num_key_value_heads": 1, "sliding_window": 512, "query_pre_attn_scalar": 8,
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention",
+            "sliding_attention", "full_attention"], "rope_parameters": {{"full_attention": {{"rope_type": "linear",
+            "factor": 8.0, "rope_theta": 1000000.0}}, "sliding_attention": {{"rope_type": "default",
+            "rope_theta": 10000.0}}}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(old, new);
+        assert_eq!(old.rope.scaling, RopeScaling::Linear { factor: 8.0 });
+    }
+
+    #[test]
+    fn unsupported_settings_are_refused() {
+        for (extra, want) in [
+            (
+                r#""final_logit_softcapping": 30.0"#,
+                "final_logit_softcapping 30",
+            ),
+            (
+                r#""attn_logit_softcapping": 50.0"#,
+                "attn_logit_softcapping 50",
+            ),
+            (
+                r#""use_bidirectional_attention": true"#,
+                "use_bidirectional_attention",
+            ),
+            (r#""query_pre_attn_scalar": 0"#, "query_pre_attn_scalar 0"),
+            (r#""sliding_window_pattern": 0"#, "sliding_window_pattern 0"),
+        ] {
+            let e = parse(&format!("{{{DIMS}, {extra}}}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+}
