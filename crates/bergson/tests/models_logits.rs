@@ -22,6 +22,7 @@ const FIXTURES: &[&str] = &[
     "olmo3",
     "olmo",
     "gemma3",
+    "gemma",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {

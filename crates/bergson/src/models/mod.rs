@@ -15,6 +15,7 @@ pub mod activation;
 pub mod attention;
 pub mod checkpoint;
 pub mod config;
+pub mod gemma;
 pub mod gemma3;
 pub mod gpt2;
 pub mod gpt_neox;
@@ -342,6 +343,7 @@ pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
     ("olmo", olmo::load),
     ("olmo2", olmo2::load),
     ("olmo3", olmo3::load),
+    ("gemma", gemma::load),
     ("gemma3_text", gemma3::load),
 ];
 
