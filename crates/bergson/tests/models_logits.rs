@@ -23,6 +23,7 @@ const FIXTURES: &[&str] = &[
     "olmo",
     "gemma3",
     "gemma",
+    "gpt_neo",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {

@@ -81,7 +81,7 @@ pub fn causal_attention(
 }
 
 /// Boolean `[S, S]` mask, true where query `i` may attend key `j`: `i - w < j <= i`.
-fn sliding_window_mask(s: i64, w: i64, device: Device) -> Tensor {
+pub(crate) fn sliding_window_mask(s: i64, w: i64, device: Device) -> Tensor {
     let i = Tensor::arange(s, (Kind::Int64, device)).unsqueeze(1);
     let j = Tensor::arange(s, (Kind::Int64, device)).unsqueeze(0);
     j.le_tensor(&i).logical_and(&j.gt_tensor(&(&i - w)))

@@ -128,6 +128,11 @@ impl ConfigJson {
         })
     }
 
+    /// The value under `key` when present and not null, for settings with their own structure.
+    pub fn value<'a>(&'a self, key: &'a str) -> Option<&'a Value> {
+        self.first(&[key]).map(|(_, v)| v)
+    }
+
     /// True when `key` is present (even as null).
     pub fn has(&self, key: &str) -> bool {
         self.note(key);

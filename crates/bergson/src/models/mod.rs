@@ -18,6 +18,7 @@ pub mod config;
 pub mod gemma;
 pub mod gemma3;
 pub mod gpt2;
+pub mod gpt_neo;
 pub mod gpt_neox;
 pub mod hub;
 pub mod kwargs;
@@ -333,6 +334,7 @@ pub type LoadFn =
 pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
     ("gpt_neox", gpt_neox::load),
     ("gpt2", gpt2::load),
+    ("gpt_neo", gpt_neo::load),
     ("llama", llama::load),
     ("mistral", mistral::load),
     ("mixtral", mixtral::load),
