@@ -29,6 +29,12 @@ const ARCHITECTURES: &[&str] = &[
     "mistral",
     "qwen2",
     "qwen3",
+    "olmo",
+    "olmo2",
+    "olmo3",
+    "gemma",
+    "gemma3",
+    "gpt_neo",
 ];
 
 /// Documents of different lengths, not sorted, so padding sits in the middle of the batch too.
