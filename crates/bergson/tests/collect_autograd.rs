@@ -35,6 +35,7 @@ const ARCHITECTURES: &[&str] = &[
     "gemma",
     "gemma3",
     "gpt_neo",
+    "phi3",
 ];
 
 /// Documents of different lengths, not sorted, so padding sits in the middle of the batch too.

@@ -25,6 +25,7 @@ const FIXTURES: &[&str] = &[
     "gemma",
     "gemma3",
     "gpt_neo",
+    "phi3",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {

@@ -19,6 +19,7 @@ const ROPE_KEYS: RopeKeys = RopeKeys {
     theta: &["rotary_emb_base", "rope_theta"],
     partial: &["rotary_pct", "partial_rotary_factor"],
     default_partial: 0.25,
+    longrope_aliases: &[],
 };
 
 /// The settings of a GPT-NeoX checkpoint.

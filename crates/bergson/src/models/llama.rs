@@ -10,7 +10,7 @@ use super::config::ConfigJson;
 use super::loader::{ParamLoader, TensorSource};
 use super::moe::{expand_matching, MoeConfig, SparseMoe};
 use super::norm::{Norm, PlainLayerNorm, RmsGain, RmsNorm};
-use super::rotary::{apply_rotary, RopeConfig, Rotary, LLAMA_ROPE_KEYS};
+use super::rotary::{apply_rotary, RopeConfig, RopeKeys, Rotary, LLAMA_ROPE_KEYS};
 use super::{Architecture, CausalLm, Linear, LinearHook, LinearInfo, Model, ModelInfo};
 use crate::Result;
 use tch::{Device, Kind, Tensor};
@@ -86,12 +86,32 @@ pub struct DecoderConfig {
     /// The attention's score scale when it is not `head_dim^-0.5` (Gemma-3:
     /// `query_pre_attn_scalar^-0.5`).
     pub attn_scale: Option<f64>,
+    /// Phi-3's fused projections: `qkv_proj` (`[q; k; v]`, registered after `o_proj`) and
+    /// `gate_up_proj` (`[gate; up]`).
+    pub fused_projections: bool,
 }
 
 impl DecoderConfig {
     /// The settings every family member reads the same way; the caller fills in biases,
     /// q/k norm and sliding windows (defaults: none).
     pub fn common(cfg: &ConfigJson, model_type: &str) -> Result<Self> {
+        let c = Self::common_partial_rotation(cfg, model_type, LLAMA_ROPE_KEYS)?;
+        if c.rope.partial_rotary_factor != 1.0 {
+            return Err(cfg.error(format!(
+                "partial_rotary_factor {} is not supported for {model_type} (transformers rotates whole heads); fix config.json",
+                c.rope.partial_rotary_factor
+            )));
+        }
+        Ok(c)
+    }
+
+    /// [`Self::common`] for architectures that may rotate only part of each head (Phi-3), with
+    /// their rotary keys.
+    pub fn common_partial_rotation(
+        cfg: &ConfigJson,
+        model_type: &str,
+        rope_keys: RopeKeys,
+    ) -> Result<Self> {
         let hidden_size = cfg.req_int(&["hidden_size"])?;
         let num_heads = cfg.req_int(&["num_attention_heads"])?;
         let num_kv_heads = cfg.int(&["num_key_value_heads"])?.unwrap_or(num_heads);
@@ -102,13 +122,8 @@ impl DecoderConfig {
         }
         let head_dim = cfg.head_dim(hidden_size, num_heads)?;
         let num_layers = cfg.req_int(&["num_hidden_layers"])?;
-        let rope = RopeConfig::from_config(cfg, LLAMA_ROPE_KEYS)?;
-        if rope.partial_rotary_factor != 1.0 {
-            return Err(cfg.error(format!(
-                "partial_rotary_factor {} is not supported for {model_type} (transformers rotates whole heads); fix config.json",
-                rope.partial_rotary_factor
-            )));
-        }
+        let rope = RopeConfig::from_config(cfg, rope_keys)?;
+        rope.check_dims(cfg, head_dim)?;
         Ok(Self {
             model_type: model_type.to_string(),
             vocab_size: cfg.req_int(&["vocab_size"])?,
@@ -140,6 +155,7 @@ impl DecoderConfig {
             sandwich_norms: false,
             embed_scale: false,
             attn_scale: None,
+            fused_projections: false,
         })
     }
 
@@ -213,10 +229,20 @@ pub fn positive_window(cfg: &ConfigJson, window: Option<i64>) -> Result<Option<i
     }
 }
 
+/// The query, key and value projections: three Linears, or Phi-3's one.
+enum QkvProj {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+/// The gated MLP's input projections: two Linears, or Phi-3's one (`[gate; up]`).
+enum GateUpProj {
+    Separate { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv: QkvProj,
     o_proj: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
@@ -224,8 +250,7 @@ struct Attention {
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up: GateUpProj,
     down_proj: Linear,
 }
 
@@ -309,10 +334,19 @@ impl Decoder {
         for (i, &sliding_window) in c.sliding_windows.iter().enumerate() {
             let l = format!("layers.{i}");
             let a = format!("{l}.self_attn");
-            let q_proj = p.linear(&format!("{a}.q_proj"), d, c.num_heads * hd, c.qkv_bias)?;
-            let k_proj = p.linear(&format!("{a}.k_proj"), d, c.num_kv_heads * hd, c.qkv_bias)?;
-            let v_proj = p.linear(&format!("{a}.v_proj"), d, c.num_kv_heads * hd, c.qkv_bias)?;
-            let o_proj = p.linear(&format!("{a}.o_proj"), c.num_heads * hd, d, c.o_bias)?;
+            let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
+            let (qkv, o_proj) = if c.fused_projections {
+                let o_proj = p.linear(&format!("{a}.o_proj"), q_out, d, c.o_bias)?;
+                let fused =
+                    p.linear(&format!("{a}.qkv_proj"), d, q_out + 2 * kv_out, c.qkv_bias)?;
+                (QkvProj::Fused(fused), o_proj)
+            } else {
+                let q = p.linear(&format!("{a}.q_proj"), d, q_out, c.qkv_bias)?;
+                let k = p.linear(&format!("{a}.k_proj"), d, kv_out, c.qkv_bias)?;
+                let v = p.linear(&format!("{a}.v_proj"), d, kv_out, c.qkv_bias)?;
+                let o_proj = p.linear(&format!("{a}.o_proj"), q_out, d, c.o_bias)?;
+                (QkvProj::Separate { q, k, v }, o_proj)
+            };
             let (q_width, k_width) = if c.qk_norm_whole {
                 (c.num_heads * hd, c.num_kv_heads * hd)
             } else {
@@ -327,9 +361,7 @@ impl Decoder {
                 (None, None)
             };
             let self_attn = Attention {
-                q_proj,
-                k_proj,
-                v_proj,
+                qkv,
                 o_proj,
                 q_norm,
                 k_norm,
@@ -340,19 +372,17 @@ impl Decoder {
             let mlp = if let Some(moe) = sparse {
                 Ffn::Sparse(SparseMoe::load(&mut p, &l, moe, d, c.hidden_act)?)
             } else {
+                let (inter, bias) = (c.intermediate_size, c.mlp_bias);
+                let gate_up = if c.fused_projections {
+                    GateUpProj::Fused(p.linear(&format!("{m}.gate_up_proj"), d, 2 * inter, bias)?)
+                } else {
+                    GateUpProj::Separate {
+                        gate: p.linear(&format!("{m}.gate_proj"), d, inter, bias)?,
+                        up: p.linear(&format!("{m}.up_proj"), d, inter, bias)?,
+                    }
+                };
                 Ffn::Dense(Mlp {
-                    gate_proj: p.linear(
-                        &format!("{m}.gate_proj"),
-                        d,
-                        c.intermediate_size,
-                        c.mlp_bias,
-                    )?,
-                    up_proj: p.linear(
-                        &format!("{m}.up_proj"),
-                        d,
-                        c.intermediate_size,
-                        c.mlp_bias,
-                    )?,
+                    gate_up,
                     down_proj: p.linear(
                         &format!("{m}.down_proj"),
                         c.intermediate_size,
@@ -433,13 +463,21 @@ impl Decoder {
         for (i, layer) in self.layers.iter().enumerate() {
             let l = format!("{PREFIX}.layers.{i}");
             let mut rel = vec!["", ".self_attn"];
-            rel.extend([".self_attn.q_proj", ".self_attn.k_proj"]);
-            rel.extend([".self_attn.v_proj", ".self_attn.o_proj"]);
+            if self.config.fused_projections {
+                rel.extend([".self_attn.o_proj", ".self_attn.qkv_proj"]);
+            } else {
+                rel.extend([".self_attn.q_proj", ".self_attn.k_proj"]);
+                rel.extend([".self_attn.v_proj", ".self_attn.o_proj"]);
+            }
             if self.config.qk_norm {
                 rel.extend([".self_attn.q_norm", ".self_attn.k_norm"]);
             }
             rel.push(".mlp");
             match layer.mlp {
+                Ffn::Dense(Mlp {
+                    gate_up: GateUpProj::Fused(_),
+                    ..
+                }) => rel.extend([".mlp.gate_up_proj", ".mlp.down_proj", ".mlp.activation_fn"]),
                 Ffn::Dense(_) => rel.extend([
                     ".mlp.gate_proj",
                     ".mlp.up_proj",
@@ -479,8 +517,8 @@ impl Decoder {
         // -> [N, H, S, hd]
         let whole = self.config.qk_norm_whole;
         let clip = self.config.clip_qkv;
-        let heads = |proj: &Linear, norm: &Option<RmsNorm>, hook: &mut dyn LinearHook| {
-            let mut t = hook.linear(proj, x);
+        // A projection's output `t` as heads, after its norm and clipping.
+        let heads = |mut t: Tensor, norm: &Option<RmsNorm>| {
             if let (Some(norm), true) = (norm, whole) {
                 t = norm.forward(&t);
             }
@@ -494,9 +532,22 @@ impl Decoder {
             }
             .transpose(1, 2)
         };
-        let q = heads(&a.q_proj, &a.q_norm, hook);
-        let k = heads(&a.k_proj, &a.k_norm, hook);
-        let v = heads(&a.v_proj, &None, hook);
+        let (q, k, v) = match &a.qkv {
+            QkvProj::Separate { q, k, v } => (
+                heads(hook.linear(q, x), &a.q_norm),
+                heads(hook.linear(k, x), &a.k_norm),
+                heads(hook.linear(v, x), &None),
+            ),
+            QkvProj::Fused(proj) => {
+                let c = &self.config;
+                let (q_out, kv_out) = (c.num_heads * hd, c.num_kv_heads * hd);
+                let qkv = hook.linear(proj, x);
+                let q = qkv.narrow(-1, 0, q_out);
+                let k = qkv.narrow(-1, q_out, kv_out);
+                let v = qkv.narrow(-1, q_out + kv_out, kv_out);
+                (heads(q, &a.q_norm), heads(k, &a.k_norm), heads(v, &None))
+            }
+        };
         let (q, k) = match self.config.rotary_in_float {
             true => (
                 apply_rotary(&q, &rope.0, &rope.1).to_kind(q.kind()),
@@ -519,11 +570,18 @@ impl Decoder {
     fn ffn(&self, ffn: &Ffn, x: &Tensor, hook: &mut dyn LinearHook) -> Tensor {
         match ffn {
             Ffn::Dense(m) => {
-                let gated = self
-                    .config
-                    .hidden_act
-                    .forward(&hook.linear(&m.gate_proj, x))
-                    * hook.linear(&m.up_proj, x);
+                let act = self.config.hidden_act;
+                let gated = match &m.gate_up {
+                    GateUpProj::Separate { gate, up } => {
+                        act.forward(&hook.linear(gate, x)) * hook.linear(up, x)
+                    }
+                    GateUpProj::Fused(proj) => {
+                        let gate_up = hook.linear(proj, x);
+                        let half = gate_up.size().last().copied().unwrap_or(0) / 2;
+                        // Phi-3: `up * act(gate)` on the two halves.
+                        gate_up.narrow(-1, half, half) * act.forward(&gate_up.narrow(-1, 0, half))
+                    }
+                };
                 hook.linear(&m.down_proj, &gated)
             }
             Ffn::Sparse(moe) => moe.forward(x, hook),

@@ -50,6 +50,19 @@ pub enum RopeScaling {
         /// The pre-training context length.
         original_max_position_embeddings: f64,
     },
+    /// `longrope` (Phi-3): each frequency divided by its own factor, `short_factor` while the
+    /// batch fits the pre-training length and `long_factor` past it, with an attention
+    /// temperature on cos and sin.
+    LongRope {
+        /// Divisors `[rotary_dim / 2]` up to the pre-training length.
+        short_factor: Vec<f64>,
+        /// Divisors past it.
+        long_factor: Vec<f64>,
+        /// Multiplier of cos and sin.
+        attention_factor: f64,
+        /// The pre-training context length.
+        original_max_position_embeddings: f64,
+    },
 }
 
 /// The rotary settings of a model.
@@ -72,6 +85,8 @@ pub struct RopeKeys {
     pub partial: &'static [&'static str],
     /// Rotary fraction when no key gives one.
     pub default_partial: f64,
+    /// Older `rope_type` names the architecture reads as `longrope` (Phi-3: `su`, `yarn`).
+    pub longrope_aliases: &'static [&'static str],
 }
 
 /// The keys of the Llama family.
@@ -79,10 +94,11 @@ pub const LLAMA_ROPE_KEYS: RopeKeys = RopeKeys {
     theta: &["rope_theta"],
     partial: &["partial_rotary_factor"],
     default_partial: 1.0,
+    longrope_aliases: &[],
 };
 
 /// The RoPE types we implement, for error messages.
-pub const ROPE_TYPES: &str = "default, linear, dynamic, llama3, yarn";
+pub const ROPE_TYPES: &str = "default, linear, dynamic, llama3, yarn, longrope";
 
 impl RopeConfig {
     /// Reads the rotary settings of `cfg`, resolving the spellings as transformers 5's
@@ -146,6 +162,28 @@ impl RopeConfig {
         ])
     }
 
+    /// Checks the settings against heads of `head_dim`: `longrope` needs one factor per rotated
+    /// frequency.
+    pub fn check_dims(&self, cfg: &ConfigJson, head_dim: i64) -> Result<()> {
+        if let RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            ..
+        } = &self.scaling
+        {
+            let want = (head_dim as f64 * self.partial_rotary_factor) as usize / 2;
+            for (key, f) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                if f.len() != want {
+                    return Err(cfg.error(format!(
+                        "rope {key} has {} entries but the heads rotate {want} frequencies; fix config.json",
+                        f.len()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The settings in `dict` (named `dict_name` in errors; `None`: the default rotation) with
     /// base wavelength `theta`.
     fn from_dict(
@@ -179,6 +217,10 @@ impl RopeConfig {
                     .unwrap_or_else(|| "default".into()),
             },
             None => "default".into(),
+        };
+        let rope_type = match keys.longrope_aliases.contains(&rope_type.as_str()) {
+            true => "longrope".to_string(),
+            false => rope_type,
         };
         let need = |key: &str| -> Result<f64> {
             get(key)?.ok_or_else(|| {
@@ -246,6 +288,33 @@ impl RopeConfig {
                     original_max_position_embeddings: original,
                 }
             }
+            "longrope" => {
+                let original = original()?;
+                let factors = |key: &str| -> Result<Vec<f64>> {
+                    let list = dict.and_then(|d| d.get(key)).and_then(|v| v.as_array());
+                    list.and_then(|l| l.iter().map(|x| x.as_f64()).collect::<Option<Vec<_>>>())
+                        .ok_or_else(|| {
+                            cfg.error(format!(
+                                "{dict_name}.{key} must be a list of numbers for rope_type 'longrope'; fix config.json"
+                            ))
+                        })
+                };
+                let factor = match get("factor")? {
+                    Some(f) => f,
+                    None => cfg.float(&["max_position_embeddings"])?.unwrap_or(original) / original,
+                };
+                let attention_factor = match get("attention_factor")? {
+                    Some(a) => a,
+                    None if factor <= 1.0 => 1.0,
+                    None => (1.0 + factor.ln() / original.ln()).sqrt(),
+                };
+                RopeScaling::LongRope {
+                    short_factor: factors("short_factor")?,
+                    long_factor: factors("long_factor")?,
+                    attention_factor,
+                    original_max_position_embeddings: original,
+                }
+            }
             "llama3" => {
                 let original = original()?;
                 RopeScaling::Llama3 {
@@ -299,11 +368,16 @@ impl Rotary {
     ) -> Self {
         // transformers: dim = int(head_dim * partial_rotary_factor).
         let rotary_dim = (head_dim as f64 * config.partial_rotary_factor) as i64;
+        // LongRoPE's cached tables use the short factors (transformers' `original_inv_freq`).
+        let table_len = match config.scaling {
+            RopeScaling::LongRope { .. } => 0,
+            _ => max_positions,
+        };
         let inv_freq = inv_freq(
             config,
             rotary_dim,
             max_positions,
-            max_positions,
+            table_len,
             compute_kind(kind),
             device,
         );
@@ -325,10 +399,17 @@ impl Rotary {
 
     /// `(cos, sin)`, each `[seq_len, rotary_dim]` in the model dtype, for positions `0..seq_len`.
     pub fn cos_sin(&self, seq_len: i64) -> (Tensor, Tensor) {
-        if matches!(self.config.scaling, RopeScaling::Dynamic { .. })
-            && seq_len > self.max_positions
-        {
-            // Dynamic NTK: the frequencies depend on the sequence length past the trained one.
+        let past_trained = match &self.config.scaling {
+            RopeScaling::Dynamic { .. } => seq_len > self.max_positions,
+            RopeScaling::LongRope {
+                original_max_position_embeddings,
+                ..
+            } => seq_len as f64 > *original_max_position_embeddings,
+            _ => false,
+        };
+        if past_trained {
+            // Dynamic NTK and LongRoPE: a batch longer than the trained length gets other
+            // frequencies (transformers decides per batch, from its longest position).
             let inv = inv_freq(
                 &self.config,
                 self.rotary_dim,
@@ -364,6 +445,9 @@ impl Rotary {
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
         match self.config.scaling {
             RopeScaling::Yarn {
+                attention_factor, ..
+            }
+            | RopeScaling::LongRope {
                 attention_factor, ..
             } => (
                 (emb.cos() * attention_factor).to_kind(self.kind),
@@ -450,6 +534,20 @@ fn inv_freq(
         }
         RopeScaling::Default | RopeScaling::Dynamic { .. } => inv,
         RopeScaling::Linear { factor } => inv / factor,
+        RopeScaling::LongRope {
+            ref short_factor,
+            ref long_factor,
+            original_max_position_embeddings,
+            ..
+        } => {
+            let ext = if seq_len as f64 > original_max_position_embeddings {
+                long_factor
+            } else {
+                short_factor
+            };
+            let ext = Tensor::from_slice(ext).to_kind(kind).to_device(device);
+            (ext * pos_freqs).reciprocal()
+        }
         RopeScaling::Llama3 {
             factor,
             low_freq_factor,
@@ -487,6 +585,7 @@ mod tests {
         theta: &["rotary_emb_base", "rope_theta"],
         partial: &["rotary_pct", "partial_rotary_factor"],
         default_partial: 0.25,
+        longrope_aliases: &[],
     };
 
     #[test]
@@ -602,11 +701,12 @@ mod tests {
                 original_max_position_embeddings: 8192.0
             }
         );
-        let bad = cfg(r#"{"rope_scaling": {"rope_type": "longrope", "factor": 4.0}}"#);
+        // Phi-3's old name for LongRoPE means nothing to the Llama family.
+        let bad = cfg(r#"{"rope_scaling": {"rope_type": "su", "factor": 4.0}}"#);
         let e = RopeConfig::from_config(&bad, LLAMA_ROPE_KEYS)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("'longrope'") && e.contains("yarn"), "{e}");
+        assert!(e.contains("'su'") && e.contains("longrope"), "{e}");
         let bad = cfg(r#"{"rope_scaling": {"type": "linear"}}"#);
         let e = RopeConfig::from_config(&bad, LLAMA_ROPE_KEYS)
             .unwrap_err()
