@@ -36,6 +36,7 @@ const ARCHITECTURES: &[&str] = &[
     "gemma3",
     "gpt_neo",
     "phi3",
+    "smollm3",
 ];
 
 /// Documents of different lengths, not sorted, so padding sits in the middle of the batch too.

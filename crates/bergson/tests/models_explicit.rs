@@ -26,6 +26,7 @@ const FIXTURES: &[&str] = &[
     "gemma3",
     "gpt_neo",
     "phi3",
+    "smollm3",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {

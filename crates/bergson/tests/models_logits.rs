@@ -25,6 +25,7 @@ const FIXTURES: &[&str] = &[
     "gemma",
     "gpt_neo",
     "phi3",
+    "smollm3",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {

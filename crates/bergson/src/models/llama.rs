@@ -89,6 +89,8 @@ pub struct DecoderConfig {
     /// Phi-3's fused projections: `qkv_proj` (`[q; k; v]`, registered after `o_proj`) and
     /// `gate_up_proj` (`[gate; up]`).
     pub fused_projections: bool,
+    /// Which layers rotate q and k (SmolLM3's `no_rope_layers`); `None`: every layer.
+    pub rope_layers: Option<Vec<bool>>,
 }
 
 impl DecoderConfig {
@@ -156,6 +158,7 @@ impl DecoderConfig {
             embed_scale: false,
             attn_scale: None,
             fused_projections: false,
+            rope_layers: None,
         })
     }
 
@@ -507,7 +510,7 @@ impl Decoder {
         &self,
         a: &Attention,
         x: &Tensor,
-        rope: &(Tensor, Tensor),
+        rope: Option<&(Tensor, Tensor)>,
         hook: &mut dyn LinearHook,
         kernel: AttentionKernel,
     ) -> Tensor {
@@ -548,12 +551,13 @@ impl Decoder {
                 (heads(q, &a.q_norm), heads(k, &a.k_norm), heads(v, &None))
             }
         };
-        let (q, k) = match self.config.rotary_in_float {
-            true => (
+        let (q, k) = match (rope, self.config.rotary_in_float) {
+            (None, _) => (q, k),
+            (Some(rope), true) => (
                 apply_rotary(&q, &rope.0, &rope.1).to_kind(q.kind()),
                 apply_rotary(&k, &rope.0, &rope.1).to_kind(k.kind()),
             ),
-            false => (
+            (Some(rope), false) => (
                 apply_rotary(&q, &rope.0, &rope.1),
                 apply_rotary(&k, &rope.0, &rope.1),
             ),
@@ -629,6 +633,11 @@ impl Architecture for Decoder {
                 (Some(tables), Some(flags)) if flags.get(i) == Some(&true) => tables,
                 _ => &rope,
             };
+            let rotates = match &self.config.rope_layers {
+                Some(flags) => flags.get(i) == Some(&true),
+                None => true,
+            };
+            let layer_rope = rotates.then_some(layer_rope);
             let attn = self.attention(&layer.self_attn, &attn_in, layer_rope, hook, kernel);
             match &layer.post_feedforward_layernorm {
                 // OLMo-2: h + norm(attn(h)), then h + norm(mlp(h)); Gemma-3 also normalises

@@ -39,6 +39,7 @@ pub mod qwen2;
 pub mod qwen3;
 pub mod qwen3_moe;
 pub mod rotary;
+pub mod smollm3;
 
 pub use attention::AttentionKernel;
 pub use hub::{resolve_model_dir, resolve_tokenizer_dir};
@@ -349,6 +350,7 @@ pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
     ("gemma", gemma::load),
     ("gemma3_text", gemma3::load),
     ("phi3", phi3::load),
+    ("smollm3", smollm3::load),
 ];
 
 /// The `model_type`s [`load_model`] accepts.
