@@ -37,6 +37,7 @@ const ARCHITECTURES: &[&str] = &[
     "gpt_neo",
     "phi3",
     "smollm3",
+    "phi",
 ];
 
 /// Documents of different lengths, not sorted, so padding sits in the middle of the batch too.

@@ -26,6 +26,7 @@ const FIXTURES: &[&str] = &[
     "gpt_neo",
     "phi3",
     "smollm3",
+    "phi",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {

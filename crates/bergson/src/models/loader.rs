@@ -316,6 +316,18 @@ impl<'a> ParamLoader<'a> {
         })
     }
 
+    /// The output projection with a stored bias `lm_head.bias` `[vocab]` (Phi).
+    pub fn lm_head_with_bias(
+        &mut self,
+        hidden: i64,
+        vocab: i64,
+        tied: Option<&Tensor>,
+    ) -> Result<Linear> {
+        let mut head = self.lm_head(None, hidden, vocab, tied)?;
+        head.bias = Some(self.param("lm_head.bias", &[vocab])?);
+        Ok(head)
+    }
+
     /// A LayerNorm of the base model with weight and bias `[dim]`.
     pub fn layer_norm(&mut self, module: &str, dim: i64, eps: f64) -> Result<LayerNorm> {
         let weight = self.base_param(&format!("{module}.weight"), &[dim])?;

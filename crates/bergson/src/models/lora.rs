@@ -145,6 +145,7 @@ fn default_targets(model_type: &str) -> Option<&'static [&'static str]> {
     Some(match model_type {
         "gpt2" => &["c_attn"],
         "gpt_neox" => &["query_key_value"],
+        "phi" => &["q_proj", "v_proj", "fc1", "fc2"],
         "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "gemma" | "gemma3_text"
         | "gpt_neo" => &["q_proj", "v_proj"],
         _ => return None,

@@ -34,6 +34,7 @@ pub mod olmo;
 pub mod olmo2;
 pub mod olmo3;
 pub mod olmoe;
+pub mod phi;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
@@ -349,6 +350,7 @@ pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
     ("olmo3", olmo3::load),
     ("gemma", gemma::load),
     ("gemma3_text", gemma3::load),
+    ("phi", phi::load),
     ("phi3", phi3::load),
     ("smollm3", smollm3::load),
 ];
