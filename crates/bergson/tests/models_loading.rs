@@ -141,13 +141,24 @@ fn config_problems() {
         dir.join("config.json"),
     )
     .unwrap();
+    // Phi-3's old name for LongRoPE is no rope type of the Llama family.
+    edit_config(dir, |c| {
+        c.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"rope_type": "su", "factor": 2.0}),
+        );
+    });
+    input_error(dir, &["config.json", "'su'", "llama3", "longrope"]);
     edit_config(dir, |c| {
         c.insert(
             "rope_scaling".into(),
             serde_json::json!({"rope_type": "longrope", "factor": 2.0}),
         );
     });
-    input_error(dir, &["config.json", "longrope", "llama3"]);
+    input_error(
+        dir,
+        &["config.json", "short_factor must be a list of numbers"],
+    );
 
     input_error(&dir.join("nope"), &["not a directory"]);
 }
