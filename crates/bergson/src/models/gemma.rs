@@ -13,26 +13,12 @@ use tch::{Device, Kind};
 
 /// Gemma's config.json as decoder settings (transformers' `GemmaConfig` defaults).
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
-    if cfg.bool(&["use_bidirectional_attention"])? == Some(true) {
-        return Err(cfg.error(
-            "use_bidirectional_attention is not supported (bergson-rs models are causal); set it \
-             to false in config.json",
-        ));
-    }
+    refuse_bidirectional(cfg)?;
     let mut c = DecoderConfig::common(cfg, "gemma")?;
     if cfg.int(&["head_dim"])?.is_none() {
         c.head_dim = 256;
     }
-    if cfg.int(&["num_key_value_heads"])?.is_none() {
-        c.num_kv_heads = 16;
-        if c.num_heads % 16 != 0 {
-            return Err(cfg.error(format!(
-                "num_attention_heads {} is not a multiple of the default num_key_value_heads 16; \
-                 give num_key_value_heads in config.json",
-                c.num_heads
-            )));
-        }
-    }
+    c.default_kv_heads(cfg, 16)?;
     if !cfg.has("pad_token_id") {
         c.pad_token_id = Some(0);
     }
@@ -42,12 +28,21 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
         other => other,
     };
     c.tie_word_embeddings = super::tie_word_embeddings(cfg, true)?;
-    let attention_bias = cfg.bool(&["attention_bias"])?.unwrap_or(false);
-    c.qkv_bias = attention_bias;
-    c.o_bias = attention_bias;
+    c.read_attention_bias(cfg)?;
     c.norm_gain = RmsGain::UnitOffset;
     c.embed_scale = true;
     Ok(c)
+}
+
+/// Gemma's `use_bidirectional_attention` (an encoder setting) is refused: our models are causal.
+pub fn refuse_bidirectional(cfg: &ConfigJson) -> Result<()> {
+    if cfg.bool(&["use_bidirectional_attention"])? == Some(true) {
+        return Err(cfg.error(
+            "use_bidirectional_attention is not supported (bergson-rs models are causal); set it \
+             to false in config.json",
+        ));
+    }
+    Ok(())
 }
 
 /// Registry entry for `gemma`.

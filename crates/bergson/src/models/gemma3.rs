@@ -6,7 +6,7 @@
 //! the tanh GELU.
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, positive_window, DecoderConfig};
+use super::llama::{load_decoder, sliding_layer_types, window_or, DecoderConfig};
 use super::loader::TensorSource;
 use super::norm::RmsGain;
 use super::rotary::{RopeConfig, LLAMA_ROPE_KEYS};
@@ -28,24 +28,13 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     if cfg.int(&["head_dim"])?.is_none() {
         c.head_dim = 256;
     }
-    if cfg.int(&["num_key_value_heads"])?.is_none() {
-        c.num_kv_heads = 4;
-        if c.num_heads % 4 != 0 {
-            return Err(cfg.error(format!(
-                "num_attention_heads {} is not a multiple of the default num_key_value_heads 4; \
-                 give num_key_value_heads in config.json",
-                c.num_heads
-            )));
-        }
-    }
+    c.default_kv_heads(cfg, 4)?;
     if !cfg.has("pad_token_id") {
         c.pad_token_id = Some(0);
     }
     c.hidden_act = super::activation(cfg, &["hidden_activation"], "gelu_pytorch_tanh")?;
     c.tie_word_embeddings = super::tie_word_embeddings(cfg, true)?;
-    let attention_bias = cfg.bool(&["attention_bias"])?.unwrap_or(false);
-    c.qkv_bias = attention_bias;
-    c.o_bias = attention_bias;
+    c.read_attention_bias(cfg)?;
     c.qk_norm = true;
     c.norm_gain = RmsGain::UnitOffset;
     c.sandwich_norms = true;
@@ -57,12 +46,19 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
         )));
     }
     c.attn_scale = Some(scalar.powf(-0.5));
-    let sliding = sliding_layers(cfg, c.num_layers)?;
-    let window = if cfg.is_null("sliding_window") {
-        None
-    } else {
-        positive_window(cfg, Some(cfg.int(&["sliding_window"])?.unwrap_or(4096)))?
+    let sliding = match sliding_layer_types(cfg, c.num_layers)? {
+        Some(flags) => flags,
+        None => {
+            let pattern = cfg.int(&["sliding_window_pattern"])?.unwrap_or(6);
+            if pattern <= 0 {
+                return Err(cfg.error(format!(
+                    "sliding_window_pattern {pattern} must be positive; fix config.json"
+                )));
+            }
+            (0..c.num_layers).map(|i| (i + 1) % pattern != 0).collect()
+        }
     };
+    let window = window_or(cfg, 4096)?;
     c.sliding_windows = sliding.iter().map(|&s| window.filter(|_| s)).collect();
     let full_theta = cfg.float(&["rope_theta"])?.unwrap_or(1_000_000.0);
     let sliding_theta = cfg.float(&["rope_local_base_freq"])?.unwrap_or(10_000.0);
@@ -83,43 +79,8 @@ fn refuse_unsupported(cfg: &ConfigJson) -> Result<()> {
             )));
         }
     }
-    if cfg.bool(&["use_bidirectional_attention"])? == Some(true) {
-        return Err(cfg.error(
-            "use_bidirectional_attention is not supported (bergson-rs models are causal); set it \
-             to false in config.json",
-        ));
-    }
+    super::gemma::refuse_bidirectional(cfg)?;
     Ok(())
-}
-
-/// Which layers are `sliding_attention`: `layer_types`, else all but every
-/// `sliding_window_pattern`-th (default 6).
-fn sliding_layers(cfg: &ConfigJson, num_layers: i64) -> Result<Vec<bool>> {
-    let Some(types) = cfg.str_list("layer_types")? else {
-        let pattern = cfg.int(&["sliding_window_pattern"])?.unwrap_or(6);
-        if pattern <= 0 {
-            return Err(cfg.error(format!(
-                "sliding_window_pattern {pattern} must be positive; fix config.json"
-            )));
-        }
-        return Ok((0..num_layers).map(|i| (i + 1) % pattern != 0).collect());
-    };
-    if types.len() as i64 != num_layers {
-        return Err(cfg.error(format!(
-            "layer_types has {} entries but num_hidden_layers is {num_layers}; fix config.json",
-            types.len()
-        )));
-    }
-    types
-        .iter()
-        .map(|t| match t.as_str() {
-            "full_attention" => Ok(false),
-            "sliding_attention" => Ok(true),
-            other => Err(cfg.error(format!(
-                "layer_types entry '{other}' is not supported (supported: full_attention, sliding_attention); fix config.json"
-            ))),
-        })
-        .collect()
 }
 
 /// Registry entry for `gemma3_text`.

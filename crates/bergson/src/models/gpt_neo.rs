@@ -199,7 +199,14 @@ impl GptNeo {
     /// `GPTNeoSelfAttention`: unscaled scores in float32 (float64 in a float64 model), causal
     /// (and windowed on local layers), softmax, weights cast back to the value dtype. Always
     /// the explicit math, which is what transformers runs and is twice differentiable.
-    fn attention(&self, b: &Block, x: &Tensor, hook: &mut dyn LinearHook) -> Tensor {
+    /// `allowed`: the layer's `[S, S]` mask (causal, and windowed on a local layer).
+    fn attention(
+        &self,
+        b: &Block,
+        x: &Tensor,
+        allowed: &Tensor,
+        hook: &mut dyn LinearHook,
+    ) -> Tensor {
         let (n, s, d) = x.size3().unwrap_or_default();
         let heads = self.config.num_heads;
         let split = |t: Tensor| t.reshape([n, s, heads, d / heads]).transpose(1, 2);
@@ -211,7 +218,6 @@ impl GptNeo {
         let scores = q
             .to_kind(score_kind)
             .matmul(&k.to_kind(score_kind).transpose(-1, -2));
-        let allowed = sliding_window_mask(s, b.window.unwrap_or(s), x.device());
         let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
         let weights = scores.softmax(-1, score_kind).to_kind(v.kind());
         let o = weights.matmul(&v).transpose(1, 2).reshape([n, s, d]);
@@ -235,8 +241,17 @@ impl Architecture for GptNeo {
         let s = input_ids.size().get(1).copied().unwrap_or(0);
         let tokens = hook.embeddings(Tensor::embedding(&self.wte, input_ids, -1, false, false));
         let mut h = tokens + self.wpe.narrow(0, 0, s);
+        // Every local layer has the same window (`window_size`): two masks serve all layers.
+        let device = input_ids.device();
+        let global = sliding_window_mask(s, s, device);
+        let local = self.config.windows.iter().flatten().next();
+        let local = local.map(|&w| sliding_window_mask(s, w, device));
         for b in &self.h {
-            let attn = self.attention(b, &b.ln_1.forward(&h), hook);
+            let allowed = match (b.window, &local) {
+                (Some(_), Some(mask)) => mask,
+                _ => &global,
+            };
+            let attn = self.attention(b, &b.ln_1.forward(&h), allowed, hook);
             h = attn + h;
             let x = b.ln_2.forward(&h);
             let a = self.config.activation.forward(&hook.linear(&b.c_fc, &x));

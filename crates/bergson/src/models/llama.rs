@@ -165,12 +165,69 @@ impl DecoderConfig {
     /// Llama's config.json: `attention_bias` (all four projections), `mlp_bias`.
     pub fn llama(cfg: &ConfigJson) -> Result<Self> {
         let mut c = Self::common(cfg, "llama")?;
-        let attention_bias = cfg.bool(&["attention_bias"])?.unwrap_or(false);
-        c.qkv_bias = attention_bias;
-        c.o_bias = attention_bias;
+        c.read_attention_bias(cfg)?;
         c.mlp_bias = cfg.bool(&["mlp_bias"])?.unwrap_or(false);
         Ok(c)
     }
+}
+
+impl DecoderConfig {
+    /// `attention_bias` (default false) on all four attention projections.
+    pub fn read_attention_bias(&mut self, cfg: &ConfigJson) -> Result<()> {
+        let attention_bias = cfg.bool(&["attention_bias"])?.unwrap_or(false);
+        self.qkv_bias = attention_bias;
+        self.o_bias = attention_bias;
+        Ok(())
+    }
+
+    /// The architecture's default `num_key_value_heads` when config.json gives none.
+    pub fn default_kv_heads(&mut self, cfg: &ConfigJson, default: i64) -> Result<()> {
+        if cfg.int(&["num_key_value_heads"])?.is_some() {
+            return Ok(());
+        }
+        if self.num_heads % default != 0 {
+            return Err(cfg.error(format!(
+                "num_attention_heads {} is not a multiple of the default num_key_value_heads \
+                 {default}; give num_key_value_heads in config.json",
+                self.num_heads
+            )));
+        }
+        self.num_kv_heads = default;
+        Ok(())
+    }
+}
+
+/// Which layers `layer_types` marks `sliding_attention` (`None` without the key); every entry
+/// must be `full_attention` or `sliding_attention`, one per layer.
+pub fn sliding_layer_types(cfg: &ConfigJson, num_layers: i64) -> Result<Option<Vec<bool>>> {
+    let Some(types) = cfg.str_list("layer_types")? else {
+        return Ok(None);
+    };
+    if types.len() as i64 != num_layers {
+        return Err(cfg.error(format!(
+            "layer_types has {} entries but num_hidden_layers is {num_layers}; fix config.json",
+            types.len()
+        )));
+    }
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            "full_attention" => Ok(false),
+            "sliding_attention" => Ok(true),
+            other => Err(cfg.error(format!(
+                "layer_types entry '{other}' is not supported (supported: full_attention, sliding_attention); fix config.json"
+            ))),
+        })
+        .collect::<Result<Vec<bool>>>()
+        .map(Some)
+}
+
+/// `sliding_window`: `null` for none, `default` when absent, else a positive size.
+pub fn window_or(cfg: &ConfigJson, default: i64) -> Result<Option<i64>> {
+    if cfg.is_null("sliding_window") {
+        return Ok(None);
+    }
+    positive_window(cfg, Some(cfg.int(&["sliding_window"])?.unwrap_or(default)))
 }
 
 /// Per-layer sliding windows as Qwen2/Qwen3 define them: `sliding_window` (default 4096) only
@@ -186,40 +243,16 @@ pub fn qwen_sliding_windows(cfg: &ConfigJson, num_layers: i64) -> Result<Vec<Opt
     } else {
         None
     };
-    let layer_types = match cfg.str_list("layer_types")? {
-        Some(types) => {
-            if types.len() as i64 != num_layers {
-                return Err(cfg.error(format!(
-                    "layer_types has {} entries but num_hidden_layers is {num_layers}; fix config.json",
-                    types.len()
-                )));
-            }
-            types
-        }
+    let sliding = match sliding_layer_types(cfg, num_layers)? {
+        Some(flags) => flags,
         None => {
             let first = cfg.int(&["max_window_layers"])?.unwrap_or(28);
             (0..num_layers)
-                .map(|i| {
-                    if window.is_some() && i >= first {
-                        "sliding_attention"
-                    } else {
-                        "full_attention"
-                    }
-                    .to_string()
-                })
+                .map(|i| window.is_some() && i >= first)
                 .collect()
         }
     };
-    layer_types
-        .iter()
-        .map(|t| match t.as_str() {
-            "full_attention" => Ok(None),
-            "sliding_attention" => Ok(window),
-            other => Err(cfg.error(format!(
-                "layer_types entry '{other}' is not supported (supported: full_attention, sliding_attention); fix config.json"
-            ))),
-        })
-        .collect()
+    Ok(sliding.into_iter().map(|s| window.filter(|_| s)).collect())
 }
 
 /// Reads a positive window size, for configs that allow `null` (no window).

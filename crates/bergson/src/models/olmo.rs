@@ -15,9 +15,7 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     if !cfg.has("pad_token_id") {
         c.pad_token_id = Some(1);
     }
-    let attention_bias = cfg.bool(&["attention_bias"])?.unwrap_or(false);
-    c.qkv_bias = attention_bias;
-    c.o_bias = attention_bias;
+    c.read_attention_bias(cfg)?;
     c.clip_qkv = cfg.float(&["clip_qkv"])?;
     if let Some(clip) = c.clip_qkv {
         if clip.is_nan() || clip <= 0.0 {

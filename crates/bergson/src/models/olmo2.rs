@@ -24,9 +24,7 @@ pub fn olmo2_layout(cfg: &ConfigJson, c: &mut DecoderConfig) -> Result<()> {
     if !cfg.has("pad_token_id") {
         c.pad_token_id = Some(1);
     }
-    let attention_bias = cfg.bool(&["attention_bias"])?.unwrap_or(false);
-    c.qkv_bias = attention_bias;
-    c.o_bias = attention_bias;
+    c.read_attention_bias(cfg)?;
     c.qk_norm = true;
     c.qk_norm_whole = true;
     c.post_norms = true;

@@ -3,7 +3,7 @@
 //! rotary settings for the sliding and the full-attention layers.
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, positive_window, DecoderConfig};
+use super::llama::{load_decoder, sliding_layer_types, window_or, DecoderConfig};
 use super::loader::TensorSource;
 use super::olmo2::olmo2_layout;
 use super::rotary::{RopeConfig, LLAMA_ROPE_KEYS};
@@ -18,12 +18,9 @@ const DEFAULT_THETA: f64 = 500_000.0;
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     let mut c = DecoderConfig::common(cfg, "olmo3")?;
     olmo2_layout(cfg, &mut c)?;
-    let sliding = sliding_layers(cfg, c.num_layers)?;
-    let window = if cfg.is_null("sliding_window") {
-        None
-    } else {
-        positive_window(cfg, Some(cfg.int(&["sliding_window"])?.unwrap_or(4096)))?
-    };
+    let sliding = sliding_layer_types(cfg, c.num_layers)?
+        .unwrap_or_else(|| (0..c.num_layers).map(|i| (i + 1) % 4 != 0).collect());
+    let window = window_or(cfg, 4096)?;
     c.sliding_windows = sliding.iter().map(|&s| window.filter(|_| s)).collect();
     // transformers pops the top-level θ for the full layers; the sliding ones keep the default.
     let full_theta = cfg.float(&["rope_theta"])?.unwrap_or(DEFAULT_THETA);
@@ -32,29 +29,6 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     c.rope = full;
     c.sliding_rope = Some((sliding_rope, sliding));
     Ok(c)
-}
-
-/// Which layers are `sliding_attention`: `layer_types`, else every layer but each fourth.
-fn sliding_layers(cfg: &ConfigJson, num_layers: i64) -> Result<Vec<bool>> {
-    let Some(types) = cfg.str_list("layer_types")? else {
-        return Ok((0..num_layers).map(|i| (i + 1) % 4 != 0).collect());
-    };
-    if types.len() as i64 != num_layers {
-        return Err(cfg.error(format!(
-            "layer_types has {} entries but num_hidden_layers is {num_layers}; fix config.json",
-            types.len()
-        )));
-    }
-    types
-        .iter()
-        .map(|t| match t.as_str() {
-            "full_attention" => Ok(false),
-            "sliding_attention" => Ok(true),
-            other => Err(cfg.error(format!(
-                "layer_types entry '{other}' is not supported (supported: full_attention, sliding_attention); fix config.json"
-            ))),
-        })
-        .collect()
 }
 
 /// Registry entry for `olmo3`.

@@ -15,9 +15,7 @@ use tch::{Device, Kind};
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     let mut c = DecoderConfig::common(cfg, "olmoe")?;
     c.rms_norm_eps = cfg.norm_eps(&["rms_norm_eps"], 1e-5)?;
-    let attention_bias = cfg.bool(&["attention_bias"])?.unwrap_or(false);
-    c.qkv_bias = attention_bias;
-    c.o_bias = attention_bias;
+    c.read_attention_bias(cfg)?;
     c.qk_norm = true;
     c.qk_norm_whole = true;
     // transformers sizes q_norm by hidden_size: the query projection must be that wide.

@@ -16,9 +16,7 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     if cfg.int(&["head_dim"])?.is_none() {
         c.head_dim = 128;
     }
-    let attention_bias = cfg.bool(&["attention_bias"])?.unwrap_or(false);
-    c.qkv_bias = attention_bias;
-    c.o_bias = attention_bias;
+    c.read_attention_bias(cfg)?;
     c.qk_norm = true;
     c.sliding_windows = qwen_sliding_windows(cfg, c.num_layers)?
         .into_iter()

@@ -2,7 +2,7 @@
 //! layer (`no_rope_layers`), and an optional sliding window on the layers without it.
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, positive_window, DecoderConfig};
+use super::llama::{load_decoder, positive_window, sliding_layer_types, DecoderConfig};
 use super::loader::TensorSource;
 use super::CausalLm;
 use crate::Result;
@@ -21,23 +21,15 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     if !has_theta {
         c.rope.theta = DEFAULT_THETA;
     }
-    if !cfg.has("num_key_value_heads") {
-        c.num_kv_heads = 4;
-        if c.num_heads % 4 != 0 {
-            return Err(cfg.error(format!(
-                "num_attention_heads {} is not a multiple of the default num_key_value_heads 4; \
-                 give num_key_value_heads in config.json",
-                c.num_heads
-            )));
-        }
+    // `SmolLM3Config` turns an explicit null into one key/value head per query head.
+    if !cfg.is_null("num_key_value_heads") {
+        c.default_kv_heads(cfg, 4)?;
     }
     if !cfg.has("pad_token_id") {
         c.pad_token_id = Some(128004);
     }
     c.tie_word_embeddings = super::tie_word_embeddings(cfg, true)?;
-    let attention_bias = cfg.bool(&["attention_bias"])?.unwrap_or(false);
-    c.qkv_bias = attention_bias;
-    c.o_bias = attention_bias;
+    c.read_attention_bias(cfg)?;
     c.mlp_bias = cfg.bool(&["mlp_bias"])?.unwrap_or(false);
     let n = c.num_layers as usize;
     let rotates: Vec<bool> = match cfg.value("no_rope_layers") {
@@ -70,25 +62,8 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
         true => positive_window(cfg, cfg.int(&["sliding_window"])?)?,
         false => None,
     };
-    let sliding: Vec<bool> = match cfg.str_list("layer_types")? {
-        Some(types) if types.len() == n => types
-            .iter()
-            .map(|t| match t.as_str() {
-                "full_attention" => Ok(false),
-                "sliding_attention" => Ok(true),
-                other => Err(cfg.error(format!(
-                    "layer_types entry '{other}' is not supported (supported: full_attention, sliding_attention); fix config.json"
-                ))),
-            })
-            .collect::<Result<_>>()?,
-        Some(types) => {
-            return Err(cfg.error(format!(
-                "layer_types has {} entries but num_hidden_layers is {n}; fix config.json",
-                types.len()
-            )))
-        }
-        None => rotates.iter().map(|&r| window.is_some() && !r).collect(),
-    };
+    let sliding = sliding_layer_types(cfg, n as i64)?
+        .unwrap_or_else(|| rotates.iter().map(|&r| window.is_some() && !r).collect());
     c.sliding_windows = sliding.iter().map(|&s| window.filter(|_| s)).collect();
     c.rope_layers = Some(rotates);
     Ok(c)
