@@ -56,13 +56,7 @@ impl GptNeoConfig {
                 "window_size {window_size} must be positive; fix config.json"
             )));
         }
-        let kinds = attention_layers(cfg)?;
-        if kinds.len() as i64 != num_layers {
-            return Err(cfg.error(format!(
-                "attention_types expands to {} layers but num_layers is {num_layers}; fix config.json",
-                kinds.len()
-            )));
-        }
+        let kinds = attention_layers(cfg, num_layers)?;
         let windows = kinds
             .iter()
             .map(|k| match k.as_str() {
@@ -88,8 +82,8 @@ impl GptNeoConfig {
 }
 
 /// `attention_types` (`[[["global", "local"], 12]]` by default) expanded to one type per layer,
-/// as `GPTNeoConfig.expand_attention_types_params` does.
-fn attention_layers(cfg: &ConfigJson) -> Result<Vec<String>> {
+/// as `GPTNeoConfig.expand_attention_types_params` does; it must give `num_layers` of them.
+fn attention_layers(cfg: &ConfigJson, num_layers: i64) -> Result<Vec<String>> {
     let bad = || {
         cfg.error(
             "attention_types must be a list of [[types...], repeats] pairs, e.g. [[[\"global\", \"local\"], 12]]; fix config.json",
@@ -97,18 +91,30 @@ fn attention_layers(cfg: &ConfigJson) -> Result<Vec<String>> {
     };
     let default = serde_json::json!([[["global", "local"], 12]]);
     let types = cfg.value("attention_types").unwrap_or(&default);
-    let mut out = Vec::new();
+    let mut pairs = Vec::new();
     for item in types.as_array().ok_or_else(bad)? {
         let pair = item.as_array().filter(|p| p.len() == 2).ok_or_else(bad)?;
         let names = pair[0].as_array().ok_or_else(bad)?;
-        let repeats = pair[1].as_u64().ok_or_else(bad)?;
-        for _ in 0..repeats {
-            for name in names {
-                out.push(name.as_str().ok_or_else(bad)?.to_string());
-            }
-        }
+        let names: Vec<&str> = names
+            .iter()
+            .map(|n| n.as_str().ok_or_else(bad))
+            .collect::<Result<_>>()?;
+        pairs.push((names, pair[1].as_u64().ok_or_else(bad)?));
     }
-    Ok(out)
+    // Counted before expanding, so a huge repeat count is an error, not an allocation.
+    let total = pairs.iter().fold(0u64, |n, (names, repeats)| {
+        n.saturating_add((names.len() as u64).saturating_mul(*repeats))
+    });
+    if total != num_layers as u64 {
+        return Err(cfg.error(format!(
+            "attention_types expands to {total} layers but num_layers is {num_layers}; fix config.json"
+        )));
+    }
+    Ok(pairs
+        .iter()
+        .flat_map(|(names, repeats)| (0..*repeats).flat_map(move |_| names.iter()))
+        .map(|n| n.to_string())
+        .collect())
 }
 
 struct Block {
@@ -309,6 +315,10 @@ mod tests {
                 "attention_types must be",
             ),
             (r#""num_layers": 2, "window_size": 0"#, "window_size 0"),
+            (
+                r#""num_layers": 2, "attention_types": [[["global", "local"], 1000000000000]]"#,
+                "expands to 2000000000000 layers",
+            ),
         ] {
             let e = parse(&format!("{{{DIMS}, {extra}}}"))
                 .unwrap_err()
