@@ -112,6 +112,37 @@ fn a_diverging_loss_names_the_step() {
     assert_one_line_error(&out, &["loss", "at step 1"]);
 }
 
+/// A query without a next-token target (an empty text, a single token) is refused before
+/// training, naming the row; aggregated with the others it is allowed (it adds nothing).
+#[test]
+fn a_query_without_targets_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let queries = tmp.path().join("queries.jsonl");
+    std::fs::write(
+        &queries,
+        "{\"text\": \"Some query text with tokens.\"}\n{\"text\": \"\"}\n",
+    )
+    .unwrap();
+    let q = queries.to_str().unwrap();
+    let run = tmp.path().join("run");
+    let out = magic(&run, &["--query.dataset", q, "--aggregation", "none"]);
+    assert_one_line_error(&out, &["query row 1", "no next-token target"]);
+    assert!(!run.join("checkpoints").exists(), "refused after training");
+    let empty = tmp.path().join("empty.jsonl");
+    std::fs::write(&empty, "{\"text\": \"\"}\n{\"text\": \"\"}\n").unwrap();
+    let out = magic(
+        &tmp.path().join("run2"),
+        &["--query.dataset", empty.to_str().unwrap()],
+    );
+    assert_one_line_error(&out, &["no query row has a next-token target"]);
+    let out = magic(&tmp.path().join("run3"), &["--query.dataset", q]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_missing_query_dataset_is_named() {
     let tmp = tempfile::tempdir().unwrap();

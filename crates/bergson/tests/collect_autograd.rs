@@ -38,6 +38,7 @@ const ARCHITECTURES: &[&str] = &[
     "phi3",
     "smollm3",
     "phi",
+    "gemma2",
 ];
 
 /// Documents of different lengths, not sorted, so padding sits in the middle of the batch too.

@@ -28,6 +28,7 @@ const FIXTURES: &[&str] = &[
     "phi3",
     "smollm3",
     "phi",
+    "gemma2",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {

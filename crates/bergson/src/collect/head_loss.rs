@@ -36,19 +36,30 @@ pub fn fused_applies(spec: &LossSpec, kind: Kind) -> bool {
 
 /// Per-document losses `[N]` and `∂(Σ losses)/∂hidden` `[N, S, D]` for right-padded `labels`
 /// `[N, S]` (position `t` predicts `labels[:, t+1]`). `hidden` is not differentiated here.
+/// `softcap`: the model's final logit soft-capping, applied to the head's output.
 pub fn fused_head_loss(
     head: &Linear,
+    softcap: Option<f64>,
     hidden: &Tensor,
     labels: &Tensor,
     spec: &LossSpec,
     advantages: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
-    fused_head_loss_blocked(head, hidden, labels, spec, advantages, block_entries())
+    fused_head_loss_blocked(
+        head,
+        softcap,
+        hidden,
+        labels,
+        spec,
+        advantages,
+        block_entries(),
+    )
 }
 
 /// [`fused_head_loss`] with logit blocks of `block_entries` entries.
 fn fused_head_loss_blocked(
     head: &Linear,
+    softcap: Option<f64>,
     hidden: &Tensor,
     labels: &Tensor,
     spec: &LossSpec,
@@ -84,8 +95,8 @@ fn fused_head_loss_blocked(
     let h = hidden.f_reshape([n * s, d])?.f_index_select(0, &rows)?;
     let total = h.size()[0];
     let eps = spec.label_smoothing;
-    // Σ_v W_v [1, D], for the label-smoothing term of the gradient.
-    let w_sum = if eps > 0.0 {
+    // Σ_v W_v [1, D], for the label-smoothing term of the gradient (per token when capped).
+    let w_sum = if eps > 0.0 && softcap.is_none() {
         Some(
             head.weight
                 .f_sum_dim_intlist([0i64].as_slice(), true, kind)?,
@@ -100,7 +111,14 @@ fn fused_head_loss_blocked(
         let len = TOKENS_PER_CHUNK.min(total - start);
         let hc = h.f_narrow(0, start, len)?;
         let yc = y.f_narrow(0, start, len)?;
-        let (ce, g) = chunk_loss_grad(head, &hc, &yc, eps, w_sum.as_ref(), block_entries)?;
+        let sweep = Sweep {
+            head,
+            softcap,
+            eps,
+            w_sum: w_sum.as_ref(),
+            block_entries,
+        };
+        let (ce, g) = sweep.loss_grad(&hc, &yc)?;
         token_loss.push(ce);
         grad_rows.push(g.f_mul(&token_weight.f_narrow(0, start, len)?.f_unsqueeze(1)?)?);
         start += len;
@@ -126,74 +144,116 @@ fn fused_head_loss_blocked(
     Ok((losses, grad.f_reshape([n, s, d])?))
 }
 
-/// Cross-entropy `[T]` and `∂CE/∂h` `[T, D]` (unweighted) for hidden states `hc` `[T, D]` and
-/// targets `yc` `[T]`.
-///
-/// The vocabulary is swept in cache-sized blocks with an online softmax: a running maximum
-/// `m`, `s = Σ exp(z - m)` and `acc = Σ exp(z - m) W` are rescaled whenever `m` grows, so
-/// `lse = m + log s` and `softmax(z) W = acc / s` come out without any `[T, V]` tensor.
-fn chunk_loss_grad(
-    head: &Linear,
-    hc: &Tensor,
-    yc: &Tensor,
+/// One vocabulary sweep's settings: the head, its soft-capping, label smoothing.
+struct Sweep<'a> {
+    head: &'a Linear,
+    softcap: Option<f64>,
     eps: f64,
-    w_sum: Option<&Tensor>,
+    /// `Σ_v W_v` `[1, D]` when label smoothing is on and the logits are not capped.
+    w_sum: Option<&'a Tensor>,
     block_entries: i64,
-) -> Result<(Tensor, Tensor)> {
-    let (t, d) = hc.size2()?;
-    let v = head.out_features();
-    let kind = hc.kind();
-    let opts = (kind, hc.device());
-    let block = (block_entries / t).clamp(1, v.max(1));
-    let buffer = Tensor::f_empty([t * block], opts)?;
-    let mut m = Tensor::f_full([t, 1], f64::NEG_INFINITY, opts)?;
-    let mut s = Tensor::f_zeros([t, 1], opts)?;
-    let mut acc = Tensor::f_zeros([t, d], opts)?;
-    let mut sum_z = Tensor::f_zeros([t, 1], opts)?;
-    let mut v0 = 0;
-    while v0 < v {
-        let vb = block.min(v - v0);
-        let wb = head.weight.f_narrow(0, v0, vb)?;
-        let mut z = buffer.f_narrow(0, 0, t * vb)?.f_view([t, vb])?;
-        let _ = hc.f_mm_out(&z, &wb.f_transpose(0, 1)?)?;
+}
+
+impl Sweep<'_> {
+    /// Cross-entropy `[T]` and `∂CE/∂h` `[T, D]` (unweighted) for hidden states `hc` `[T, D]`
+    /// and targets `yc` `[T]`.
+    ///
+    /// The vocabulary is swept in cache-sized blocks with an online softmax: a running maximum
+    /// `m`, `s = Σ exp(z - m)` and `acc = Σ exp(z - m) W` are rescaled whenever `m` grows, so
+    /// `lse = m + log s` and `softmax(z) W = acc / s` come out without any `[T, V]` tensor.
+    /// With soft-capping (`z = c·tanh(u / c)`, `u` the head's output) every `W_v` is weighted
+    /// by `∂z_v/∂u_v = 1 - tanh²(u_v / c)`, and the label-smoothing term is accumulated per
+    /// token (`dacc = Σ_v (1 - tanh²) W_v`).
+    fn loss_grad(&self, hc: &Tensor, yc: &Tensor) -> Result<(Tensor, Tensor)> {
+        let head = self.head;
+        let eps = self.eps;
+        let (t, d) = hc.size2()?;
+        let v = head.out_features();
+        let kind = hc.kind();
+        let opts = (kind, hc.device());
+        let block = (self.block_entries / t).clamp(1, v.max(1));
+        let buffer = Tensor::f_empty([t * block], opts)?;
+        let mut m = Tensor::f_full([t, 1], f64::NEG_INFINITY, opts)?;
+        let mut s = Tensor::f_zeros([t, 1], opts)?;
+        let mut acc = Tensor::f_zeros([t, d], opts)?;
+        let mut sum_z = Tensor::f_zeros([t, 1], opts)?;
+        let mut dacc = match (self.softcap, eps > 0.0) {
+            (Some(_), true) => Some(Tensor::f_zeros([t, d], opts)?),
+            _ => None,
+        };
+        let mut v0 = 0;
+        while v0 < v {
+            let vb = block.min(v - v0);
+            let wb = head.weight.f_narrow(0, v0, vb)?;
+            let mut z = buffer.f_narrow(0, 0, t * vb)?.f_view([t, vb])?;
+            let _ = hc.f_mm_out(&z, &wb.f_transpose(0, 1)?)?;
+            if let Some(bias) = &head.bias {
+                let _ = z.f_add_(&bias.f_narrow(0, v0, vb)?)?;
+            }
+            // z <- c·tanh(z / c), keeping the derivative 1 - tanh².
+            let slope = match self.softcap {
+                Some(c) => {
+                    let _ = z.f_div_scalar_(c)?.f_tanh_()?;
+                    let slope = z.f_square()?.f_neg_()?.f_add_scalar_(1.0)?;
+                    let _ = z.f_mul_scalar_(c)?;
+                    Some(slope)
+                }
+                None => None,
+            };
+            if eps > 0.0 {
+                let _ = sum_z.f_add_(&z.f_sum_dim_intlist([1i64].as_slice(), true, kind)?)?;
+            }
+            let m_new = m.f_maximum(&z.f_amax([1i64].as_slice(), true)?)?;
+            // exp(-inf - finite) = 0 on the first block.
+            let rescale = m.f_sub(&m_new)?.f_exp()?;
+            let _ = z.f_sub_(&m_new)?.f_exp_()?;
+            let _ = s.f_mul_(&rescale)?.f_add_(&z.f_sum_dim_intlist(
+                [1i64].as_slice(),
+                true,
+                kind,
+            )?)?;
+            if let Some(slope) = &slope {
+                if let Some(dacc) = dacc.as_mut() {
+                    let _ = dacc.f_addmm_(slope, &wb)?;
+                }
+                let _ = z.f_mul_(slope)?;
+            }
+            let _ = acc.f_mul_(&rescale)?.f_addmm_(&z, &wb)?;
+            m = m_new;
+            v0 += vb;
+        }
+        let lse = m.f_add(&s.f_log()?)?.f_squeeze_dim(1)?;
+        // The target's logit, h·W_y (+ b_y), without the [T, V] logits.
+        let w_y = head.weight.f_index_select(0, yc)?;
+        let mut z_y = hc
+            .f_mul(&w_y)?
+            .f_sum_dim_intlist([1i64].as_slice(), false, kind)?;
         if let Some(bias) = &head.bias {
-            let _ = z.f_add_(&bias.f_narrow(0, v0, vb)?)?;
+            z_y = z_y.f_add(&bias.f_index_select(0, yc)?)?;
         }
+        // The onehot term's W_y, times the target's cap slope.
+        let mut w_y = w_y.f_mul_scalar(1.0 - eps)?;
+        if let Some(c) = self.softcap {
+            let t_y = z_y.f_div_scalar(c)?.f_tanh()?;
+            let slope_y = t_y.f_square()?.f_neg()?.f_add_scalar(1.0)?;
+            w_y = w_y.f_mul(&slope_y.f_unsqueeze(1)?)?;
+            z_y = t_y.f_mul_scalar(c)?;
+        }
+        let mut ce = lse.f_sub(&z_y)?;
+        // ∂CE/∂h = (softmax - (1-ε)·onehot - ε/V) W = acc/s - (1-ε) W_y - (ε/V) Σ_v W_v.
+        let mut g = acc.f_div(&s)?.f_sub(&w_y)?;
         if eps > 0.0 {
-            let _ = sum_z.f_add_(&z.f_sum_dim_intlist([1i64].as_slice(), true, kind)?)?;
+            // Smoothed CE = (1-ε)·CE + ε·(lse - mean_v z).
+            let mean_z = sum_z.f_squeeze_dim(1)?.f_div_scalar(v as f64)?;
+            ce = ce
+                .f_mul_scalar(1.0 - eps)?
+                .f_add(&lse.f_sub(&mean_z)?.f_mul_scalar(eps)?)?;
+            if let Some(w_sum) = dacc.as_ref().or(self.w_sum) {
+                g = g.f_sub(&w_sum.f_mul_scalar(eps / v as f64)?)?;
+            }
         }
-        let m_new = m.f_maximum(&z.f_amax([1i64].as_slice(), true)?)?;
-        // exp(-inf - finite) = 0 on the first block.
-        let rescale = m.f_sub(&m_new)?.f_exp()?;
-        let _ = z.f_sub_(&m_new)?.f_exp_()?;
-        let _ =
-            s.f_mul_(&rescale)?
-                .f_add_(&z.f_sum_dim_intlist([1i64].as_slice(), true, kind)?)?;
-        let _ = acc.f_mul_(&rescale)?.f_addmm_(&z, &wb)?;
-        m = m_new;
-        v0 += vb;
+        Ok((ce, g))
     }
-    let lse = m.f_add(&s.f_log()?)?.f_squeeze_dim(1)?;
-    // The target's logit, h·W_y (+ b_y), without the [T, V] logits.
-    let w_y = head.weight.f_index_select(0, yc)?;
-    let mut z_y = hc
-        .f_mul(&w_y)?
-        .f_sum_dim_intlist([1i64].as_slice(), false, kind)?;
-    if let Some(bias) = &head.bias {
-        z_y = z_y.f_add(&bias.f_index_select(0, yc)?)?;
-    }
-    let mut ce = lse.f_sub(&z_y)?;
-    // ∂CE/∂h = (softmax - (1-ε)·onehot - ε/V) W = acc/s - (1-ε) W_y - (ε/V) Σ_v W_v.
-    let mut g = acc.f_div(&s)?.f_sub(&w_y.f_mul_scalar(1.0 - eps)?)?;
-    if let Some(w_sum) = w_sum {
-        // Smoothed CE = (1-ε)·CE + ε·(lse - mean_v z).
-        let mean_z = sum_z.f_squeeze_dim(1)?.f_div_scalar(v as f64)?;
-        ce = ce
-            .f_mul_scalar(1.0 - eps)?
-            .f_add(&lse.f_sub(&mean_z)?.f_mul_scalar(eps)?)?;
-        g = g.f_sub(&w_sum.f_mul_scalar(eps / v as f64)?)?;
-    }
-    Ok((ce, g))
 }
 
 #[cfg(test)]
@@ -245,7 +305,12 @@ mod tests {
             (LossReduction::Sum, 0.0, false, 2, 4),
             (LossReduction::Mean, 0.1, true, 2, 1),
         ];
-        for (reduction, eps, with_adv, h, block) in cases {
+        // Soft-capped logits too (Gemma-2): 2.0 bends most of these logits, 0.5 all of them.
+        let capped = [None, Some(2.0), Some(0.5)];
+        for ((reduction, eps, with_adv, h, block), cap) in cases
+            .into_iter()
+            .flat_map(|case| capped.map(|cap| (case, cap)))
+        {
             let head = &heads[h];
             let spec = LossSpec {
                 loss_fn: LossFn::Ce,
@@ -256,18 +321,19 @@ mod tests {
             };
             let hidden = Tensor::randn([n, s, d], opts).set_requires_grad(true);
             let a = with_adv.then_some(&adv);
-            let want = document_losses(&spec, &head.forward(&hidden), &labels, a, None).unwrap();
+            let logits = crate::models::head::head_logits(head, cap, &hidden, 1.0);
+            let want = document_losses(&spec, &logits, &labels, a, None).unwrap();
             let want_grad =
                 Tensor::run_backward(&[want.sum(Kind::Double)], &[&hidden], false, false).remove(0);
             let labelled = 9; // non-ignored targets in `labels`
             let (got, got_grad) =
-                fused_head_loss_blocked(head, &hidden, &labels, &spec, a, block * labelled)
+                fused_head_loss_blocked(head, cap, &hidden, &labels, &spec, a, block * labelled)
                     .unwrap();
             let err = (got - want.detach()).abs().max().double_value(&[]);
             let gerr = (got_grad - want_grad).abs().max().double_value(&[]);
             assert!(
                 err < 1e-12 && gerr < 1e-12,
-                "{reduction:?} eps {eps} block {block}: loss err {err}, grad err {gerr}"
+                "{reduction:?} eps {eps} block {block} cap {cap:?}: loss err {err}, grad err {gerr}"
             );
         }
     }

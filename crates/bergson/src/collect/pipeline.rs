@@ -14,6 +14,7 @@ use super::targets::{discover_targets, split_heads, Target};
 use crate::config::{AttentionConfig, IndexConfig, LossFn};
 use crate::data::batching::{allocate_batches, collection_mask, pad_batch};
 use crate::data::tokenize::TokenizedRow;
+use crate::models::head::head_logits;
 use crate::models::{BaseOnly, CausalLm, Linear};
 use crate::{Error, Result};
 
@@ -283,17 +284,26 @@ impl<'m> Collection<'m> {
         let (losses, seed) = if fused_applies(&self.cfg.loss, model.kind()) {
             // The head and loss fused: backward from the final hidden states with their
             // gradient as the seed, so the logits never enter the graph.
-            // Bergson multiplies the head's output by logit_scale; folded into the head here.
+            // Bergson multiplies the head's output by logit_scale (before any soft-capping);
+            // folded into the head here.
             let head = self.scaled_head.as_ref().unwrap_or(model.lm_head());
-            let (losses, grad) =
-                fused_head_loss(head, &hidden, &y, &self.cfg.loss, advantages.as_ref())?;
+            let (losses, grad) = fused_head_loss(
+                head,
+                model.final_logit_softcap(),
+                &hidden,
+                &y,
+                &self.cfg.loss,
+                advantages.as_ref(),
+            )?;
             let seed = hidden.f_mul(&grad)?.f_sum(hidden.kind())?;
             (losses, seed)
         } else {
-            let mut logits = model.lm_head().forward(&hidden);
-            if self.cfg.loss.logit_scale != 1.0 {
-                logits = logits.f_mul_scalar(self.cfg.loss.logit_scale)?;
-            }
+            let logits = head_logits(
+                model.lm_head(),
+                model.final_logit_softcap(),
+                &hidden,
+                self.cfg.loss.logit_scale,
+            );
             let reference = (self.cfg.loss.loss_fn == LossFn::Kl)
                 .then(|| base_logits(model, &x, self.cfg.loss.logit_scale))
                 .transpose()?;
@@ -325,12 +335,7 @@ impl<'m> Collection<'m> {
 /// The base model's logits, adapters off and no autograd (the reference of `--loss_fn kl`).
 fn base_logits(model: &dyn CausalLm, x: &Tensor, logit_scale: f64) -> Result<Tensor> {
     let _guard = tch::no_grad_guard();
-    let logits = model.forward_with(x, &mut BaseOnly);
-    Ok(if logit_scale != 1.0 {
-        logits.f_mul_scalar(logit_scale)?
-    } else {
-        logits
-    })
+    Ok(model.forward_scaled_with(x, &mut BaseOnly, logit_scale))
 }
 
 /// The collected modules of `model` under `cfg`.

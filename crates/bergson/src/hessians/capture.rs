@@ -21,6 +21,7 @@ use crate::collect::{LossSpec, Target};
 use crate::config::{LossFn, LossReduction};
 use crate::data::batching::{collection_mask, pad_batch};
 use crate::data::tokenize::TokenizedRow;
+use crate::models::head::head_logits;
 use crate::models::{CausalLm, Linear, LinearHook};
 use crate::Result;
 
@@ -145,7 +146,8 @@ impl<'m> HessianCapture<'m> {
             }
             None => {
                 if let Some(sampler) = sampler {
-                    y = sampler.sample(self.head(), &hidden, &y, indices)?;
+                    let cap = self.model.final_logit_softcap();
+                    y = sampler.sample(self.head(), cap, &hidden, &y, indices)?;
                 }
                 self.loss_seed(&hidden, &y)?
             }
@@ -195,10 +197,12 @@ impl<'m> HessianCapture<'m> {
         if fused_applies(&spec, kind) {
             // The head and loss fused: the seed is hidden · ∂loss/∂hidden, so the logits never
             // enter the graph (the same gradient as the unfused loss below).
-            let (_, grad) = fused_head_loss(self.head(), hidden, y, &spec, weight.as_ref())?;
+            let cap = self.model.final_logit_softcap();
+            let (_, grad) = fused_head_loss(self.head(), cap, hidden, y, &spec, weight.as_ref())?;
             return Ok((hidden.f_mul(&grad)?.f_sum(kind)?, Some(grad)));
         }
-        let logits = self.head().forward(hidden).f_narrow(1, 0, s - 1)?;
+        let logits = head_logits(self.head(), self.model.final_logit_softcap(), hidden, 1.0)
+            .f_narrow(1, 0, s - 1)?;
         let tok = token_losses(&spec, &logits, &targets)?;
         let mut losses = tok.f_sum_dim_intlist([1i64].as_slice(), false, tok.kind())?;
         if let Some(w) = &weight {

@@ -154,13 +154,10 @@ impl<'m> GaussNewtonProduct<'m> {
             modules: &self.modules,
             deltas: &deltas,
         };
-        let mut logits = self
+        let logits = self
             .model
-            .forward_with(&x, &mut hook)
+            .forward_scaled_with(&x, &mut hook, self.logit_scale)
             .f_narrow(1, 0, s - 1)?;
-        if self.logit_scale != 1.0 {
-            logits = logits.f_mul_scalar(self.logit_scale)?;
-        }
 
         // J v = ∂/∂u ⟨Jᵀu, v⟩ at any u (the map is linear in u).
         let u = logits.f_zeros_like()?.set_requires_grad(true);

@@ -14,6 +14,7 @@ use tch::{Kind, Tensor};
 
 use crate::collect::loss::IGNORE_INDEX;
 use crate::collect::projection::{philox4x32_10, philox_key};
+use crate::models::head::head_logits;
 use crate::models::Linear;
 use crate::Result;
 
@@ -46,11 +47,12 @@ impl LabelSampler {
     }
 
     /// Labels `[N, S]` for a batch: `y` with every labelled target position (`y[:, 1:] !=
-    /// -100`) replaced by a draw from `softmax(head(hidden))` at the position before it.
-    /// `docs` are the batch's dataset indices, in row order.
+    /// -100`) replaced by a draw from `softmax(head(hidden))` (soft-capped by `softcap`) at
+    /// the position before it. `docs` are the batch's dataset indices, in row order.
     pub fn sample(
         &self,
         head: &Linear,
+        softcap: Option<f64>,
         hidden: &Tensor,
         y: &Tensor,
         docs: &[usize],
@@ -76,7 +78,7 @@ impl LabelSampler {
         while start < total {
             let len = POSITIONS_PER_CHUNK.min(total - start);
             let drawn = tch::no_grad(|| -> Result<Tensor> {
-                let logits = head.forward(&h.f_narrow(0, start, len)?);
+                let logits = head_logits(head, softcap, &h.f_narrow(0, start, len)?, 1.0);
                 let cdf = logits
                     .f_softmax(-1, Kind::Double)?
                     .f_cumsum(-1, Kind::Double)?;
@@ -139,7 +141,7 @@ mod tests {
         let docs: Vec<usize> = (0..n as usize).map(|i| 10 * i + 3).collect();
         let sampler = LabelSampler::default();
         let out = sampler
-            .sample(&identity_head(v), &hidden, &y, &docs)
+            .sample(&identity_head(v), None, &hidden, &y, &docs)
             .unwrap();
         let first: Vec<i64> = Vec::try_from(out.narrow(1, 0, 1).flatten(0, -1)).unwrap();
         assert!(first.iter().all(|&x| x == 7), "position 0 is not a target");
@@ -163,6 +165,7 @@ mod tests {
         let again = sampler
             .sample(
                 &identity_head(v),
+                None,
                 &hidden.narrow(0, 5, 1),
                 &y.narrow(0, 5, 1),
                 &docs[5..6],
@@ -176,7 +179,7 @@ mod tests {
         let hidden = Tensor::randn([2, 3, 5], (Kind::Float, Device::Cpu));
         let y = Tensor::from_slice(&[1i64, -100, 4, 2, 3, -100]).reshape([2, 3]);
         let out = LabelSampler::default()
-            .sample(&identity_head(5), &hidden, &y, &[0, 1])
+            .sample(&identity_head(5), None, &hidden, &y, &[0, 1])
             .unwrap();
         let got: Vec<i64> = Vec::try_from(out.flatten(0, -1)).unwrap();
         assert_eq!(got[1], -100);

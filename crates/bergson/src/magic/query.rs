@@ -11,6 +11,7 @@
 use super::super::train::loss::weighted_causal_lm_ce;
 use super::super::train::{DataStream, Trainer};
 use crate::data::tokenize::TokenizedRow;
+use crate::models::NoHook;
 use crate::{Error, Result};
 use tch::{Device, Tensor};
 
@@ -70,7 +71,7 @@ pub fn query_gradient(
     for i in mine {
         crate::interrupt::check()?;
         let (batch, n) = stream.batch(i).without_padded_rows();
-        let logits = trainer.scale_logits(model.forward(&batch.input_ids));
+        let logits = trainer.logits(model.as_ref(), &batch.input_ids, &mut NoHook);
         let batch_loss = weighted_causal_lm_ce(
             &logits,
             &batch.labels,

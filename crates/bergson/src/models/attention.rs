@@ -80,6 +80,40 @@ pub fn causal_attention(
     }
 }
 
+/// Causal attention with soft-capped scores (Gemma-2's `attn_logit_softcapping`), as
+/// transformers' eager attention computes it: `scores = c·tanh(scale·QKᵀ / c)`, masked (causal,
+/// and `sliding_window` as in [`causal_attention`]), softmax in float32 (float64 in a float64
+/// model) cast back to the query dtype, times V. No SDPA kernel caps scores, so this is always written out (and therefore
+/// always double-differentiable). Shapes as in [`causal_attention`].
+pub fn softcapped_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    cap: f64,
+    sliding_window: Option<i64>,
+) -> Tensor {
+    let s = q.size()[2];
+    let groups = q.size()[1] / k.size()[1];
+    let (k, v) = if groups > 1 {
+        (repeat_kv(k, groups), repeat_kv(v, groups))
+    } else {
+        (k.shallow_clone(), v.shallow_clone())
+    };
+    let scores = q.matmul(&k.transpose(-1, -2)) * scale;
+    let scores = (scores / cap).tanh() * cap;
+    let allowed = match sliding_window.filter(|&w| w < s) {
+        Some(w) => sliding_window_mask(s, w, q.device()),
+        None => Tensor::ones([s, s], (Kind::Bool, q.device())).tril(0),
+    };
+    // transformers adds the dtype's minimum where masked; after the softmax both give 0.
+    let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
+    scores
+        .softmax(-1, super::norm::compute_kind(q.kind()))
+        .to_kind(q.kind())
+        .matmul(&v)
+}
+
 /// Boolean `[S, S]` mask, true where query `i` may attend key `j`: `i - w < j <= i`.
 pub(crate) fn sliding_window_mask(s: i64, w: i64, device: Device) -> Tensor {
     let i = Tensor::arange(s, (Kind::Int64, device)).unsqueeze(1);
@@ -101,6 +135,18 @@ mod tests {
 
     /// Reference attention written out: scores, explicit mask, softmax, weighted sum.
     fn naive(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, window: Option<i64>) -> Tensor {
+        naive_capped(q, k, v, scale, None, window)
+    }
+
+    /// [`naive`] with optional score soft-capping.
+    fn naive_capped(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+        cap: Option<f64>,
+        window: Option<i64>,
+    ) -> Tensor {
         let (_, hq, s, _) = q.size4().unwrap();
         let hkv = k.size()[1];
         let mut allowed = vec![0f64; (s * s) as usize];
@@ -115,8 +161,36 @@ mod tests {
         let idx = Tensor::from_slice(&idx);
         let k = k.index_select(1, &idx);
         let v = v.index_select(1, &idx);
-        let scores = q.matmul(&k.transpose(-1, -2)) * scale + bias;
-        scores.softmax(-1, Kind::Double).matmul(&v)
+        let mut scores = q.matmul(&k.transpose(-1, -2)) * scale;
+        if let Some(c) = cap {
+            scores = (scores / c).tanh() * c;
+        }
+        (scores + bias).softmax(-1, Kind::Double).matmul(&v)
+    }
+
+    /// Soft-capped attention in float64 equals the written-out reference (GQA, windows), and
+    /// a large cap changes nothing while a small one does.
+    #[test]
+    fn softcapped_matches_naive() {
+        tch::manual_seed(4);
+        let opts = (Kind::Double, Device::Cpu);
+        let q = Tensor::randn([2, 4, 7, 8], opts) * 3.0;
+        for hkv in [4, 2] {
+            let k = Tensor::randn([2, hkv, 7, 8], opts) * 3.0;
+            let v = Tensor::randn([2, hkv, 7, 8], opts);
+            for window in [None, Some(3), Some(7)] {
+                for cap in [0.5, 50.0] {
+                    let want = naive_capped(&q, &k, &v, 0.3, Some(cap), window);
+                    let got = softcapped_attention(&q, &k, &v, 0.3, cap, window);
+                    let err = (got - &want).abs().max().double_value(&[]);
+                    assert!(err < 1e-12, "hkv {hkv} window {window:?} cap {cap}: {err}");
+                }
+                let uncapped = naive(&q, &k, &v, 0.3, window);
+                let small = softcapped_attention(&q, &k, &v, 0.3, 0.5, window);
+                let diff = (small - &uncapped).abs().max().double_value(&[]);
+                assert!(diff > 1e-3, "a cap of 0.5 must change the output: {diff}");
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,6 @@
 use super::config::ConfigJson;
 use super::llama::{load_decoder, sliding_layer_types, window_or, DecoderConfig};
 use super::loader::TensorSource;
-use super::norm::RmsGain;
 use super::rotary::{RopeConfig, LLAMA_ROPE_KEYS};
 use super::CausalLm;
 use crate::Result;
@@ -17,35 +16,8 @@ use tch::{Device, Kind};
 /// Gemma-3's config.json as decoder settings (transformers' `Gemma3TextConfig` defaults).
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     refuse_unsupported(cfg)?;
-    let mut c = DecoderConfig::common(cfg, "gemma3_text")?;
-    if c.hidden_size % c.num_heads != 0 {
-        // transformers' `validate_architecture` refuses it even with an explicit head_dim.
-        return Err(cfg.error(format!(
-            "hidden_size {} is not a multiple of num_attention_heads {}; fix config.json",
-            c.hidden_size, c.num_heads
-        )));
-    }
-    if cfg.int(&["head_dim"])?.is_none() {
-        c.head_dim = 256;
-    }
-    c.default_kv_heads(cfg, 4)?;
-    if !cfg.has("pad_token_id") {
-        c.pad_token_id = Some(0);
-    }
-    c.hidden_act = super::activation(cfg, &["hidden_activation"], "gelu_pytorch_tanh")?;
-    c.tie_word_embeddings = super::tie_word_embeddings(cfg, true)?;
-    c.read_attention_bias(cfg)?;
+    let mut c = super::gemma2::sandwich_decoder(cfg, "gemma3_text")?;
     c.qk_norm = true;
-    c.norm_gain = RmsGain::UnitOffset;
-    c.sandwich_norms = true;
-    c.embed_scale = true;
-    let scalar = cfg.float(&["query_pre_attn_scalar"])?.unwrap_or(256.0);
-    if scalar.is_nan() || scalar <= 0.0 {
-        return Err(cfg.error(format!(
-            "query_pre_attn_scalar {scalar} must be positive; fix config.json"
-        )));
-    }
-    c.attn_scale = Some(scalar.powf(-0.5));
     let sliding = match sliding_layer_types(cfg, c.num_layers)? {
         Some(flags) => flags,
         None => {
@@ -79,7 +51,6 @@ fn refuse_unsupported(cfg: &ConfigJson) -> Result<()> {
             )));
         }
     }
-    super::gemma::refuse_bidirectional(cfg)?;
     Ok(())
 }
 
@@ -96,6 +67,7 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::norm::RmsGain;
     use crate::models::rotary::RopeScaling;
     use std::path::Path;
 

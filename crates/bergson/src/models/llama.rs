@@ -5,7 +5,7 @@
 //! config.json onto [`DecoderConfig`].
 
 use super::activation::Activation;
-use super::attention::{causal_attention, AttentionKernel};
+use super::attention::{causal_attention, softcapped_attention, AttentionKernel};
 use super::config::ConfigJson;
 use super::loader::{ParamLoader, TensorSource};
 use super::moe::{expand_matching, MoeConfig, SparseMoe};
@@ -91,6 +91,11 @@ pub struct DecoderConfig {
     pub fused_projections: bool,
     /// Which layers rotate q and k (SmolLM3's `no_rope_layers`); `None`: every layer.
     pub rope_layers: Option<Vec<bool>>,
+    /// Gemma-2's `attn_logit_softcapping`: scores become `c·tanh(scores / c)` before the mask
+    /// (transformers' eager attention, written out).
+    pub attn_softcap: Option<f64>,
+    /// Gemma-2's `final_logit_softcapping`: logits become `c·tanh(logits / c)`.
+    pub final_softcap: Option<f64>,
 }
 
 impl DecoderConfig {
@@ -159,6 +164,8 @@ impl DecoderConfig {
             attn_scale: None,
             fused_projections: false,
             rope_layers: None,
+            attn_softcap: None,
+            final_softcap: None,
         })
     }
 
@@ -596,7 +603,10 @@ impl Decoder {
             ),
         };
         let scale = self.config.attn_scale.unwrap_or((hd as f64).powf(-0.5));
-        let o = causal_attention(&q, &k, &v, scale, a.sliding_window, kernel);
+        let o = match self.config.attn_softcap {
+            Some(cap) => softcapped_attention(&q, &k, &v, scale, cap, a.sliding_window),
+            None => causal_attention(&q, &k, &v, scale, a.sliding_window, kernel),
+        };
         let o = o
             .transpose(1, 2)
             .reshape([n, s, self.config.num_heads * hd]);
@@ -629,6 +639,10 @@ impl Decoder {
 impl Architecture for Decoder {
     fn lm_head(&self) -> &Linear {
         &self.lm_head
+    }
+
+    fn final_logit_softcap(&self) -> Option<f64> {
+        self.config.final_softcap
     }
 
     // `h = h + x`, not `h += x`: an in-place add would overwrite tensors autograd saved.

@@ -146,8 +146,8 @@ fn default_targets(model_type: &str) -> Option<&'static [&'static str]> {
         "gpt2" => &["c_attn"],
         "gpt_neox" => &["query_key_value"],
         "phi" => &["q_proj", "v_proj", "fc1", "fc2"],
-        "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "gemma" | "gemma3_text"
-        | "gpt_neo" => &["q_proj", "v_proj"],
+        "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "gemma" | "gemma2"
+        | "gemma3_text" | "gpt_neo" => &["q_proj", "v_proj"],
         _ => return None,
     })
 }

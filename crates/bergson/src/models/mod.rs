@@ -16,10 +16,12 @@ pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod gemma;
+pub mod gemma2;
 pub mod gemma3;
 pub mod gpt2;
 pub mod gpt_neo;
 pub mod gpt_neox;
+pub mod head;
 pub mod hub;
 pub mod kwargs;
 pub mod linear;
@@ -88,11 +90,33 @@ pub trait CausalLm: Send + Sync {
     fn forward_with(&self, input_ids: &Tensor, hook: &mut dyn LinearHook) -> Tensor;
 
     /// Final (normed) hidden states `[N, S, D]`, every base-model Linear going through `hook`;
-    /// `lm_head().forward(..)` of them are the logits.
+    /// [`head::head_logits`] of them are the logits.
     fn hidden_with(&self, input_ids: &Tensor, hook: &mut dyn LinearHook) -> Tensor;
 
     /// The LM head, `[V, D]` (outside the base model, so never collected).
     fn lm_head(&self) -> &Linear;
+
+    /// `final_logit_softcapping` (Gemma-2): the logits are `c·tanh(lm_head(h) / c)`.
+    fn final_logit_softcap(&self) -> Option<f64> {
+        None
+    }
+
+    /// Logits with the LM head's output multiplied by `logit_scale` before the model's final
+    /// soft-capping, as Bergson's `--logit_scale` hook on the head gives them.
+    fn forward_scaled_with(
+        &self,
+        input_ids: &Tensor,
+        hook: &mut dyn LinearHook,
+        logit_scale: f64,
+    ) -> Tensor {
+        let hidden = self.hidden_with(input_ids, hook);
+        head::head_logits(
+            self.lm_head(),
+            self.final_logit_softcap(),
+            &hidden,
+            logit_scale,
+        )
+    }
 
     /// Logits with no hook.
     fn forward(&self, input_ids: &Tensor) -> Tensor {
@@ -179,6 +203,11 @@ fn check_ids(input_ids: &Tensor, vocab: Option<i64>, max_len: Option<i64>) -> Re
 pub trait Architecture: Send {
     /// The LM head (outside the base model: not collected, never through the hook).
     fn lm_head(&self) -> &Linear;
+
+    /// See [`CausalLm::final_logit_softcap`].
+    fn final_logit_softcap(&self) -> Option<f64> {
+        None
+    }
 
     /// Final (normed) hidden states `[N, S, D]` for `input_ids`, every base-model Linear
     /// through `hook`; the logits are `lm_head` of these.
@@ -267,9 +296,7 @@ impl<A: Architecture + 'static> CausalLm for Model<A> {
     }
 
     fn forward_with(&self, input_ids: &Tensor, hook: &mut dyn LinearHook) -> Tensor {
-        self.arch
-            .lm_head()
-            .forward(&self.arch.hidden(input_ids, hook, self.kernel))
+        self.forward_scaled_with(input_ids, hook, 1.0)
     }
 
     fn hidden_with(&self, input_ids: &Tensor, hook: &mut dyn LinearHook) -> Tensor {
@@ -278,6 +305,10 @@ impl<A: Architecture + 'static> CausalLm for Model<A> {
 
     fn lm_head(&self) -> &Linear {
         self.arch.lm_head()
+    }
+
+    fn final_logit_softcap(&self) -> Option<f64> {
+        self.arch.final_logit_softcap()
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -349,6 +380,7 @@ pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
     ("olmo2", olmo2::load),
     ("olmo3", olmo3::load),
     ("gemma", gemma::load),
+    ("gemma2", gemma2::load),
     ("gemma3_text", gemma3::load),
     ("phi", phi::load),
     ("phi3", phi3::load),

@@ -324,7 +324,13 @@ impl DataStream {
     /// Batch `i`: rows `[i B, (i + 1) B)`, right-padded to the longest.
     pub fn batch(&self, i: usize) -> Batch {
         let rows = &self.rows[i * self.batch_size..(i + 1) * self.batch_size];
-        let t = rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0);
+        // At least one column, so a batch of empty documents is a batch without targets.
+        let t = rows
+            .iter()
+            .map(|r| r.input_ids.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let b = rows.len();
         let mut ids = vec![0i64; b * t];
         let mut labels = vec![IGNORE_INDEX; b * t];

@@ -11,7 +11,7 @@ use super::stream::{Batch, DataStream};
 use crate::collect::{BatchGradients, GradientCollector};
 use crate::config::TrainLossReduction;
 use crate::dist::{Collective, SingleProcess};
-use crate::models::{CausalLm, ModelSpec};
+use crate::models::{CausalLm, LinearHook, ModelSpec, NoHook};
 use crate::{Error, Result};
 use std::rc::Rc;
 use tch::{Kind, Tensor};
@@ -204,13 +204,15 @@ impl Trainer {
         self.settings.reduction
     }
 
-    /// `logits` times `--logit_scale`, as Bergson's LM-head hook returns them (unchanged at 1).
-    pub fn scale_logits(&self, logits: Tensor) -> Tensor {
-        if self.settings.logit_scale == 1.0 {
-            logits
-        } else {
-            logits * self.settings.logit_scale
-        }
+    /// `model`'s logits for `input_ids` with `--logit_scale` applied where Bergson's hook on the
+    /// LM head applies it (before a final soft-capping), every Linear through `hook`.
+    pub fn logits(
+        &self,
+        model: &dyn CausalLm,
+        input_ids: &Tensor,
+        hook: &mut dyn LinearHook,
+    ) -> Tensor {
+        model.forward_scaled_with(input_ids, hook, self.settings.logit_scale)
     }
 
     /// The optimizer.
@@ -412,10 +414,10 @@ impl Trainer {
                 (part, share)
             };
             let mut hook = tap.as_ref().map(|t| t.collector.training_hook());
-            let logits = self.scale_logits(match &mut hook {
-                Some(h) => model.forward_with(&micro.input_ids, h),
-                None => model.forward(&micro.input_ids),
-            });
+            let logits = match &mut hook {
+                Some(h) => self.logits(model.as_ref(), &micro.input_ids, h),
+                None => self.logits(model.as_ref(), &micro.input_ids, &mut NoHook),
+            };
             let micro_loss = weighted_causal_lm_ce(
                 &logits,
                 &micro.labels,

@@ -8,6 +8,7 @@
 //! * **per-document losses**: each query document's own token mean (multi-query scores).
 
 use crate::data::tokenize::TokenizedRow;
+use crate::models::NoHook;
 use crate::train::loss::{weighted_causal_lm_ce, IGNORE_INDEX};
 use crate::train::{DataStream, Trainer};
 use crate::{Error, Result};
@@ -66,7 +67,7 @@ pub fn query_loss_total(
             if micro.shift_loss_mask.sum(Kind::Int64).int64_value(&[]) == 0 {
                 continue;
             }
-            let logits = trainer.scale_logits(model.forward(&micro.input_ids));
+            let logits = trainer.logits(model.as_ref(), &micro.input_ids, &mut NoHook);
             let loss = weighted_causal_lm_ce(
                 &logits,
                 &micro.labels,
@@ -96,7 +97,7 @@ pub fn per_document_query_losses(
     for i in 0..stream.len() {
         crate::interrupt::check()?;
         let batch = stream.batch(i);
-        let logits = trainer.scale_logits(model.forward(&batch.input_ids));
+        let logits = trainer.logits(model.as_ref(), &batch.input_ids, &mut NoHook);
         let (b, t, v) = logits.size3()?;
         let shift = logits.narrow(1, 0, t - 1);
         let shift = if shift.kind() == Kind::Double {
