@@ -213,6 +213,14 @@ fn bad_input_is_one_line_and_exit_2() {
     // An existing run directory without --overwrite or --resume.
     let out = train(dir.path(), &[]);
     assert_input_error(&out, "already exists");
+    // Documents without a next-token target (empty, one token): nothing to train on.
+    let empty = dir.path().join("empty.jsonl");
+    fs::write(&empty, "{\"text\": \"\"}\n{\"text\": \"a\"}\n").unwrap();
+    let out = train(
+        dir.path(),
+        &["--dataset", empty.to_str().unwrap(), "--overwrite"],
+    );
+    assert_input_error(&out, "no training row has a next-token target");
 }
 
 /// `--moe_experts` runs the fused experts one projection at a time: the same parameters and

@@ -92,6 +92,14 @@ impl TokenizedRow {
     pub fn is_empty(&self) -> bool {
         self.input_ids.is_empty()
     }
+
+    /// Positions with a next-token loss: those after the first whose label is not -100.
+    pub fn next_token_targets(&self) -> usize {
+        match &self.labels {
+            Some(labels) => labels.iter().skip(1).filter(|&&y| y != -100).count(),
+            None => self.input_ids.len().saturating_sub(1),
+        }
+    }
 }
 
 /// The chat templates a tokenizer ships.

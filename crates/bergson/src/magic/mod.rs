@@ -132,30 +132,18 @@ pub(crate) fn prepare_rows(
     Ok(prepared.rows)
 }
 
-/// Next-token targets of `row`: positions after the first whose label is not masked.
-fn next_token_targets(row: &TokenizedRow) -> usize {
-    match &row.labels {
-        Some(labels) => labels
-            .iter()
-            .skip(1)
-            .filter(|&&y| y != crate::train::loss::IGNORE_INDEX)
-            .count(),
-        None => row.input_ids.len().saturating_sub(1),
-    }
-}
-
 /// Refuses a query set whose loss would be 0/0: with `--aggregation none` any row without a
 /// next-token target (each is its own query), otherwise a set without any.
 fn check_query_targets(rows: &[TokenizedRow], aggregation: Aggregation, what: &str) -> Result<()> {
     let fix = "(fewer than 2 tokens, or every label masked)";
     if aggregation == Aggregation::None {
-        if let Some(i) = rows.iter().position(|r| next_token_targets(r) == 0) {
+        if let Some(i) = rows.iter().position(|r| r.next_token_targets() == 0) {
             return Err(Error::input(format!(
                 "{what} row {i} has no next-token target {fix}, so its loss is undefined; drop it \
                  from the {what} dataset, or aggregate the queries with --aggregation mean"
             )));
         }
-    } else if rows.iter().all(|r| next_token_targets(r) == 0) {
+    } else if rows.iter().all(|r| r.next_token_targets() == 0) {
         return Err(Error::input(format!(
             "no {what} row has a next-token target {fix}, so the {what} loss is undefined; check \
              the {what} dataset and its columns"

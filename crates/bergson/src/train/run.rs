@@ -354,6 +354,14 @@ pub fn prepare_training_in(
     };
     let run = crate::build::together(&*group, run)?;
     let prepared = prepare_data(&icfg, &tokenizer, max_positions)?;
+    if prepared.rows.iter().all(|r| r.next_token_targets() == 0) {
+        // Nothing to train on: every step's loss would be 0 (or 0/0).
+        return Err(Error::input(
+            "no training row has a next-token target (every one has fewer than 2 tokens, or \
+             every label masked), so there is nothing to train on; check the dataset and \
+             --prompt_column (or --completion_column / --conversation_column)",
+        ));
+    }
     let doc_ids = chunk_doc_ids(&prepared.table)?;
     let shape = match weights {
         WeightChoice::PerDocument => WeightShape::PerDocument,
