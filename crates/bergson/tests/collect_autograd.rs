@@ -39,6 +39,7 @@ const ARCHITECTURES: &[&str] = &[
     "smollm3",
     "phi",
     "gemma2",
+    "granite",
 ];
 
 /// Documents of different lengths, not sorted, so padding sits in the middle of the batch too.

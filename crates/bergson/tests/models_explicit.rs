@@ -29,6 +29,7 @@ const FIXTURES: &[&str] = &[
     "smollm3",
     "phi",
     "gemma2",
+    "granite",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {

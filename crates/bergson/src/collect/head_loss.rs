@@ -321,7 +321,11 @@ mod tests {
             };
             let hidden = Tensor::randn([n, s, d], opts).set_requires_grad(true);
             let a = with_adv.then_some(&adv);
-            let logits = crate::models::head::head_logits(head, cap, &hidden, 1.0);
+            let out = crate::models::head::HeadOutput {
+                divisor: 1.0,
+                softcap: cap,
+            };
+            let logits = crate::models::head::head_logits(head, out, &hidden, 1.0);
             let want = document_losses(&spec, &logits, &labels, a, None).unwrap();
             let want_grad =
                 Tensor::run_backward(&[want.sum(Kind::Double)], &[&hidden], false, false).remove(0);

@@ -134,7 +134,8 @@ pub struct Collection<'m> {
     collector: GradientCollector,
     cfg: CollectConfig,
     batches: Vec<Vec<usize>>,
-    /// The LM head with `logit_scale` folded into its weight and bias, for the fused loss.
+    /// The LM head with `logit_scale` (and the model's logit divisor) folded into its weight
+    /// and bias, for the fused loss.
     scaled_head: Option<Linear>,
 }
 
@@ -170,7 +171,7 @@ impl<'m> Collection<'m> {
             cfg.world_size,
         )?;
         let batches = std::mem::take(&mut allocation[cfg.rank]);
-        let scale = cfg.loss.logit_scale;
+        let scale = model.head_output().linear_factor(cfg.loss.logit_scale);
         let scaled_head = if scale != 1.0 && fused_applies(&cfg.loss, model.kind()) {
             let head = model.lm_head();
             Some(Linear {
@@ -289,7 +290,7 @@ impl<'m> Collection<'m> {
             let head = self.scaled_head.as_ref().unwrap_or(model.lm_head());
             let (losses, grad) = fused_head_loss(
                 head,
-                model.final_logit_softcap(),
+                model.head_output().softcap,
                 &hidden,
                 &y,
                 &self.cfg.loss,
@@ -300,7 +301,7 @@ impl<'m> Collection<'m> {
         } else {
             let logits = head_logits(
                 model.lm_head(),
-                model.final_logit_softcap(),
+                model.head_output(),
                 &hidden,
                 self.cfg.loss.logit_scale,
             );

@@ -21,7 +21,7 @@ use crate::collect::{LossSpec, Target};
 use crate::config::{LossFn, LossReduction};
 use crate::data::batching::{collection_mask, pad_batch};
 use crate::data::tokenize::TokenizedRow;
-use crate::models::head::head_logits;
+use crate::models::head::{head_logits, HeadOutput};
 use crate::models::{CausalLm, Linear, LinearHook};
 use crate::Result;
 
@@ -64,7 +64,7 @@ pub struct HessianCapture<'m> {
     by_name: HashMap<String, usize>,
     num_targets: usize,
     loss: HessianLoss,
-    /// The LM head with `logit_scale` folded in, for the fused loss.
+    /// The LM head with `logit_scale` and the model's logit divisor folded in.
     scaled_head: Option<Linear>,
 }
 
@@ -76,15 +76,16 @@ impl<'m> HessianCapture<'m> {
             .enumerate()
             .map(|(i, t)| (t.name.clone(), i))
             .collect();
-        let scaled_head = if loss.logit_scale != 1.0 {
+        let factor = model.head_output().linear_factor(loss.logit_scale);
+        let scaled_head = if factor != 1.0 {
             let head = model.lm_head();
             Some(Linear {
                 name: head.name.clone(),
-                weight: head.weight.f_mul_scalar(loss.logit_scale)?,
+                weight: head.weight.f_mul_scalar(factor)?,
                 bias: head
                     .bias
                     .as_ref()
-                    .map(|b| b.f_mul_scalar(loss.logit_scale))
+                    .map(|b| b.f_mul_scalar(factor))
                     .transpose()?,
                 adapter: None,
             })
@@ -146,7 +147,7 @@ impl<'m> HessianCapture<'m> {
             }
             None => {
                 if let Some(sampler) = sampler {
-                    let cap = self.model.final_logit_softcap();
+                    let cap = self.model.head_output().softcap;
                     y = sampler.sample(self.head(), cap, &hidden, &y, indices)?;
                 }
                 self.loss_seed(&hidden, &y)?
@@ -197,12 +198,15 @@ impl<'m> HessianCapture<'m> {
         if fused_applies(&spec, kind) {
             // The head and loss fused: the seed is hidden · ∂loss/∂hidden, so the logits never
             // enter the graph (the same gradient as the unfused loss below).
-            let cap = self.model.final_logit_softcap();
+            let cap = self.model.head_output().softcap;
             let (_, grad) = fused_head_loss(self.head(), cap, hidden, y, &spec, weight.as_ref())?;
             return Ok((hidden.f_mul(&grad)?.f_sum(kind)?, Some(grad)));
         }
-        let logits = head_logits(self.head(), self.model.final_logit_softcap(), hidden, 1.0)
-            .f_narrow(1, 0, s - 1)?;
+        let out = HeadOutput {
+            divisor: 1.0, // folded into the head with the scale
+            ..self.model.head_output()
+        };
+        let logits = head_logits(self.head(), out, hidden, 1.0).f_narrow(1, 0, s - 1)?;
         let tok = token_losses(&spec, &logits, &targets)?;
         let mut losses = tok.f_sum_dim_intlist([1i64].as_slice(), false, tok.kind())?;
         if let Some(w) = &weight {

@@ -14,7 +14,7 @@ use tch::{Kind, Tensor};
 
 use crate::collect::loss::IGNORE_INDEX;
 use crate::collect::projection::{philox4x32_10, philox_key};
-use crate::models::head::head_logits;
+use crate::models::head::{head_logits, HeadOutput};
 use crate::models::Linear;
 use crate::Result;
 
@@ -78,7 +78,11 @@ impl LabelSampler {
         while start < total {
             let len = POSITIONS_PER_CHUNK.min(total - start);
             let drawn = tch::no_grad(|| -> Result<Tensor> {
-                let logits = head_logits(head, softcap, &h.f_narrow(0, start, len)?, 1.0);
+                let out = HeadOutput {
+                    divisor: 1.0,
+                    softcap,
+                };
+                let logits = head_logits(head, out, &h.f_narrow(0, start, len)?, 1.0);
                 let cdf = logits
                     .f_softmax(-1, Kind::Double)?
                     .f_cumsum(-1, Kind::Double)?;

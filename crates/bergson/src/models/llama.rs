@@ -7,6 +7,7 @@
 use super::activation::Activation;
 use super::attention::{causal_attention, softcapped_attention, AttentionKernel};
 use super::config::ConfigJson;
+use super::head::HeadOutput;
 use super::loader::{ParamLoader, TensorSource};
 use super::moe::{expand_matching, MoeConfig, SparseMoe};
 use super::norm::{Norm, PlainLayerNorm, RmsGain, RmsNorm};
@@ -96,6 +97,12 @@ pub struct DecoderConfig {
     pub attn_softcap: Option<f64>,
     /// Gemma-2's `final_logit_softcapping`: logits become `c·tanh(logits / c)`.
     pub final_softcap: Option<f64>,
+    /// Granite's `embedding_multiplier` on the token embeddings (1: none).
+    pub embedding_multiplier: f64,
+    /// Granite's `residual_multiplier` on each block's output before its residual add (1: none).
+    pub residual_multiplier: f64,
+    /// Granite's `logits_scaling`: the logits are divided by it (1: none).
+    pub logits_divisor: f64,
 }
 
 impl DecoderConfig {
@@ -166,6 +173,9 @@ impl DecoderConfig {
             rope_layers: None,
             attn_softcap: None,
             final_softcap: None,
+            embedding_multiplier: 1.0,
+            residual_multiplier: 1.0,
+            logits_divisor: 1.0,
         })
     }
 
@@ -641,8 +651,11 @@ impl Architecture for Decoder {
         &self.lm_head
     }
 
-    fn final_logit_softcap(&self) -> Option<f64> {
-        self.config.final_softcap
+    fn head_output(&self) -> HeadOutput {
+        HeadOutput {
+            divisor: self.config.logits_divisor,
+            softcap: self.config.final_softcap,
+        }
     }
 
     // `h = h + x`, not `h += x`: an in-place add would overwrite tensors autograd saved.
@@ -670,7 +683,13 @@ impl Architecture for Decoder {
                 .to_device(h.device());
             h = h * scale;
         }
+        if self.config.embedding_multiplier != 1.0 {
+            h = h * self.config.embedding_multiplier;
+        }
         let mut h = hook.embeddings(h);
+        let rm = self.config.residual_multiplier;
+        // Granite: each block's output times `residual_multiplier` before its residual add.
+        let residual = |t: Tensor| if rm != 1.0 { t * rm } else { t };
         for (i, layer) in self.layers.iter().enumerate() {
             let attn_in = match &layer.input_layernorm {
                 Some(norm) => norm.forward(&h),
@@ -698,10 +717,10 @@ impl Architecture for Decoder {
                     h = h + post_ff.forward(&out);
                 }
                 None => {
-                    h = h + attn;
+                    h = h + residual(attn);
                     let x = layer.post_attention_layernorm.forward(&h);
                     let out = self.ffn(&layer.mlp, &x, hook);
-                    h = h + out;
+                    h = h + residual(out);
                 }
             }
         }

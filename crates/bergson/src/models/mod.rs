@@ -21,6 +21,7 @@ pub mod gemma3;
 pub mod gpt2;
 pub mod gpt_neo;
 pub mod gpt_neox;
+pub mod granite;
 pub mod head;
 pub mod hub;
 pub mod kwargs;
@@ -96,9 +97,10 @@ pub trait CausalLm: Send + Sync {
     /// The LM head, `[V, D]` (outside the base model, so never collected).
     fn lm_head(&self) -> &Linear;
 
-    /// `final_logit_softcapping` (Gemma-2): the logits are `c·tanh(lm_head(h) / c)`.
-    fn final_logit_softcap(&self) -> Option<f64> {
-        None
+    /// What the model does to its LM head's output (Granite's `logits_scaling`, Gemma-2's
+    /// `final_logit_softcapping`).
+    fn head_output(&self) -> head::HeadOutput {
+        head::HeadOutput::default()
     }
 
     /// Logits with the LM head's output multiplied by `logit_scale` before the model's final
@@ -110,12 +112,7 @@ pub trait CausalLm: Send + Sync {
         logit_scale: f64,
     ) -> Tensor {
         let hidden = self.hidden_with(input_ids, hook);
-        head::head_logits(
-            self.lm_head(),
-            self.final_logit_softcap(),
-            &hidden,
-            logit_scale,
-        )
+        head::head_logits(self.lm_head(), self.head_output(), &hidden, logit_scale)
     }
 
     /// Logits with no hook.
@@ -204,9 +201,9 @@ pub trait Architecture: Send {
     /// The LM head (outside the base model: not collected, never through the hook).
     fn lm_head(&self) -> &Linear;
 
-    /// See [`CausalLm::final_logit_softcap`].
-    fn final_logit_softcap(&self) -> Option<f64> {
-        None
+    /// See [`CausalLm::head_output`].
+    fn head_output(&self) -> head::HeadOutput {
+        head::HeadOutput::default()
     }
 
     /// Final (normed) hidden states `[N, S, D]` for `input_ids`, every base-model Linear
@@ -307,8 +304,8 @@ impl<A: Architecture + 'static> CausalLm for Model<A> {
         self.arch.lm_head()
     }
 
-    fn final_logit_softcap(&self) -> Option<f64> {
-        self.arch.final_logit_softcap()
+    fn head_output(&self) -> head::HeadOutput {
+        self.arch.head_output()
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -385,6 +382,7 @@ pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
     ("phi", phi::load),
     ("phi3", phi3::load),
     ("smollm3", smollm3::load),
+    ("granite", granite::load),
 ];
 
 /// The `model_type`s [`load_model`] accepts.
