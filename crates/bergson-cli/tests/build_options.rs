@@ -122,3 +122,29 @@ fn data_kwargs_choose_the_files_of_a_dataset_directory() {
     let info = common::read_json(&tmp.path().join("run/info.json"));
     assert_eq!(info["num_grads"], 3, "{info}");
 }
+
+/// A fresh build over documents too short to index (fewer than 2 tokens) reports them, and
+/// does not call itself resumed (it once did: their tokens were counted but never run).
+#[test]
+fn a_fresh_build_with_short_documents_is_not_reported_as_resumed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = bergson()
+        .arg("build")
+        .arg(tmp.path().join("run"))
+        .arg("--model")
+        .arg(fixtures().join("models/opt"))
+        .arg("--dataset")
+        .arg(fixtures().join("bergson/data/text.jsonl"))
+        .args(["--projection_dim", "4"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("indexed 10 documents"), "{text}");
+    assert!(
+        text.contains("2 documents with fewer than 2 tokens have zero rows"),
+        "{text}"
+    );
+    assert!(!text.contains("resumed"), "{text}");
+}

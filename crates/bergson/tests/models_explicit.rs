@@ -30,6 +30,8 @@ const FIXTURES: &[&str] = &[
     "phi",
     "gemma2",
     "granite",
+    "opt",
+    "opt_post_ln",
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {

@@ -66,6 +66,8 @@ pub struct BuildSummary {
     pub tokens: u64,
     /// Tokens computed by this run (fewer than all when resuming).
     pub tokens_run: u64,
+    /// Whether batches made by an interrupted run were kept (`tokens_run` counts the rest).
+    pub resumed: bool,
     /// Whether the rows were reduced to one (`--aggregation`).
     pub aggregated: bool,
     /// Batches computed by this run (fewer than all when resuming).
@@ -136,7 +138,7 @@ impl std::fmt::Display for BuildSummary {
             human_bytes(self.index_bytes as f64),
             self.run_path.display()
         )?;
-        if self.tokens_run < self.tokens {
+        if self.resumed {
             write!(f, " (resumed: {} tokens computed now)", self.tokens_run)?;
         }
         if self.skipped > 0 && !self.aggregated {
@@ -373,6 +375,7 @@ fn run_step(
     let mut positions = 0usize;
     let mut batches_run = 0;
     let mut done_tokens = 0u64;
+    let mut batches_kept = 0usize;
     let mut profile = Profile {
         read: data.timings.read,
         tokenize: data.timings.tokenize,
@@ -419,6 +422,7 @@ fn run_step(
             .map(|&i| lengths[i] as u64)
             .sum();
         progress.resume(done_docs, done_tokens);
+        batches_kept = done.len();
 
         let mut pending: Vec<Entry> = Vec::new();
         let sync_every = sync_every();
@@ -476,13 +480,18 @@ fn run_step(
         let mut l = tch::Tensor::from_slice(&losses);
         job.all_reduce(&mut l, ReduceOp::Sum)?;
         losses = Vec::<f32>::try_from(&l)?;
-        let mut counts =
-            tch::Tensor::from_slice(&[positions as i64, tokens_run as i64, batches_run as i64]);
+        let mut counts = tch::Tensor::from_slice(&[
+            positions as i64,
+            tokens_run as i64,
+            batches_run as i64,
+            batches_kept as i64,
+        ]);
         job.all_reduce(&mut counts, ReduceOp::Sum)?;
         let counts = Vec::<i64>::try_from(&counts)?;
         positions = counts[0] as usize;
         tokens_run = counts[1] as u64;
         batches_run = counts[2] as usize;
+        batches_kept = counts[3] as usize;
         if let Some(acc) = sink.accumulator_mut() {
             job.all_reduce(acc, ReduceOp::Sum)?;
         }
@@ -528,6 +537,7 @@ fn run_step(
         skipped: lengths.iter().filter(|&&l| l < 2).count(),
         tokens: lengths.iter().map(|&l| l as u64).sum(),
         tokens_run,
+        resumed: batches_kept > 0,
         aggregated: aggregation != Aggregation::None,
         batches_run,
         seconds: start.elapsed().as_secs_f64(),

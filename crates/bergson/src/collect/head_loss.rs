@@ -173,6 +173,12 @@ impl Sweep<'_> {
         let opts = (kind, hc.device());
         let block = (self.block_entries / t).clamp(1, v.max(1));
         let buffer = Tensor::f_empty([t * block], opts)?;
+        // The cap's slopes get a buffer of their own too: a fresh [T, block] tensor per block
+        // would fault in new pages every time.
+        let slope_buffer = match self.softcap {
+            Some(_) => Some(Tensor::f_empty([t * block], opts)?),
+            None => None,
+        };
         let mut m = Tensor::f_full([t, 1], f64::NEG_INFINITY, opts)?;
         let mut s = Tensor::f_zeros([t, 1], opts)?;
         let mut acc = Tensor::f_zeros([t, d], opts)?;
@@ -191,14 +197,16 @@ impl Sweep<'_> {
                 let _ = z.f_add_(&bias.f_narrow(0, v0, vb)?)?;
             }
             // z <- c·tanh(z / c), keeping the derivative 1 - tanh².
-            let slope = match self.softcap {
-                Some(c) => {
+            let slope = match (self.softcap, &slope_buffer) {
+                (Some(c), Some(slopes)) => {
                     let _ = z.f_div_scalar_(c)?.f_tanh_()?;
-                    let slope = z.f_square()?.f_neg_()?.f_add_scalar_(1.0)?;
+                    let mut slope = slopes.f_narrow(0, 0, t * vb)?.f_view([t, vb])?;
+                    let _ = z.f_square_out(&slope)?;
+                    let _ = slope.f_neg_()?.f_add_scalar_(1.0)?;
                     let _ = z.f_mul_scalar_(c)?;
                     Some(slope)
                 }
-                None => None,
+                _ => None,
             };
             if eps > 0.0 {
                 let _ = sum_z.f_add_(&z.f_sum_dim_intlist([1i64].as_slice(), true, kind)?)?;

@@ -173,17 +173,7 @@ impl<'m> Collection<'m> {
         let batches = std::mem::take(&mut allocation[cfg.rank]);
         let scale = model.head_output().linear_factor(cfg.loss.logit_scale);
         let scaled_head = if scale != 1.0 && fused_applies(&cfg.loss, model.kind()) {
-            let head = model.lm_head();
-            Some(Linear {
-                name: head.name.clone(),
-                weight: head.weight.f_mul_scalar(scale)?,
-                bias: head
-                    .bias
-                    .as_ref()
-                    .map(|b| b.f_mul_scalar(scale))
-                    .transpose()?,
-                adapter: None,
-            })
+            Some(model.lm_head().scaled(scale)?)
         } else {
             None
         };

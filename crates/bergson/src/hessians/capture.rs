@@ -78,17 +78,7 @@ impl<'m> HessianCapture<'m> {
             .collect();
         let factor = model.head_output().linear_factor(loss.logit_scale);
         let scaled_head = if factor != 1.0 {
-            let head = model.lm_head();
-            Some(Linear {
-                name: head.name.clone(),
-                weight: head.weight.f_mul_scalar(factor)?,
-                bias: head
-                    .bias
-                    .as_ref()
-                    .map(|b| b.f_mul_scalar(factor))
-                    .transpose()?,
-                adapter: None,
-            })
+            Some(model.lm_head().scaled(factor)?)
         } else {
             None
         };

@@ -4,12 +4,9 @@
 
 use super::activation::Activation;
 use super::config::ConfigJson;
-use super::llama::{load_decoder, DecoderConfig};
-use super::loader::TensorSource;
+use super::llama::DecoderConfig;
 use super::norm::RmsGain;
-use super::CausalLm;
 use crate::Result;
-use tch::{Device, Kind};
 
 /// Gemma's config.json as decoder settings (transformers' `GemmaConfig` defaults).
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
@@ -43,16 +40,6 @@ pub fn refuse_bidirectional(cfg: &ConfigJson) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Registry entry for `gemma`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]

@@ -7,12 +7,9 @@
 //! do we whenever scores are capped.
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, sliding_layer_types, window_or, DecoderConfig};
-use super::loader::TensorSource;
+use super::llama::{sliding_layer_types, window_or, DecoderConfig};
 use super::norm::RmsGain;
-use super::CausalLm;
 use crate::Result;
-use tch::{Device, Kind};
 
 /// Gemma-2's config.json as decoder settings (transformers' `Gemma2Config` defaults).
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
@@ -77,16 +74,6 @@ fn softcap(cfg: &ConfigJson, key: &str, default: f64) -> Result<Option<f64>> {
         )));
     }
     Ok(Some(cap))
-}
-
-/// Registry entry for `gemma2`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]

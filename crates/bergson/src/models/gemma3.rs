@@ -6,12 +6,9 @@
 //! the tanh GELU.
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, sliding_layer_types, window_or, DecoderConfig};
-use super::loader::TensorSource;
+use super::llama::{sliding_layer_types, window_or, DecoderConfig};
 use super::rotary::{RopeConfig, LLAMA_ROPE_KEYS};
-use super::CausalLm;
 use crate::Result;
-use tch::{Device, Kind};
 
 /// Gemma-3's config.json as decoder settings (transformers' `Gemma3TextConfig` defaults).
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
@@ -52,16 +49,6 @@ fn refuse_unsupported(cfg: &ConfigJson) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Registry entry for `gemma3_text`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]

@@ -4,11 +4,8 @@
 //! by `logits_scaling`.
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, DecoderConfig};
-use super::loader::TensorSource;
-use super::CausalLm;
+use super::llama::DecoderConfig;
 use crate::Result;
-use tch::{Device, Kind};
 
 /// Granite's config.json as decoder settings (transformers' `GraniteConfig` defaults).
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
@@ -29,16 +26,6 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     c.attn_scale = Some(multiplier("attention_multiplier", false)?);
     c.logits_divisor = multiplier("logits_scaling", true)?;
     Ok(c)
-}
-
-/// Registry entry for `granite`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]

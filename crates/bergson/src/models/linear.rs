@@ -28,6 +28,21 @@ impl Linear {
         x.linear(&self.weight, self.bias.as_ref())
     }
 
+    /// A copy of the base layer with its weight and bias times `factor` (the adapter dropped):
+    /// how a fused loss folds a factor on the layer's output into the layer.
+    pub fn scaled(&self, factor: f64) -> crate::Result<Linear> {
+        Ok(Linear {
+            name: self.name.clone(),
+            weight: self.weight.f_mul_scalar(factor)?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.f_mul_scalar(factor))
+                .transpose()?,
+            adapter: None,
+        })
+    }
+
     /// Input features I.
     pub fn in_features(&self) -> i64 {
         self.weight.size()[1]
@@ -88,5 +103,36 @@ pub struct BaseOnly;
 impl LinearHook for BaseOnly {
     fn adapters_enabled(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// Folding a factor into the layer scales its output, bias included, and drops the adapter.
+    #[test]
+    fn scaled_layer_scales_its_output() {
+        let opts = (Kind::Double, Device::Cpu);
+        let layer = Linear {
+            name: "lm_head".into(),
+            weight: Tensor::randn([5, 3], opts),
+            bias: Some(Tensor::randn([5], opts)),
+            adapter: None,
+        };
+        let x = Tensor::randn([2, 4, 3], opts);
+        let folded = layer.scaled(-0.4).unwrap();
+        assert_eq!(folded.name, "lm_head");
+        let diff = (folded.forward_base(&x) - layer.forward_base(&x) * -0.4)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-14, "{diff}");
+        let no_bias = Linear {
+            bias: None,
+            ..folded
+        };
+        assert!(no_bias.scaled(2.0).unwrap().bias.is_none());
     }
 }

@@ -338,16 +338,6 @@ pub struct Decoder {
     sliding_rotary: Option<Rotary>,
 }
 
-/// Registry entry for `llama`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(DecoderConfig::llama(cfg)?, weights, kind, device)
-}
-
 /// Builds a decoder with settings `config` from `weights`.
 pub fn load_decoder(
     config: DecoderConfig,

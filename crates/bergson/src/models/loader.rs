@@ -332,7 +332,12 @@ impl<'a> ParamLoader<'a> {
     pub fn layer_norm(&mut self, module: &str, dim: i64, eps: f64) -> Result<LayerNorm> {
         let weight = self.base_param(&format!("{module}.weight"), &[dim])?;
         let bias = self.base_param(&format!("{module}.bias"), &[dim])?;
-        Ok(LayerNorm { weight, bias, eps })
+        Ok(LayerNorm {
+            weight: Some(weight),
+            bias: Some(bias),
+            dim,
+            eps,
+        })
     }
 
     /// An RMSNorm of the base model with weight `[dim]`.

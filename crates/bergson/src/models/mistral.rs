@@ -2,11 +2,8 @@
 //! (`sliding_window`, 4096 when absent as in transformers, `null` for none).
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, positive_window, DecoderConfig};
-use super::loader::TensorSource;
-use super::CausalLm;
+use super::llama::{positive_window, DecoderConfig};
 use crate::Result;
-use tch::{Device, Kind};
 
 /// Mistral's config.json as decoder settings.
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
@@ -19,16 +16,6 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     let window = positive_window(cfg, window)?;
     c.sliding_windows = vec![window; c.num_layers as usize];
     Ok(c)
-}
-
-/// Registry entry for `mistral`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]

@@ -4,12 +4,9 @@
 //! float32. Hub checkpoints store `block_sparse_moe.experts.<e>.w1/w3/w2`.
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, positive_window, DecoderConfig};
-use super::loader::TensorSource;
+use super::llama::{positive_window, DecoderConfig};
 use super::moe::{MoeConfig, PerExpertNames};
-use super::CausalLm;
 use crate::Result;
-use tch::{Device, Kind};
 
 /// Mixtral's config.json as decoder settings (transformers' `MixtralConfig` defaults).
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
@@ -35,16 +32,6 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
         per_expert: PerExpertNames::MIXTRAL,
     });
     Ok(c)
-}
-
-/// Registry entry for `mixtral`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]

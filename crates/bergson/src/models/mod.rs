@@ -37,6 +37,7 @@ pub mod olmo;
 pub mod olmo2;
 pub mod olmo3;
 pub mod olmoe;
+pub mod opt;
 pub mod phi;
 pub mod phi3;
 pub mod qwen2;
@@ -361,28 +362,57 @@ impl<A: Architecture + 'static> CausalLm for Model<A> {
 pub type LoadFn =
     fn(&ConfigJson, &dyn loader::TensorSource, Kind, Device) -> Result<Box<dyn CausalLm>>;
 
+/// Maps a Llama-family config.json onto the shared decoder's settings.
+pub type DecoderConfigFn = fn(&ConfigJson) -> Result<llama::DecoderConfig>;
+
+/// How a `model_type` in [`ARCHITECTURES`] is built.
+#[derive(Clone, Copy)]
+pub enum ModelBuilder {
+    /// A member of the Llama family: one [`llama::Decoder`] with the settings its config gives.
+    Decoder(DecoderConfigFn),
+    /// A model with a forward of its own.
+    Own(LoadFn),
+}
+
+impl ModelBuilder {
+    /// Builds the model that `cfg` describes on `weights`.
+    pub fn load(
+        self,
+        cfg: &ConfigJson,
+        weights: &dyn loader::TensorSource,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Box<dyn CausalLm>> {
+        match self {
+            Self::Decoder(config) => llama::load_decoder(config(cfg)?, weights, kind, device),
+            Self::Own(load) => load(cfg, weights, kind, device),
+        }
+    }
+}
+
 /// The architectures we implement, by config.json `model_type`.
-pub const ARCHITECTURES: &[(&str, LoadFn)] = &[
-    ("gpt_neox", gpt_neox::load),
-    ("gpt2", gpt2::load),
-    ("gpt_neo", gpt_neo::load),
-    ("llama", llama::load),
-    ("mistral", mistral::load),
-    ("mixtral", mixtral::load),
-    ("qwen2", qwen2::load),
-    ("qwen3", qwen3::load),
-    ("qwen3_moe", qwen3_moe::load),
-    ("olmoe", olmoe::load),
-    ("olmo", olmo::load),
-    ("olmo2", olmo2::load),
-    ("olmo3", olmo3::load),
-    ("gemma", gemma::load),
-    ("gemma2", gemma2::load),
-    ("gemma3_text", gemma3::load),
-    ("phi", phi::load),
-    ("phi3", phi3::load),
-    ("smollm3", smollm3::load),
-    ("granite", granite::load),
+pub const ARCHITECTURES: &[(&str, ModelBuilder)] = &[
+    ("gpt_neox", ModelBuilder::Own(gpt_neox::load)),
+    ("gpt2", ModelBuilder::Own(gpt2::load)),
+    ("gpt_neo", ModelBuilder::Own(gpt_neo::load)),
+    ("llama", ModelBuilder::Decoder(llama::DecoderConfig::llama)),
+    ("mistral", ModelBuilder::Decoder(mistral::config)),
+    ("mixtral", ModelBuilder::Decoder(mixtral::config)),
+    ("qwen2", ModelBuilder::Decoder(qwen2::config)),
+    ("qwen3", ModelBuilder::Decoder(qwen3::config)),
+    ("qwen3_moe", ModelBuilder::Decoder(qwen3_moe::config)),
+    ("olmoe", ModelBuilder::Decoder(olmoe::config)),
+    ("olmo", ModelBuilder::Decoder(olmo::config)),
+    ("olmo2", ModelBuilder::Decoder(olmo2::config)),
+    ("olmo3", ModelBuilder::Decoder(olmo3::config)),
+    ("gemma", ModelBuilder::Decoder(gemma::config)),
+    ("gemma2", ModelBuilder::Decoder(gemma2::config)),
+    ("gemma3_text", ModelBuilder::Decoder(gemma3::config)),
+    ("phi", ModelBuilder::Own(phi::load)),
+    ("phi3", ModelBuilder::Decoder(phi3::config)),
+    ("smollm3", ModelBuilder::Decoder(smollm3::config)),
+    ("granite", ModelBuilder::Decoder(granite::config)),
+    ("opt", ModelBuilder::Own(opt::load)),
 ];
 
 /// The `model_type`s [`load_model`] accepts.
@@ -396,7 +426,7 @@ pub fn supported_model_types() -> Vec<&'static str> {
 #[derive(Clone)]
 pub struct ModelSpec {
     cfg: ConfigJson,
-    load: LoadFn,
+    builder: ModelBuilder,
     kind: Kind,
     device: Device,
     /// A PEFT adapter over the base model, and the base model's directory (a fresh adapter's
@@ -423,7 +453,7 @@ impl ModelSpec {
         }
         let cfg = ConfigJson::from_file(&dir.join("config.json"))?;
         let model_type = cfg.model_type()?;
-        let load = ARCHITECTURES.iter().find(|(name, _)| *name == model_type).map(|(_, f)| *f).ok_or_else(|| {
+        let builder = ARCHITECTURES.iter().find(|(name, _)| *name == model_type).map(|(_, b)| *b).ok_or_else(|| {
             cfg.error(format!(
                 "model_type '{model_type}' is not supported (supported: {}); use a checkpoint of one of these architectures",
                 supported_model_types().join(", ")
@@ -431,7 +461,7 @@ impl ModelSpec {
         })?;
         Ok(Self {
             cfg,
-            load,
+            builder,
             kind: precision.kind(),
             device,
             adapter: None,
@@ -499,11 +529,12 @@ impl ModelSpec {
                     base: &ckpt,
                     adapter,
                 };
-                (self.load)(&self.cfg, &source, self.kind, self.device)
+                self.builder
+                    .load(&self.cfg, &source, self.kind, self.device)
             }
             None => {
                 let ckpt = checkpoint::Checkpoint::open(dir)?;
-                (self.load)(&self.cfg, &ckpt, self.kind, self.device)
+                self.builder.load(&self.cfg, &ckpt, self.kind, self.device)
             }
         }
     }
@@ -556,16 +587,20 @@ impl ModelSpec {
                     base: &source,
                     adapter: &adapter,
                 };
-                (self.load)(&self.cfg, &source, self.kind, self.device)
+                self.builder
+                    .load(&self.cfg, &source, self.kind, self.device)
             }
             Some((adapter, _)) => {
                 let source = loader::Adapted {
                     base: &source,
                     adapter,
                 };
-                (self.load)(&self.cfg, &source, self.kind, self.device)
+                self.builder
+                    .load(&self.cfg, &source, self.kind, self.device)
             }
-            None => (self.load)(&self.cfg, &source, self.kind, self.device),
+            None => self
+                .builder
+                .load(&self.cfg, &source, self.kind, self.device),
         }
     }
 

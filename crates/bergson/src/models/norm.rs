@@ -96,22 +96,40 @@ impl Norm {
     }
 }
 
-/// LayerNorm with gain and bias over the last dimension (`torch.nn.LayerNorm`).
+/// LayerNorm over the last dimension (`torch.nn.LayerNorm`), with gain and bias unless built
+/// with `elementwise_affine=False`.
 #[derive(Debug)]
 pub struct LayerNorm {
     /// Gain `[D]`.
-    pub weight: Tensor,
+    pub weight: Option<Tensor>,
     /// Bias `[D]`.
-    pub bias: Tensor,
+    pub bias: Option<Tensor>,
+    /// Normalised width D.
+    pub dim: i64,
     /// Added to the variance.
     pub eps: f64,
 }
 
 impl LayerNorm {
+    /// A LayerNorm without gain or bias, in the input's dtype (unlike [`PlainLayerNorm`]).
+    pub fn without_affine(dim: i64, eps: f64) -> Self {
+        LayerNorm {
+            weight: None,
+            bias: None,
+            dim,
+            eps,
+        }
+    }
+
     /// Normalises over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let d = self.weight.size();
-        x.layer_norm(&d, Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.layer_norm(
+            [self.dim],
+            self.weight.as_ref(),
+            self.bias.as_ref(),
+            self.eps,
+            true,
+        )
     }
 }
 
@@ -145,8 +163,9 @@ mod tests {
         assert!(err < 1e-12, "gemma rms {err}");
 
         let ln = LayerNorm {
-            weight: w.shallow_clone(),
-            bias: b.shallow_clone(),
+            weight: Some(w.shallow_clone()),
+            bias: Some(b.shallow_clone()),
+            dim: 8,
             eps: 1e-5,
         };
         let mean = x.mean_dim(-1, true, None);
@@ -157,7 +176,10 @@ mod tests {
 
         let plain = PlainLayerNorm { eps: 1e-5 };
         let want = (&x - &mean) / (var + 1e-5).sqrt();
-        let err = (plain.forward(&x) - want).abs().max().double_value(&[]);
+        let err = (plain.forward(&x) - &want).abs().max().double_value(&[]);
         assert!(err < 1e-12, "plain layer norm {err}");
+        let bare = LayerNorm::without_affine(8, 1e-5);
+        let err = (bare.forward(&x) - want).abs().max().double_value(&[]);
+        assert!(err < 1e-12, "layer norm without affine {err}");
     }
 }

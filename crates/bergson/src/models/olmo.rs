@@ -3,11 +3,8 @@
 //! float32.
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, DecoderConfig};
-use super::loader::TensorSource;
-use super::CausalLm;
+use super::llama::DecoderConfig;
 use crate::Result;
-use tch::{Device, Kind};
 
 /// OLMo's config.json as decoder settings (transformers' `OlmoConfig` defaults).
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
@@ -27,16 +24,6 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     c.plain_layer_norm = true;
     c.rotary_in_float = true;
     Ok(c)
-}
-
-/// Registry entry for `olmo`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]

@@ -4,12 +4,9 @@
 //! rotated in float32.
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, DecoderConfig};
-use super::loader::TensorSource;
+use super::llama::DecoderConfig;
 use super::norm::RmsGain;
-use super::CausalLm;
 use crate::Result;
-use tch::{Device, Kind};
 
 /// OLMo-2's config.json as decoder settings (transformers' `Olmo2Config` defaults).
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
@@ -31,16 +28,6 @@ pub fn olmo2_layout(cfg: &ConfigJson, c: &mut DecoderConfig) -> Result<()> {
     c.norm_gain = RmsGain::BeforeCast;
     c.rotary_in_float = true;
     Ok(())
-}
-
-/// Registry entry for `olmo2`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]

@@ -3,13 +3,10 @@
 //! rotary settings for the sliding and the full-attention layers.
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, sliding_layer_types, window_or, DecoderConfig};
-use super::loader::TensorSource;
+use super::llama::{sliding_layer_types, window_or, DecoderConfig};
 use super::olmo2::olmo2_layout;
 use super::rotary::{RopeConfig, LLAMA_ROPE_KEYS};
-use super::CausalLm;
 use crate::Result;
-use tch::{Device, Kind};
 
 /// `Olmo3Config.default_theta`: θ of a layer type whose settings do not give one.
 const DEFAULT_THETA: f64 = 500_000.0;
@@ -29,16 +26,6 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     c.rope = full;
     c.sliding_rope = Some((sliding_rope, sliding));
     Ok(c)
-}
-
-/// Registry entry for `olmo3`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]

@@ -4,12 +4,9 @@
 //! `norm_topk_prob`.
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, DecoderConfig};
-use super::loader::TensorSource;
+use super::llama::DecoderConfig;
 use super::moe::{MoeConfig, PerExpertNames};
-use super::CausalLm;
 use crate::Result;
-use tch::{Device, Kind};
 
 /// OLMoE's config.json as decoder settings (transformers' `OlmoeConfig` defaults).
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
@@ -44,14 +41,4 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
         per_expert: PerExpertNames::QWEN,
     });
     Ok(c)
-}
-
-/// Registry entry for `olmoe`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }

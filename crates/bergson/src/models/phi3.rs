@@ -3,12 +3,9 @@
 //! LongRoPE (`longrope`, which older configs call `su` or `yarn`).
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, positive_window, DecoderConfig};
-use super::loader::TensorSource;
+use super::llama::{positive_window, DecoderConfig};
 use super::rotary::{RopeKeys, RopeScaling};
-use super::CausalLm;
 use crate::Result;
-use tch::{Device, Kind};
 
 /// Phi-3's rotary keys: the Llama family's, with its older `rope_type` names for LongRoPE.
 const PHI3_ROPE_KEYS: RopeKeys = RopeKeys {
@@ -38,16 +35,6 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     c.sliding_windows = vec![window; c.num_layers as usize];
     c.fused_projections = true;
     Ok(c)
-}
-
-/// Registry entry for `phi3`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]

@@ -2,11 +2,8 @@
 //! (`use_sliding_window`, `sliding_window`, `max_window_layers` or `layer_types`).
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, positive_window, qwen_sliding_windows, DecoderConfig};
-use super::loader::TensorSource;
-use super::CausalLm;
+use super::llama::{positive_window, qwen_sliding_windows, DecoderConfig};
 use crate::Result;
-use tch::{Device, Kind};
 
 /// Qwen2's config.json as decoder settings.
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
@@ -17,16 +14,6 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
         .map(|w| positive_window(cfg, w))
         .collect::<Result<_>>()?;
     Ok(c)
-}
-
-/// Registry entry for `qwen2`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]

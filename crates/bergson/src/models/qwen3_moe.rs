@@ -3,12 +3,9 @@
 //! one sliding window on every layer when `use_sliding_window`.
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, positive_window, DecoderConfig};
-use super::loader::TensorSource;
+use super::llama::{positive_window, DecoderConfig};
 use super::moe::{MoeConfig, PerExpertNames};
-use super::CausalLm;
 use crate::Result;
-use tch::{Device, Kind};
 
 /// Qwen3-MoE's config.json as decoder settings (transformers' `Qwen3MoeConfig` defaults).
 pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
@@ -52,16 +49,6 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
         per_expert: PerExpertNames::QWEN,
     });
     Ok(c)
-}
-
-/// Registry entry for `qwen3_moe`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]

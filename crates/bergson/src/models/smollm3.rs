@@ -2,11 +2,8 @@
 //! layer (`no_rope_layers`), and an optional sliding window on the layers without it.
 
 use super::config::ConfigJson;
-use super::llama::{load_decoder, positive_window, sliding_layer_types, DecoderConfig};
-use super::loader::TensorSource;
-use super::CausalLm;
+use super::llama::{positive_window, sliding_layer_types, DecoderConfig};
 use crate::Result;
-use tch::{Device, Kind};
 
 /// `SmolLM3Config.default_theta`.
 const DEFAULT_THETA: f64 = 2_000_000.0;
@@ -67,16 +64,6 @@ pub fn config(cfg: &ConfigJson) -> Result<DecoderConfig> {
     c.sliding_windows = sliding.iter().map(|&s| window.filter(|_| s)).collect();
     c.rope_layers = Some(rotates);
     Ok(c)
-}
-
-/// Registry entry for `smollm3`.
-pub fn load(
-    cfg: &ConfigJson,
-    weights: &dyn TensorSource,
-    kind: Kind,
-    device: Device,
-) -> Result<Box<dyn CausalLm>> {
-    load_decoder(config(cfg)?, weights, kind, device)
 }
 
 #[cfg(test)]
