@@ -12,7 +12,7 @@
 //! benchmark exits with status 1 when they do not), and prints wall time, tokens/s, peak RSS
 //! and the ratio, both in wall time and without each tool's start-up (timed as a one-document
 //! build of the same workload). Flags: `--docs N` (default 400), `--workload
-//! neox|llama|all|scale`, `--threads N` (libtorch threads for both tools), `--keep DIR`,
+//! neox|llama|gemma2|all|scale`, `--threads N` (libtorch threads for both tools), `--keep DIR`,
 //! `--device cpu|cuda` (a GPU needs the `cuda` feature: see scripts/bench-gpu.sh). The scale
 //! workload (see `scale`) takes `--sizes 10k,100k,1M` and `--formats jsonl,parquet`. With
 //! `--nproc N` it instead times our build on one process and on N (`--nproc_per_node N`), one
@@ -130,8 +130,11 @@ fn cases(which: &str) -> Vec<(Arch, usize)> {
     match which {
         "neox" => vec![(Arch::NeoX, 16)],
         "llama" => vec![(Arch::Llama, 0)],
+        "gemma2" => vec![(Arch::Gemma2, 16)],
         "all" => vec![(Arch::NeoX, 16), (Arch::Llama, 0)],
-        other => panic!("--workload: unknown workload '{other}'; use neox, llama, all or scale"),
+        other => {
+            panic!("--workload: unknown workload '{other}'; use neox, llama, gemma2, all or scale")
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The benchmark workload, generated without Python: a random GPT-NeoX shaped like pythia-14m
 //! (6 layers, hidden 128, 4 heads, intermediate 512, vocab 50304) or a Llama of similar size
-//! (6 layers, hidden 128, 4/2 heads, intermediate 352, vocab 32000), Hugging Face checkpoint
+//! (6 layers, hidden 128, 4/2 heads, intermediate 352, vocab 32000), or a Gemma-2 of the
+//! Llama's shape with GPT-NeoX's vocabulary and both soft-caps, Hugging Face checkpoint
 //! files with transformers' names and init (N(0, 0.02), unit norms), the fixture BPE tokenizer,
 //! and generated English-like text with log-normal lengths. Deterministic for a seed.
 
@@ -13,6 +14,7 @@ use tch::{Kind, Tensor};
 pub enum Arch {
     NeoX,
     Llama,
+    Gemma2,
 }
 
 impl Arch {
@@ -20,6 +22,7 @@ impl Arch {
         match self {
             Arch::NeoX => "neox",
             Arch::Llama => "llama",
+            Arch::Gemma2 => "gemma2",
         }
     }
 
@@ -27,6 +30,9 @@ impl Arch {
         match self {
             Arch::NeoX => "GPT-NeoX 6x128, vocab 50304 (pythia-14m shape)",
             Arch::Llama => "Llama 6x128, 4/2 heads, vocab 32000",
+            Arch::Gemma2 => {
+                "Gemma-2 6x128, 4/2 heads, vocab 50304, scores capped at 50, logits at 30"
+            }
         }
     }
 }
@@ -66,6 +72,7 @@ impl Workload {
         match arch {
             Arch::NeoX => neox(&model),
             Arch::Llama => llama(&model),
+            Arch::Gemma2 => gemma2(&model),
         }
         let fixtures =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tokenizers/bpe");
@@ -241,6 +248,49 @@ fn llama(dir: &Path) {
         "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
         "tie_word_embeddings": false, "attention_bias": false, "mlp_bias": false,
         "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"
+    });
+    save(dir, config, t);
+}
+
+/// Gemma-2 with its soft-caps (scores 50, logits 30): the written-out attention and the capped
+/// head. Norm gains are offsets from 1, so zero is a unit gain.
+fn gemma2(dir: &Path) {
+    let (v, d, layers, inter, heads, kv_heads, head_dim) = (50304, 128, 6, 352, 4, 2, 32);
+    let mut t = vec![("model.embed_tokens.weight".to_string(), normal(&[v, d]))];
+    for l in 0..layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        t.push((p("self_attn.q_proj.weight"), normal(&[heads * head_dim, d])));
+        t.push((
+            p("self_attn.k_proj.weight"),
+            normal(&[kv_heads * head_dim, d]),
+        ));
+        t.push((
+            p("self_attn.v_proj.weight"),
+            normal(&[kv_heads * head_dim, d]),
+        ));
+        t.push((p("self_attn.o_proj.weight"), normal(&[d, heads * head_dim])));
+        t.push((p("mlp.gate_proj.weight"), normal(&[inter, d])));
+        t.push((p("mlp.up_proj.weight"), normal(&[inter, d])));
+        t.push((p("mlp.down_proj.weight"), normal(&[d, inter])));
+        for norm in [
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        ] {
+            t.push((p(&format!("{norm}.weight")), zeros(d)));
+        }
+    }
+    t.push(("model.norm.weight".into(), zeros(d)));
+    let config = serde_json::json!({
+        "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "vocab_size": v,
+        "hidden_size": d, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads, "head_dim": head_dim, "intermediate_size": inter,
+        "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "query_pre_attn_scalar": head_dim,
+        "sliding_window": 4096, "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0, "tie_word_embeddings": true,
+        "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0, "torch_dtype": "float32"
     });
     save(dir, config, t);
 }
