@@ -24,7 +24,9 @@ fn load(name: &str) -> Value {
 
 fn tokenizer_dir(name: &str) -> PathBuf {
     match name {
-        "bpe-extra" | "spm" => fixtures().join("tokenize").join(name),
+        "bpe-extra" | "spm" | "gpt2-files-opt" | "gpt2-files-plain" => {
+            fixtures().join("tokenize").join(name)
+        }
         other => fixtures().join("tokenizers").join(other),
     }
 }
@@ -125,6 +127,45 @@ fn tokenizer_loading_matches_transformers() {
     assert_eq!(bpe.max_model_length(None), 2048);
     let bos = Tokenizer::from_dir(tokenizer_dir("bpe-bos")).unwrap();
     assert_eq!(bos.max_model_length(None), i64::MAX);
+}
+
+/// Directories with GPT-2's vocab.json and merges.txt but no tokenizer.json (OPT's layout, and
+/// GPT2Tokenizer's defaults) load as transformers 5's `GPT2Tokenizer`: the same special tokens
+/// and vocabulary size, and the same ids with the default special tokens (a BOS where
+/// `add_bos_token` says so), made by tests/fixtures/scripts/make_bpe_files_refs.py.
+#[test]
+fn gpt2_vocab_and_merges_files_load_as_transformers() {
+    let refs = load("gpt2_files.json");
+    let texts: Vec<String> = refs["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let cases = refs["tokenizers"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    for t in cases {
+        let name = t["tokenizer"].as_str().unwrap();
+        let tok = Tokenizer::from_dir(tokenizer_dir(name)).unwrap();
+        assert_eq!(
+            tok.special_tokens(),
+            special_tokens(&t["special_tokens_map"]).as_slice(),
+            "{name}"
+        );
+        assert_eq!(
+            tok.inner().get_vocab_size(true) as i64,
+            t["vocab_size"].as_i64().unwrap(),
+            "{name}"
+        );
+        let rows = tok.encoder(None).unwrap().encode_texts(&texts).unwrap();
+        for ((row, want), text) in rows
+            .iter()
+            .zip(t["input_ids"].as_array().unwrap())
+            .zip(&texts)
+        {
+            assert_eq!(row.input_ids, ints(want), "{name}: {text:?}");
+        }
+    }
 }
 
 fn check_rows(got: &[TokenizedRow], want: &Value, what: &str) {

@@ -2,6 +2,7 @@
 //! documents into batches exactly as Bergson does.
 
 pub mod batching;
+pub mod bpe_files;
 pub mod chat_template;
 pub mod chunking;
 pub mod columns;

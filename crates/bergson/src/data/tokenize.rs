@@ -25,10 +25,16 @@
 //! `additional_chat_templates/*.jinja` when present, else from `chat_template` in the config
 //! (a string, or a list of `{name, template}` with `default` used).
 //!
+//! A directory without `tokenizer.json` but with GPT-2's `vocab.json` and `merges.txt` (OPT's
+//! checkpoints) is built as transformers' `GPT2Tokenizer` builds it ([`super::bpe_files`]),
+//! where `add_bos_token`/`add_eos_token` do count.
+//!
 //! Not reproduced: model-specific tokenizer classes that rebuild their pipeline in Python
 //! instead of reading `tokenizer.json` (e.g. `LlamaTokenizer` with a SentencePiece-style
-//! `tokenizer.json`); directories without `tokenizer.json` (slow tokenizers, `tekken.json`).
+//! `tokenizer.json`); other directories without `tokenizer.json` (SentencePiece models,
+//! `tekken.json`).
 
+use super::bpe_files;
 use super::chat_template::ChatTemplate;
 use super::ChatMessage;
 use crate::progress::Phase;
@@ -132,26 +138,33 @@ impl Tokenizer {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let tok_path = dir.join("tokenizer.json");
-        if !tok_path.is_file() {
+        let config = read_json_object(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
+        // Without tokenizer.json, GPT-2's vocab.json + merges.txt (OPT ships only these).
+        let from_files = !tok_path.is_file() && bpe_files::has_files(&dir);
+        if !tok_path.is_file() && !from_files {
             return Err(Error::input(format!(
-                "{} has no tokenizer.json; point --tokenizer (or --model) at a directory with a \
-                 fast-tokenizer file (save one with transformers' tokenizer.save_pretrained)",
+                "{} has no tokenizer.json (nor GPT-2's vocab.json and merges.txt); point \
+                 --tokenizer (or --model) at a directory with a fast-tokenizer file (save one \
+                 with transformers' tokenizer.save_pretrained)",
                 dir.display()
             )));
         }
-        let mut inner = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| {
-            Error::input(format!(
-                "cannot load {}: {e}; the file is corrupt or not a tokenizers file: re-download the checkpoint or re-save it with transformers' tokenizer.save_pretrained",
-                tok_path.display()
-            ))
-        })?;
+        let mut inner = if from_files {
+            bpe_files::gpt2_tokenizer(&dir, &config)?
+        } else {
+            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| {
+                Error::input(format!(
+                    "cannot load {}: {e}; the file is corrupt or not a tokenizers file: re-download the checkpoint or re-save it with transformers' tokenizer.save_pretrained",
+                    tok_path.display()
+                ))
+            })?
+        };
         let json_truncation_side = inner.get_truncation().map(|t| t.direction);
         inner
             .with_truncation(None)
             .map_err(|e| Error::input(format!("{}: {e}", tok_path.display())))?;
         inner.with_padding(None);
 
-        let config = read_json_object(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
         let model_max_length = match config
             .get("model_max_length")
             .or_else(|| config.get("max_len"))
@@ -179,8 +192,32 @@ impl Tokenizer {
             inner.set_encode_special_tokens(split);
         }
         let templates = load_templates(&dir, &config)?;
-        let special = SpecialTokens::from_config(&dir, &config)?;
+        let class_defaults: &[(&str, &str)] = if from_files {
+            &[
+                ("bos_token", bpe_files::GPT2_DEFAULT_SPECIAL),
+                ("eos_token", bpe_files::GPT2_DEFAULT_SPECIAL),
+                ("unk_token", bpe_files::GPT2_DEFAULT_SPECIAL),
+            ]
+        } else {
+            &[]
+        };
+        let special = SpecialTokens::from_config(&dir, &config, class_defaults)?;
         special.add_missing_to(&mut inner, &config);
+        if from_files {
+            let named = |name: &str| {
+                special
+                    .named
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, t)| t.content())
+            };
+            bpe_files::set_post_processor(
+                &mut inner,
+                &config,
+                named("bos_token"),
+                named("eos_token"),
+            )?;
+        }
 
         Ok(Tokenizer {
             inner,
@@ -775,7 +812,13 @@ struct SpecialTokens {
 }
 
 impl SpecialTokens {
-    fn from_config(dir: &Path, config: &Map<String, Json>) -> Result<Self> {
+    /// `class_defaults`: the tokenizer class's own value for a name that neither the config
+    /// nor `special_tokens_map.json` mentions.
+    fn from_config(
+        dir: &Path,
+        config: &Map<String, Json>,
+        class_defaults: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut standard: Vec<(String, Option<TokenSpec>)> = SPECIAL_TOKEN_NAMES
             .iter()
             .map(|n| {
@@ -834,6 +877,13 @@ impl SpecialTokens {
                             model_specific.push((key.clone(), t));
                         }
                     }
+                }
+            }
+        }
+        for (name, value) in class_defaults {
+            if let Some(slot) = standard.iter_mut().find(|(n, _)| n == name) {
+                if slot.1.is_none() && !config.contains_key(*name) {
+                    slot.1 = Some(TokenSpec::Text(value.to_string()));
                 }
             }
         }

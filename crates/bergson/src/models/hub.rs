@@ -84,14 +84,22 @@ fn local_look_alike(path: &Path) -> String {
     }
 }
 
-/// The tokenizer files of a Hub repository; `tokenizer.json` is required, the rest optional.
+/// The tokenizer files of a Hub repository; `tokenizer.json` (or GPT-2's `vocab.json` and
+/// `merges.txt`) is required, the rest optional.
 const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "chat_template.jinja",
     "chat_template.json",
+    "vocab.json",
+    "merges.txt",
 ];
+
+/// Whether `dir` holds a tokenizer we can load: `tokenizer.json`, or GPT-2's two files.
+fn has_tokenizer(dir: &Path) -> bool {
+    dir.join("tokenizer.json").is_file() || crate::data::bpe_files::has_files(dir)
+}
 
 /// A directory with `tokenizer.json` for `--tokenizer`: a local directory as is, or a Hub id
 /// (a model repository or a tokenizer-only one) at its default revision, as Bergson loads it
@@ -113,7 +121,7 @@ pub fn resolve_tokenizer_with(id_or_path: &str, settings: &HubSettings) -> Resul
     }
     let revision = "main";
     if let Some(dir) = cached_snapshot(&settings.cache_dir, RepoKind::Model, id_or_path, revision) {
-        if dir.join("tokenizer.json").is_file() {
+        if has_tokenizer(&dir) {
             return Ok(dir);
         }
     }
@@ -127,7 +135,9 @@ pub fn resolve_tokenizer_with(id_or_path: &str, settings: &HubSettings) -> Resul
     let fetched = HubRepo::new(RepoKind::Model, id_or_path, revision, settings).and_then(|repo| {
         let listing = repo.list()?;
         let wanted = present(&listing.files, TOKENIZER_FILES);
-        if !wanted.iter().any(|f| f.path == TOKENIZER_FILES[0]) {
+        let has = |name: &str| wanted.iter().any(|f| f.path == name);
+        let loadable = has("tokenizer.json") || (has("vocab.json") && has("merges.txt"));
+        if !loadable {
             return Err(Failure::FileNotFound(TOKENIZER_FILES[0].into()));
         }
         repo.fetch(&wanted, Some(&listing.commit), "downloading tokenizer")?;
