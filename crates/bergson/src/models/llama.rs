@@ -660,12 +660,12 @@ impl Architecture for Decoder {
         let rope = self.rotary.cos_sin(s);
         let sliding_rope = self.sliding_rotary.as_ref().map(|r| r.cos_sin(s));
         let sliding_layers = self.config.sliding_rope.as_ref().map(|(_, l)| l.as_slice());
-        let padding_idx = self
-            .config
-            .pad_token_id
-            .filter(|&p| p >= 0 && p < self.config.vocab_size)
-            .unwrap_or(-1);
-        let mut h = Tensor::embedding(&self.embed_tokens, input_ids, padding_idx, false, false);
+        let mut h = super::embed_with_padding(
+            &self.embed_tokens,
+            input_ids,
+            self.config.pad_token_id,
+            self.config.vocab_size,
+        );
         if self.config.embed_scale {
             // Gemma: a 0-dim tensor in the model dtype, so its rounding matches transformers'.
             let scale = Tensor::from((self.config.hidden_size as f64).sqrt())

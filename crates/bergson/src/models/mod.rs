@@ -689,6 +689,21 @@ pub(crate) fn tie_word_embeddings(cfg: &ConfigJson, default: bool) -> Result<boo
     Ok(cfg.bool(&["tie_word_embeddings"])?.unwrap_or(default))
 }
 
+/// `nn.Embedding(vocab_size, d, padding_idx=pad_token_id)` on `input_ids`: the padding row
+/// only gets no gradient, and a pad id outside the vocabulary means none (as transformers
+/// builds it then).
+pub(crate) fn embed_with_padding(
+    table: &Tensor,
+    input_ids: &Tensor,
+    pad_token_id: Option<i64>,
+    vocab_size: i64,
+) -> Tensor {
+    let padding_idx = pad_token_id
+        .filter(|&p| p >= 0 && p < vocab_size)
+        .unwrap_or(-1);
+    Tensor::embedding(table, input_ids, padding_idx, false, false)
+}
+
 /// The activation named by the first present key of `keys`, else `default`.
 pub(crate) fn activation(
     cfg: &ConfigJson,

@@ -255,11 +255,8 @@ impl Architecture for Opt {
     ) -> Tensor {
         let c = &self.config;
         let s = input_ids.size().get(1).copied().unwrap_or(0);
-        let padding_idx = c
-            .pad_token_id
-            .filter(|&p| p >= 0 && p < c.vocab_size)
-            .unwrap_or(-1);
-        let tokens = Tensor::embedding(&self.embed_tokens, input_ids, padding_idx, false, false);
+        let tokens =
+            super::embed_with_padding(&self.embed_tokens, input_ids, c.pad_token_id, c.vocab_size);
         let mut tokens = hook.embeddings(tokens);
         if let Some(project_in) = &self.project_in {
             tokens = hook.linear(project_in, &tokens);

@@ -232,12 +232,12 @@ impl Architecture for Phi {
     ) -> Tensor {
         let s = input_ids.size().get(1).copied().unwrap_or(0);
         let rope = self.rotary.cos_sin(s);
-        let padding_idx = self
-            .config
-            .pad_token_id
-            .filter(|&p| p >= 0 && p < self.config.vocab_size)
-            .unwrap_or(-1);
-        let tokens = Tensor::embedding(&self.embed_tokens, input_ids, padding_idx, false, false);
+        let tokens = super::embed_with_padding(
+            &self.embed_tokens,
+            input_ids,
+            self.config.pad_token_id,
+            self.config.vocab_size,
+        );
         let mut h = hook.embeddings(tokens);
         for layer in &self.layers {
             let x = layer.input_layernorm.forward(&h);
