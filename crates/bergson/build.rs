@@ -2,7 +2,8 @@
 //! without LD_LIBRARY_PATH, and compiles the C++ shim over libtorch's own torch.save pickler
 //! (`csrc/pickle_shim.cpp`, used by `src/pickle`) and the one over libtorch's c10d process groups
 //! (`csrc/c10d_shim.cpp`, used by `src/dist`; Gloo's headers, which the torch wheel lacks, are
-//! vendored in `csrc/gloo-include`). With the `faiss` feature it also compiles
+//! vendored in `csrc/gloo-include`), and the LM head's fused softmax step
+//! (`csrc/softmax_shim.cpp`, used by `src/collect/softmax_block.rs`). With the `faiss` feature it also compiles
 //! `csrc/faiss_shim.cpp` (used by `src/query/ann`) and links FAISS (Debian's `libfaiss-dev`);
 //! the default build needs nothing beyond libtorch.
 
@@ -37,6 +38,25 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/pickle_shim.cpp")
         .compile("bergson_pickle_shim");
+
+    // The LM head's fused online-softmax step. Optimised even in debug builds (the tests run
+    // it on every build), and compiled with OpenMP because at::parallel_for is inline: its
+    // `omp parallel` binds to the libgomp.so.1 libtorch ships and already loaded, so the
+    // kernel runs on libtorch's own workers.
+    println!("cargo:rerun-if-changed=csrc/softmax_shim.cpp");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .opt_level(3)
+        .include(&include)
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag("-fopenmp")
+        .file("csrc/softmax_shim.cpp")
+        .compile("bergson_softmax_shim");
+    println!("cargo:rustc-link-lib=gomp");
 
     // c10d's Gloo process group: ProcessGroupGloo.hpp is empty without USE_C10D_GLOO, and
     // GLOO_STORE_HAS_STORE_V2 matches how libtorch built its gloo store adapter.

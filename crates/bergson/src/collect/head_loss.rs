@@ -11,6 +11,7 @@
 use tch::{Kind, Tensor};
 
 use super::loss::{LossSpec, IGNORE_INDEX};
+use super::softmax_block::{fused_softmax_applies, softmax_block_};
 use crate::config::{LossFn, LossReduction};
 use crate::models::Linear;
 use crate::Result;
@@ -180,6 +181,7 @@ impl Sweep<'_> {
             None => None,
         };
         let mut m = Tensor::f_full([t, 1], f64::NEG_INFINITY, opts)?;
+        let mut rescale_buffer = Tensor::f_empty([t, 1], opts)?;
         let mut s = Tensor::f_zeros([t, 1], opts)?;
         let mut acc = Tensor::f_zeros([t, d], opts)?;
         let mut sum_z = Tensor::f_zeros([t, 1], opts)?;
@@ -208,18 +210,25 @@ impl Sweep<'_> {
                 }
                 _ => None,
             };
-            if eps > 0.0 {
-                let _ = sum_z.f_add_(&z.f_sum_dim_intlist([1i64].as_slice(), true, kind)?)?;
-            }
-            let m_new = m.f_maximum(&z.f_amax([1i64].as_slice(), true)?)?;
-            // exp(-inf - finite) = 0 on the first block.
-            let rescale = m.f_sub(&m_new)?.f_exp()?;
-            let _ = z.f_sub_(&m_new)?.f_exp_()?;
-            let _ = s.f_mul_(&rescale)?.f_add_(&z.f_sum_dim_intlist(
-                [1i64].as_slice(),
-                true,
-                kind,
-            )?)?;
+            let rescale = if fused_softmax_applies(&z) {
+                let raw_sum = if eps > 0.0 { Some(&mut sum_z) } else { None };
+                softmax_block_(&mut z, &mut m, &mut s, &mut rescale_buffer, raw_sum)?;
+                rescale_buffer.shallow_clone()
+            } else {
+                if eps > 0.0 {
+                    let _ = sum_z.f_add_(&z.f_sum_dim_intlist([1i64].as_slice(), true, kind)?)?;
+                }
+                let m_new = m.f_maximum(&z.f_amax([1i64].as_slice(), true)?)?;
+                let rescale = m.f_sub(&m_new)?.f_exp()?;
+                let _ = z.f_sub_(&m_new)?.f_exp_()?;
+                let _ = s.f_mul_(&rescale)?.f_add_(&z.f_sum_dim_intlist(
+                    [1i64].as_slice(),
+                    true,
+                    kind,
+                )?)?;
+                m = m_new;
+                rescale
+            };
             if let Some(slope) = &slope {
                 if let Some(dacc) = dacc.as_mut() {
                     let _ = dacc.f_addmm_(slope, &wb)?;
@@ -227,7 +236,6 @@ impl Sweep<'_> {
                 let _ = z.f_mul_(slope)?;
             }
             let _ = acc.f_mul_(&rescale)?.f_addmm_(&z, &wb)?;
-            m = m_new;
             v0 += vb;
         }
         let lse = m.f_add(&s.f_log()?)?.f_squeeze_dim(1)?;
@@ -342,10 +350,45 @@ mod tests {
                 fused_head_loss_blocked(head, cap, &hidden, &labels, &spec, a, block * labelled)
                     .unwrap();
             let err = (got - want.detach()).abs().max().double_value(&[]);
-            let gerr = (got_grad - want_grad).abs().max().double_value(&[]);
+            let gerr = (got_grad - &want_grad).abs().max().double_value(&[]);
             assert!(
                 err < 1e-12 && gerr < 1e-12,
                 "{reduction:?} eps {eps} block {block} cap {cap:?}: loss err {err}, grad err {gerr}"
+            );
+
+            // In float32 the sweep takes the fused softmax step (on CPUs with AVX2): the same
+            // values to float32's precision.
+            let head32 = Linear {
+                name: "lm_head".into(),
+                weight: head.weight.to_kind(Kind::Float),
+                bias: head.bias.as_ref().map(|b| b.to_kind(Kind::Float)),
+                adapter: None,
+            };
+            let a32 = a.map(|t| t.to_kind(Kind::Float));
+            let (got, got_grad) = fused_head_loss_blocked(
+                &head32,
+                cap,
+                &hidden.detach().to_kind(Kind::Float),
+                &labels,
+                &spec,
+                a32.as_ref(),
+                block * labelled,
+            )
+            .unwrap();
+            let scale = want.abs().max().double_value(&[]).max(1.0);
+            let gscale = want_grad.abs().max().double_value(&[]).max(1.0);
+            let err = (got.to_kind(Kind::Double) - want.detach())
+                .abs()
+                .max()
+                .double_value(&[]);
+            let gerr = (got_grad.to_kind(Kind::Double) - &want_grad)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(
+                err < 1e-5 * scale && gerr < 1e-5 * gscale,
+                "float32 {reduction:?} eps {eps} block {block} cap {cap:?}: loss err {err}, \
+                 grad err {gerr}"
             );
         }
     }

@@ -8,6 +8,7 @@ pub mod optimizer_state;
 pub mod pipeline;
 pub mod processor;
 pub mod projection;
+pub mod softmax_block;
 pub mod targets;
 
 pub use collector::{BatchGradients, BlockGradient, CaptureHook, GradientCollector, ModuleCall};
