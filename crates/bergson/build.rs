@@ -3,7 +3,8 @@
 //! (`csrc/pickle_shim.cpp`, used by `src/pickle`) and the one over libtorch's c10d process groups
 //! (`csrc/c10d_shim.cpp`, used by `src/dist`; Gloo's headers, which the torch wheel lacks, are
 //! vendored in `csrc/gloo-include`), and the LM head's fused softmax step
-//! (`csrc/softmax_shim.cpp`, used by `src/collect/softmax_block.rs`). With the `faiss` feature it also compiles
+//! (`csrc/softmax_shim.cpp`, used by `src/collect/softmax_block.rs`) and the fused CPU causal
+//! attention (`csrc/attention_shim.cpp`, used by `src/models/attention_kernel.rs`). With the `faiss` feature it also compiles
 //! `csrc/faiss_shim.cpp` (used by `src/query/ann`) and links FAISS (Debian's `libfaiss-dev`);
 //! the default build needs nothing beyond libtorch.
 
@@ -56,6 +57,25 @@ fn main() {
         .flag("-fopenmp")
         .file("csrc/softmax_shim.cpp")
         .compile("bergson_softmax_shim");
+
+    // The fused CPU causal attention (`csrc/attention_shim.cpp`, used by
+    // `src/models/attention_kernel.rs`): an autograd node of libtorch's C++ API over the
+    // sgemm_ libtorch exports, on libtorch's OpenMP workers like the softmax step.
+    println!("cargo:rerun-if-changed=csrc/attention_shim.cpp");
+    println!("cargo:rerun-if-changed=csrc/avx2_math.h");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .opt_level(3)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag("-fopenmp")
+        .file("csrc/attention_shim.cpp")
+        .compile("bergson_attention_shim");
     println!("cargo:rustc-link-lib=gomp");
 
     // c10d's Gloo process group: ProcessGroupGloo.hpp is empty without USE_C10D_GLOO, and

@@ -7,7 +7,8 @@ use tch::{Device, Kind, Tensor};
 /// Which scaled-dot-product-attention kernel to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttentionKernel {
-    /// `torch.nn.functional.scaled_dot_product_attention`: flash / memory-efficient / CPU-fused.
+    /// `torch.nn.functional.scaled_dot_product_attention`: flash / memory-efficient / CPU-fused;
+    /// for float32 on CPUs with AVX2, our own kernel ([`super::attention_kernel`]).
     #[default]
     Fused,
     /// `torch._scaled_dot_product_attention_math`: plain matmul + softmax, double-differentiable.
@@ -46,6 +47,16 @@ pub fn causal_attention(
         (k.shallow_clone(), v.shallow_clone())
     };
     let is_causal = mask.is_none();
+    if kernel == AttentionKernel::Fused
+        && is_causal
+        && super::attention_kernel::fused_attention_applies(q, &k, &v)
+    {
+        match super::attention_kernel::causal_attention_fused(q, &k, &v, scale) {
+            Ok(out) => return out,
+            // Only a broken invariant gets here; libtorch's kernel still gives the answer.
+            Err(e) => tracing::warn!("{e}; using libtorch's attention kernel"),
+        }
+    }
     match kernel {
         AttentionKernel::Fused => Tensor::scaled_dot_product_attention(
             q,
@@ -207,6 +218,44 @@ mod tests {
                     let got = causal_attention(&q, &k, &v, 0.3, window, kernel);
                     let err = (got - &want).abs().max().double_value(&[]);
                     assert!(err < 1e-12, "hkv {hkv} window {window:?} {kernel:?}: {err}");
+                }
+            }
+        }
+    }
+
+    /// In float32 the fused kernel (ours where the CPU has AVX2, libtorch's with a window)
+    /// matches the float64 reference, output and gradients.
+    #[test]
+    fn float32_fused_matches_naive_attention() {
+        tch::manual_seed(5);
+        let opts = (Kind::Float, Device::Cpu);
+        let q = Tensor::randn([2, 4, 70, 16], opts).set_requires_grad(true);
+        for hkv in [4, 2, 1] {
+            let k = Tensor::randn([2, hkv, 70, 16], opts).set_requires_grad(true);
+            let v = Tensor::randn([2, hkv, 70, 16], opts).set_requires_grad(true);
+            for window in [None, Some(3)] {
+                let got = causal_attention(&q, &k, &v, 0.3, window, AttentionKernel::Fused);
+                let grads =
+                    Tensor::run_backward(&[got.sum(Kind::Float)], &[&q, &k, &v], false, false);
+                let leaves: Vec<Tensor> = [&q, &k, &v]
+                    .iter()
+                    .map(|t| t.detach().to_kind(Kind::Double).set_requires_grad(true))
+                    .collect();
+                let want = naive(&leaves[0], &leaves[1], &leaves[2], 0.3, window);
+                let want_grads = Tensor::run_backward(
+                    &[want.sum(Kind::Double)],
+                    &[&leaves[0], &leaves[1], &leaves[2]],
+                    false,
+                    false,
+                );
+                let err = (got.to_kind(Kind::Double) - &want)
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                assert!(err < 2e-6, "hkv {hkv} window {window:?}: output {err}");
+                for (g, w) in grads.iter().zip(&want_grads) {
+                    let err = (g.to_kind(Kind::Double) - w).abs().max().double_value(&[]);
+                    assert!(err < 2e-5, "hkv {hkv} window {window:?}: gradient {err}");
                 }
             }
         }

@@ -13,6 +13,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod attention_kernel;
 pub mod checkpoint;
 pub mod config;
 pub mod gemma;
