@@ -13,9 +13,11 @@
 // group and each chunk of query rows i >= j0 (P recomputed from lse, as flash attention does):
 //   dP = dO V_b^T; dS = P (dP - delta_i), delta_i = dO_i . O_i;
 //   dV_b += P^T dO; dK_b += scale dS^T Q; dQ += scale dS K_b
-// dQ is written by several key blocks: each thread accumulates into its own buffer, summed at
-// the end. Tasks are handed out heaviest first from a shared counter on libtorch's OpenMP
-// workers (at::parallel_for), because causal blocks differ in cost.
+// With enough key/value heads to share out evenly, a task is a whole head and adds into dQ
+// directly; otherwise a task is one key block, several of which add into the same dQ rows, so
+// each thread accumulates into its own buffer, summed at the end. Tasks are handed out
+// heaviest first from a shared counter on libtorch's OpenMP workers (at::parallel_for),
+// because causal blocks differ in cost.
 //
 // The backward is not itself differentiable: asking for a graph of it is an error (the math
 // kernel serves second derivatives).
@@ -74,7 +76,7 @@ View view_of(const at::Tensor& t) {
 // Rows of D contiguous floats, rows at least D apart: what sgemm can read in place.
 at::Tensor gemm_ready(const at::Tensor& t) {
   const int64_t d = t.size(3);
-  if (t.stride(3) == 1 && (t.size(2) <= 1 || t.stride(2) >= d)) return t;
+  if (t.stride(3) == 1 && t.stride(2) >= d) return t;
   return t.contiguous();
 }
 
@@ -222,7 +224,7 @@ std::pair<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q_in,
   const int64_t groups = H / k.size(1);
   at::Tensor out = empty_nshd(q, false);
   at::Tensor lse = at::empty({N, H, S}, q.options());
-  if (N * H * S == 0) return {out, lse};
+  if (N * H * S * D == 0) return {out, lse};
   const View Q = view_of(q), K = view_of(k), V = view_of(v), O = view_of(out);
   float* LSE = lse.data_ptr<float>();
   const int64_t blocks = (S + kQueryBlock - 1) / kQueryBlock;
@@ -277,7 +279,7 @@ Grads attention_backward(const at::Tensor& q_in, const at::Tensor& k_in, const a
   const int64_t N = q.size(0), H = q.size(1), S = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), groups = H / Hkv;
   Grads grads{empty_nshd(q, true), empty_nshd(k, true), empty_nshd(v, true)};
-  if (N * H * S == 0) return grads;
+  if (N * H * S * D == 0) return grads;
   const int threads = std::max(1, at::get_num_threads());
   // delta_i = dO_i . O_i, one per query row.
   at::Tensor delta_t = at::empty({N, H, S}, q.options());
@@ -291,21 +293,15 @@ Grads attention_backward(const at::Tensor& q_in, const at::Tensor& k_in, const a
       }
     }
   });
-  // Thread 0 accumulates dQ in place; the others into zeroed buffers summed at the end.
-  std::vector<at::Tensor> dq_parts{grads.dq};
-  for (int t = 1; t < threads; ++t) dq_parts.push_back(empty_nshd(q, true));
   const View dK = view_of(grads.dk), dV = view_of(grads.dv);
   const float* LSE = lse.data_ptr<float>();
   const int64_t blocks = (S + kKeyBlock - 1) / kKeyBlock;
   std::vector<std::vector<float>> scratch(threads);
   const bool vec = has_avx2();
   const float fscale = static_cast<float>(scale);
-  // Task t: key block b (the first blocks see the most query rows) of key/value head g.
-  for_each_task(N * Hkv * blocks, threads, [&](int64_t t, int slot) {
-    const int64_t b = t / (N * Hkv);
-    const int64_t ng = t % (N * Hkv), n = ng / Hkv, g = ng % Hkv;
+  // Key block b of key/value head g of sequence n, its dQ share added through dQ.
+  auto key_block = [&](int64_t n, int64_t g, int64_t b, const View& dQ, int slot) {
     const int64_t j0 = b * kKeyBlock, j1 = std::min(S, j0 + kKeyBlock), w = j1 - j0;
-    const View dQ = view_of(dq_parts[slot]);
     std::vector<float>& sc = scratch[slot];
     sc.resize(static_cast<size_t>(2 * kQueryChunk * w));
     float* p = sc.data();
@@ -343,6 +339,26 @@ Grads attention_backward(const at::Tensor& q_in, const at::Tensor& k_in, const a
                 dQ.row(n, h, r0), dQ.s2);
       }
     }
+  };
+  const int64_t heads = N * Hkv;
+  if (heads % threads == 0 || heads >= 4 * threads) {
+    // Enough key/value heads to share out evenly: one task per head, whose dQ rows no other
+    // task writes, so every task adds into dQ directly.
+    const View dQ = view_of(grads.dq);
+    for_each_task(heads, threads, [&](int64_t t, int slot) {
+      for (int64_t b = 0; b < blocks; ++b) key_block(t / Hkv, t % Hkv, b, dQ, slot);
+    });
+    return grads;
+  }
+  // Otherwise one task per key block, heaviest (first) blocks first. Several tasks add into
+  // the same dQ rows: thread 0 into dQ itself, the others into zeroed buffers summed at the end.
+  std::vector<at::Tensor> dq_parts{grads.dq};
+  for (int t = 1; t < threads; ++t) dq_parts.push_back(empty_nshd(q, true));
+  std::vector<View> dq_views;
+  for (const auto& part : dq_parts) dq_views.push_back(view_of(part));
+  for_each_task(heads * blocks, threads, [&](int64_t t, int slot) {
+    const int64_t b = t / heads, ng = t % heads;
+    key_block(ng / Hkv, ng % Hkv, b, dq_views[slot], slot);
   });
   for (size_t t = 1; t < dq_parts.size(); ++t) grads.dq.add_(dq_parts[t]);
   return grads;

@@ -136,7 +136,13 @@ mod tests {
         // that case gets 10x the tolerances.
         let spreads = [1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 20.0];
         let cases = cases.iter().copied().chain([(2, 2, 1, 70, 4)]).zip(spreads);
-        for ((n, hq, hkv, s, d), spread) in cases {
+        // 1 and 3 threads as well as the default: the backward shares out whole heads when
+        // N * Hkv divides evenly among the threads and key blocks otherwise, so every case
+        // meets both.
+        let threads = tch::get_num_threads();
+        let runs = [threads, 1, 3].map(|t| cases.clone().map(move |c| (t, c)));
+        for (t, ((n, hq, hkv, s, d), spread)) in runs.into_iter().flatten() {
+            tch::set_num_threads(t);
             for contiguous in [false, true] {
                 let mut q = heads(n, hq, s, d, spread);
                 let mut k = heads(n, hkv, s, d, spread);
@@ -170,7 +176,9 @@ mod tests {
                     false,
                     false,
                 );
-                let case = format!("n {n} hq {hq} hkv {hkv} s {s} d {d} contiguous {contiguous}");
+                let case = format!(
+                    "{t} threads: n {n} hq {hq} hkv {hkv} s {s} d {d} contiguous {contiguous}"
+                );
                 assert_eq!(out.size(), want.size(), "{case}");
                 let err = rel_err(&out, &want);
                 let slack = if spread > 10.0 { 10.0 } else { 1.0 };
@@ -183,6 +191,7 @@ mod tests {
                 }
             }
         }
+        tch::set_num_threads(threads);
     }
 
     /// Without autograd the node is not built, and the output is the same.
