@@ -365,30 +365,45 @@ mod tests {
                 adapter: None,
             };
             let a32 = a.map(|t| t.to_kind(Kind::Float));
+            let hidden32 = hidden.detach().to_kind(Kind::Float);
             let (got, got_grad) = fused_head_loss_blocked(
                 &head32,
                 cap,
-                &hidden.detach().to_kind(Kind::Float),
+                &hidden32,
                 &labels,
                 &spec,
                 a32.as_ref(),
                 block * labelled,
             )
             .unwrap();
+            // Logits in the hundreds through a cap of 0.5 leave `1 - tanh²` to float32's
+            // rounding of the logits, whatever computes them, so the tolerance is also 16x the
+            // error of libtorch's own float32 autograd on the same inputs (over 100 seeds ours
+            // came to at most 7x: the same large products summed in another order).
+            // The inputs come from the global generator, which tests running beside this one
+            // draw from too.
+            let hidden32 = hidden32.set_requires_grad(true);
+            let logits32 = crate::models::head::head_logits(&head32, out, &hidden32, 1.0);
+            let plain = document_losses(&spec, &logits32, &labels, a32.as_ref(), None).unwrap();
+            let plain_grad =
+                Tensor::run_backward(&[plain.sum(Kind::Float)], &[&hidden32], false, false)
+                    .remove(0);
+            let err_of = |t: &Tensor, want: &Tensor| {
+                (t.to_kind(Kind::Double) - want)
+                    .abs()
+                    .max()
+                    .double_value(&[])
+            };
             let scale = want.abs().max().double_value(&[]).max(1.0);
             let gscale = want_grad.abs().max().double_value(&[]).max(1.0);
-            let err = (got.to_kind(Kind::Double) - want.detach())
-                .abs()
-                .max()
-                .double_value(&[]);
-            let gerr = (got_grad.to_kind(Kind::Double) - &want_grad)
-                .abs()
-                .max()
-                .double_value(&[]);
+            let tol = (1e-5 * scale).max(16.0 * err_of(&plain, &want.detach()));
+            let gtol = (1e-5 * gscale).max(16.0 * err_of(&plain_grad, &want_grad));
+            let err = err_of(&got, &want.detach());
+            let gerr = err_of(&got_grad, &want_grad);
             assert!(
-                err < 1e-5 * scale && gerr < 1e-5 * gscale,
-                "float32 {reduction:?} eps {eps} block {block} cap {cap:?}: loss err {err}, \
-                 grad err {gerr}"
+                err < tol && gerr < gtol,
+                "float32 {reduction:?} eps {eps} block {block} cap {cap:?}: loss err {err} \
+                 (tolerance {tol}), grad err {gerr} (tolerance {gtol})"
             );
         }
     }
