@@ -26,17 +26,9 @@ fn main() {
     );
     println!("cargo:rerun-if-changed=csrc/pickle_shim.cpp");
     println!("cargo:rerun-if-changed=build.rs");
-    // The same flags torch-sys compiles its own wrapper with; no extra link flags are needed
-    // because torch-sys already links torch_cpu and c10.
-    cc::Build::new()
-        .cpp(true)
-        .pic(true)
-        .warnings(false)
-        .include(&include)
+    // No extra link flags are needed: torch-sys already links torch_cpu and c10.
+    libtorch_cpp(&include)
         .include(include.join("torch/csrc/api/include"))
-        .flag("-std=c++17")
-        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/pickle_shim.cpp")
         .compile("bergson_pickle_shim");
 
@@ -45,15 +37,8 @@ fn main() {
     // `omp parallel` binds to the libgomp.so.1 libtorch ships and already loaded, so the
     // kernel runs on libtorch's own workers.
     println!("cargo:rerun-if-changed=csrc/softmax_shim.cpp");
-    cc::Build::new()
-        .cpp(true)
-        .pic(true)
-        .warnings(false)
+    libtorch_cpp(&include)
         .opt_level(3)
-        .include(&include)
-        .flag("-std=c++17")
-        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .flag("-DGLOG_USE_GLOG_EXPORT")
         .flag("-fopenmp")
         .file("csrc/softmax_shim.cpp")
         .compile("bergson_softmax_shim");
@@ -63,16 +48,9 @@ fn main() {
     // sgemm_ libtorch exports, on libtorch's OpenMP workers like the softmax step.
     println!("cargo:rerun-if-changed=csrc/attention_shim.cpp");
     println!("cargo:rerun-if-changed=csrc/avx2_math.h");
-    cc::Build::new()
-        .cpp(true)
-        .pic(true)
-        .warnings(false)
+    libtorch_cpp(&include)
         .opt_level(3)
-        .include(&include)
         .include(include.join("torch/csrc/api/include"))
-        .flag("-std=c++17")
-        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .flag("-DGLOG_USE_GLOG_EXPORT")
         .flag("-fopenmp")
         .file("csrc/attention_shim.cpp")
         .compile("bergson_attention_shim");
@@ -82,16 +60,9 @@ fn main() {
     // GLOO_STORE_HAS_STORE_V2 matches how libtorch built its gloo store adapter.
     println!("cargo:rerun-if-changed=csrc/c10d_shim.cpp");
     println!("cargo:rerun-if-changed=csrc/gloo-include");
-    cc::Build::new()
-        .cpp(true)
-        .pic(true)
-        .warnings(false)
-        .include(&include)
+    libtorch_cpp(&include)
         .include(include.join("torch/csrc/api/include"))
         .include("csrc/gloo-include")
-        .flag("-std=c++17")
-        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .flag("-DGLOG_USE_GLOG_EXPORT")
         .define("USE_C10D_GLOO", None)
         .define("GLOO_STORE_HAS_STORE_V2", None)
         .file("csrc/c10d_shim.cpp")
@@ -100,6 +71,21 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_FAISS").is_some() {
         link_faiss();
     }
+}
+
+/// A C++ build against libtorch's headers (`include`) with the flags torch-sys compiles its own
+/// wrapper with.
+fn libtorch_cpp(include: &std::path::Path) -> cc::Build {
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(include)
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT");
+    build
 }
 
 /// Compiles the FAISS shim and links FAISS with its OpenMP, BLAS and LAPACK.

@@ -196,12 +196,7 @@ __attribute__((target("avx2,fma"))) void softmax_grad_row_avx2(const float* p, f
   for (int64_t j = nv; j < len; ++j) dp[j] = p[j] * (dp[j] - delta);
 }
 
-bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
 #else
-bool has_avx2() { return false; }
 void softmax_row_avx2(float* row, int64_t n, int64_t len, float* mx, float* sum) {
   softmax_row_scalar(row, n, len, mx, sum);
 }
@@ -230,7 +225,7 @@ std::pair<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q_in,
   const int64_t blocks = (S + kQueryBlock - 1) / kQueryBlock;
   const int threads = std::max(1, at::get_num_threads());
   std::vector<std::vector<float>> scratch(threads);
-  const bool vec = has_avx2();
+  const bool vec = bd_avx2::cpu_supported();
   // Task t: the heaviest blocks (last query rows) of every head first.
   for_each_task(N * H * blocks, threads, [&](int64_t t, int slot) {
     const int64_t b = blocks - 1 - t / (N * H);
@@ -297,7 +292,7 @@ Grads attention_backward(const at::Tensor& q_in, const at::Tensor& k_in, const a
   const float* LSE = lse.data_ptr<float>();
   const int64_t blocks = (S + kKeyBlock - 1) / kKeyBlock;
   std::vector<std::vector<float>> scratch(threads);
-  const bool vec = has_avx2();
+  const bool vec = bd_avx2::cpu_supported();
   const float fscale = static_cast<float>(scale);
   // Key block b of key/value head g of sequence n, its dQ share added through dQ.
   auto key_block = [&](int64_t n, int64_t g, int64_t b, const View& dQ, int slot) {
@@ -401,7 +396,7 @@ void set_error(char* err, size_t cap, const char* msg) {
 extern "C" {
 
 // Whether the kernel's vectorised paths run on this CPU (AVX2 and FMA).
-int bd_attention_vectorized() { return has_avx2() ? 1 : 0; }
+int bd_attention_vectorized() { return bd_avx2::cpu_supported() ? 1 : 0; }
 
 // Causal self-attention out = softmax(scale q k^T, j <= i) v for float32 CPU tensors q
 // [N, H, S, D], k and v [N, H / groups, S, D], as an autograd node when any input requires a

@@ -1,5 +1,6 @@
 // AVX2 + FMA helpers shared by the C++ kernels (softmax_shim.cpp, attention_shim.cpp):
-// Cephes' expf for arguments <= 0 and horizontal sum / maximum of a vector.
+// Cephes' expf for arguments <= 0, horizontal sum / maximum of a vector, and whether the CPU
+// has AVX2 and FMA.
 //
 // The exponential: range reduction by ln 2 in two parts and a degree-6 polynomial, within 2
 // ulp of exp over x <= 0 (tested against float64 through both kernels).
@@ -48,6 +49,18 @@ __attribute__((target("avx2,fma"))) inline float hmax(__m256 v) {
   return _mm_cvtss_f32(a);
 }
 
+// Whether this CPU runs the kernels above (otherwise callers take their scalar paths).
+inline bool cpu_supported() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+
+}  // namespace bd_avx2
+
+#else
+
+namespace bd_avx2 {
+inline bool cpu_supported() { return false; }
 }  // namespace bd_avx2
 
 #endif

@@ -107,12 +107,7 @@ __attribute__((target("avx2,fma"))) void row_step_avx2(float* row, int64_t n, fl
   *m = m_new;
 }
 
-bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
 #else
-bool has_avx2() { return false; }
 void row_step_avx2(float* row, int64_t n, float* m, float* s, float* rescale, float* raw_sum) {
   row_step_scalar(row, n, m, s, rescale, raw_sum);
 }
@@ -123,7 +118,7 @@ void row_step_avx2(float* row, int64_t n, float* m, float* s, float* rescale, fl
 extern "C" {
 
 // Whether the vectorised kernel runs on this CPU (otherwise callers keep libtorch's ops).
-int bd_softmax_block_vectorized() { return has_avx2() ? 1 : 0; }
+int bd_softmax_block_vectorized() { return bd_avx2::cpu_supported() ? 1 : 0; }
 
 // For each of the t rows of the row-major block z [t, vb] (float32, in place): with m_old the
 // running maximum m[r], m_new = max(m_old, max_j z[r, j]); z[r, :] = exp(z[r, :] - m_new);
@@ -131,7 +126,7 @@ int bd_softmax_block_vectorized() { return has_avx2() ? 1 : 0; }
 // raw_sum (may be null) gets the row sums of the logits before the exponential added to it.
 void bd_softmax_block(float* z, int64_t t, int64_t vb, float* m, float* s, float* rescale,
                       float* raw_sum) {
-  const bool vec = has_avx2();
+  const bool vec = bd_avx2::cpu_supported();
   // About 64 KiB of logits per task: enough work to pay for a fork, fine enough to balance.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(vb, 1));
   at::parallel_for(0, t, grain, [&](int64_t begin, int64_t end) {
